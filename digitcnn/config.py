@@ -1,0 +1,202 @@
+"""The frozen run configuration, its validation, and the CLI/TOML layer built from it.
+
+One :class:`RunConfig` describes a whole run. Its fields are the CLI flags (pytorch/examples'
+names: ``--epochs --batch-size --lr --gamma --seed``); ``--config FILE.toml`` supplies values
+and flags given on the command line override them. The resolved config is saved with every
+run so that the run can be repeated exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ConfigError, one_line
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["RunConfig", "build_parser", "config_from_args", "load_toml", "OneLineParser",
+           "SCALERS", "CV_SCHEMES", "DEVICES"]
+
+SCALERS = ("standard", "global", "max", "none")
+CV_SCHEMES = ("kfold", "stratified", "writers")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _opt(default, help: str, choices: Sequence[str] | None = None, flag: bool = True, **extra):
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, **extra})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a K-fold (or single) run. Defaults are pipeline S5's recipe."""
+
+    dataset: str = _opt("uci", "dataset name (see digitcnn.list_datasets())")
+    data_dir: str | None = _opt(None, "folder holding the dataset's files "
+                                      "(default: $DIGITCNN_DATA_DIR, then cache, then network)")
+    split: str = _opt("all", "which of the dataset's original splits to use",
+                      ("train", "test", "all"))
+    verify: bool = _opt(True, "check the SHA-256 of official data files")
+    limit: int | None = _opt(None, "use a seeded random subset of this many rows (quick trials)")
+    model: str = _opt("s5", "model name (python -m digitcnn.models lists them)")
+    init: str = _opt("kaiming-xavier", "weight initialisation", ("kaiming-xavier", "default"))
+    dropout: float | None = _opt(None, "dropout probability (default: the model's own)")
+    cv: str = _opt("kfold", "fold scheme: sklearn KFold, StratifiedKFold, or the original "
+                            "writer-disjoint split (train on optdigits.tra, evaluate on .tes)",
+                   CV_SCHEMES)
+    folds: int = _opt(4, "number of folds")
+    shuffle: bool = _opt(True, "shuffle rows before splitting into folds")
+    random_state: int = _opt(30, "random_state of the fold splitter")
+    scaler: str = _opt("standard", "pixel scaling: per-pixel StandardScaler fitted on each "
+                                   "training fold (standard), fitted on all rows before "
+                                   "splitting as S5 did, leaking test statistics (global), "
+                                   "divide by the maximum value (max), or none", SCALERS)
+    epochs: int = _opt(10, "epochs per fold")
+    batch_size: int = _opt(64, "training batch size")
+    test_batch_size: int = _opt(1000, "evaluation batch size")
+    lr: float = _opt(1e-3, "learning rate")
+    gamma: float = _opt(0.7, "StepLR decay factor")
+    step_size: int = _opt(1, "StepLR period in epochs")
+    seed: int = _opt(0, "seed of initialisation, shuffling and dropout (fold k uses seed + k)")
+    device: str = _opt("auto", "device (auto: CUDA when present, else CPU)", DEVICES)
+    deterministic: bool = _opt(False, "use deterministic algorithms (sets CUBLAS_WORKSPACE_CONFIG)")
+    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
+    channels_last: bool = _opt(True, "keep activations in channels_last memory format "
+                                     "(faster pooling on CPU and tensor cores on GPU)")
+    out: str | None = _opt(None, "results folder (default results/<dataset>-<model>-<UTC time>)")
+    plots: bool = _opt(True, "write confusion.png and loss_curves.png")
+    quiet: bool = _opt(False, "no progress bars or tables")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"--{_flag(f.name)} {value!r} is not valid; choose one of: "
+                                  f"{', '.join(choices)}")
+        positive = {"folds": 2, "epochs": 1, "batch_size": 1, "test_batch_size": 1,
+                    "step_size": 1}
+        for name, low in positive.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"--{_flag(name)} {getattr(self, name)} is too small; "
+                                  f"it must be at least {low}"
+                                  + (" (K-fold needs two folds or more; use --cv writers for one "
+                                     "train/test split)" if name == "folds" else ""))
+        if self.lr <= 0:
+            raise ConfigError(f"--lr {self.lr} must be positive")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"--gamma {self.gamma} must be in (0, 1]")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout {self.dropout} must be in [0, 1)")
+        if self.limit is not None and self.limit < 2:
+            raise ConfigError(f"--limit {self.limit} must be at least 2 rows")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads {self.threads} must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], origin: str = "config") -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{origin}: unknown setting(s) {', '.join(unknown)}; valid settings "
+                              f"are the flags of --help with dashes as underscores")
+        return cls(**values)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with errors as a single stderr line (usage goes to --help), exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's API
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+
+
+def _type_of(f: dataclasses.Field):
+    annotation = str(f.type)
+    if "bool" in annotation:
+        return bool
+    if "int" in annotation:
+        return int
+    if "float" in annotation:
+        return float
+    return str
+
+
+def build_parser(prog: str, description: str, config_type=RunConfig,
+                 suppress_defaults: bool = False, exclude: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """A parser with one flag per config field, plus ``--config FILE.toml``.
+
+    With ``suppress_defaults`` the namespace holds only the flags actually given, which is how
+    flags override the TOML file without the defaults overriding it too.
+    """
+    parser = OneLineParser(prog=prog, description=description,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                           argument_default=argparse.SUPPRESS if suppress_defaults else None)
+    parser.add_argument("--config", metavar="FILE.toml",
+                        help="TOML file of settings (keys as the flags, dashes or underscores); "
+                             "flags override it")
+    for f in fields(config_type):
+        if not f.metadata.get("flag", True) or f.name in exclude:
+            continue
+        kind = _type_of(f)
+        default = argparse.SUPPRESS if suppress_defaults else f.default
+        common = {"help": f.metadata.get("help", ""), "dest": f.name, "default": default}
+        if kind is bool:
+            parser.add_argument(f"--{_flag(f.name)}", action=argparse.BooleanOptionalAction, **common)
+        else:
+            parser.add_argument(f"--{_flag(f.name)}", type=kind, choices=f.metadata.get("choices"),
+                                metavar=None if f.metadata.get("choices") else f.name.upper(),
+                                **common)
+    return parser
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config: top-level keys (dashes or underscores) or a ``[run]`` table."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; check the path given to --config")
+    try:
+        values = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML ({err}); fix the file") from None
+    values = {**values.pop("run", {}), **values}
+    for key, value in list(values.items()):
+        if isinstance(value, dict):
+            raise ConfigError(f"{path}: unexpected table [{key}]; put settings at the top level "
+                              "or under [run]")
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def config_from_args(argv: Sequence[str] | None, prog: str, description: str,
+                     config_type=RunConfig, exclude: Sequence[str] = ()):
+    """Parse ``argv`` into a config: defaults < ``--config`` TOML < flags given."""
+    full = build_parser(prog, description, config_type, exclude=exclude)
+    full.parse_args(argv)  # --help and usage errors, with the real defaults shown
+    given = vars(build_parser(prog, description, config_type, suppress_defaults=True,
+                              exclude=exclude).parse_args(argv))
+    values: dict[str, Any] = {}
+    toml_path = given.pop("config", None)
+    if toml_path:
+        values.update(load_toml(toml_path))
+    values.update(given)
+    return config_type.from_dict(values, origin=toml_path or "flags")
+
+
+def config_json(config) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True)

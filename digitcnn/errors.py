@@ -1,0 +1,62 @@
+"""Errors that digitcnn raises for bad input, and the one-line CLI reporting of them.
+
+Every validation in the package raises a :class:`DigitCNNError` subclass whose message says
+what is wrong, where (file, row, flag) and how to fix it. The CLI prints that message as one
+line on stderr and exits with status 2; it never shows a traceback for bad input.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+__all__ = ["DigitCNNError", "DataError", "ConfigError", "ModelError", "CheckpointError",
+           "USAGE_EXIT_CODE", "cli_entry"]
+
+USAGE_EXIT_CODE = 2
+
+
+class DigitCNNError(Exception):
+    """Base class: bad input or usage, reported to a user as one line."""
+
+
+class DataError(DigitCNNError, ValueError):
+    """A data file is missing, corrupt, of the wrong format, or holds out-of-range values."""
+
+
+class ConfigError(DigitCNNError, ValueError):
+    """A run setting is invalid or inconsistent (folds < 2, unknown scaler, ...)."""
+
+
+class ModelError(DigitCNNError, ValueError):
+    """An unknown model name, or a model that cannot take the given input size."""
+
+
+class CheckpointError(DigitCNNError, ValueError):
+    """A saved model that is missing, corrupt or unsafe to load."""
+
+
+def one_line(message: str) -> str:
+    # Messages may quote file contents; a newline in them would break the one-line contract.
+    return " ".join(str(message).split())
+
+
+def cli_entry(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., int]]:
+    """Decorate a CLI ``main`` so that a DigitCNNError becomes one stderr line and exit code 2.
+
+    KeyboardInterrupt exits with 130 and no traceback; anything else is a bug and keeps its
+    traceback.
+    """
+    def decorate(main: Callable[..., int | None]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def wrapper(*args, **kwargs) -> int:
+            try:
+                return int(main(*args, **kwargs) or 0)
+            except DigitCNNError as err:
+                print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+                return USAGE_EXIT_CODE
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                return 130
+        return wrapper
+    return decorate

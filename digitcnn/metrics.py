@@ -1,0 +1,75 @@
+"""Classification metrics as pure functions, plus a small accumulator for confusion counts.
+
+Confusion matrices are (C, C) int64 counts with rows = true class and columns = predicted
+class, as sklearn and torchmetrics lay them out. Across folds they are summed as counts and
+normalised only afterwards, and accuracy is total correct over total rows, never a mean of
+per-fold rates.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+__all__ = ["confusion_counts", "accuracy_from_confusion", "normalize_confusion",
+           "ConfusionAccumulator", "mean_std"]
+
+
+def confusion_counts(predictions: torch.Tensor, targets: torch.Tensor,
+                     num_classes: int) -> torch.Tensor:
+    """(C, C) int64 counts from (N,) predicted and (N,) true labels, on their device."""
+    return multiclass_confusion_matrix(predictions, targets, num_classes=num_classes,
+                                       validate_args=False).to(torch.int64)
+
+
+def accuracy_from_confusion(confusion) -> float:
+    """Total correct over total: trace / sum. 0.0 for an empty matrix."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    total = counts.sum()
+    return float(np.trace(counts) / total) if total else 0.0
+
+
+def normalize_confusion(confusion) -> np.ndarray:
+    """Row-normalised rates (each true class sums to 1; a class never seen stays 0)."""
+    counts = np.asarray(confusion, dtype=np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0.0 for a single value)."""
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+class ConfusionAccumulator:
+    """Sums per-fold confusion counts; derives pooled accuracy and normalised rates."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        self.counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def add(self, confusion) -> "ConfusionAccumulator":
+        self.counts += np.asarray(confusion, dtype=np.int64)
+        return self
+
+    def extend(self, confusions: Iterable) -> "ConfusionAccumulator":
+        for confusion in confusions:
+            self.add(confusion)
+        return self
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def correct(self) -> int:
+        return int(np.trace(self.counts))
+
+    @property
+    def accuracy(self) -> float:
+        return accuracy_from_confusion(self.counts)
+
+    def normalized(self) -> np.ndarray:
+        return normalize_confusion(self.counts)

@@ -1,0 +1,199 @@
+"""Result objects of a run and how they are written to disk, atomically.
+
+A run directory holds ``config.json``, ``splits.json``, ``folds.csv``, the plots and, written
+last, ``metrics.json``: a directory with ``metrics.json`` is a finished run. Every file is
+written to a temporary name in the same directory and renamed into place, so a crash or
+Ctrl-C never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .metrics import ConfusionAccumulator, mean_std
+
+__all__ = ["FoldResult", "KFoldResult", "atomic_write_text", "atomic_write_bytes",
+           "write_json", "TIMING_KEYS"]
+
+# Keys whose values are wall-clock measurements: everything else in metrics.json is a
+# deterministic function of the config and the data.
+TIMING_KEYS = ("wall_s", "created_utc")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, value: Any) -> Path:
+    return atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+@dataclass
+class FoldResult:
+    """What one fold produced.
+
+    Attributes:
+        fold: 0-based fold number.
+        n_train, n_val: rows trained on and evaluated on.
+        correct: validation rows predicted correctly.
+        loss: mean validation NLL after the last epoch.
+        confusion: (C, C) int64 counts on the validation rows, rows true, columns predicted.
+        train_loss, val_loss, val_accuracy: one value per epoch.
+        lrs: learning rate used in each epoch; ``lr`` is the scheduler's last rate.
+        seed: the fold's torch seed.
+        val_indices: (n_val,) row indices of the validation rows in the dataset.
+        wall_s: seconds spent training and evaluating this fold.
+    """
+
+    fold: int
+    n_train: int
+    n_val: int
+    correct: int
+    loss: float
+    confusion: np.ndarray
+    train_loss: list[float]
+    val_loss: list[float]
+    val_accuracy: list[float]
+    lrs: list[float]
+    lr: float
+    seed: int
+    val_indices: np.ndarray
+    wall_s: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n_val if self.n_val else 0.0
+
+    def to_dict(self) -> dict:
+        return {"fold": self.fold, "n_train": self.n_train, "n_val": self.n_val,
+                "accuracy": self.accuracy, "correct": self.correct, "loss": self.loss,
+                "confusion": np.asarray(self.confusion).tolist(),
+                "train_loss": list(self.train_loss), "val_loss": list(self.val_loss),
+                "val_accuracy": list(self.val_accuracy), "lrs": list(self.lrs), "lr": self.lr,
+                "seed": self.seed, "wall_s": self.wall_s}
+
+
+@dataclass
+class KFoldResult:
+    """All folds of one run, with the pooled metrics.
+
+    ``accuracy`` is total correct over total validation rows; ``accuracy_mean`` and
+    ``accuracy_std`` (ddof=1) describe the spread of the per-fold accuracies; ``confusion`` is
+    the sum of the fold counts; ``loss`` is the summed validation NLL over total rows.
+    """
+
+    config: Any
+    dataset: dict
+    folds: list[FoldResult]
+    device: str
+    versions: dict
+    splits_sha256: str
+    wall_s: float = 0.0
+    num_classes: int = 10
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def confusion(self) -> np.ndarray:
+        return ConfusionAccumulator(self.num_classes).extend(f.confusion for f in self.folds).counts
+
+    @property
+    def n(self) -> int:
+        return sum(f.n_val for f in self.folds)
+
+    @property
+    def accuracy(self) -> float:
+        return sum(f.correct for f in self.folds) / self.n if self.n else 0.0
+
+    @property
+    def accuracy_mean(self) -> float:
+        return mean_std([f.accuracy for f in self.folds])[0]
+
+    @property
+    def accuracy_std(self) -> float:
+        return mean_std([f.accuracy for f in self.folds])[1]
+
+    @property
+    def loss(self) -> float:
+        return sum(f.loss * f.n_val for f in self.folds) / self.n if self.n else float("nan")
+
+    def metrics(self) -> dict:
+        """The content of ``metrics.json``."""
+        return {"accuracy": self.accuracy, "accuracy_mean": self.accuracy_mean,
+                "accuracy_std": self.accuracy_std, "loss": self.loss, "n": self.n,
+                "correct": sum(f.correct for f in self.folds),
+                "confusion": self.confusion.tolist(),
+                "folds": [f.to_dict() for f in self.folds],
+                "dataset": self.dataset, "device": self.device, "splits_sha256": self.splits_sha256,
+                "wall_s": self.wall_s, "versions": self.versions, **self.extra}
+
+    def folds_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["fold", "n_train", "n_val", "correct", "accuracy", "loss", "lr", "seed",
+                         "wall_s"])
+        for f in self.folds:
+            writer.writerow([f.fold, f.n_train, f.n_val, f.correct, f"{f.accuracy:.6f}",
+                             f"{f.loss:.6f}", f"{f.lr:.6g}", f.seed, f"{f.wall_s:.3f}"])
+        return buffer.getvalue()
+
+    def summary(self) -> str:
+        """The per-fold table and the pooled line a person reads after a run."""
+        lines = [f"{'fold':>4} {'n_train':>8} {'n_val':>6} {'accuracy':>9} {'val_loss':>9} "
+                 f"{'last_lr':>9} {'wall_s':>7}"]
+        for f in self.folds:
+            lines.append(f"{f.fold:>4} {f.n_train:>8} {f.n_val:>6} {100 * f.accuracy:>8.2f}% "
+                         f"{f.loss:>9.4f} {f.lr:>9.2e} {f.wall_s:>7.2f}")
+        lines.append(f"accuracy {100 * self.accuracy:.2f}% ({sum(f.correct for f in self.folds)}"
+                     f"/{self.n}); per fold {100 * self.accuracy_mean:.2f} +- "
+                     f"{100 * self.accuracy_std:.2f}%; loss {self.loss:.4f}; "
+                     f"{self.wall_s:.1f} s on {self.device}")
+        return "\n".join(lines)
+
+    def save(self, directory: str | os.PathLike, plots: bool = True) -> Path:
+        """Write the run directory; ``metrics.json`` last. Returns the directory."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(directory / "config.json", {**self.config.to_dict(),
+                                               "splits_sha256": self.splits_sha256,
+                                               "versions": self.versions})
+        write_json(directory / "splits.json",
+                   {"splits_sha256": self.splits_sha256,
+                    "folds": [{"fold": f.fold, "seed": f.seed,
+                               "val_indices": np.asarray(f.val_indices).tolist()}
+                              for f in self.folds]})
+        atomic_write_text(directory / "folds.csv", self.folds_csv())
+        if plots:
+            from .plots import plot_confusion, plot_loss_curves
+
+            title = (f"{self.dataset['name']} / {self.config.model} / {len(self.folds)} folds / "
+                     f"accuracy {100 * self.accuracy:.2f}%")
+            plot_confusion(self.confusion, directory / "confusion.png", title)
+            plot_loss_curves([f.train_loss for f in self.folds], [f.val_loss for f in self.folds],
+                             directory / "loss_curves.png", title)
+        write_json(directory / "metrics.json", self.metrics())
+        return directory

@@ -1,0 +1,230 @@
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import KFold
+
+import digitcnn
+from digitcnn import kfold
+from digitcnn.errors import ConfigError
+from digitcnn.results import TIMING_KEYS
+
+from conftest import REPO_ROOT, real_data, write_table, synthetic_optdigits
+
+FAST = dict(epochs=3, batch_size=32, quiet=True, verify=False)
+
+
+def small_config(optdigits_dir, **changes):
+    return digitcnn.RunConfig(data_dir=str(optdigits_dir), **{**FAST, **changes})
+
+
+def run(optdigits_dir, **changes):
+    config = small_config(optdigits_dir, **changes)
+    return kfold.run_kfold(kfold.load_for_config(config), config)
+
+
+def without_timings(value):
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def test_folds_cover_every_row_once(optdigits_dir):
+    result = run(optdigits_dir)
+    assert len(result.folds) == 4
+    val_rows = np.concatenate([f.val_indices for f in result.folds])
+    assert sorted(val_rows) == list(range(180))
+    expected = [val for _, val in KFold(4, shuffle=True, random_state=30).split(np.zeros(180))]
+    for fold, val in zip(result.folds, expected):
+        assert np.array_equal(fold.val_indices, val)
+        assert fold.n_train + fold.n_val == 180
+        assert len(fold.train_loss) == len(fold.val_loss) == len(fold.lrs) == 3
+    assert result.confusion.sum() == 180
+    assert result.accuracy == pytest.approx(np.trace(result.confusion) / 180)
+    assert result.folds[0].lrs == pytest.approx([1e-3, 7e-4, 4.9e-4])
+    assert result.folds[0].lr == pytest.approx(1e-3 * 0.7 ** 3)
+
+
+def test_reruns_are_identical(optdigits_dir):
+    first = without_timings(run(optdigits_dir).metrics())
+    second = without_timings(run(optdigits_dir).metrics())
+    assert first == second
+    assert first["folds"][0]["train_loss"] == second["folds"][0]["train_loss"]
+    different_seed = without_timings(run(optdigits_dir, seed=5).metrics())
+    assert different_seed["folds"][0]["train_loss"] != first["folds"][0]["train_loss"]
+
+
+def test_each_fold_starts_fresh(optdigits_dir):
+    """Fold 2 trained alone equals fold 2 of a full run: nothing carries over between folds."""
+    config = small_config(optdigits_dir)
+    dataset = kfold.load_for_config(config)
+    full = kfold.run_kfold(dataset, config)
+    train_rows, val_rows = kfold.make_splits(dataset, config)[2]
+    alone = kfold.run_fold(dataset, config, 2, train_rows, val_rows, torch.device("cpu"))
+    assert alone.train_loss == full.folds[2].train_loss
+    assert np.array_equal(alone.confusion, full.folds[2].confusion)
+    assert len({f.seed for f in full.folds}) == 4
+
+
+def test_scaler_sees_training_rows_only(optdigits_dir, monkeypatch):
+    seen = []
+    real_fit = kfold.fit_scaler
+
+    def recording_fit(kind, images, max_value):
+        seen.append((kind, images.clone()))
+        return real_fit(kind, images, max_value)
+
+    monkeypatch.setattr(kfold, "fit_scaler", recording_fit)
+    config = small_config(optdigits_dir, epochs=1)
+    dataset = kfold.load_for_config(config)
+    kfold.run_kfold(dataset, config)
+    splits = kfold.make_splits(dataset, config)
+    assert [kind for kind, _ in seen] == ["standard"] * 4
+    for (_, images), (train_rows, _) in zip(seen, splits):
+        assert torch.equal(images, dataset.images[train_rows])
+
+    seen.clear()
+    kfold.run_kfold(dataset, config.replace(scaler="global"))
+    assert len(seen) == 1 and torch.equal(seen[0][1], dataset.images)  # S5's leak, on request
+
+
+def test_writer_disjoint_split(optdigits_dir):
+    result = run(optdigits_dir, cv="writers")
+    assert len(result.folds) == 1
+    assert (result.folds[0].n_train, result.folds[0].n_val) == (120, 60)
+    assert np.array_equal(result.folds[0].val_indices, np.arange(120, 180))
+
+
+def test_stratified_folds_balance_classes(optdigits_dir):
+    config = small_config(optdigits_dir, cv="stratified", folds=3)
+    dataset = kfold.load_for_config(config)
+    for _, val in kfold.make_splits(dataset, config):
+        assert np.bincount(dataset.labels[val].numpy(), minlength=10).tolist() == [6] * 10
+
+
+def test_limit_takes_a_seeded_subset(optdigits_dir):
+    config = small_config(optdigits_dir, limit=50)
+    first, second = kfold.load_for_config(config), kfold.load_for_config(config)
+    assert len(first) == 50 and torch.equal(first.images, second.images)
+
+
+def test_too_many_folds(optdigits_dir):
+    config = small_config(optdigits_dir, folds=200)
+    with pytest.raises(ConfigError, match=r"--folds 200 is more than the 180 rows of 'uci'; "
+                                          r"use at most 180 folds"):
+        kfold.run_kfold(kfold.load_for_config(config), config)
+
+
+def test_cli_writes_the_run_directory(optdigits_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = kfold.main(["--data-dir", str(optdigits_dir), "--no-verify", "--epochs", "2",
+                       "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and f"results written to {out}" in printed
+    assert {p.name for p in out.iterdir()} == {"config.json", "splits.json", "folds.csv",
+                                               "metrics.json", "confusion.png", "loss_curves.png"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "accuracy_mean", "accuracy_std", "loss", "confusion", "folds",
+                "dataset", "device", "wall_s", "versions"):
+        assert key in metrics
+    assert set(metrics["folds"][0]) >= {"fold", "n_train", "n_val", "accuracy", "loss",
+                                        "confusion", "train_loss", "val_loss", "lr"}
+    assert metrics["dataset"]["n"] == 180 and len(metrics["dataset"]["sha256"]) == 2
+    assert np.array(metrics["confusion"]).sum() == 180
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 2 and len(config["splits_sha256"]) == 64
+    assert not list(out.glob("*.tmp"))
+    folds_csv = (out / "folds.csv").read_text().splitlines()
+    assert folds_csv[0].startswith("fold,n_train,n_val") and len(folds_csv) == 5
+
+
+def bad_column_file(tmp_path):
+    table = synthetic_optdigits(20)
+    write_table(tmp_path / "optdigits.tra", table[:, 1:])  # 64 columns instead of 65
+    write_table(tmp_path / "optdigits.tes", table)
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "emnist"], r"unknown dataset 'emnist'; choose one of"),
+    (["--model", "resnet"], r"unknown model 'resnet'; choose one of: .*s5"),
+    (["--folds", "1"], r"--folds 1 is too small"),
+    (["--folds", "500"], r"--folds 500 is more than the 180 rows"),
+    (["--scaler", "zscore"], r"argument --scaler: invalid choice: 'zscore'"),
+])
+def test_cli_bad_usage_is_one_line(optdigits_dir, capsys, argv, message):
+    try:
+        code = kfold.main(["--data-dir", str(optdigits_dir), "--no-verify", "--epochs", "1",
+                           "--quiet", "--no-plots", "--out", str(optdigits_dir / "out")] + argv)
+    except SystemExit as stop:  # argparse's own usage errors exit directly
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_cli_bad_data_is_one_line(tmp_path, capsys):
+    assert kfold.main(["--data-dir", str(tmp_path / "missing"), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert kfold.main(["--data-dir", str(bad_column_file(tmp_path)), "--no-verify", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "optdigits.tra: line 1: expected 65 comma-separated values, found 64" in err
+    real = real_data("optdigits")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "optdigits.tra").write_bytes((real / "optdigits.tra").read_bytes()[:-500])
+    (corrupt / "optdigits.tes").write_bytes((real / "optdigits.tes").read_bytes())
+    assert kfold.main(["--data-dir", str(corrupt), "--quiet"]) == 2
+    assert "optdigits.tra: SHA-256" in capsys.readouterr().err
+
+
+def test_python_dash_m_end_to_end(optdigits_dir, tmp_path):
+    out = tmp_path / "cli"
+    completed = subprocess.run(
+        [sys.executable, "-m", "digitcnn.kfold", "--data-dir", str(optdigits_dir), "--no-verify",
+         "--epochs", "1", "--folds", "3", "--out", str(out), "--no-plots"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "Warning" not in completed.stderr
+    assert json.loads((out / "metrics.json").read_text())["n"] == 180
+    failed = subprocess.run([sys.executable, "-m", "digitcnn.kfold", "--folds", "0"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1
+
+
+def test_offline_without_data_dir_falls_back(tmp_path, capsys):
+    code = kfold.main(["--epochs", "1", "--limit", "200", "--quiet", "--no-plots",
+                       "--out", str(tmp_path / "fallback")])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "sklearn's bundled copy instead: 1,797 of the 5,620 rows" in err
+    metrics = json.loads((tmp_path / "fallback" / "metrics.json").read_text())
+    assert "load_digits" in metrics["dataset"]["source"]
+
+
+@pytest.mark.slow
+def test_s5_recipe_on_real_uci(tmp_path):
+    folder = real_data("optdigits")
+    config = digitcnn.RunConfig(data_dir=str(folder), scaler="global", quiet=True)
+    result = kfold.run_kfold(kfold.load_for_config(config), config)
+    assert result.confusion.sum() == 5620
+    assert result.accuracy >= 0.975  # S5 reported 0.9811
+    assert all(len(f.train_loss) == len(f.val_loss) == 10 for f in result.folds)
+    assert result.dataset["sha256"]["optdigits.tes"].startswith("85f89a03")
+
+
+def test_real_uci_reruns_identical(tmp_path):
+    folder = real_data("optdigits")
+    config = digitcnn.RunConfig(data_dir=str(folder), limit=1200, epochs=2, quiet=True)
+    runs = [without_timings(kfold.run_kfold(kfold.load_for_config(config), config).metrics())
+            for _ in range(2)]
+    assert runs[0] == runs[1]
