@@ -117,7 +117,12 @@ class DigitDataset:
 
 # Adapters are registered by dotted path and imported on first use, so that ``import
 # digitcnn`` stays quick and an adapter's optional dependencies load only when it is used.
-_ADAPTERS: dict[str, str | Callable[..., DigitDataset]] = {"uci": "digitcnn.data:load_uci"}
+_ADAPTERS: dict[str, str | Callable[..., DigitDataset]] = {
+    "uci": "digitcnn.data:load_uci",
+    "mnist": "digitcnn.mnist:load_mnist",
+    "kaggle": "digitcnn.kaggle:load_kaggle",
+    "images": "digitcnn.images:load_images",
+}
 
 
 def register_dataset(name: str, loader: str | Callable[..., DigitDataset] | None = None):
