@@ -23,9 +23,13 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = ["RunConfig", "build_parser", "config_from_args", "load_toml", "OneLineParser",
-           "SCALERS", "CV_SCHEMES", "DEVICES"]
+           "SCALERS", "CV_SCHEMES", "DEVICES", "OPTIMIZERS", "SCHEDULERS", "MONITORS", "AUGMENTATIONS"]
 
 SCALERS = ("standard", "global", "max", "none")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULERS = ("step", "plateau", "onecycle", "cosine", "none")
+MONITORS = ("val_accuracy", "val_loss")
+AUGMENTATIONS = ("none", "s1", "digits", "light")
 CV_SCHEMES = ("kfold", "stratified", "writers")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -58,19 +62,50 @@ class RunConfig:
                                    "training fold (standard), fitted on all rows before "
                                    "splitting as S5 did, leaking test statistics (global), "
                                    "divide by the maximum value (max), or none", SCALERS)
-    epochs: int = _opt(10, "epochs per fold")
+    epochs: int = _opt(10, "epochs per fold (the most, with early stopping)")
     batch_size: int = _opt(64, "training batch size")
     test_batch_size: int = _opt(1000, "evaluation batch size")
-    lr: float = _opt(1e-3, "learning rate")
+    optimizer: str = _opt("adam", "optimizer", OPTIMIZERS)
+    lr: float = _opt(1e-3, "learning rate (OneCycle: the peak rate)")
+    momentum: float = _opt(0.0, "momentum of SGD and RMSprop")
+    nesterov: bool = _opt(False, "Nesterov momentum (SGD)")
+    weight_decay: float | None = _opt(None, "weight decay (default: the optimizer's own; "
+                                            "AdamW 0.01, others 0)")
+    scheduler: str = _opt("step", "learning-rate schedule: StepLR, ReduceLROnPlateau, "
+                                  "OneCycleLR (per batch), cosine annealing, or none", SCHEDULERS)
     gamma: float = _opt(0.7, "StepLR decay factor")
     step_size: int = _opt(1, "StepLR period in epochs")
+    plateau_monitor: str = _opt("val_accuracy", "metric ReduceLROnPlateau watches", MONITORS)
+    plateau_patience: int = _opt(3, "ReduceLROnPlateau patience in epochs")
+    plateau_factor: float = _opt(0.5, "ReduceLROnPlateau factor")
+    min_lr: float = _opt(1e-5, "ReduceLROnPlateau's lowest learning rate")
+    label_smoothing: float = _opt(0.0, "label smoothing of the training loss")
+    augment: str = _opt("none", "training augmentation preset: s1 is S1's settings (with its "
+                                "horizontal flip), digits the same without flips", AUGMENTATIONS)
+    rotation: float | None = _opt(None, "override the preset's maximum rotation (degrees)")
+    zoom: float | None = _opt(None, "override the preset's zoom range")
+    shift_x: float | None = _opt(None, "override the preset's width shift (fraction)")
+    shift_y: float | None = _opt(None, "override the preset's height shift (fraction)")
+    hflip: bool | None = _opt(None, "override the preset's horizontal flip")
+    vflip: bool | None = _opt(None, "override the preset's vertical flip")
+    early_stopping: bool = _opt(False, "stop a fold when the monitored metric stops improving")
+    monitor: str = _opt("val_accuracy", "metric for early stopping and the best checkpoint",
+                        MONITORS)
+    min_delta: float = _opt(0.0, "smallest change of the monitored metric that counts")
+    patience: int = _opt(4, "epochs without improvement before early stopping")
+    restore_best: bool = _opt(True, "with early stopping, end each fold with its best weights")
     seed: int = _opt(0, "seed of initialisation, shuffling and dropout (fold k uses seed + k)")
     device: str = _opt("auto", "device (auto: CUDA when present, else CPU)", DEVICES)
     deterministic: bool = _opt(False, "use deterministic algorithms (sets CUBLAS_WORKSPACE_CONFIG)")
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
     channels_last: bool = _opt(True, "keep activations in channels_last memory format "
                                      "(faster pooling on CPU and tensor cores on GPU)")
+    add_train_images: str | None = _opt(None, "folder of your own digit images (see --dataset "
+                                              "images) appended to every training fold, never "
+                                              "to a validation fold")
     out: str | None = _opt(None, "results folder (default results/<dataset>-<model>-<UTC time>)")
+    save_models: bool = _opt(False, "keep each fold's final (or best) model in the results "
+                                    "folder: a K-fold run is then a K-model ensemble")
     plots: bool = _opt(True, "write confusion.png and loss_curves.png")
     quiet: bool = _opt(False, "no progress bars or tables")
 
@@ -93,12 +128,31 @@ class RunConfig:
             raise ConfigError(f"--lr {self.lr} must be positive")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"--gamma {self.gamma} must be in (0, 1]")
+        if not 0 < self.plateau_factor < 1:
+            raise ConfigError(f"--plateau-factor {self.plateau_factor} must be in (0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
+        if self.momentum < 0 or (self.weight_decay is not None and self.weight_decay < 0):
+            raise ConfigError("--momentum and --weight-decay must not be negative")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ConfigError("--nesterov needs --optimizer sgd and a positive --momentum")
+        if self.patience < 1 or self.plateau_patience < 0:
+            raise ConfigError("--patience must be at least 1 and --plateau-patience at least 0")
+        self.augmentation()  # validates the augmentation settings
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout {self.dropout} must be in [0, 1)")
         if self.limit is not None and self.limit < 2:
             raise ConfigError(f"--limit {self.limit} must be at least 2 rows")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads {self.threads} must be at least 1")
+
+    def augmentation(self):
+        """The training :class:`~digitcnn.augment.Augmentation` these settings describe."""
+        from .augment import augmentation_from_preset
+
+        return augmentation_from_preset(self.augment, rotation=self.rotation, zoom=self.zoom,
+                                        shift_x=self.shift_x, shift_y=self.shift_y,
+                                        hflip=self.hflip, vflip=self.vflip)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -139,11 +193,13 @@ def _type_of(f: dataclasses.Field):
 
 
 def build_parser(prog: str, description: str, config_type=RunConfig,
-                 suppress_defaults: bool = False, exclude: Sequence[str] = ()) -> argparse.ArgumentParser:
+                 suppress_defaults: bool = False, exclude: Sequence[str] = (),
+                 extra_arguments: Sequence[tuple[tuple, dict]] = ()) -> argparse.ArgumentParser:
     """A parser with one flag per config field, plus ``--config FILE.toml``.
 
     With ``suppress_defaults`` the namespace holds only the flags actually given, which is how
-    flags override the TOML file without the defaults overriding it too.
+    flags override the TOML file without the defaults overriding it too. ``extra_arguments``
+    are ``(args, kwargs)`` for ``add_argument``: a CLI's own flags that are not run settings.
     """
     parser = OneLineParser(prog=prog, description=description,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -151,6 +207,8 @@ def build_parser(prog: str, description: str, config_type=RunConfig,
     parser.add_argument("--config", metavar="FILE.toml",
                         help="TOML file of settings (keys as the flags, dashes or underscores); "
                              "flags override it")
+    for args, kwargs in extra_arguments:
+        parser.add_argument(*args, **kwargs)
     for f in fields(config_type):
         if not f.metadata.get("flag", True) or f.name in exclude:
             continue
@@ -184,18 +242,31 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def config_from_args(argv: Sequence[str] | None, prog: str, description: str,
-                     config_type=RunConfig, exclude: Sequence[str] = ()):
-    """Parse ``argv`` into a config: defaults < ``--config`` TOML < flags given."""
-    full = build_parser(prog, description, config_type, exclude=exclude)
-    full.parse_args(argv)  # --help and usage errors, with the real defaults shown
+                     config_type=RunConfig, exclude: Sequence[str] = (),
+                     extra_arguments: Sequence[tuple[tuple, dict]] = ()):
+    """Parse ``argv`` into a config: defaults < ``--config`` TOML < flags given.
+
+    Returns the config, or ``(config, extras)`` when ``extra_arguments`` are given, where
+    ``extras`` is the namespace of those arguments (with their defaults).
+    """
+    full = build_parser(prog, description, config_type, exclude=exclude,
+                        extra_arguments=extra_arguments)
+    parsed = full.parse_args(argv)  # --help and usage errors, with the real defaults shown
     given = vars(build_parser(prog, description, config_type, suppress_defaults=True,
-                              exclude=exclude).parse_args(argv))
+                              exclude=exclude, extra_arguments=extra_arguments).parse_args(argv))
+    extra_names = [kwargs.get("dest") or args[0].lstrip("-").replace("-", "_")
+                   for args, kwargs in extra_arguments]
+    for name in extra_names:
+        given.pop(name, None)
     values: dict[str, Any] = {}
     toml_path = given.pop("config", None)
     if toml_path:
         values.update(load_toml(toml_path))
     values.update(given)
-    return config_type.from_dict(values, origin=toml_path or "flags")
+    config = config_type.from_dict(values, origin=toml_path or "flags")
+    if not extra_arguments:
+        return config
+    return config, argparse.Namespace(**{name: getattr(parsed, name) for name in extra_names})
 
 
 def config_json(config) -> str:

@@ -1,12 +1,15 @@
 """The training engine: one model, device-resident tensors, index-sliced batches.
 
-No DataLoader: a fold's scaled images and labels already sit on the device, so a batch is
-one index into them. This removes the per-sample ``__getitem__`` and collate work that
-dominates small-image training with a DataLoader, and keeps the loop free of host syncs
-(losses are summed on the device and read once per epoch).
+No DataLoader: a fold's raw uint8 images and labels sit on the device, so a batch is one
+index into them, augmented (training only) and scaled on the fly. This removes the
+per-sample ``__getitem__`` and collate work of a DataLoader, keeps raw data compact on a GPU,
+and keeps the loop free of host syncs (losses are summed on the device and read once per
+epoch).
 """
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -14,10 +17,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import Augmentation
 from .metrics import confusion_counts
 
-__all__ = ["Evaluation", "EpochRecord", "train_epoch", "evaluate", "fit", "make_optimizer",
-           "make_scheduler"]
+__all__ = ["Evaluation", "EpochRecord", "FoldTensors", "EarlyStopping", "FitOutcome",
+           "make_optimizer", "make_scheduler", "smoothed_nll", "train_epoch", "evaluate",
+           "predict_log_probs", "fit"]
+
+
+@dataclass
+class FoldTensors:
+    """One fold's data on the device, with the scaling that turns raw pixels into inputs.
+
+    Attributes:
+        train_images, val_images: (N, C, H, W) raw pixels (uint8 or float) on the device.
+        train_labels, val_labels: (N,) int64 on the device.
+        mean, scale: (C*H*W,) float32 per-pixel scaling on the device: input = (x - mean) / scale.
+        memory_format: the layout handed to the model.
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    mean: torch.Tensor
+    scale: torch.Tensor
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    def inputs(self, raw: torch.Tensor, augmentation: Augmentation | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, C, H, W) raw pixels -> scaled float32 model inputs, augmented when asked."""
+        images = raw.float()
+        if augmentation is not None and augmentation.active:
+            images = augmentation(images, generator)  # on raw values: the fill is background
+        shape = images.shape
+        scaled = (images.reshape(shape[0], -1) - self.mean) / self.scale
+        return scaled.reshape(shape).contiguous(memory_format=self.memory_format)
 
 
 @dataclass
@@ -54,75 +89,198 @@ class EpochRecord:
     """Per-epoch history of one fold: each list has one entry per finished epoch."""
 
     train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
 
-
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam, S5's optimizer."""
-    return torch.optim.Adam(model.parameters(), lr=lr)
+    def metric(self, name: str) -> float:
+        return getattr(self, name)[-1]
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, step_size: int, gamma: float):
-    """StepLR, S5's schedule: the learning rate times ``gamma`` every ``step_size`` epochs."""
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+class EarlyStopping:
+    """Keras-style early stopping on ``val_accuracy`` (higher is better) or ``val_loss``.
+
+    An epoch improves when it beats the best value so far by more than ``min_delta``; after
+    ``patience`` epochs without improvement, :attr:`should_stop` turns true. The best weights
+    are kept (on the model's device) so that they can be restored.
+    """
+
+    def __init__(self, monitor: str = "val_accuracy", min_delta: float = 0.0, patience: int = 4):
+        self.monitor, self.min_delta, self.patience = monitor, abs(min_delta), patience
+        self.sign = 1.0 if monitor == "val_accuracy" else -1.0
+        self.best_value = -math.inf
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.waited = 0
+
+    @property
+    def should_stop(self) -> bool:
+        return self.waited >= self.patience
+
+    def update(self, epoch: int, value: float, model: nn.Module) -> bool:
+        """Record ``value`` for ``epoch``; True when it is the new best."""
+        if self.sign * value > self.best_value + self.min_delta or self.best_epoch < 0:
+            self.best_value, self.best_epoch, self.waited = self.sign * value, epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+            return True
+        self.waited += 1
+        return False
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                labels: torch.Tensor, batch_size: int, generator: torch.Generator) -> float:
-    """One pass over (N, C, H, W) ``images`` and (N,) ``labels`` in a random order.
+@dataclass
+class FitOutcome:
+    """What :func:`fit` returns: history, final evaluation, and where training ended."""
+
+    history: EpochRecord
+    evaluation: Evaluation
+    epochs_run: int
+    best_epoch: int
+    stopped_early: bool
+    final_lr: float
+
+
+def make_optimizer(parameters, config) -> torch.optim.Optimizer:
+    """Adam (S5), AdamW, SGD (momentum, Nesterov) or RMSprop, from a RunConfig."""
+    decay = {} if config.weight_decay is None else {"weight_decay": config.weight_decay}
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr, **decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, **decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov, **decay)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=config.lr, momentum=config.momentum, **decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config, steps_per_epoch: int):
+    """The schedule and whether it steps per batch (OneCycle) rather than per epoch."""
+    kind = config.scheduler
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma), False
+    if kind == "plateau":
+        mode = "max" if config.plateau_monitor == "val_accuracy" else "min"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=config.plateau_factor, patience=config.plateau_patience,
+            min_lr=config.min_lr), False
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch), True
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs), False
+    if kind == "none":
+        return None, False
+    raise ValueError(f"unknown scheduler {kind!r}")
+
+
+def smoothed_nll(log_probs: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Mean NLL of (N, C) log-probabilities, with label smoothing.
+
+    Equal to ``F.cross_entropy(logits, targets, label_smoothing=smoothing)``: the models end in
+    LogSoftmax, so the smoothing term is the mean of ``-log_probs`` over classes.
+    """
+    loss = F.nll_loss(log_probs, targets)
+    if smoothing:
+        loss = (1 - smoothing) * loss - smoothing * log_probs.mean(dim=1).mean()
+    return loss
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: FoldTensors,
+                batch_size: int, generator: torch.Generator, *,
+                augmentation: Augmentation | None = None, label_smoothing: float = 0.0,
+                batch_scheduler=None) -> tuple[float, float]:
+    """One pass over the training rows in a random order; returns (mean loss, accuracy).
 
     The permutation is drawn on the CPU from ``generator`` (so a seed gives the same order on
-    every device) and moved once. Returns the mean training NLL of the epoch.
+    every device) and moved once.
     """
     model.train()
-    count = len(labels)
-    order = torch.randperm(count, generator=generator).to(images.device, non_blocking=True)
-    loss_sum = torch.zeros((), device=images.device)
+    count = len(data.train_labels)
+    device = data.train_labels.device
+    order = torch.randperm(count, generator=generator).to(device, non_blocking=True)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
     for start in range(0, count, batch_size):
         batch = order[start:start + batch_size]
+        labels = data.train_labels[batch]
+        log_probs = model(data.inputs(data.train_images[batch], augmentation, generator))
+        loss = smoothed_nll(log_probs, labels, label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.nll_loss(model(images[batch]), labels[batch])
         loss.backward()
         optimizer.step()
+        if batch_scheduler is not None:
+            batch_scheduler.step()
         loss_sum += loss.detach() * len(batch)
-    return float(loss_sum) / count
+        correct += (log_probs.detach().argmax(dim=1) == labels).sum()
+    return float(loss_sum) / count, int(correct) / count
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-             num_classes: int) -> Evaluation:
-    """Summed NLL, confusion counts and log-probabilities of ``model`` on a labelled set."""
+def predict_log_probs(model: nn.Module, data: FoldTensors, images: torch.Tensor,
+                      batch_size: int) -> torch.Tensor:
+    """(N, C) log-probabilities of raw ``images`` (N, C, H, W), in eval mode, no augmentation."""
     model.eval()
-    outputs = [model(images[start:start + batch_size]) for start in range(0, len(labels), batch_size)]
-    log_probs = torch.cat(outputs) if outputs else images.new_zeros((0, num_classes))
+    outputs = [model(data.inputs(images[start:start + batch_size]))
+               for start in range(0, len(images), batch_size)]
+    return torch.cat(outputs).float() if outputs else images.new_zeros((0, 0), dtype=torch.float32)
+
+
+def evaluate(model: nn.Module, data: FoldTensors, batch_size: int, num_classes: int) -> Evaluation:
+    """Summed NLL, confusion counts and log-probabilities on the validation rows."""
+    log_probs = predict_log_probs(model, data, data.val_images, batch_size)
+    labels = data.val_labels
     loss_sum = F.nll_loss(log_probs, labels, reduction="sum")
     confusion = confusion_counts(log_probs.argmax(dim=1), labels, num_classes)
-    return Evaluation(float(loss_sum), len(labels), confusion.cpu(), log_probs.float().cpu())
+    return Evaluation(float(loss_sum), len(labels), confusion.cpu(), log_probs.cpu())
 
 
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, train_images: torch.Tensor,
-        train_labels: torch.Tensor, val_images: torch.Tensor, val_labels: torch.Tensor, *,
-        epochs: int, batch_size: int, test_batch_size: int, num_classes: int,
+def fit(model: nn.Module, data: FoldTensors, config, *, num_classes: int,
         generator: torch.Generator,
-        on_epoch: Callable[[int, EpochRecord], None] | None = None) -> tuple[EpochRecord, Evaluation]:
-    """Train for ``epochs`` epochs, evaluating on the validation rows after each.
+        on_epoch: Callable[[int, EpochRecord], None] | None = None) -> FitOutcome:
+    """Train ``model`` with ``config``'s recipe, evaluating on the validation rows each epoch.
 
-    Returns the per-epoch history and the final validation :class:`Evaluation`.
+    A fresh optimizer, schedule and early-stopping state are made here, so nothing carries
+    over from an earlier call. With early stopping and ``restore_best``, the model ends with
+    its best weights and the returned evaluation is of those weights.
     """
+    steps_per_epoch = math.ceil(len(data.train_labels) / config.batch_size)
+    optimizer = make_optimizer(model.parameters(), config)
+    scheduler, per_batch = make_scheduler(optimizer, config, steps_per_epoch)
+    augmentation = config.augmentation()
+    stopper = EarlyStopping(config.monitor, config.min_delta, config.patience)
     history = EpochRecord()
     evaluation = None
-    for epoch in range(epochs):
-        history.train_loss.append(train_epoch(model, optimizer, train_images, train_labels,
-                                              batch_size, generator))
-        evaluation = evaluate(model, val_images, val_labels, test_batch_size, num_classes)
+    stopped_early = False
+    for epoch in range(config.epochs):
+        history.lr.append(optimizer.param_groups[0]["lr"])
+        train_loss, train_accuracy = train_epoch(
+            model, optimizer, data, config.batch_size, generator, augmentation=augmentation,
+            label_smoothing=config.label_smoothing,
+            batch_scheduler=scheduler if per_batch else None)
+        evaluation = evaluate(model, data, config.test_batch_size, num_classes)
+        history.train_loss.append(train_loss)
+        history.train_accuracy.append(train_accuracy)
         history.val_loss.append(evaluation.loss)
         history.val_accuracy.append(evaluation.accuracy)
-        history.lr.append(optimizer.param_groups[0]["lr"])
-        if scheduler is not None:
-            scheduler.step()
+        if scheduler is not None and not per_batch:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(history.metric(config.plateau_monitor))
+            else:
+                scheduler.step()
+        stopper.update(epoch, history.metric(config.monitor), model)
         if on_epoch is not None:
             on_epoch(epoch, history)
-    assert evaluation is not None  # epochs >= 1 is validated by RunConfig
-    return history, evaluation
+        if config.early_stopping and stopper.should_stop:
+            stopped_early = True
+            break
+    if evaluation is None:
+        raise ValueError("fit needs at least one epoch")
+    final_lr = optimizer.param_groups[0]["lr"]
+    if config.early_stopping and config.restore_best and stopper.best_epoch != epoch:
+        model.load_state_dict(stopper.best_state)
+        evaluation = evaluate(model, data, config.test_batch_size, num_classes)
+    return FitOutcome(history, evaluation, epochs_run=epoch + 1, best_epoch=stopper.best_epoch,
+                      stopped_early=stopped_early, final_lr=final_lr)

@@ -13,6 +13,7 @@ CLI: ``python -m digitcnn.kfold --dataset uci --folds 4`` (``--help`` lists ever
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 import warnings
@@ -30,13 +31,17 @@ from .config import RunConfig, config_from_args
 from .data import DigitDataset, load
 from .errors import ConfigError, DataError, cli_entry
 from .models import create_model
-from .results import FoldResult, KFoldResult
+from .results import (FoldResult, KFoldResult, fold_path, write_fold, write_run_start)
 from .runtime import (configure_determinism, fold_seed, library_versions, seed_everything,
                       select_device)
-from .scaling import fit_scaler
+from .scaling import Scaler, fit_scaler
 
 __all__ = ["make_splits", "splits_sha256", "run_kfold", "run_fold", "load_for_config",
-           "default_out_dir", "main"]
+           "load_extra_training", "default_out_dir", "resume_config", "main"]
+
+# Settings that change how a run is shown or where it goes, not what it computes: a run may
+# be resumed with other values of these.
+PRESENTATION_KEYS = ("out", "quiet", "plots", "threads", "save_models")
 
 
 def make_splits(dataset: DigitDataset, config: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -87,31 +92,69 @@ def load_for_config(config: RunConfig) -> DigitDataset:
     return dataset
 
 
+def load_extra_training(config: RunConfig, dataset: DigitDataset) -> DigitDataset | None:
+    """The ``--add-train-images`` set, checked to fit ``dataset``; None when not asked for."""
+    if config.add_train_images is None:
+        return None
+    extra = load("images", config.add_train_images, verify=config.verify)
+    if extra.input_shape != dataset.input_shape:
+        raise DataError(f"{config.add_train_images}: images are {extra.input_shape[1]}x"
+                        f"{extra.input_shape[2]} but {dataset.name} is {dataset.input_shape[1]}x"
+                        f"{dataset.input_shape[2]}; add own images to a 28x28 dataset (mnist, "
+                        "kaggle)")
+    if extra.max_value != dataset.max_value:
+        raise DataError(f"{config.add_train_images}: pixel range 0..{extra.max_value} differs from "
+                        f"{dataset.name}'s 0..{dataset.max_value}")
+    return extra
+
+
+def _fold_scaler(config: RunConfig, train_images: torch.Tensor, max_value: int,
+                 global_scaler: Scaler | None) -> Scaler:
+    # Statistics come from this fold's training rows only, unless S5's leak is asked for.
+    return global_scaler or fit_scaler(config.scaler, train_images, max_value)
+
+
+def fold_tensors(dataset: DigitDataset, config: RunConfig, train_rows: np.ndarray,
+                 val_rows: np.ndarray, device: torch.device, global_scaler: Scaler | None = None,
+                 extra: DigitDataset | None = None) -> tuple[engine.FoldTensors, Scaler]:
+    """Move one fold's raw rows to the device; fit its scaler on its training rows."""
+    train_images = dataset.images[torch.as_tensor(train_rows)]
+    train_labels = dataset.labels[torch.as_tensor(train_rows)]
+    if extra is not None:  # own images join the training side only
+        train_images = torch.cat([train_images, extra.images])
+        train_labels = torch.cat([train_labels, extra.labels])
+    val_index = torch.as_tensor(val_rows)
+    scaler = _fold_scaler(config, train_images, dataset.max_value, global_scaler)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    tensors = engine.FoldTensors(
+        train_images=train_images.to(device), train_labels=train_labels.to(device),
+        val_images=dataset.images[val_index].to(device),
+        val_labels=dataset.labels[val_index].to(device),
+        mean=torch.as_tensor(scaler.mean, dtype=torch.float32, device=device),
+        scale=torch.as_tensor(scaler.scale, dtype=torch.float32, device=device),
+        memory_format=memory_format)
+    return tensors, scaler
+
+
+def model_options(config: RunConfig) -> dict:
+    return {} if config.dropout is None else {"dropout": config.dropout}
+
+
 def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np.ndarray,
-             val_rows: np.ndarray, device: torch.device, global_scaler=None,
-             progress=None) -> FoldResult:
-    """Train and evaluate one fold from scratch: fresh seed, model, optimizer and scheduler."""
+             val_rows: np.ndarray, device: torch.device, global_scaler: Scaler | None = None,
+             progress=None, extra: DigitDataset | None = None,
+             out_dir: Path | None = None) -> FoldResult:
+    """Train and evaluate one fold from scratch: fresh seed, model, optimizer, schedule and
+    early-stopping state. With ``out_dir`` and ``config.save_models`` the fold's model is
+    saved under ``out_dir/folds/fold<k>/``."""
     started = time.perf_counter()
     seed = fold_seed(config.seed, fold)
     generator = seed_everything(seed)
-    train_index = torch.as_tensor(train_rows, dtype=torch.int64)
-    val_index = torch.as_tensor(val_rows, dtype=torch.int64)
-    # Scaling statistics come from this fold's training rows only, unless S5's leak is asked for.
-    scaler = global_scaler or fit_scaler(config.scaler, dataset.images[train_index],
-                                         dataset.max_value)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    train_images = scaler.apply(dataset.images[train_index], device).contiguous(
-        memory_format=memory_format)
-    val_images = scaler.apply(dataset.images[val_index], device).contiguous(
-        memory_format=memory_format)
-    train_labels = dataset.labels[train_index].to(device)
-    val_labels = dataset.labels[val_index].to(device)
-
-    options = {} if config.dropout is None else {"dropout": config.dropout}
-    model = create_model(config.model, dataset.input_shape, len(dataset.classes), init=config.init,
-                         **options).to(device, memory_format=memory_format)
-    optimizer = engine.make_optimizer(model, config.lr)
-    scheduler = engine.make_scheduler(optimizer, config.step_size, config.gamma)
+    data, scaler = fold_tensors(dataset, config, train_rows, val_rows, device, global_scaler,
+                                extra)
+    model = create_model(config.model, dataset.input_shape, len(dataset.classes),
+                         init=config.init, **model_options(config))
+    model = model.to(device, memory_format=data.memory_format)
 
     def report(epoch: int, history: engine.EpochRecord) -> None:
         if progress is not None:
@@ -119,21 +162,60 @@ def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np
             progress.set_postfix(fold=fold, epoch=epoch + 1, loss=f"{history.train_loss[-1]:.4f}",
                                  val_loss=f"{history.val_loss[-1]:.4f}")
 
-    history, evaluation = engine.fit(
-        model, optimizer, scheduler, train_images, train_labels, val_images, val_labels,
-        epochs=config.epochs, batch_size=config.batch_size,
-        test_batch_size=config.test_batch_size, num_classes=len(dataset.classes),
-        generator=generator, on_epoch=report)
-    return FoldResult(fold=fold, n_train=len(train_rows), n_val=len(val_rows),
-                      correct=evaluation.correct, loss=evaluation.loss,
-                      confusion=evaluation.confusion.numpy(), train_loss=history.train_loss,
-                      val_loss=history.val_loss, val_accuracy=history.val_accuracy,
-                      lrs=history.lr, lr=float(scheduler.get_last_lr()[0]), seed=seed,
-                      val_indices=np.asarray(val_rows), wall_s=time.perf_counter() - started)
+    outcome = engine.fit(model, data, config, num_classes=len(dataset.classes),
+                         generator=generator, on_epoch=report)
+    history, evaluation = outcome.history, outcome.evaluation
+    if progress is not None and outcome.epochs_run < config.epochs:
+        progress.update(config.epochs - outcome.epochs_run)
+    result = FoldResult(
+        fold=fold, n_train=len(data.train_labels), n_val=len(val_rows),
+        correct=evaluation.correct, loss=evaluation.loss, confusion=evaluation.confusion.numpy(),
+        train_loss=history.train_loss, val_loss=history.val_loss,
+        val_accuracy=history.val_accuracy, lrs=history.lr, lr=outcome.final_lr, seed=seed,
+        val_indices=np.asarray(val_rows), wall_s=time.perf_counter() - started,
+        train_accuracy=history.train_accuracy, epochs_run=outcome.epochs_run,
+        best_epoch=outcome.best_epoch, stopped_early=outcome.stopped_early)
+    if out_dir is not None and config.save_models:
+        save_fold_model(model, out_dir, dataset, config, scaler, result)
+    return result
 
 
-def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig()) -> KFoldResult:
-    """Cross-validate ``config.model`` on ``dataset``; see :class:`KFoldResult` for the metrics."""
+def save_fold_model(model, out_dir: Path, dataset: DigitDataset, config: RunConfig,
+                    scaler: Scaler, result: FoldResult) -> Path:
+    from .checkpoint import save_model
+
+    meta = {"model": config.model, "input_shape": list(dataset.input_shape),
+            "num_classes": len(dataset.classes), "classes": list(dataset.classes),
+            "model_options": model_options(config), "init": config.init,
+            "max_value": dataset.max_value, "scaler": scaler.to_dict(), "fold": result.fold,
+            "dataset": dataset.info(), "config": config.to_dict(),
+            "metrics": {"accuracy": result.accuracy, "loss": result.loss,
+                        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}}
+    return save_model(model, Path(out_dir) / "folds" / f"fold{result.fold}" / "model.safetensors",
+                      meta=meta)
+
+
+def _finished_fold(out_dir: Path, fold: int, val_rows: np.ndarray) -> FoldResult | None:
+    path = fold_path(out_dir, fold)
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text())
+    if not np.array_equal(np.asarray(stored["val_indices"]), val_rows):
+        raise ConfigError(f"{path}: this fold was run on other rows; resume with the data and "
+                          "settings of the original run, or start a new --out folder")
+    return FoldResult.from_dict(stored, stored["val_indices"])
+
+
+def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
+              out_dir: str | Path | None = None, resume: bool = False) -> KFoldResult:
+    """Cross-validate ``config.model`` on ``dataset``; see :class:`KFoldResult` for the metrics.
+
+    Args:
+        out_dir: when given, ``config.json`` and ``splits.json`` are written first and each
+            fold is written to ``folds/fold<k>.json`` as it ends (the final files are left to
+            :meth:`KFoldResult.write_final`).
+        resume: reuse the folds already finished in ``out_dir`` instead of training them again.
+    """
     if dataset.labels is None:
         raise DataError(f"{dataset.name}: the dataset has no labels; K-fold needs labelled rows")
     configure_determinism(config.deterministic)
@@ -141,20 +223,38 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig()) -> KFoldRe
         torch.set_num_threads(config.threads)
     device = select_device(config.device)
     splits = make_splits(dataset, config)
+    fingerprint = splits_sha256(splits)
+    versions = library_versions()
+    extra = load_extra_training(config, dataset)
     global_scaler = (fit_scaler("global", dataset.images, dataset.max_value)
                      if config.scaler == "global" else None)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        write_run_start(out_dir, config, fingerprint, versions,
+                        [(k, fold_seed(config.seed, k), val) for k, (_, val) in enumerate(splits)])
     show = not config.quiet and sys.stderr.isatty()
     started = time.perf_counter()
     folds = []
     with tqdm(total=len(splits) * config.epochs, desc=f"{dataset.name}/{config.model}",
               disable=not show, leave=False, file=sys.stderr) as progress:
         for fold, (train_rows, val_rows) in enumerate(splits):
-            folds.append(run_fold(dataset, config, fold, train_rows, val_rows, device,
-                                  global_scaler, progress))
+            finished = _finished_fold(out_dir, fold, val_rows) if resume and out_dir else None
+            if finished is not None:
+                progress.update(config.epochs)
+                folds.append(finished)
+                continue
+            result = run_fold(dataset, config, fold, train_rows, val_rows, device, global_scaler,
+                              progress, extra, out_dir)
+            if out_dir is not None:
+                write_fold(out_dir, result)
+            folds.append(result)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return KFoldResult(config=config, dataset=dataset.info(), folds=folds, device=str(device),
-                       versions=library_versions(), splits_sha256=splits_sha256(splits),
+    dataset_info = dataset.info()
+    if extra is not None:
+        dataset_info["added_to_training"] = extra.info()
+    return KFoldResult(config=config, dataset=dataset_info, folds=folds, device=str(device),
+                       versions=versions, splits_sha256=fingerprint,
                        wall_s=time.perf_counter() - started, num_classes=len(dataset.classes))
 
 
@@ -168,23 +268,53 @@ def default_out_dir(config: RunConfig, root: str | Path = "results") -> Path:
     return candidate
 
 
+def resume_config(run_dir: str | Path, given: RunConfig | None = None) -> RunConfig:
+    """The config stored in ``run_dir/config.json``, with ``out`` pointing at ``run_dir``."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no config.json, so there is no run to resume there; pass "
+                          "the folder a K-fold run wrote (its --out)")
+    stored = json.loads(path.read_text())
+    known = set(RunConfig.__dataclass_fields__)
+    config = RunConfig.from_dict({k: v for k, v in stored.items() if k in known}, str(path))
+    return config.replace(out=str(run_dir), **({"quiet": given.quiet} if given else {}))
+
+
+def load_quietly(config: RunConfig, prog: str) -> DigitDataset:
+    """Load the run's data; adapter warnings (e.g. the UCI fallback) become one plain line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        dataset = load_for_config(config)
+    for warning in caught:
+        if issubclass(warning.category, RuntimeWarning):
+            print(f"{prog}: warning: {warning.message}", file=sys.stderr)
+    return dataset
+
+
 @cli_entry("digitcnn.kfold")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.kfold``: a K-fold run from flags and/or a TOML config."""
-    config = config_from_args(argv, "python -m digitcnn.kfold",
-                              "K-fold cross-validation of a digit CNN; defaults are pipeline S5's "
-                              "recipe on UCI optdigits.")
-    with warnings.catch_warnings():
-        # The fallback warning is the user's to see, once, as a plain line.
-        warnings.simplefilter("ignore")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RuntimeWarning)
-            dataset = load_for_config(config)
-    for warning in caught:
-        print(f"digitcnn.kfold: warning: {warning.message}", file=sys.stderr)
-    result = run_kfold(dataset, config)
+    config, extras = config_from_args(
+        argv, "python -m digitcnn.kfold",
+        "K-fold cross-validation of a digit CNN; defaults are pipeline S5's recipe on UCI "
+        "optdigits.",
+        extra_arguments=[(("--resume",), {"metavar": "DIR", "default": None,
+                                           "help": "continue the interrupted run in DIR with its "
+                                                   "stored settings; finished folds are kept"})])
+    resume_dir = extras.resume
+    if resume_dir is not None:
+        config = resume_config(resume_dir, config)
+    dataset = load_quietly(config, "digitcnn.kfold")
     out = Path(config.out) if config.out else default_out_dir(config)
-    result.save(out, plots=config.plots)
+    try:
+        result = run_kfold(dataset, config, out_dir=out, resume=resume_dir is not None)
+    except KeyboardInterrupt:
+        finished = len(list((out / "folds").glob("fold*.json")))
+        print(f"digitcnn.kfold: interrupted; {finished} finished fold(s) are saved in {out}; "
+              f"continue with: python -m digitcnn.kfold --resume {out}", file=sys.stderr)
+        return 130
+    result.write_final(out, plots=config.plots)
     if not config.quiet:
         print(result.summary())
         print(f"results written to {out}")

@@ -21,7 +21,7 @@ import numpy as np
 from .metrics import ConfusionAccumulator, mean_std
 
 __all__ = ["FoldResult", "KFoldResult", "atomic_write_text", "atomic_write_bytes",
-           "write_json", "TIMING_KEYS"]
+           "write_json", "write_run_start", "write_fold", "fold_path", "TIMING_KEYS"]
 
 # Keys whose values are wall-clock measurements: everything else in metrics.json is a
 # deterministic function of the config and the data.
@@ -64,7 +64,9 @@ class FoldResult:
         loss: mean validation NLL after the last epoch.
         confusion: (C, C) int64 counts on the validation rows, rows true, columns predicted.
         train_loss, val_loss, val_accuracy: one value per epoch.
-        lrs: learning rate used in each epoch; ``lr`` is the scheduler's last rate.
+        lrs: learning rate at the start of each epoch; ``lr`` is the rate after the last step.
+        train_accuracy: training accuracy per epoch (dropout and augmentation on).
+        epochs_run, best_epoch, stopped_early: where training ended (early stopping).
         seed: the fold's torch seed.
         val_indices: (n_val,) row indices of the validation rows in the dataset.
         wall_s: seconds spent training and evaluating this fold.
@@ -84,6 +86,10 @@ class FoldResult:
     seed: int
     val_indices: np.ndarray
     wall_s: float = 0.0
+    train_accuracy: list[float] = field(default_factory=list)
+    epochs_run: int = 0
+    best_epoch: int = -1
+    stopped_early: bool = False
 
     @property
     def accuracy(self) -> float:
@@ -95,7 +101,17 @@ class FoldResult:
                 "confusion": np.asarray(self.confusion).tolist(),
                 "train_loss": list(self.train_loss), "val_loss": list(self.val_loss),
                 "val_accuracy": list(self.val_accuracy), "lrs": list(self.lrs), "lr": self.lr,
-                "seed": self.seed, "wall_s": self.wall_s}
+                "seed": self.seed, "wall_s": self.wall_s,
+                "train_accuracy": list(self.train_accuracy), "epochs_run": self.epochs_run,
+                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early}
+
+    @classmethod
+    def from_dict(cls, values: dict, val_indices) -> "FoldResult":
+        """Rebuild from :meth:`to_dict` output (a finished fold read back to resume a run)."""
+        names = {f for f in cls.__dataclass_fields__} - {"val_indices", "confusion"}
+        return cls(**{k: values[k] for k in names if k in values},
+                   confusion=np.asarray(values["confusion"], dtype=np.int64),
+                   val_indices=np.asarray(val_indices, dtype=np.int64))
 
 
 @dataclass
@@ -175,17 +191,17 @@ class KFoldResult:
         return "\n".join(lines)
 
     def save(self, directory: str | os.PathLike, plots: bool = True) -> Path:
-        """Write the run directory; ``metrics.json`` last. Returns the directory."""
+        """Write the whole run directory; ``metrics.json`` last. Returns the directory."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_json(directory / "config.json", {**self.config.to_dict(),
-                                               "splits_sha256": self.splits_sha256,
-                                               "versions": self.versions})
-        write_json(directory / "splits.json",
-                   {"splits_sha256": self.splits_sha256,
-                    "folds": [{"fold": f.fold, "seed": f.seed,
-                               "val_indices": np.asarray(f.val_indices).tolist()}
-                              for f in self.folds]})
+        write_run_start(directory, self.config, self.splits_sha256, self.versions,
+                        [(f.fold, f.seed, f.val_indices) for f in self.folds])
+        for fold in self.folds:
+            write_fold(directory, fold)
+        return self.write_final(directory, plots)
+
+    def write_final(self, directory: str | os.PathLike, plots: bool = True) -> Path:
+        """``folds.csv``, the plots, then ``metrics.json`` (the mark of a finished run)."""
+        directory = Path(directory)
         atomic_write_text(directory / "folds.csv", self.folds_csv())
         if plots:
             from .plots import plot_confusion, plot_loss_curves
@@ -197,3 +213,25 @@ class KFoldResult:
                              directory / "loss_curves.png", title)
         write_json(directory / "metrics.json", self.metrics())
         return directory
+
+
+def write_run_start(directory: Path, config, splits_sha256: str, versions: dict,
+                    folds: list[tuple[int, int, np.ndarray]]) -> None:
+    """``config.json`` and ``splits.json``, written before any fold trains."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / "config.json", {**config.to_dict(), "splits_sha256": splits_sha256,
+                                           "versions": versions})
+    write_json(directory / "splits.json",
+               {"splits_sha256": splits_sha256,
+                "folds": [{"fold": fold, "seed": seed,
+                           "val_indices": np.asarray(val).tolist()} for fold, seed, val in folds]})
+
+
+def fold_path(directory: Path, fold: int) -> Path:
+    return Path(directory) / "folds" / f"fold{fold}.json"
+
+
+def write_fold(directory: Path, fold: FoldResult) -> Path:
+    """One finished fold, written as soon as it ends so that a run can be resumed."""
+    return write_json(fold_path(directory, fold.fold),
+                      {**fold.to_dict(), "val_indices": np.asarray(fold.val_indices).tolist()})

@@ -128,8 +128,9 @@ def test_cli_writes_the_run_directory(optdigits_dir, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "accuracy" in printed and f"results written to {out}" in printed
-    assert {p.name for p in out.iterdir()} == {"config.json", "splits.json", "folds.csv",
+    assert {p.name for p in out.iterdir()} == {"config.json", "splits.json", "folds.csv", "folds",
                                                "metrics.json", "confusion.png", "loss_curves.png"}
+    assert sorted(p.name for p in (out / "folds").iterdir()) == [f"fold{k}.json" for k in range(4)]
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("accuracy", "accuracy_mean", "accuracy_std", "loss", "confusion", "folds",
                 "dataset", "device", "wall_s", "versions"):
