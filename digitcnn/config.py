@@ -30,7 +30,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULERS = ("step", "plateau", "onecycle", "cosine", "none")
 MONITORS = ("val_accuracy", "val_loss")
 AUGMENTATIONS = ("none", "s1", "digits", "light")
-CV_SCHEMES = ("kfold", "stratified", "writers")
+CV_SCHEMES = ("kfold", "stratified", "writers", "holdout", "full")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -52,9 +52,11 @@ class RunConfig:
     model: str = _opt("s5", "model name (python -m digitcnn.models lists them)")
     init: str = _opt("kaiming-xavier", "weight initialisation", ("kaiming-xavier", "default"))
     dropout: float | None = _opt(None, "dropout probability (default: the model's own)")
-    cv: str = _opt("kfold", "fold scheme: sklearn KFold, StratifiedKFold, or the original "
-                            "writer-disjoint split (train on optdigits.tra, evaluate on .tes)",
-                   CV_SCHEMES)
+    cv: str = _opt("kfold", "fold scheme: sklearn KFold, StratifiedKFold, the original "
+                            "writer-disjoint split (train on optdigits.tra, evaluate on .tes), "
+                            "one stratified holdout split (--val-fraction), or full (train on "
+                            "every row, no validation)", CV_SCHEMES)
+    val_fraction: float = _opt(0.1, "validation share of the holdout split (S1: 0.1, S3: 0.3)")
     folds: int = _opt(4, "number of folds")
     shuffle: bool = _opt(True, "shuffle rows before splitting into folds")
     random_state: int = _opt(30, "random_state of the fold splitter")
@@ -141,6 +143,11 @@ class RunConfig:
         self.augmentation()  # validates the augmentation settings
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout {self.dropout} must be in [0, 1)")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction {self.val_fraction} must be in (0, 1)")
+        if self.cv == "full" and (self.early_stopping or self.scheduler == "plateau"):
+            raise ConfigError("training on every row (--full) leaves no validation rows for "
+                              "early stopping or ReduceLROnPlateau; use a holdout split")
         if self.limit is not None and self.limit < 2:
             raise ConfigError(f"--limit {self.limit} must be at least 2 rows")
         if self.threads is not None and self.threads < 1:
@@ -194,13 +201,16 @@ def _type_of(f: dataclasses.Field):
 
 def build_parser(prog: str, description: str, config_type=RunConfig,
                  suppress_defaults: bool = False, exclude: Sequence[str] = (),
-                 extra_arguments: Sequence[tuple[tuple, dict]] = ()) -> argparse.ArgumentParser:
+                 extra_arguments: Sequence[tuple[tuple, dict]] = (),
+                 defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     """A parser with one flag per config field, plus ``--config FILE.toml``.
 
     With ``suppress_defaults`` the namespace holds only the flags actually given, which is how
     flags override the TOML file without the defaults overriding it too. ``extra_arguments``
     are ``(args, kwargs)`` for ``add_argument``: a CLI's own flags that are not run settings.
+    ``defaults`` replaces some fields' defaults for this CLI.
     """
+    defaults = defaults or {}
     parser = OneLineParser(prog=prog, description=description,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                            argument_default=argparse.SUPPRESS if suppress_defaults else None)
@@ -213,7 +223,7 @@ def build_parser(prog: str, description: str, config_type=RunConfig,
         if not f.metadata.get("flag", True) or f.name in exclude:
             continue
         kind = _type_of(f)
-        default = argparse.SUPPRESS if suppress_defaults else f.default
+        default = argparse.SUPPRESS if suppress_defaults else defaults.get(f.name, f.default)
         common = {"help": f.metadata.get("help", ""), "dest": f.name, "default": default}
         if kind is bool:
             parser.add_argument(f"--{_flag(f.name)}", action=argparse.BooleanOptionalAction, **common)
@@ -243,14 +253,16 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 def config_from_args(argv: Sequence[str] | None, prog: str, description: str,
                      config_type=RunConfig, exclude: Sequence[str] = (),
-                     extra_arguments: Sequence[tuple[tuple, dict]] = ()):
+                     extra_arguments: Sequence[tuple[tuple, dict]] = (),
+                     defaults: dict[str, Any] | None = None):
     """Parse ``argv`` into a config: defaults < ``--config`` TOML < flags given.
 
     Returns the config, or ``(config, extras)`` when ``extra_arguments`` are given, where
-    ``extras`` is the namespace of those arguments (with their defaults).
+    ``extras`` is the namespace of those arguments (with their defaults). ``defaults`` are
+    this CLI's own defaults for some fields (below the TOML file and the flags).
     """
     full = build_parser(prog, description, config_type, exclude=exclude,
-                        extra_arguments=extra_arguments)
+                        extra_arguments=extra_arguments, defaults=defaults)
     parsed = full.parse_args(argv)  # --help and usage errors, with the real defaults shown
     given = vars(build_parser(prog, description, config_type, suppress_defaults=True,
                               exclude=exclude, extra_arguments=extra_arguments).parse_args(argv))
@@ -258,7 +270,7 @@ def config_from_args(argv: Sequence[str] | None, prog: str, description: str,
                    for args, kwargs in extra_arguments]
     for name in extra_names:
         given.pop(name, None)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
     toml_path = given.pop("config", None)
     if toml_path:
         values.update(load_toml(toml_path))

@@ -230,8 +230,11 @@ def predict_log_probs(model: nn.Module, data: FoldTensors, images: torch.Tensor,
 
 def evaluate(model: nn.Module, data: FoldTensors, batch_size: int, num_classes: int) -> Evaluation:
     """Summed NLL, confusion counts and log-probabilities on the validation rows."""
-    log_probs = predict_log_probs(model, data, data.val_images, batch_size)
     labels = data.val_labels
+    if len(labels) == 0:  # training on every row (--full): nothing to evaluate
+        return Evaluation(float("nan"), 0, torch.zeros(num_classes, num_classes, dtype=torch.int64),
+                          torch.zeros(0, num_classes))
+    log_probs = predict_log_probs(model, data, data.val_images, batch_size)
     loss_sum = F.nll_loss(log_probs, labels, reduction="sum")
     confusion = confusion_counts(log_probs.argmax(dim=1), labels, num_classes)
     return Evaluation(float(loss_sum), len(labels), confusion.cpu(), log_probs.cpu())

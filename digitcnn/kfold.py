@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from tqdm.auto import tqdm
 
 from . import engine
@@ -47,6 +47,15 @@ PRESENTATION_KEYS = ("out", "quiet", "plots", "threads", "save_models")
 def make_splits(dataset: DigitDataset, config: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train_indices, val_indices) per fold, from sklearn's splitters or the original split."""
     n = len(dataset)
+    if config.cv == "full":
+        return [(np.arange(n), np.arange(0))]
+    if config.cv == "holdout":
+        labels = dataset.labels.numpy()
+        stratify = labels if np.bincount(labels).min() >= 2 else None
+        train_rows, val_rows = train_test_split(
+            np.arange(n), test_size=config.val_fraction, shuffle=True,
+            random_state=config.random_state, stratify=stratify)
+        return [(np.sort(train_rows), np.sort(val_rows))]
     if config.cv == "writers":
         if dataset.groups is None or not {"train", "test"} <= set(np.unique(dataset.groups)):
             raise ConfigError(f"--cv writers needs the original train/test split of "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -49,8 +50,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null: JSON has no such numbers (e.g. the loss of no rows)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
 def write_json(path: str | os.PathLike, value: Any) -> Path:
-    return atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+    """Atomically write ``value`` as indented JSON (non-finite numbers as null)."""
+    return atomic_write_text(path, json.dumps(_finite(value), indent=2, allow_nan=False) + "\n")
 
 
 @dataclass
@@ -93,7 +106,8 @@ class FoldResult:
 
     @property
     def accuracy(self) -> float:
-        return self.correct / self.n_val if self.n_val else 0.0
+        """Validation accuracy; NaN when the fold has no validation rows (``--full``)."""
+        return self.correct / self.n_val if self.n_val else float("nan")
 
     def to_dict(self) -> dict:
         return {"fold": self.fold, "n_train": self.n_train, "n_val": self.n_val,
@@ -143,7 +157,7 @@ class KFoldResult:
 
     @property
     def accuracy(self) -> float:
-        return sum(f.correct for f in self.folds) / self.n if self.n else 0.0
+        return sum(f.correct for f in self.folds) / self.n if self.n else float("nan")
 
     @property
     def accuracy_mean(self) -> float:
@@ -184,6 +198,12 @@ class KFoldResult:
         for f in self.folds:
             lines.append(f"{f.fold:>4} {f.n_train:>8} {f.n_val:>6} {100 * f.accuracy:>8.2f}% "
                          f"{f.loss:>9.4f} {f.lr:>9.2e} {f.wall_s:>7.2f}")
+        if self.n == 0:
+            last = self.folds[-1]
+            lines.append(f"trained on all {last.n_train} rows, no validation; last epoch: train "
+                         f"loss {last.train_loss[-1]:.4f}, train accuracy "
+                         f"{100 * last.train_accuracy[-1]:.2f}%; {self.wall_s:.1f} s on {self.device}")
+            return "\n".join(lines)
         lines.append(f"accuracy {100 * self.accuracy:.2f}% ({sum(f.correct for f in self.folds)}"
                      f"/{self.n}); per fold {100 * self.accuracy_mean:.2f} +- "
                      f"{100 * self.accuracy_std:.2f}%; loss {self.loss:.4f}; "
@@ -208,7 +228,8 @@ class KFoldResult:
 
             title = (f"{self.dataset['name']} / {self.config.model} / {len(self.folds)} folds / "
                      f"accuracy {100 * self.accuracy:.2f}%")
-            plot_confusion(self.confusion, directory / "confusion.png", title)
+            if self.n:  # a --full run has no validation rows to tabulate
+                plot_confusion(self.confusion, directory / "confusion.png", title)
             plot_loss_curves([f.train_loss for f in self.folds], [f.val_loss for f in self.folds],
                              directory / "loss_curves.png", title)
         write_json(directory / "metrics.json", self.metrics())

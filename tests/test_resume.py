@@ -1,0 +1,71 @@
+"""Interrupted runs: every finished fold is on disk, and --resume completes the run exactly."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO_ROOT
+from test_kfold import without_timings
+
+# Slow enough per fold (many small batches) that the run is still going when we interrupt it.
+SLOW_FOLDS = ["--no-verify", "--epochs", "15", "--batch-size", "8", "--folds", "3", "--quiet",
+              "--no-plots"]
+
+
+def start(optdigits_dir, out):
+    return subprocess.Popen([sys.executable, "-m", "digitcnn.kfold", "--data-dir",
+                             str(optdigits_dir), "--out", str(out)] + SLOW_FOLDS,
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(path, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"{path} never appeared: {process.communicate()[1]}")
+        time.sleep(0.02)
+
+
+def finish(optdigits_dir, out):
+    return subprocess.run([sys.executable, "-m", "digitcnn.kfold", "--resume", str(out), "--quiet"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("how", ["kill", "ctrl-c"])
+def test_interrupt_then_resume_gives_identical_metrics(optdigits_dir, tmp_path, how):
+    reference = tmp_path / "uninterrupted"
+    completed = subprocess.run([sys.executable, "-m", "digitcnn.kfold", "--data-dir",
+                                str(optdigits_dir), "--out", str(reference)] + SLOW_FOLDS,
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+
+    out = tmp_path / "interrupted"
+    process = start(optdigits_dir, out)
+    wait_for(out / "folds" / "fold0.json", process)
+    process.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert not (out / "metrics.json").exists()
+    assert not (out / "folds" / "fold2.json").exists()
+    assert not list(out.rglob("*.tmp"))  # nothing half-written
+    json.loads((out / "folds" / "fold0.json").read_text())  # the finished fold is whole
+    if how == "ctrl-c":
+        assert process.returncode == 130
+        assert f"continue with: python -m digitcnn.kfold --resume {out}" in err
+        assert "Traceback" not in err
+
+    resumed = finish(optdigits_dir, out)
+    assert resumed.returncode == 0, resumed.stderr
+    first = without_timings(json.loads((reference / "metrics.json").read_text()))
+    second = without_timings(json.loads((out / "metrics.json").read_text()))
+    assert first == second
+
+
+def test_resume_needs_a_run_folder(tmp_path, capsys):
+    from digitcnn.kfold import main
+
+    assert main(["--resume", str(tmp_path)]) == 2
+    assert "no config.json, so there is no run to resume there" in capsys.readouterr().err
