@@ -232,23 +232,45 @@ def read_int_csv(path: Path, n_columns: int, value_range: tuple[int, int], *,
             expected = ",".join(header[:3]) + ",..." + header[-1]
             raise DataError(f"{path}: line 1: header {first[:60]!r}... is not the expected "
                             f"{expected!r} ({len(header)} columns); is this the right file?")
+    bounds = _column_bounds(n_columns, value_range, column_ranges)
     try:
-        frame = pd.read_csv(path, header=0 if header is not None else None, dtype=np.int64,
-                            engine="c", na_filter=True, skip_blank_lines=True)
+        with warnings.catch_warnings():
+            # index_col=False keeps pandas from silently taking the first column as an index
+            # when every row has one value too many; it warns instead, and we refuse the file.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            # The narrowest type that holds every valid value: 42,000 x 785 pixels parse to
+            # 33 MB as uint8 instead of 264 MB as int64. pandas refuses a value that does not
+            # fit (negative, too large) rather than wrapping it, and we then diagnose the file.
+            frame = pd.read_csv(path, header=0 if header is not None else None,
+                                dtype=_parse_dtype(bounds), engine="c", na_filter=True,
+                                skip_blank_lines=True, index_col=False)
         values = frame.to_numpy()
-    except (ValueError, pd.errors.ParserError, OverflowError):
+    except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning, OverflowError):
         values = None
-    if values is not None and values.shape[1] == n_columns and _in_range(values, value_range,
-                                                                           column_ranges):
+    if values is not None and values.shape[1] == n_columns and _in_range(values, bounds):
         return values.astype(dtype, copy=False)
     _diagnose_int_csv(path, n_columns, value_range, header is not None, column_ranges)
     raise DataError(f"{path}: could not be read as {n_columns} integer columns; "
                     "check that it is the right file")
 
 
-def _in_range(values: np.ndarray, value_range, column_ranges) -> bool:
-    ranges = _column_bounds(values.shape[1], value_range, column_ranges)
-    return bool(((values >= ranges[0]) & (values <= ranges[1])).all())
+def _parse_dtype(bounds: np.ndarray) -> type:
+    unsigned = bounds.min() >= 0
+    candidates = (np.uint8, np.uint16, np.uint32) if unsigned else (np.int8, np.int16, np.int32)
+    for candidate in candidates:
+        info = np.iinfo(candidate)
+        if info.min <= bounds.min() and bounds.max() <= info.max:
+            return candidate
+    return np.int64
+
+
+def _in_range(values: np.ndarray, bounds: np.ndarray) -> bool:
+    """Whether every column lies within its (low, high) ``bounds`` (shape (2, columns))."""
+    if len(values) == 0:
+        return True
+    # Column extremes first: comparing the full table would build large temporaries.
+    return bool((values.min(axis=0) >= bounds[0]).all()
+                and (values.max(axis=0) <= bounds[1]).all())
 
 
 def _column_bounds(n_columns, value_range, column_ranges) -> np.ndarray:
@@ -278,20 +300,36 @@ def _diagnose_int_csv(path: Path, n_columns: int, value_range, has_header: bool,
                 hint = " (truncated row?)" if len(fields) < n_columns else ""
                 raise DataError(f"{path}: line {line_number}: expected {n_columns} comma-separated "
                                 f"values, found {len(fields)}{hint}; fix or delete that line")
-            for column, text in enumerate(fields):
-                text = text.strip()
-                if text == "" or text.upper() in ("NA", "NAN"):
-                    raise DataError(f"{path}: line {line_number}, column {column + 1}: missing "
-                                    "value; fill it in or delete that line")
-                try:
-                    value = int(text)
-                except ValueError:
-                    raise DataError(f"{path}: line {line_number}, column {column + 1}: {text[:20]!r} "
-                                    "is not an integer; fix that value") from None
-                low, high = bounds[:, column]
-                if not low <= value <= high:
-                    raise DataError(f"{path}: line {line_number}, column {column + 1}: value "
-                                    f"{value} is out of range {low}..{high}; fix that value")
+            if not _line_is_valid(fields, bounds):
+                _diagnose_fields(path, line_number, fields, bounds)
+
+
+def _line_is_valid(fields: list[str], bounds: np.ndarray) -> bool:
+    # One vectorised conversion per line instead of one int() per value: a bad last line of
+    # a 42,000 x 785 file is then found in seconds, not half a minute.
+    try:
+        values = np.array(fields, dtype=np.int64)
+    except (ValueError, OverflowError):
+        return False
+    return bool(((values >= bounds[0]) & (values <= bounds[1])).all())
+
+
+def _diagnose_fields(path: Path, line_number: int, fields: list[str], bounds: np.ndarray) -> None:
+    """Raise a DataError naming the first bad value among ``fields``, if there is one."""
+    for column, text in enumerate(fields):
+        text = text.strip()
+        if text == "" or text.upper() in ("NA", "NAN"):
+            raise DataError(f"{path}: line {line_number}, column {column + 1}: missing "
+                            "value; fill it in or delete that line")
+        try:
+            value = int(text)
+        except ValueError:
+            raise DataError(f"{path}: line {line_number}, column {column + 1}: {text[:20]!r} "
+                            "is not an integer; fix that value") from None
+        low, high = bounds[:, column]
+        if not low <= value <= high:
+            raise DataError(f"{path}: line {line_number}, column {column + 1}: value "
+                            f"{value} is out of range {low}..{high}; fix that value")
 
 
 # ----------------------------------------------------------------------------- UCI optdigits

@@ -1,0 +1,378 @@
+"""Own digit images: a folder of PNG/JPG files, brought to 28x28 the way MNIST was made.
+
+:func:`mnist_style` turns one picture of a digit (dark ink on light paper or the reverse, any
+size, colour or grayscale) into an MNIST-like 28x28 uint8 image: ink bright on black, the ink's
+bounding box scaled to fit 20x20 with its aspect ratio kept (anti-aliased), and placed so that
+its centre of mass lies at (14, 14), as in LeCun's MNIST. :func:`load_images` applies it to a
+folder of labelled files; a drawing-board app or a predict command can call it on one image.
+
+Layouts :func:`load_images` reads (``DIR`` is ``data_dir``)::
+
+    DIR/0/*.png, DIR/1/*.jpg, ... DIR/9/...     label = the subfolder's digit
+    DIR/*.png + DIR/labels.csv                  label from the CSV (columns file,label)
+    DIR/train/<one of the above>, DIR/test/...  two parts: split="train"/"test", groups
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .data import SPLITS, DigitDataset
+from .errors import DataError
+
+__all__ = ["load_images", "mnist_style", "IMAGE_SUFFIXES", "LABELS_CSV", "MNIST_SIDE",
+           "MNIST_BOX", "MNIST_CENTRE", "MIN_INK_CONTRAST"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+LABELS_CSV = "labels.csv"
+LABELS_HEADER = ["file", "label"]
+SPLIT_FOLDERS = ("train", "test")
+DIGITS = tuple(str(d) for d in range(10))
+MNIST_SIDE = 28
+MNIST_BOX = 20
+# MNIST's centres of mass lie within half a pixel of (14, 14) (row, column; pixel centres at
+# integer coordinates): LeCun shifted each 20x20 digit by whole pixels to put it there.
+MNIST_CENTRE = 14.0
+# The least difference from the background, of 255, that counts as ink; below it an image is
+# blank (JPEG noise and paper grain stay well under it).
+MIN_INK_CONTRAST = 32
+# Pixels fainter than this fraction of the ink's contrast are paper (grain, shadows, JPEG
+# ringing), so that they do not stretch the bounding box.
+NOISE_FLOOR = 0.2
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as Pillow's convert("L")
+HOW_TO_LAY_OUT = ("PNG/JPG images in subfolders named 0..9 after their digit, or listed in a "
+                  f"{LABELS_CSV} with columns file,label")
+
+
+# ----------------------------------------------------------------------------- one image
+
+def mnist_style(image: Image.Image | np.ndarray) -> np.ndarray:
+    """One digit picture as an MNIST-style image: uint8 array (28, 28), ink bright on 0.
+
+    Steps, as MNIST was made: grayscale; ink made bright on a dark background (a light
+    background, judged by the median of the border pixels, is inverted); the background level
+    subtracted and the contrast stretched to 0..255; cropped to the ink's bounding box; scaled
+    (Lanczos, anti-aliased) so that the longer side is 20 px, aspect ratio kept; shifted by
+    whole pixels so that the centre of mass is at (14, 14) of the 28x28 field (never cutting
+    ink off, so a very lopsided digit may stay off centre).
+
+    Args:
+        image: a PIL image of any mode (transparency is flattened onto a background that
+            contrasts with the ink), or an array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4):
+            uint8 0..255, 16-bit 0..65535, bool, or float (0..1 when its maximum is <= 1,
+            else 0..255).
+
+    Raises:
+        DataError: the image is blank (no pixel differs from the background by at least
+            :data:`MIN_INK_CONTRAST` of 255) or has an unusable shape.
+    """
+    ink = _ink_on_dark(_as_gray(image))
+    return _place_by_centre_of_mass(_fit_box(_crop_to_ink(ink), MNIST_BOX), MNIST_SIDE)
+
+
+def _as_gray(image: Image.Image | np.ndarray) -> np.ndarray:
+    """float64 (H, W) with values 0..255, any transparency flattened."""
+    if isinstance(image, Image.Image):
+        image = _pil_to_array(image)
+    values = np.asarray(image)
+    if values.ndim == 3 and values.shape[2] == 1:
+        values = values[:, :, 0]
+    if values.ndim not in (2, 3) or (values.ndim == 3 and values.shape[2] not in (3, 4)) \
+            or values.size == 0:
+        raise DataError(f"an image must have shape (H, W), (H, W, 3) or (H, W, 4), got "
+                        f"{values.shape}; pass a grayscale or RGB(A) picture")
+    values = _to_0_255(values)
+    if values.ndim == 2:
+        return values
+    luma = values[:, :, :3] @ LUMA_WEIGHTS
+    if values.shape[2] == 3:
+        return luma
+    return _flatten_alpha(luma, values[:, :, 3] / 255.0)
+
+
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        return np.asarray(image)  # keep 16-bit and float precision; scaled by _to_0_255
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        return np.asarray(image.convert("RGBA"))
+    return np.asarray(image.convert("L"))
+
+
+def _to_0_255(values: np.ndarray) -> np.ndarray:
+    if values.dtype == bool:
+        return values.astype(np.float64) * 255.0
+    scaled = values.astype(np.float64)
+    top = float(scaled.max())
+    if np.issubdtype(values.dtype, np.floating) and top <= 1.0:
+        return scaled * 255.0
+    if top > 255:  # a 16-bit picture
+        return np.clip(scaled * (255.0 / 65535.0), 0, 255)
+    return scaled
+
+
+def _flatten_alpha(luma: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    # Drawing apps save ink on a transparent background whose hidden colour is arbitrary
+    # (often black, like the ink): put the ink on paper of the opposite brightness.
+    weight = float(alpha.sum())
+    if weight == 0.0:
+        return np.zeros_like(luma)
+    ink_brightness = float((luma * alpha).sum()) / weight
+    paper = 255.0 if ink_brightness < 127.5 else 0.0
+    return luma * alpha + paper * (1.0 - alpha)
+
+
+def _ink_on_dark(gray: np.ndarray) -> np.ndarray:
+    """Ink as 0..255 on a background of exactly 0; DataError when there is no ink."""
+    border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+    background = float(np.median(border))
+    ink = gray - background if background < 127.5 else background - gray
+    ink = np.clip(ink, 0.0, None)
+    contrast = float(ink.max())
+    if contrast < MIN_INK_CONTRAST:
+        raise DataError(f"blank image: no pixel differs from the background by more than "
+                        f"{contrast:.0f} of 255 (ink needs {MIN_INK_CONTRAST})")
+    ink[ink < NOISE_FLOOR * contrast] = 0.0
+    return ink * (255.0 / contrast)
+
+
+def _crop_to_ink(ink: np.ndarray) -> np.ndarray:
+    rows = np.flatnonzero(ink.any(axis=1))
+    columns = np.flatnonzero(ink.any(axis=0))
+    return ink[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+
+
+def _fit_box(patch: np.ndarray, box: int) -> np.ndarray:
+    """``patch`` scaled so that its longer side is ``box`` px, brightest pixel 255 again."""
+    height, width = patch.shape
+    scale = box / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL wants (w, h)
+    resized = Image.fromarray(patch.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
+    # Lanczos overshoots a little on both sides of an edge.
+    scaled = np.clip(np.asarray(resized, dtype=np.float64), 0.0, 255.0)
+    top = float(scaled.max())
+    # Thin strokes fade when shrunk; MNIST's ink reaches 255, so stretch back to it.
+    return scaled * (255.0 / top) if top > 0 else scaled
+
+
+def _place_by_centre_of_mass(patch: np.ndarray, side: int) -> np.ndarray:
+    height, width = patch.shape
+    total = float(patch.sum())
+    centre_row = float(patch.sum(axis=1) @ np.arange(height)) / total
+    centre_column = float(patch.sum(axis=0) @ np.arange(width)) / total
+    top = int(np.clip(np.floor(MNIST_CENTRE - centre_row + 0.5), 0, side - height))
+    left = int(np.clip(np.floor(MNIST_CENTRE - centre_column + 0.5), 0, side - width))
+    canvas = np.zeros((side, side), dtype=np.float64)
+    canvas[top:top + height, left:left + width] = patch
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- a folder
+
+@dataclass(frozen=True)
+class _Entry:
+    file: str  # path relative to the images folder, with forward slashes
+    label: int
+    group: str | None  # "train"/"test" in the two-part layout
+
+
+def load_images(data_dir: str | os.PathLike | None = None, split: str = "all",
+                verify: bool = True, labels_csv: str | os.PathLike | None = None) -> DigitDataset:
+    """Own digit images, each brought to 28x28 by :func:`mnist_style`: uint8 (N, 1, 28, 28).
+
+    Labels come from the subfolder an image is in (``0`` .. ``9``) or from a labels CSV
+    (``labels.csv`` in ``data_dir``, or ``labels_csv``) with a header ``file,label`` and one
+    line per image; its file names are relative to ``data_dir``. With a CSV, every image in
+    the folder must be listed in it. Only ``.png``, ``.jpg`` and ``.jpeg`` files are read (any
+    case); other files, and names starting with ``.``, are ignored. Rows are in the order of
+    the file paths (folder layout) or of the CSV's lines.
+
+    Args:
+        data_dir: the folder (required: own images have no download).
+        split: ``"all"`` (default) reads every image. ``"train"``/``"test"`` need ``data_dir``
+            to hold ``train/`` and ``test/`` subfolders, each laid out as above (without a CSV
+            in ``data_dir``); ``"all"`` then reads both and sets ``groups``.
+        verify: accepted for the common loader signature; own images have no official
+            checksums. Each file's SHA-256 is recorded in ``sha256``.
+        labels_csv: a labels CSV elsewhere than ``data_dir/labels.csv``.
+
+    Returns:
+        DigitDataset named ``"images"``, ``max_value`` 255, ``files`` the relative path of each
+        row's file, ``sha256`` {relative path: SHA-256} for every image and the labels CSV.
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if data_dir is None:
+        raise DataError("the images dataset reads your own digit pictures and has nothing to "
+                        "download: pass --data-dir FOLDER holding " + HOW_TO_LAY_OUT)
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder; pass --data-dir FOLDER holding "
+                        + HOW_TO_LAY_OUT)
+    found = _image_files(folder)
+    csv_path = _labels_csv_path(folder, labels_csv)
+    digests: dict[str, str] = {}
+    if csv_path is not None:
+        if split != "all":
+            raise DataError(f"{folder}: split={split!r} needs train/ and test/ subfolders, but "
+                            f"{csv_path.name} labels the folder as one set; use split='all'")
+        entries = _entries_from_csv(csv_path, folder, found)
+        digests[csv_path.name] = _sha256_of_bytes(csv_path.read_bytes())
+    else:
+        entries = _entries_from_folders(folder, found, split)
+    if not entries:
+        where = folder / split if split != "all" else folder
+        raise DataError(f"{where}: no images found; add " + HOW_TO_LAY_OUT
+                        + ", or pass the right folder")
+    return _read_entries(folder, entries, digests, csv_path)
+
+
+def _image_files(folder: Path) -> list[str]:
+    """Relative paths (forward slashes, sorted) of the image files under ``folder``."""
+    found = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        # Hidden names: .ipynb_checkpoints, macOS "._x.png" resource forks, .Trash ...
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            found.append(relative.as_posix())
+    return sorted(found)
+
+
+def _labels_csv_path(folder: Path, labels_csv: str | os.PathLike | None) -> Path | None:
+    if labels_csv is not None:
+        path = Path(labels_csv).expanduser()
+        if not path.is_file():
+            raise DataError(f"{path}: labels CSV not found; pass an existing file with columns "
+                            "file,label")
+        return path
+    default = folder / LABELS_CSV
+    return default if default.is_file() else None
+
+
+def _entries_from_folders(folder: Path, found: list[str], split: str) -> list[_Entry]:
+    two_parts = any((folder / name).is_dir() for name in SPLIT_FOLDERS)
+    if split != "all" and not two_parts:
+        raise DataError(f"{folder}: split={split!r} needs train/ and test/ subfolders (each with "
+                        "digit subfolders 0..9); use split='all' to read every image")
+    if split != "all" and not (folder / split).is_dir():
+        raise DataError(f"{folder}: no {split}/ subfolder; add one (with digit subfolders 0..9) "
+                        "or use split='all'")
+    entries = []
+    for relative in found:
+        parts = PurePosixPath(relative).parts
+        group = None
+        if two_parts:
+            if parts[0] not in SPLIT_FOLDERS:
+                raise DataError(f"{folder / relative}: lies outside train/ and test/; move it into "
+                                "one of them (e.g. train/DIGIT/) or remove it")
+            group, parts = parts[0], parts[1:]
+            if split not in ("all", group):
+                continue
+        # A labels.csv labels only a whole folder, not a train/ or test/ part of one.
+        or_csv = f", or list {{}} in a {LABELS_CSV} (columns file,label)" if group is None else ""
+        if len(parts) < 2:
+            raise DataError(f"{folder / relative}: has no label; move it into the subfolder named "
+                            f"after its digit (0..9){or_csv.format('it')}")
+        if parts[0] not in DIGITS:
+            subfolder = folder / group / parts[0] if group else folder / parts[0]
+            raise DataError(f"{subfolder}: subfolder name {parts[0]!r} is not a digit 0..9; "
+                            f"rename it to the digit its images show{or_csv.format('them')}")
+        entries.append(_Entry(relative, int(parts[0]), group))
+    return entries
+
+
+def _entries_from_csv(csv_path: Path, folder: Path, found: list[str]) -> list[_Entry]:
+    labels = _read_labels_csv(csv_path)
+    images = set(found)
+    for name, (_, line_number) in labels.items():
+        if name not in images:
+            what = ("is not a PNG/JPG file" if (folder / name).is_file()
+                    else f"is not found in {folder}")
+            raise DataError(f"{csv_path}: line {line_number}: file {name!r} {what}; fix the name "
+                            "or delete that line")
+    for name in found:
+        if name not in labels:
+            raise DataError(f"{folder / name}: is not listed in {csv_path}; add a line "
+                            f"'{name},DIGIT' to it, or remove the image")
+    return [_Entry(name, label, None) for name, (label, _) in labels.items()]
+
+
+def _read_labels_csv(csv_path: Path) -> dict[str, tuple[int, int]]:
+    """Relative file name -> (label, line number), in the CSV's order."""
+    try:
+        lines = csv_path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{csv_path}: is not a text file; write it as UTF-8 CSV with columns "
+                        "file,label") from None
+    if not lines or [cell.strip() for cell in next(csv.reader(lines[:1]), [])] != LABELS_HEADER:
+        first = lines[0][:40] if lines else ""
+        raise DataError(f"{csv_path}: line 1: header {first!r} is not 'file,label'; the first "
+                        "line must name the columns file,label")
+    labels: dict[str, tuple[int, int]] = {}
+    for line_number, row in enumerate(csv.reader(lines[1:]), start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != 2:
+            raise DataError(f"{csv_path}: line {line_number}: expected 2 values (file,label), "
+                            f"found {len(row)}; fix that line")
+        name, label = row[0].strip(), row[1].strip()
+        if not name:
+            raise DataError(f"{csv_path}: line {line_number}: missing file name; fill it in or "
+                            "delete that line")
+        if label not in DIGITS:
+            raise DataError(f"{csv_path}: line {line_number}: label {label!r} is not a digit "
+                            "0..9; fix that label")
+        key = PurePosixPath(name.replace("\\", "/")).as_posix()
+        if key in labels:
+            raise DataError(f"{csv_path}: line {line_number}: file {name!r} is listed again "
+                            f"(first on line {labels[key][1]}); keep one line per file")
+        labels[key] = (int(label), line_number)
+    return labels
+
+
+def _read_entries(folder: Path, entries: list[_Entry], digests: dict[str, str],
+                  csv_path: Path | None) -> DigitDataset:
+    images = np.empty((len(entries), 1, MNIST_SIDE, MNIST_SIDE), dtype=np.uint8)
+    for row, entry in enumerate(entries):
+        path = folder / entry.file
+        stored = path.read_bytes()  # read once: hashed and decoded from the same bytes
+        digests[entry.file] = _sha256_of_bytes(stored)
+        picture = _decode(path, stored)
+        try:
+            images[row, 0] = mnist_style(picture)
+        except DataError as err:
+            raise DataError(f"{path}: {err}; remove the file or redraw the digit") from None
+    groups = [entry.group for entry in entries]
+    source = str(folder) + (f" (labels from {csv_path})" if csv_path is not None else "")
+    return DigitDataset(images=torch.from_numpy(images),
+                        labels=torch.tensor([entry.label for entry in entries], dtype=torch.int64),
+                        name="images", source=source, sha256=digests, max_value=255,
+                        groups=None if groups[0] is None else np.array(groups),
+                        files=np.array([entry.file for entry in entries]))
+
+
+def _decode(path: Path, stored: bytes) -> Image.Image:
+    try:
+        picture = Image.open(io.BytesIO(stored))
+        picture.load()
+        # Phone cameras store the orientation in EXIF rather than rotating the pixels.
+        return ImageOps.exif_transpose(picture)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        # Pillow's own message would name the in-memory buffer, not the file.
+        reason = ("Pillow cannot identify its format" if isinstance(err, UnidentifiedImageError)
+                  else f"{type(err).__name__}: {err}")
+        raise DataError(f"{path}: cannot be decoded as an image ({reason}); remove it from the "
+                        "folder or replace it with a valid PNG/JPG") from None
+
+
+def _sha256_of_bytes(stored: bytes) -> str:
+    return hashlib.sha256(stored).hexdigest()
