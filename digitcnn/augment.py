@@ -81,8 +81,12 @@ class Augmentation:
         shift_x, shift_y = uniform(2 * self.shift_x), uniform(2 * self.shift_y)
         flip_x, flip_y = flips(self.hflip), flips(self.vflip)
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos * flip_x, -sin, shift_x], dim=1),
-                             torch.stack([sin, cos * flip_y, shift_y], dim=1)], dim=1)
+        # The linear part is (rotation / scale) @ diag(flip_x, flip_y): each flip negates a
+        # whole column, so a flipped sample is the exact mirror image of the unflipped one.
+        # Flipping single entries instead would turn a rotation into a shear that can squash
+        # the digit to a line (at 45 degrees the matrix is singular).
+        theta = torch.stack([torch.stack([cos * flip_x, -sin * flip_y, shift_x], dim=1),
+                             torch.stack([sin * flip_x, cos * flip_y, shift_y], dim=1)], dim=1)
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
                              align_corners=False)

@@ -166,12 +166,15 @@ def load(name: str, data_dir: str | os.PathLike | None = None, split: str = "all
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
-    """``data_dir``, else ``$DIGITCNN_DATA_DIR``, else None. A given folder must exist."""
+    """``data_dir``, else ``$DIGITCNN_DATA_DIR``, else None. A given path must exist.
+
+    Usually a folder; an adapter may also accept one of its files (e.g. Kaggle's train.csv).
+    """
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
     if chosen is None:
         return None
     path = Path(chosen).expanduser()
-    if not path.is_dir():
+    if not path.exists():
         origin = "--data-dir" if data_dir is not None else f"${DATA_DIR_ENV}"
         raise DataError(f"data folder {path} ({origin}) does not exist; "
                         "pass the folder that holds the dataset's files")

@@ -166,9 +166,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config, steps_per_epoch: in
             optimizer, mode=mode, factor=config.plateau_factor, patience=config.plateau_patience,
             min_lr=config.min_lr), False
     if kind == "onecycle":
+        # OneCycle cycles momentum (Adam's beta1) against the rate; for SGD/RMSprop that
+        # would silently add momentum to a run configured without it.
+        cycle = config.optimizer in ("adam", "adamw") or config.momentum > 0
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, epochs=config.epochs,
-            steps_per_epoch=steps_per_epoch), True
+            optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+            cycle_momentum=cycle), True
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs), False
     if kind == "none":

@@ -34,6 +34,7 @@ from .models import create_model
 from .results import (FoldResult, KFoldResult, fold_path, write_fold, write_run_start)
 from .runtime import (configure_determinism, fold_seed, library_versions, seed_everything,
                       select_device)
+from .parallel import supports_parallel
 from .scaling import Scaler, fit_scaler
 
 __all__ = ["make_splits", "splits_sha256", "run_kfold", "run_fold", "load_for_config",
@@ -105,6 +106,9 @@ def load_extra_training(config: RunConfig, dataset: DigitDataset) -> DigitDatase
     """The ``--add-train-images`` set, checked to fit ``dataset``; None when not asked for."""
     if config.add_train_images is None:
         return None
+    if not Path(config.add_train_images).is_dir():
+        raise DataError(f"--add-train-images {config.add_train_images}: no such folder; pass a "
+                        "folder of digit images in subfolders 0..9 (see --dataset images)")
     extra = load("images", config.add_train_images, verify=config.verify)
     if extra.input_shape != dataset.input_shape:
         raise DataError(f"{config.add_train_images}: images are {extra.input_shape[1]}x"
@@ -204,6 +208,70 @@ def save_fold_model(model, out_dir: Path, dataset: DigitDataset, config: RunConf
                       meta=meta)
 
 
+def run_folds_parallel(dataset: DigitDataset, config: RunConfig,
+                       pending: list[tuple[int, np.ndarray, np.ndarray]], device: torch.device,
+                       global_scaler: Scaler | None = None, progress=None,
+                       extra: DigitDataset | None = None,
+                       out_dir: Path | None = None) -> list[FoldResult]:
+    """Train the ``pending`` (fold, train_rows, val_rows) together (see digitcnn.parallel).
+
+    Each fold's model is built from its own seed exactly as in sequential mode; what differs
+    is that dropout draws come from one stream for all folds, so the numbers match sequential
+    mode within fold-to-fold noise, not bit for bit.
+    """
+    from .parallel import StackedFolds, fit_parallel
+
+    started = time.perf_counter()
+    images, labels = dataset.images, dataset.labels
+    extra_rows = np.arange(0)
+    if extra is not None:  # own images join every fold's training side only
+        extra_rows = np.arange(len(images), len(images) + len(extra))
+        images, labels = torch.cat([images, extra.images]), torch.cat([labels, extra.labels])
+    train_sets = [np.concatenate([train, extra_rows]) for _, train, _ in pending]
+    scalers = [_fold_scaler(config, images[torch.as_tensor(rows)], dataset.max_value,
+                            global_scaler) for rows in train_sets]
+    models, generators = [], []
+    for fold, _, _ in pending:
+        generators.append(seed_everything(fold_seed(config.seed, fold)))
+        models.append(create_model(config.model, dataset.input_shape, len(dataset.classes),
+                                   init=config.init, **model_options(config)).to(device))
+    seed_everything(config.seed)  # the shared dropout stream
+    stacked = StackedFolds(
+        images=images.to(device), labels=labels.to(device),
+        train_rows=[torch.as_tensor(rows, dtype=torch.int64, device=device) for rows in train_sets],
+        val_rows=[torch.as_tensor(val, dtype=torch.int64, device=device) for _, _, val in pending],
+        mean=torch.stack([torch.as_tensor(s.mean, dtype=torch.float32) for s in scalers]).to(device),
+        scale=torch.stack([torch.as_tensor(s.scale, dtype=torch.float32) for s in scalers]).to(device))
+
+    def report(epoch: int, histories) -> None:
+        if progress is not None:
+            progress.update(len(pending))
+            progress.set_postfix(epoch=epoch + 1,
+                                 loss=f"{np.mean([h.train_loss[-1] for h in histories]):.4f}")
+
+    outcomes = fit_parallel(models, stacked, config, num_classes=len(dataset.classes),
+                            generators=generators,
+                            augment_generator=torch.Generator().manual_seed(config.seed),
+                            on_epoch=report)
+    wall = (time.perf_counter() - started) / len(pending)
+    results = []
+    for (fold, train_rows, val_rows), model, outcome, scaler, rows in zip(
+            pending, models, outcomes, scalers, train_sets):
+        history, evaluation = outcome.history, outcome.evaluation
+        result = FoldResult(
+            fold=fold, n_train=len(rows), n_val=len(val_rows), correct=evaluation.correct,
+            loss=evaluation.loss, confusion=evaluation.confusion.numpy(),
+            train_loss=history.train_loss, val_loss=history.val_loss,
+            val_accuracy=history.val_accuracy, lrs=history.lr, lr=outcome.final_lr,
+            seed=fold_seed(config.seed, fold), val_indices=np.asarray(val_rows), wall_s=wall,
+            train_accuracy=history.train_accuracy, epochs_run=outcome.epochs_run,
+            best_epoch=outcome.best_epoch, stopped_early=outcome.stopped_early)
+        if out_dir is not None and config.save_models:
+            save_fold_model(model, out_dir, dataset, config, scaler, result)
+        results.append(result)
+    return results
+
+
 def _finished_fold(out_dir: Path, fold: int, val_rows: np.ndarray) -> FoldResult | None:
     path = fold_path(out_dir, fold)
     if not path.is_file():
@@ -243,20 +311,32 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
                         [(k, fold_seed(config.seed, k), val) for k, (_, val) in enumerate(splits)])
     show = not config.quiet and sys.stderr.isatty()
     started = time.perf_counter()
-    folds = []
-    with tqdm(total=len(splits) * config.epochs, desc=f"{dataset.name}/{config.model}",
-              disable=not show, leave=False, file=sys.stderr) as progress:
-        for fold, (train_rows, val_rows) in enumerate(splits):
-            finished = _finished_fold(out_dir, fold, val_rows) if resume and out_dir else None
-            if finished is not None:
-                progress.update(config.epochs)
-                folds.append(finished)
-                continue
-            result = run_fold(dataset, config, fold, train_rows, val_rows, device, global_scaler,
-                              progress, extra, out_dir)
-            if out_dir is not None:
+    finished: dict[int, FoldResult] = {}
+    if resume and out_dir is not None:
+        for fold, (_, val_rows) in enumerate(splits):
+            done = _finished_fold(out_dir, fold, val_rows)
+            if done is not None:
+                finished[fold] = done
+    pending = [(fold, train, val) for fold, (train, val) in enumerate(splits)
+               if fold not in finished]
+    parallel = config.fold_parallel and supports_parallel(config) and len(pending) > 1
+    with tqdm(total=len(splits) * config.epochs, initial=len(finished) * config.epochs,
+              desc=f"{dataset.name}/{config.model}", disable=not show, leave=False,
+              file=sys.stderr) as progress:
+        if parallel:
+            trained = run_folds_parallel(dataset, config, pending, device, global_scaler,
+                                         progress, extra, out_dir)
+        else:
+            trained = []
+            for fold, train_rows, val_rows in pending:
+                trained.append(run_fold(dataset, config, fold, train_rows, val_rows, device,
+                                        global_scaler, progress, extra, out_dir))
+                if out_dir is not None:  # written as each fold ends, for --resume
+                    write_fold(out_dir, trained[-1])
+        if parallel and out_dir is not None:
+            for result in trained:
                 write_fold(out_dir, result)
-            folds.append(result)
+    folds = sorted([*finished.values(), *trained], key=lambda f: f.fold)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     dataset_info = dataset.info()
