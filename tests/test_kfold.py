@@ -62,7 +62,7 @@ def test_reruns_are_identical(optdigits_dir):
 
 def test_each_fold_starts_fresh(optdigits_dir):
     """Fold 2 trained alone equals fold 2 of a full run: nothing carries over between folds."""
-    config = small_config(optdigits_dir)
+    config = small_config(optdigits_dir, fold_parallel=False)
     dataset = kfold.load_for_config(config)
     full = kfold.run_kfold(dataset, config)
     train_rows, val_rows = kfold.make_splits(dataset, config)[2]

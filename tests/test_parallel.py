@@ -1,0 +1,101 @@
+"""Fold-parallel training: the same folds, rows, rates and stopping as sequential mode."""
+import numpy as np
+import pytest
+import torch
+
+import digitcnn
+from digitcnn import kfold
+from digitcnn.parallel import StackedFolds, _epoch_batches
+
+from conftest import real_data
+
+FAST = dict(epochs=3, batch_size=16, quiet=True, verify=False)
+
+
+def both_modes(optdigits_dir, **changes):
+    config = digitcnn.RunConfig(data_dir=str(optdigits_dir), **{**FAST, **changes})
+    dataset = kfold.load_for_config(config)
+    parallel = kfold.run_kfold(dataset, config.replace(fold_parallel=True))
+    sequential = kfold.run_kfold(dataset, config.replace(fold_parallel=False))
+    return parallel, sequential
+
+
+def test_without_randomness_parallel_equals_sequential(optdigits_dir):
+    """No dropout, no augmentation: the only difference left is floating-point order."""
+    parallel, sequential = both_modes(optdigits_dir, dropout=0.0)
+    for p, s in zip(parallel.folds, sequential.folds):
+        assert p.n_train == s.n_train and np.array_equal(p.val_indices, s.val_indices)
+        assert np.allclose(p.train_loss, s.train_loss, rtol=1e-3)
+        assert np.allclose(p.val_loss, s.val_loss, rtol=1e-3)
+        assert p.lrs == pytest.approx(s.lrs)
+
+
+@pytest.mark.parametrize("changes", [
+    dict(optimizer="sgd", momentum=0.9, nesterov=True, scheduler="cosine"),
+    dict(optimizer="adamw", scheduler="onecycle", lr=3e-3, label_smoothing=0.1),
+    dict(optimizer="rmsprop", scheduler="step", gamma=0.5),
+])
+def test_recipes_match_sequential_mode(optdigits_dir, changes):
+    parallel, sequential = both_modes(optdigits_dir, dropout=0.0, **changes)
+    for p, s in zip(parallel.folds, sequential.folds):
+        assert np.allclose(p.train_loss, s.train_loss, rtol=1e-2, atol=1e-4)
+        assert p.lrs == pytest.approx(s.lrs)
+        assert p.lr == pytest.approx(s.lr)
+
+
+def test_early_stopping_is_per_fold(optdigits_dir):
+    parallel, sequential = both_modes(optdigits_dir, dropout=0.0, epochs=12, early_stopping=True,
+                                      monitor="val_loss", patience=1, min_delta=0.05,
+                                      scheduler="plateau", plateau_monitor="val_loss",
+                                      plateau_patience=0)
+    assert [f.epochs_run for f in parallel.folds] == [f.epochs_run for f in sequential.folds]
+    assert [f.best_epoch for f in parallel.folds] == [f.best_epoch for f in sequential.folds]
+    assert any(f.stopped_early for f in parallel.folds)
+    for p, s in zip(parallel.folds, sequential.folds):
+        assert len(p.train_loss) == p.epochs_run
+        assert p.lrs == pytest.approx(s.lrs)  # each fold's plateau schedule is its own
+        assert p.correct == pytest.approx(s.correct, abs=2)
+
+
+def test_batches_come_from_each_folds_own_rows():
+    train_rows = [torch.arange(0, 50), torch.arange(50, 99), torch.arange(99, 150)]
+    stacked = StackedFolds(torch.zeros(150, 1, 8, 8, dtype=torch.uint8), torch.zeros(150, dtype=torch.int64),
+                           train_rows, [torch.arange(0)] * 3, torch.zeros(3, 64), torch.ones(3, 64))
+    generators = [torch.Generator().manual_seed(k) for k in range(3)]
+    rows, weights = _epoch_batches(stacked, 16, generators)
+    assert rows.shape == weights.shape == (4, 3, 16)
+    for fold, own in enumerate(train_rows):
+        used = rows[:, fold][weights[:, fold] > 0]
+        assert sorted(used.tolist()) == own.tolist()  # each own row exactly once per epoch
+        assert set(rows[:, fold].flatten().tolist()) <= set(own.tolist())  # padding too
+    assert weights.sum().item() == 150
+
+
+def test_parallel_scaler_is_per_fold(optdigits_dir, monkeypatch):
+    seen = []
+    real_fit = kfold.fit_scaler
+    monkeypatch.setattr(kfold, "fit_scaler",
+                        lambda kind, images, top: seen.append(images.clone()) or real_fit(kind, images, top))
+    config = digitcnn.RunConfig(data_dir=str(optdigits_dir), **{**FAST, "epochs": 1})
+    dataset = kfold.load_for_config(config)
+    kfold.run_kfold(dataset, config)
+    for images, (train_rows, _) in zip(seen, kfold.make_splits(dataset, config)):
+        assert torch.equal(images, dataset.images[train_rows])
+
+
+def test_parallel_reruns_are_identical(optdigits_dir):
+    first, second = both_modes(optdigits_dir)[0], both_modes(optdigits_dir)[0]
+    assert [f.train_loss for f in first.folds] == [f.train_loss for f in second.folds]
+    assert np.array_equal(first.confusion, second.confusion)
+
+
+def test_parallel_accuracy_matches_sequential_on_real_data():
+    config = digitcnn.RunConfig(data_dir=str(real_data("optdigits")), limit=2400, epochs=4,
+                                quiet=True)
+    dataset = kfold.load_for_config(config)
+    parallel = kfold.run_kfold(dataset, config.replace(fold_parallel=True))
+    sequential = kfold.run_kfold(dataset, config.replace(fold_parallel=False))
+    assert parallel.accuracy >= 0.93 and sequential.accuracy >= 0.93
+    # within fold-to-fold noise: two standard deviations of the per-fold accuracies
+    noise = 2 * max(parallel.accuracy_std, sequential.accuracy_std, 0.005)
+    assert abs(parallel.accuracy - sequential.accuracy) <= noise
