@@ -31,7 +31,8 @@ from .config import RunConfig, config_from_args
 from .data import DigitDataset, load
 from .errors import ConfigError, DataError, cli_entry
 from .models import create_model
-from .results import (FoldResult, KFoldResult, fold_path, write_fold, write_run_start)
+from .results import (FoldResult, KFoldResult, fold_path, read_fold, write_fold,
+                      write_run_start)
 from .runtime import (configure_determinism, fold_seed, library_versions, seed_everything,
                       select_device)
 from .parallel import supports_parallel
@@ -187,7 +188,8 @@ def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np
         val_accuracy=history.val_accuracy, lrs=history.lr, lr=outcome.final_lr, seed=seed,
         val_indices=np.asarray(val_rows), wall_s=time.perf_counter() - started,
         train_accuracy=history.train_accuracy, epochs_run=outcome.epochs_run,
-        best_epoch=outcome.best_epoch, stopped_early=outcome.stopped_early)
+        best_epoch=outcome.best_epoch, stopped_early=outcome.stopped_early,
+        val_log_probs=evaluation.log_probs.numpy())
     if out_dir is not None and config.save_models:
         save_fold_model(model, out_dir, dataset, config, scaler, result)
     return result
@@ -265,7 +267,8 @@ def run_folds_parallel(dataset: DigitDataset, config: RunConfig,
             val_accuracy=history.val_accuracy, lrs=history.lr, lr=outcome.final_lr,
             seed=fold_seed(config.seed, fold), val_indices=np.asarray(val_rows), wall_s=wall,
             train_accuracy=history.train_accuracy, epochs_run=outcome.epochs_run,
-            best_epoch=outcome.best_epoch, stopped_early=outcome.stopped_early)
+            best_epoch=outcome.best_epoch, stopped_early=outcome.stopped_early,
+            val_log_probs=evaluation.log_probs.numpy())
         if out_dir is not None and config.save_models:
             save_fold_model(model, out_dir, dataset, config, scaler, result)
         results.append(result)
@@ -276,11 +279,11 @@ def _finished_fold(out_dir: Path, fold: int, val_rows: np.ndarray) -> FoldResult
     path = fold_path(out_dir, fold)
     if not path.is_file():
         return None
-    stored = json.loads(path.read_text())
-    if not np.array_equal(np.asarray(stored["val_indices"]), val_rows):
+    finished = read_fold(path)
+    if not np.array_equal(finished.val_indices, val_rows):
         raise ConfigError(f"{path}: this fold was run on other rows; resume with the data and "
                           "settings of the original run, or start a new --out folder")
-    return FoldResult.from_dict(stored, stored["val_indices"])
+    return finished
 
 
 def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
@@ -344,7 +347,8 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
         dataset_info["added_to_training"] = extra.info()
     return KFoldResult(config=config, dataset=dataset_info, folds=folds, device=str(device),
                        versions=versions, splits_sha256=fingerprint,
-                       wall_s=time.perf_counter() - started, num_classes=len(dataset.classes))
+                       wall_s=time.perf_counter() - started, num_classes=len(dataset.classes),
+                       labels=dataset.labels.numpy())
 
 
 def default_out_dir(config: RunConfig, root: str | Path = "results") -> Path:

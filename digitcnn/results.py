@@ -22,7 +22,8 @@ import numpy as np
 from .metrics import ConfusionAccumulator, mean_std
 
 __all__ = ["FoldResult", "KFoldResult", "atomic_write_text", "atomic_write_bytes",
-           "write_json", "write_run_start", "write_fold", "fold_path", "TIMING_KEYS"]
+           "write_json", "write_run_start", "write_fold", "read_fold", "fold_path", "out_of_fold",
+           "TIMING_KEYS"]
 
 # Keys whose values are wall-clock measurements: everything else in metrics.json is a
 # deterministic function of the config and the data.
@@ -80,6 +81,8 @@ class FoldResult:
         lrs: learning rate at the start of each epoch; ``lr`` is the rate after the last step.
         train_accuracy: training accuracy per epoch (dropout and augmentation on).
         epochs_run, best_epoch, stopped_early: where training ended (early stopping).
+        val_log_probs: (n_val, C) float32 log-probabilities of the validation rows, in the
+            order of ``val_indices`` (the fold's out-of-fold predictions).
         seed: the fold's torch seed.
         val_indices: (n_val,) row indices of the validation rows in the dataset.
         wall_s: seconds spent training and evaluating this fold.
@@ -103,6 +106,7 @@ class FoldResult:
     epochs_run: int = 0
     best_epoch: int = -1
     stopped_early: bool = False
+    val_log_probs: np.ndarray | None = None
 
     @property
     def accuracy(self) -> float:
@@ -122,10 +126,12 @@ class FoldResult:
     @classmethod
     def from_dict(cls, values: dict, val_indices) -> "FoldResult":
         """Rebuild from :meth:`to_dict` output (a finished fold read back to resume a run)."""
-        names = {f for f in cls.__dataclass_fields__} - {"val_indices", "confusion"}
+        names = {f for f in cls.__dataclass_fields__} - {"val_indices", "confusion",
+                                                         "val_log_probs"}
         return cls(**{k: values[k] for k in names if k in values},
                    confusion=np.asarray(values["confusion"], dtype=np.int64),
-                   val_indices=np.asarray(val_indices, dtype=np.int64))
+                   val_indices=np.asarray(val_indices, dtype=np.int64),
+                   val_log_probs=values.get("val_log_probs"))
 
 
 @dataclass
@@ -146,6 +152,7 @@ class KFoldResult:
     wall_s: float = 0.0
     num_classes: int = 10
     extra: dict = field(default_factory=dict)
+    labels: np.ndarray | None = None  # (N,) true label of every dataset row, for oof.npz
 
     @property
     def confusion(self) -> np.ndarray:
@@ -219,9 +226,18 @@ class KFoldResult:
             write_fold(directory, fold)
         return self.write_final(directory, plots)
 
+    def out_of_fold(self) -> dict:
+        """The out-of-fold predictions of every validation row (see :func:`out_of_fold`)."""
+        return out_of_fold(self.folds, self.labels)
+
     def write_final(self, directory: str | os.PathLike, plots: bool = True) -> Path:
-        """``folds.csv``, the plots, then ``metrics.json`` (the mark of a finished run)."""
+        """``oof.npz``, ``folds.csv``, the plots, then ``metrics.json`` (a finished run)."""
         directory = Path(directory)
+        oof = self.out_of_fold()
+        if oof:
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **oof)
+            atomic_write_bytes(directory / "oof.npz", buffer.getvalue())
         atomic_write_text(directory / "folds.csv", self.folds_csv())
         if plots:
             from .plots import plot_confusion, plot_loss_curves
@@ -253,6 +269,42 @@ def fold_path(directory: Path, fold: int) -> Path:
 
 
 def write_fold(directory: Path, fold: FoldResult) -> Path:
-    """One finished fold, written as soon as it ends so that a run can be resumed."""
-    return write_json(fold_path(directory, fold.fold),
-                      {**fold.to_dict(), "val_indices": np.asarray(fold.val_indices).tolist()})
+    """One finished fold, written as soon as it ends so that a run can be resumed.
+
+    The fold's log-probabilities go to ``fold<k>.npz`` first; the ``.json`` written last marks
+    the fold as finished.
+    """
+    path = fold_path(directory, fold.fold)
+    if fold.val_log_probs is not None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, val_indices=np.asarray(fold.val_indices, dtype=np.int64),
+                            val_log_probs=np.asarray(fold.val_log_probs, dtype=np.float32))
+        atomic_write_bytes(path.with_suffix(".npz"), buffer.getvalue())
+    return write_json(path, {**fold.to_dict(), "val_indices": np.asarray(fold.val_indices).tolist()})
+
+
+def read_fold(path: Path) -> FoldResult:
+    """A fold written by :func:`write_fold`, with its log-probabilities when present."""
+    stored = json.loads(Path(path).read_text())
+    arrays = Path(path).with_suffix(".npz")
+    if arrays.is_file():
+        with np.load(arrays) as loaded:
+            stored["val_log_probs"] = loaded["val_log_probs"]
+    return FoldResult.from_dict(stored, stored["val_indices"])
+
+
+def out_of_fold(folds: list[FoldResult], labels_by_row: np.ndarray | None = None) -> dict:
+    """Every validation row once, sorted by row: ``row``, ``fold``, ``true`` (when the labels
+    are given), ``predicted`` and ``log_probs`` (N, C)."""
+    usable = [f for f in folds if f.val_log_probs is not None and f.n_val]
+    if not usable:
+        return {}
+    rows = np.concatenate([np.asarray(f.val_indices) for f in usable])
+    order = np.argsort(rows, kind="stable")
+    log_probs = np.concatenate([np.asarray(f.val_log_probs) for f in usable])[order]
+    result = {"row": rows[order],
+              "fold": np.concatenate([np.full(f.n_val, f.fold) for f in usable])[order],
+              "predicted": log_probs.argmax(axis=1), "log_probs": log_probs.astype(np.float32)}
+    if labels_by_row is not None:
+        result["true"] = np.asarray(labels_by_row)[result["row"]]
+    return result

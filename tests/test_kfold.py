@@ -129,8 +129,18 @@ def test_cli_writes_the_run_directory(optdigits_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "accuracy" in printed and f"results written to {out}" in printed
     assert {p.name for p in out.iterdir()} == {"config.json", "splits.json", "folds.csv", "folds",
-                                               "metrics.json", "confusion.png", "loss_curves.png"}
-    assert sorted(p.name for p in (out / "folds").iterdir()) == [f"fold{k}.json" for k in range(4)]
+                                               "oof.npz", "metrics.json", "confusion.png",
+                                               "loss_curves.png"}
+    assert sorted(p.name for p in (out / "folds").iterdir()) == sorted(
+        [f"fold{k}.json" for k in range(4)] + [f"fold{k}.npz" for k in range(4)])
+    with np.load(out / "oof.npz") as oof:
+        assert oof["row"].tolist() == list(range(180))
+        assert oof["log_probs"].shape == (180, 10)
+        assert np.array_equal(oof["predicted"], oof["log_probs"].argmax(1))
+        dataset = digitcnn.load("uci", optdigits_dir, verify=False)
+        assert np.array_equal(oof["true"], dataset.labels.numpy())
+        correct = int((oof["predicted"] == oof["true"]).sum())
+        assert correct == int(np.trace(np.array(metrics_of(out)["confusion"])))
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("accuracy", "accuracy_mean", "accuracy_std", "loss", "confusion", "folds",
                 "dataset", "device", "wall_s", "versions"):
@@ -144,6 +154,10 @@ def test_cli_writes_the_run_directory(optdigits_dir, tmp_path, capsys):
     assert not list(out.glob("*.tmp"))
     folds_csv = (out / "folds.csv").read_text().splitlines()
     assert folds_csv[0].startswith("fold,n_train,n_val") and len(folds_csv) == 5
+
+
+def metrics_of(out):
+    return json.loads((out / "metrics.json").read_text())
 
 
 def bad_column_file(tmp_path):
