@@ -6,12 +6,14 @@ line on stderr and exits with status 2; it never shows a traceback for bad input
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from typing import Callable
+import warnings
+from typing import Callable, Iterator
 
 __all__ = ["DigitCNNError", "DataError", "ConfigError", "ModelError", "CheckpointError",
-           "USAGE_EXIT_CODE", "cli_entry"]
+           "USAGE_EXIT_CODE", "cli_entry", "warnings_as_lines"]
 
 USAGE_EXIT_CODE = 2
 
@@ -60,3 +62,18 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., 
                 return 130
         return wrapper
     return decorate
+
+
+@contextlib.contextmanager
+def warnings_as_lines(prog: str) -> Iterator[None]:
+    """Show the RuntimeWarnings raised inside (e.g. a data fallback) as one plain stderr line
+    each, prefixed with ``prog``, instead of Python's two-line warning with source location."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, RuntimeWarning):
+            print(f"{prog}: warning: {one_line(warning.message)}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)

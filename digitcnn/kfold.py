@@ -16,7 +16,6 @@ import hashlib
 import json
 import sys
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 from . import engine
 from .config import RunConfig, config_from_args
 from .data import DigitDataset, load
-from .errors import ConfigError, DataError, cli_entry
+from .errors import ConfigError, DataError, cli_entry, warnings_as_lines
 from .models import create_model
 from .results import (FoldResult, KFoldResult, fold_path, read_fold, write_fold,
                       write_run_start)
@@ -376,13 +375,8 @@ def resume_config(run_dir: str | Path, given: RunConfig | None = None) -> RunCon
 
 def load_quietly(config: RunConfig, prog: str) -> DigitDataset:
     """Load the run's data; adapter warnings (e.g. the UCI fallback) become one plain line."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        dataset = load_for_config(config)
-    for warning in caught:
-        if issubclass(warning.category, RuntimeWarning):
-            print(f"{prog}: warning: {warning.message}", file=sys.stderr)
-    return dataset
+    with warnings_as_lines(prog):
+        return load_for_config(config)
 
 
 @cli_entry("digitcnn.kfold")

@@ -30,7 +30,7 @@ import torch
 
 from .checkpoint import SavedModel, find_saved_models, load_model
 from .config import OneLineParser
-from .errors import CheckpointError, DataError, cli_entry
+from .errors import CheckpointError, DataError, cli_entry, warnings_as_lines
 from .results import atomic_write_text
 from .runtime import select_device
 
@@ -246,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DataError(f"--tta {args.tta} must be 0 or more")
     device = select_device(args.device)
     models = [m.to(device) for m in load_models(args.model)]
-    inputs = read_input(args.input)
+    with warnings_as_lines("digitcnn.predict"):
+        inputs = read_input(args.input)
     if args.labels is not None:
         inputs.labels = read_labels(args.labels, len(inputs.images))
     expected = models[0].input_shape
