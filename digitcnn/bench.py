@@ -1,0 +1,264 @@
+"""``python -m digitcnn.bench``: digitcnn against the hand-written loop, back to back.
+
+Every figure is a whole process (imports, data loading, training, evaluation, writing),
+timed from outside, the two commands alternating A B A B so that drift in the machine's
+speed hits both; the ratio is taken pair by pair and its median reported. Peak memory is
+each process's own maximum resident set size (``wait4``). Cases:
+
+* ``uci``: pipeline S5 on UCI optdigits, 4 folds x 10 epochs, against
+  ``../shared/bench/reference_loop.py`` (the yardstick);
+* ``mnist``: MNIST scale, Fashion-MNIST's 60,000 training images (Debian's
+  ``dataset-fashion-mnist``), S2's model, 4 folds x 1 epoch, against :func:`plain_loop`, the
+  same work written as a tutorial would (DataLoader, one fold after another);
+* ``scaling``: digitcnn's wall time against the number of folds and the number of rows.
+
+Writes ``bench.json`` and ``scaling.png`` to ``--out`` (default ``results/bench``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["compare", "plain_loop", "main"]
+
+
+def _run_with_rusage(command: Sequence[str], env: dict | None = None) -> dict:
+    """Run ``command``: wall seconds, the child's own peak RSS (MiB, from ``os.wait4``),
+    exit code, stdout and stderr."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(list(command), stdout=out, stderr=err,
+                                   env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024,
+                "returncode": process.returncode, "stdout": out.read(), "stderr": err.read()}
+
+
+def compare(ours: Sequence[str], theirs: Sequence[str], repeats: int, label: str,
+            read_ours, read_theirs) -> dict:
+    """Alternate the two commands ``repeats`` times; medians and the pairwise ratio."""
+    rows = []
+    for repeat in range(repeats):
+        pair = {}
+        for name, command, reader in (("digitcnn", ours, read_ours),
+                                      ("reference", theirs, read_theirs)):
+            run = _run_with_rusage(command)
+            if run["returncode"] != 0:
+                raise RuntimeError(f"{label}: {name} failed ({run['returncode']}): "
+                                   f"{run['stderr'][-2000:]}")
+            pair[name] = {"wall_s": run["wall_s"], "peak_rss_mib": run["peak_rss_mib"],
+                          **reader(run)}
+        pair["ratio"] = pair["digitcnn"]["wall_s"] / pair["reference"]["wall_s"]
+        rows.append(pair)
+        print(f"{label} {repeat + 1}/{repeats}: digitcnn {pair['digitcnn']['wall_s']:.2f} s "
+              f"({100 * pair['digitcnn']['accuracy']:.2f}%), reference "
+              f"{pair['reference']['wall_s']:.2f} s ({100 * pair['reference']['accuracy']:.2f}%),"
+              f" ratio {pair['ratio']:.3f}", flush=True)
+
+    def median(side, key):
+        return statistics.median(r[side][key] for r in rows)
+
+    return {"runs": rows, "ratio_median": statistics.median(r["ratio"] for r in rows),
+            **{f"{side}_{key}_median": median(side, key) for side in ("digitcnn", "reference")
+               for key in ("wall_s", "peak_rss_mib", "accuracy", "train_s")}}
+
+
+def _read_digitcnn(out_dir: Path):
+    def read(run: dict) -> dict:
+        metrics = json.loads((out_dir / "metrics.json").read_text())
+        return {"accuracy": metrics["accuracy"], "train_s": metrics["wall_s"],
+                "device": metrics["device"]}
+    return read
+
+
+def _read_reference(run: dict) -> dict:
+    line = json.loads(run["stdout"].strip().splitlines()[-1])
+    return {"accuracy": line["accuracy"] / 100, "train_s": line["wall_s"], "device": line["device"]}
+
+
+def plain_loop(data_dir: str, folds: int = 4, epochs: int = 1, device: str = "cpu",
+               limit: int | None = None) -> dict:
+    """The MNIST-scale yardstick, written plainly as a tutorial would: images /255, S2's
+    model, a DataLoader per fold, Adam 1e-3, batch 64, folds one after another."""
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from sklearn.model_selection import KFold
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from .mnist import load_mnist
+
+    torch.manual_seed(0)
+    data = load_mnist(Path(data_dir), split="train", verify=False)
+    X = data.images.float() / 255
+    y = data.labels
+    if limit:
+        X, y = X[:limit], y[:limit]
+    dev = torch.device(device)
+    started = time.perf_counter()
+    correct = 0
+    for train, test in KFold(n_splits=folds, shuffle=True, random_state=30).split(np.zeros(len(y))):
+        model = nn.Sequential(
+            nn.Conv2d(1, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(64, 64, 3), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.3),
+            nn.Linear(576, 10), nn.LogSoftmax(dim=1)).to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loader = DataLoader(TensorDataset(X[train], y[train]), batch_size=64, shuffle=True)
+        model.train()
+        for _ in range(epochs):
+            for xb, yb in loader:
+                xb, yb = xb.to(dev), yb.to(dev)
+                opt.zero_grad()
+                F.nll_loss(model(xb), yb).backward()
+                opt.step()
+        model.eval()
+        with torch.no_grad():
+            for xb, yb in DataLoader(TensorDataset(X[test], y[test]), batch_size=1000):
+                correct += (model(xb.to(dev)).argmax(1).cpu() == yb).sum().item()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return {"accuracy": 100 * correct / len(y), "wall_s": time.perf_counter() - started,
+            "n": len(y), "device": str(dev)}
+
+
+def _digitcnn_command(out: Path, flags: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "digitcnn.kfold", "--quiet", "--no-plots", "--out", str(out),
+            *flags]
+
+
+def bench_uci(args, scratch: Path) -> dict:
+    out = scratch / "uci"
+    ours = _digitcnn_command(out, ["--dataset", "uci", "--data-dir", args.uci_dir, "--scaler",
+                                   "global", "--device", args.device, *args.extra])
+    theirs = [sys.executable, args.reference, args.uci_dir, "--device", args.device]
+    return compare(ours, theirs, args.repeats, "uci", _read_digitcnn(out), _read_reference)
+
+
+def bench_mnist(args, scratch: Path) -> dict:
+    out = scratch / "mnist"
+    limit = ["--limit", str(args.mnist_limit)] if args.mnist_limit else []
+    ours = _digitcnn_command(out, ["--dataset", "mnist", "--data-dir", args.mnist_dir, "--split",
+                                   "train", "--no-verify", "--model", "s2", "--scaler", "max",
+                                   "--epochs", "1", "--device", args.device, *limit, *args.extra])
+    theirs = [sys.executable, "-m", "digitcnn.bench", "--plain-loop", args.mnist_dir,
+              "--device", args.device] + (["--mnist-limit", str(args.mnist_limit)]
+                                          if args.mnist_limit else [])
+    return compare(ours, theirs, args.repeats, "mnist", _read_digitcnn(out), _read_reference)
+
+
+def bench_scaling(args, scratch: Path) -> dict:
+    """digitcnn's in-process training time against folds and rows (S5 recipe on UCI)."""
+    table = {"folds": [], "rows": []}
+    for mode in ("--fold-parallel", "--no-fold-parallel"):
+        for folds in (2, 4, 8, 10):
+            out = scratch / f"folds{folds}"
+            run = _run_with_rusage(_digitcnn_command(out, [
+                "--dataset", "uci", "--data-dir", args.uci_dir, "--folds", str(folds),
+                "--device", args.device, mode, *args.extra]))
+            metrics = json.loads((out / "metrics.json").read_text())
+            table["folds"].append({"mode": mode.strip("-"), "folds": folds,
+                                   "train_s": metrics["wall_s"], "wall_s": run["wall_s"],
+                                   "accuracy": metrics["accuracy"]})
+            print(f"scaling {mode} folds={folds}: {metrics['wall_s']:.2f} s", flush=True)
+    for fraction in (0.25, 0.5, 1.0):
+        rows = int(5620 * fraction)
+        out = scratch / f"rows{rows}"
+        _run_with_rusage(_digitcnn_command(out, [
+            "--dataset", "uci", "--data-dir", args.uci_dir, "--limit", str(rows), "--device",
+            args.device, *args.extra]))
+        metrics = json.loads((out / "metrics.json").read_text())
+        table["rows"].append({"rows": metrics["n"], "train_s": metrics["wall_s"],
+                              "accuracy": metrics["accuracy"]})
+        print(f"scaling rows={metrics['n']}: {metrics['wall_s']:.2f} s", flush=True)
+    return table
+
+
+def plot_scaling(table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for mode in ("fold-parallel", "no-fold-parallel"):
+        points = [r for r in table["folds"] if r["mode"] == mode]
+        left.plot([r["folds"] for r in points], [r["train_s"] for r in points], "o-",
+                  label="fold-parallel" if mode == "fold-parallel" else "sequential")
+    left.set(xlabel="folds (S5 recipe, 10 epochs)", ylabel="training wall time (s)",
+             title="time against folds")
+    left.legend()
+    right.plot([r["rows"] for r in table["rows"]], [r["train_s"] for r in table["rows"]], "o-")
+    right.set(xlabel="rows (4 folds)", ylabel="training wall time (s)", title="time against rows")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    from .plots import _save
+
+    _save(figure, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m digitcnn.bench", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=["uci", "mnist", "scaling"],
+                        choices=("uci", "mnist", "scaling"))
+    parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per case")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--uci-dir", default="../shared/data/optdigits")
+    parser.add_argument("--mnist-dir", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--mnist-limit", type=int, default=None, help="use fewer MNIST rows")
+    parser.add_argument("--reference", default="../shared/bench/reference_loop.py")
+    parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                        help="further flags for digitcnn.kfold (last on the line)")
+    parser.add_argument("--plain-loop", metavar="MNIST_DIR", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.plain_loop:  # the yardstick's own process
+        print(json.dumps(plain_loop(args.plain_loop, device=args.device, limit=args.mnist_limit)))
+        return 0
+    from .runtime import library_versions
+
+    report = {"cases": {}, "versions": library_versions(), "cpu_count": os.cpu_count(),
+              "device": args.device, "repeats": args.repeats, "extra_flags": args.extra}
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory() as scratch:
+        for case in args.cases:
+            runner = {"uci": bench_uci, "mnist": bench_mnist, "scaling": bench_scaling}[case]
+            report["cases"][case] = runner(args, Path(scratch))
+    from .results import write_json
+
+    write_json(out / "bench.json", report)
+    if "scaling" in report["cases"]:
+        plot_scaling(report["cases"]["scaling"], out / "scaling.png")
+    for case in ("uci", "mnist"):
+        if case in report["cases"]:
+            result = report["cases"][case]
+            print(f"{case}: digitcnn/reference wall time ratio {result['ratio_median']:.3f} "
+                  f"(median of {args.repeats}); digitcnn {result['digitcnn_wall_s_median']:.2f} s, "
+                  f"{100 * result['digitcnn_accuracy_median']:.2f}%, peak "
+                  f"{result['digitcnn_peak_rss_mib_median']:.0f} MiB; reference "
+                  f"{result['reference_wall_s_median']:.2f} s, "
+                  f"{100 * result['reference_accuracy_median']:.2f}%, peak "
+                  f"{result['reference_peak_rss_mib_median']:.0f} MiB")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
