@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"digitcnn.kfold: interrupted; {finished} finished fold(s) are saved in {out}; "
               f"continue with: python -m digitcnn.kfold --resume {out}", file=sys.stderr)
         return 130
-    result.write_final(out, plots=config.plots)
+    result.write_final(out, plots=config.plots, images=dataset.images)
     if not config.quiet:
         print(result.summary())
         print(f"results written to {out}")

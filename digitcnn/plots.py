@@ -10,7 +10,9 @@ import numpy as np
 from .metrics import normalize_confusion
 from .results import atomic_write_bytes
 
-__all__ = ["plot_confusion", "plot_loss_curves"]
+__all__ = ["plot_confusion", "plot_loss_curves", "plot_training_curves", "plot_roc",
+           "plot_precision_recall", "plot_per_class_f1", "plot_misclassified", "plot_sweep",
+           "run_title"]
 
 
 def _pyplot():
@@ -20,6 +22,17 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def run_title(result) -> str:
+    """"<dataset> / <model> / <k> folds / accuracy <pooled>%", the title of every run figure
+    (a run without validation rows says so instead of showing an accuracy)."""
+    folds = len(result.folds)
+    head = (f"{result.dataset['name']} / {result.config.model} / {folds} "
+            f"fold{'s' if folds != 1 else ''}")
+    if not result.n:
+        return f"{head} / no validation rows (trained on all {result.folds[-1].n_train:,})"
+    return f"{head} / accuracy {100 * result.accuracy:.2f}%"
 
 
 def _save(figure, path: Path) -> Path:
@@ -60,4 +73,231 @@ def plot_loss_curves(train_losses: Sequence[Sequence[float]], val_losses: Sequen
     axis.set(xlabel="epoch", ylabel="NLL loss", title=title)
     axis.grid(alpha=0.3)
     axis.legend(ncol=2, fontsize=8)
+    return _save(figure, Path(path))
+
+
+def _ragged(curves: Sequence[Sequence[float]]) -> np.ndarray:
+    """(folds, epochs) with NaN after a fold's last epoch (early stopping ends folds apart)."""
+    longest = max((len(c) for c in curves), default=0)
+    table = np.full((len(curves), longest), np.nan)
+    for row, curve in enumerate(curves):
+        table[row, :len(curve)] = curve
+    return table
+
+
+def _mean_band(axis, curves, colour: str, label: str) -> None:
+    """Every fold as a thin line, the mean over folds bold, and a +-1 std band around it."""
+    table = _ragged(curves)
+    if table.size == 0 or np.isnan(table).all():
+        return
+    epochs = np.arange(1, table.shape[1] + 1)
+    for curve in table:
+        axis.plot(epochs, curve, color=colour, linewidth=0.8, alpha=0.35)
+    counts = (~np.isnan(table)).sum(axis=0)
+    mean = np.nanmean(table, axis=0)
+    # std over the folds that reached the epoch (ddof=1); one fold alone has no band
+    spread = np.array([np.nanstd(column, ddof=1) if n > 1 else 0.0
+                       for column, n in zip(table.T, counts)])
+    axis.plot(epochs, mean, color=colour, linewidth=2.2, label=f"{label} (mean of {len(table)})")
+    axis.fill_between(epochs, mean - spread, mean + spread, color=colour, alpha=0.18,
+                      linewidth=0, label=f"{label} +-1 std")
+
+
+def plot_training_curves(train_loss: Sequence[Sequence[float]],
+                         val_loss: Sequence[Sequence[float]],
+                         train_accuracy: Sequence[Sequence[float]],
+                         val_accuracy: Sequence[Sequence[float]],
+                         path: str | Path, title: str = "") -> Path:
+    """Loss (left) and accuracy (right) per epoch: each fold thin, the fold mean bold with a
+    +-1 std band; train blue, validation orange. Lists hold one per-epoch list per fold;
+    validation lists may be empty (a run without validation rows)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for axis, train, val, name in ((loss_axis, train_loss, val_loss, "NLL loss"),
+                                   (accuracy_axis, train_accuracy, val_accuracy, "accuracy")):
+        _mean_band(axis, train, "tab:blue", "train")
+        _mean_band(axis, val, "tab:orange", "validation")
+        axis.set(xlabel="epoch", ylabel=name, title=name)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        if axis.has_data():
+            axis.legend(fontsize=8)
+    accuracy_axis.yaxis.set_major_formatter(lambda value, _: f"{100 * value:.1f}%")
+    figure.suptitle(title)
+    return _save(figure, Path(path))
+
+
+def _zoom_limits(curves: Sequence[tuple[np.ndarray, np.ndarray]], x_to: float) -> float:
+    """The lowest y any curve has at x = x_to, less a margin: where a zoomed panel starts."""
+    lows = [float(np.interp(x_to, x, y)) for x, y in curves if len(x)]
+    low = min(lows, default=0.0)
+    return max(0.0, low - 0.02)
+
+
+def plot_roc(curves: dict, auc: dict, path: str | Path, title: str = "") -> Path:
+    """One-vs-rest ROC curves: per class (thin, AUC in the legend), micro (black dashed) and
+    macro (black dotted), full range left and the top-left corner enlarged right.
+
+    Args:
+        curves: ``evaluate_run(..., curves=True)["pooled"]["curves"]["roc"]``.
+        auc: ``{"per_class": [C], "micro": float, "macro": float}`` AUCs for the legend.
+    """
+    plt = _pyplot()
+    colours = plt.get_cmap("tab10")
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.6))
+    drawn = []
+    for axis in axes:
+        for label, curve in enumerate(curves["per_class"]):
+            x, y = np.asarray(curve["fpr"]), np.asarray(curve["tpr"])
+            axis.plot(x, y, color=colours(label % 10), linewidth=1,
+                      label=f"{label}: AUC {auc['per_class'][label]:.4f}")
+            drawn.append((x, y))
+        if "micro" in curves:
+            axis.plot(curves["micro"]["fpr"], curves["micro"]["tpr"], "k--", linewidth=2,
+                      label=f"micro: AUC {auc['micro']:.4f}")
+            axis.plot(curves["macro"]["fpr"], curves["macro"]["tpr"], "k:", linewidth=2,
+                      label=f"macro: AUC {auc['macro']:.4f} (mean of classes)")
+        axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle="-.")
+        axis.set(xlabel="false positive rate", ylabel="true positive rate")
+        axis.grid(alpha=0.3)
+    axes[0].set(title="ROC, one class vs rest", xlim=(0, 1), ylim=(0, 1.01))
+    axes[1].set(title="top-left corner", xlim=(0, 0.1), ylim=(_zoom_limits(drawn, 0.1), 1.002))
+    axes[1].legend(fontsize=8, loc="lower right")
+    figure.suptitle(title)
+    return _save(figure, Path(path))
+
+
+def plot_precision_recall(curves: dict, average_precision: dict, path: str | Path,
+                          title: str = "") -> Path:
+    """Precision-recall curves per class (thin, AP in the legend) and micro (black dashed);
+    full range left, the top-right corner enlarged right.
+
+    Args:
+        curves: ``evaluate_run(..., curves=True)["pooled"]["curves"]["pr"]``.
+        average_precision: ``{"per_class": [C], "micro": float, "macro": float}``.
+    """
+    plt = _pyplot()
+    colours = plt.get_cmap("tab10")
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.6))
+    drawn = []
+    for axis in axes:
+        for label, curve in enumerate(curves["per_class"]):
+            recall, precision = np.asarray(curve["recall"]), np.asarray(curve["precision"])
+            axis.step(recall, precision, where="post", color=colours(label % 10), linewidth=1,
+                      label=f"{label}: AP {average_precision['per_class'][label]:.4f}")
+            drawn.append((recall[::-1], precision[::-1]))
+        micro = curves["micro"]
+        axis.step(micro["recall"], micro["precision"], "k--", where="post", linewidth=2,
+                  label=f"micro: AP {average_precision['micro']:.4f} "
+                        f"(macro {average_precision['macro']:.4f})")
+        axis.set(xlabel="recall", ylabel="precision")
+        axis.grid(alpha=0.3)
+    axes[0].set(title="precision-recall, one class vs rest", xlim=(0, 1), ylim=(0, 1.01))
+    axes[1].set(title="top-right corner", xlim=(0.9, 1.0),
+                ylim=(_zoom_limits(drawn, 0.9), 1.002))
+    axes[1].legend(fontsize=8, loc="lower left")
+    figure.suptitle(title)
+    return _save(figure, Path(path))
+
+
+def plot_per_class_f1(per_class: dict, macro_f1: float, path: str | Path,
+                      title: str = "") -> Path:
+    """F1 per class as bars (value written on each), precision and recall as markers, and
+    the macro F1 as a line. The y axis starts just below the lowest value so that differences
+    of a fraction of a percent stay visible; its lower limit is printed on the axis.
+
+    Args:
+        per_class: ``{"f1": [C], "precision": [C], "recall": [C], "support": [C]}``.
+    """
+    plt = _pyplot()
+    f1 = np.asarray(per_class["f1"], dtype=float)
+    classes = np.arange(len(f1))
+    figure, axis = plt.subplots(figsize=(10, 4.8))
+    axis.bar(classes, f1, color="tab:blue", alpha=0.8, label="F1")
+    axis.plot(classes, per_class["precision"], "v", color="tab:red", label="precision")
+    axis.plot(classes, per_class["recall"], "^", color="tab:green", label="recall")
+    axis.axhline(macro_f1, color="black", linestyle="--", linewidth=1,
+                 label=f"macro F1 {macro_f1:.4f}")
+    values = np.concatenate([f1, per_class["precision"], per_class["recall"]])
+    low = max(0.0, np.floor((np.nanmin(values) - 0.01) * 50) / 50) if len(values) else 0.0
+    for x, value in zip(classes, f1):
+        # inside the bar's top, where the precision/recall markers do not cover it
+        axis.annotate(f"{value:.3f}", (x, value), ha="center", va="top", fontsize=8,
+                      color="white", fontweight="bold", xytext=(0, -4),
+                      textcoords="offset points")
+    axis.set(xticks=classes,
+             xticklabels=[f"{c}\n(n={n})" for c, n in zip(classes, per_class["support"])],
+             ylim=(low, 1.005), xlabel="class (validation rows)", ylabel="score",
+             title=f"{title}\nper-class F1 (y axis from {low:.2f})")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4)
+    return _save(figure, Path(path))
+
+
+def plot_misclassified(images, rows, true, predicted, probability, path: str | Path,
+                       title: str = "", limit: int = 40, columns: int = 8) -> Path:
+    """A grid of misclassified digits, the most confident mistakes first.
+
+    Args:
+        images: (N, 1, H, W) uint8 images of the whole dataset (ink bright), tensor or array.
+        rows, true, predicted, probability: (M,) dataset row, true class, predicted class and
+            the predicted class's probability of every validation row (misclassified or not).
+        limit: at most this many digits are shown.
+    """
+    plt = _pyplot()
+    images = np.asarray(images)
+    rows, true, predicted = (np.asarray(a) for a in (rows, true, predicted))
+    probability = np.asarray(probability, dtype=float)
+    wrong = np.flatnonzero(true != predicted)
+    wrong = wrong[np.argsort(-probability[wrong], kind="stable")][:limit]
+    count = max(len(wrong), 1)
+    columns = min(columns, count)
+    lines = -(-count // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(1.6 * columns, 1.9 * lines + 0.8),
+                                squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, index in zip(axes.flat, wrong):
+        # dark ink on white, as digits are written
+        axis.imshow(images[rows[index], 0], cmap="gray_r", interpolation="nearest")
+        axis.set_title(f"true {true[index]} \u2192 {predicted[index]}\np={probability[index]:.2f}, "
+                       f"row {rows[index]}", fontsize=7.5)
+    total = int((true != predicted).sum())
+    if not len(wrong):
+        axes.flat[0].text(0.5, 0.5, "no misclassified rows", ha="center", va="center")
+    figure.suptitle(f"{title}\n{len(wrong)} of {total} misclassified validation rows, "
+                    "most confident first", fontsize=9)
+    return _save(figure, Path(path))
+
+
+def plot_sweep(names: Sequence[str], fold_accuracies: Sequence[Sequence[float]],
+               pooled: Sequence[float], best: int, path: str | Path, title: str = "") -> Path:
+    """Validation accuracy of every cell of a sweep, one row per cell: each fold's accuracy as
+    a dot, the mean over folds with a +-1 std error bar, the pooled accuracy as a cross; the
+    best cell (highest mean) in red.
+
+    Args:
+        names: cell names; fold_accuracies: per cell, the accuracy of each fold (0..1);
+        pooled: per cell, total correct over total rows; best: index of the best cell.
+    """
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(9, 1.0 + 0.45 * len(names)))
+    jitter = np.random.default_rng(0)  # fixed: the figure is the same on every rerun
+    for row, (accuracies, total) in enumerate(zip(fold_accuracies, pooled)):
+        values = 100 * np.asarray(accuracies, dtype=float)
+        colour = "tab:red" if row == best else "tab:blue"
+        axis.scatter(values, row + jitter.uniform(-0.12, 0.12, len(values)), s=14,
+                     color=colour, alpha=0.55, label="fold" if row == 0 else None)
+        spread = values.std(ddof=1) if len(values) > 1 else 0.0
+        axis.errorbar(values.mean(), row, xerr=spread, fmt="o", color=colour, markersize=7,
+                      capsize=4, linewidth=1.6, label="mean +-1 std" if row == 0 else None)
+        axis.plot(100 * total, row, "x", color="black", markersize=7, zorder=4,
+                  label="pooled" if row == 0 else None)
+    axis.set(yticks=np.arange(len(names)), xlabel="validation accuracy (%)",
+             ylim=(len(names) - 0.5, -0.5), title=f"{title}\nbest (red): {names[best]}")
+    axis.set_yticklabels(names, fontsize=8)
+    axis.grid(axis="x", alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
     return _save(figure, Path(path))

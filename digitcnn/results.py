@@ -36,6 +36,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600 files; results are for sharing, so honour the umask instead.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -230,8 +234,14 @@ class KFoldResult:
         """The out-of-fold predictions of every validation row (see :func:`out_of_fold`)."""
         return out_of_fold(self.folds, self.labels)
 
-    def write_final(self, directory: str | os.PathLike, plots: bool = True) -> Path:
-        """``oof.npz``, ``folds.csv``, the plots, then ``metrics.json`` (a finished run)."""
+    def write_final(self, directory: str | os.PathLike, plots: bool = True,
+                    images=None) -> Path:
+        """``oof.npz``, ``folds.csv``, the plots, ``evaluation.json`` and ``report.html`` (see
+        :mod:`digitcnn.report`), then ``metrics.json`` (a finished run).
+
+        ``images``: the dataset's raw uint8 (N, 1, H, W) images (tensor or array, indexed like
+        the dataset rows) for the grid of misclassified digits; without them it is left out.
+        """
         directory = Path(directory)
         oof = self.out_of_fold()
         if oof:
@@ -239,15 +249,19 @@ class KFoldResult:
             np.savez_compressed(buffer, **oof)
             atomic_write_bytes(directory / "oof.npz", buffer.getvalue())
         atomic_write_text(directory / "folds.csv", self.folds_csv())
+        figures = []
         if plots:
-            from .plots import plot_confusion, plot_loss_curves
+            from .plots import plot_confusion, plot_loss_curves, run_title
 
-            title = (f"{self.dataset['name']} / {self.config.model} / {len(self.folds)} folds / "
-                     f"accuracy {100 * self.accuracy:.2f}%")
+            title = run_title(self)
             if self.n:  # a --full run has no validation rows to tabulate
-                plot_confusion(self.confusion, directory / "confusion.png", title)
-            plot_loss_curves([f.train_loss for f in self.folds], [f.val_loss for f in self.folds],
-                             directory / "loss_curves.png", title)
+                figures.append(plot_confusion(self.confusion, directory / "confusion.png", title))
+            figures.append(plot_loss_curves([f.train_loss for f in self.folds],
+                                            [f.val_loss for f in self.folds],
+                                            directory / "loss_curves.png", title))
+        from .report import write_run_report
+
+        write_run_report(self, directory, oof, figures, plots=plots, images=images)
         write_json(directory / "metrics.json", self.metrics())
         return directory
 

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset = load_quietly(config, "digitcnn.train")
     out = Path(config.out) if config.out else default_out_dir(config)
     result = run_kfold(dataset, config, out_dir=out)
-    result.write_final(out, plots=config.plots)
+    result.write_final(out, plots=config.plots, images=dataset.images)
     if not config.quiet:
         print(result.summary())
         print(f"model and results written to {out}")

@@ -128,9 +128,12 @@ def test_cli_writes_the_run_directory(optdigits_dir, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "accuracy" in printed and f"results written to {out}" in printed
-    assert {p.name for p in out.iterdir()} == {"config.json", "splits.json", "folds.csv", "folds",
-                                               "oof.npz", "metrics.json", "confusion.png",
-                                               "loss_curves.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json", "splits.json", "folds.csv", "folds", "oof.npz", "metrics.json",
+        "confusion.png", "loss_curves.png", "evaluation.json", "report.html",
+        "training_curves.png", "roc.png", "precision_recall.png", "per_class_f1.png",
+        "misclassified.png"}
+    assert oct((out / "metrics.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
     assert sorted(p.name for p in (out / "folds").iterdir()) == sorted(
         [f"fold{k}.json" for k in range(4)] + [f"fold{k}.npz" for k in range(4)])
     with np.load(out / "oof.npz") as oof:
@@ -154,6 +157,14 @@ def test_cli_writes_the_run_directory(optdigits_dir, tmp_path, capsys):
     assert not list(out.glob("*.tmp"))
     folds_csv = (out / "folds.csv").read_text().splitlines()
     assert folds_csv[0].startswith("fold,n_train,n_val") and len(folds_csv) == 5
+
+
+def _umask():
+    import os
+
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def metrics_of(out):

@@ -1,0 +1,124 @@
+"""report.html, evaluation.json and the evaluation figures of a run directory."""
+import base64
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from digitcnn import kfold, train
+from digitcnn.errors import DataError
+from digitcnn.plots import plot_misclassified, plot_training_curves
+from digitcnn.report import FIGURE_CAPTIONS
+
+FAST = ["--epochs", "1", "--batch-size", "32", "--threads", "1", "--no-verify", "--quiet"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def write_order(monkeypatch):
+    """Names of the files renamed into place, in order (every write is atomic)."""
+    order = []
+    real_replace = os.replace
+
+    def recording(source, destination, *args, **kwargs):
+        order.append(os.path.basename(destination))
+        return real_replace(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", recording)
+    return order
+
+
+def embedded_images(page):
+    return re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+
+
+def test_kfold_run_writes_evaluation_figures_and_a_self_contained_report(optdigits_dir, tmp_path,
+                                                                         write_order):
+    out = tmp_path / "run"
+    assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(out), *FAST]) == 0
+    figures = ["confusion.png", "loss_curves.png", "training_curves.png", "roc.png",
+               "precision_recall.png", "per_class_f1.png", "misclassified.png"]
+    for name in figures + ["evaluation.json", "report.html", "oof.npz"]:
+        assert (out / name).is_file(), name
+    # metrics.json marks a finished run: written last, after the evaluation and the report
+    assert write_order[-1] == "metrics.json"
+    assert write_order.index("report.html") > max(write_order.index(f) for f in figures)
+    assert write_order.index("evaluation.json") < write_order.index("report.html")
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["pooled"]["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert evaluation["pooled"]["confusion"] == metrics["confusion"]
+
+    page = (out / "report.html").read_text()
+    # self-contained: no scripts, no external resource, every image a data URI
+    assert "<script" not in page.lower()
+    assert not re.search(r'(src|href)="(?!data:)', page)
+    assert "http://" not in page and "https://" not in page
+    images = embedded_images(page)
+    assert [name for name, _ in images] == [n for n in FIGURE_CAPTIONS if n in figures]
+    for name, data in images:
+        assert base64.b64decode(data) == (out / name).read_bytes()
+    assert base64.b64decode(images[0][1]).startswith(PNG_MAGIC)
+    # the numbers people look for
+    assert f"{100 * metrics['accuracy']:.2f}%" in page
+    assert f"{evaluation['pooled']['macro']['f1']:.4f}" in page
+    for fold in metrics["folds"]:
+        assert f"{100 * fold['accuracy']:.2f}%" in page
+    assert page.count("<tr") >= 4 + 1 + 11 + 1 + 10  # folds, metrics and per-class rows
+    assert "<code>--epochs 1</code>" in page  # settings that differ from the defaults
+    assert "splits sha256" in page and metrics["splits_sha256"][:16] in page
+
+
+def test_full_run_report_has_no_validation_parts(optdigits_dir, tmp_path):
+    out = tmp_path / "full"
+    assert train.main(["--full", "--data-dir", str(optdigits_dir), "--out", str(out), *FAST]) == 0
+    page = (out / "report.html").read_text()
+    assert "no validation rows" in page
+    assert "there are no out-of-fold predictions" in page
+    assert not (out / "evaluation.json").exists()
+    for absent in ("roc.png", "confusion.png", "misclassified.png", "per_class_f1.png"):
+        assert not (out / absent).exists()
+    assert [name for name, _ in embedded_images(page)] == ["training_curves.png",
+                                                           "loss_curves.png"]
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
+    assert "<h2>Per class</h2>" not in text and "nan" not in text.lower()
+    assert (out / "metrics.json").is_file()
+
+
+def test_no_plots_still_writes_tables(optdigits_dir, tmp_path):
+    out = tmp_path / "plain"
+    assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(out), "--no-plots",
+                       *FAST]) == 0
+    page = (out / "report.html").read_text()
+    assert not list(out.glob("*.png"))
+    assert embedded_images(page) == []
+    assert "Figures were turned off" in page and "<h2>Per class</h2>" in page
+    assert (out / "evaluation.json").is_file()
+
+
+def test_training_curves_with_folds_of_different_lengths(tmp_path):
+    """Early stopping ends folds at different epochs; the mean uses the folds still running."""
+    path = plot_training_curves([[1.0, 0.5, 0.4], [1.2, 0.6]], [[0.9, 0.6, 0.5], [1.0, 0.7]],
+                                [[0.5, 0.8, 0.9], [0.4, 0.7]], [[0.6, 0.8, 0.85], [0.5, 0.75]],
+                                tmp_path / "curves.png", "title")
+    assert path.read_bytes().startswith(PNG_MAGIC)
+    alone = plot_training_curves([[1.0, 0.5]], [[]], [[0.5, 0.8]], [[]], tmp_path / "full.png")
+    assert alone.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_misclassified_grid_without_mistakes_and_with_wrong_images(tmp_path, optdigits_dir):
+    images = np.zeros((3, 1, 8, 8), dtype=np.uint8)
+    path = plot_misclassified(images, [0, 1, 2], [1, 2, 3], [1, 2, 3], [0.9, 0.8, 0.7],
+                              tmp_path / "none.png")
+    assert path.read_bytes().startswith(PNG_MAGIC)
+
+    config = kfold.RunConfig(data_dir=str(optdigits_dir), epochs=1, quiet=True, verify=False,
+                             threads=1)
+    dataset = kfold.load_for_config(config)
+    result = kfold.run_kfold(dataset, config)
+    with pytest.raises(DataError, match="10 images given for the misclassified grid but the "
+                                        "predictions refer to row 179"):
+        result.write_final(tmp_path / "run", images=dataset.images[:10])
