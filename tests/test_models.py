@@ -80,8 +80,8 @@ def test_unknown_model_lists_the_valid_ones():
 
 
 def test_too_small_input_names_smallest_size():
-    with pytest.raises(ModelError, match=r"'s5' needs images of at least 2x2, got 1x1"):
-        digitcnn.create_model("s5", (1, 1, 1))
+    with pytest.raises(ModelError, match=r"'s5' needs images of at least 3x3, got 2x2"):
+        digitcnn.create_model("s5", (1, 2, 2))
 
 
 def test_register_model_rejects_duplicates():
@@ -105,6 +105,166 @@ def test_models_cli_lists_models(capsys):
 
     assert main([]) == 0
     out = capsys.readouterr().out
+    header, *lines = out.splitlines()
+    assert header.split()[:6] == ["model", "min", "input", "params", "8x8", "params"]
+    rows = {line.split()[0]: line.split() for line in lines}
+    assert sorted(rows) == digitcnn.list_models()
+    s5_count = f"{digitcnn.count_parameters(reference_s5()):,}"
+    assert rows["s5"][:4] == ["s5", "3x3", s5_count, "1,625,866"]
+    assert rows["s1"][:4] == ["s1", "24x24", "-", "1,036,106"]  # too small for 8x8
+    assert rows["s2"][:4] == ["s2", "18x18", "-", "80,266"]
+
+
+# ----------------------------------------------------------------- S1..S4 and the default model
+
+
+def fits(name: str, side: int) -> bool:
+    """Whether ``name``'s builder works on side x side images by the rule ``min_size`` states:
+    every layer gets a valid input, and no convolution slides over a map smaller than its kernel
+    (for S1's explicit Keras padding, the map before the ``ZeroPad2d``)."""
+    try:
+        with torch.device("meta"):  # shapes only: nothing allocated, no RNG drawn
+            model = model_spec(name).builder(input_shape=(1, side, side), num_classes=10)
+            images = torch.empty(2, 1, side, side)
+            unpadded = None
+            for layer in model:
+                if isinstance(layer, nn.ZeroPad2d):
+                    unpadded = images.shape[-2:]
+                elif isinstance(layer, nn.Conv2d):
+                    if min(unpadded or images.shape[-2:]) < max(layer.kernel_size):
+                        return False
+                    unpadded = None
+                images = layer(images)
+    except RuntimeError:  # a pool or valid convolution given a map too small for it
+        return False
+    return images.shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", digitcnn.list_models())
+def test_min_size_is_the_smallest_size_that_fits(name):
+    smallest = model_spec(name).min_size
+    assert fits(name, smallest)
+    assert not any(fits(name, side) for side in range(1, smallest))
+    assert digitcnn.create_model(name, (1, smallest, smallest))(torch.zeros(2, 1, smallest, smallest)).shape == (2, 10)
+    below = smallest - 1
+    with pytest.raises(ModelError, match=rf"'{name}' needs images of at least {smallest}x{smallest}, "
+                                         rf"got {below}x{smallest}"):
+        digitcnn.create_model(name, (1, below, smallest))
+
+
+@pytest.mark.parametrize("name, smallest", [("s1", 24), ("s2", 18), ("s3", 10), ("s4", 6),
+                                            ("s5", 3), ("digitnet", 3)])
+def test_min_sizes(name, smallest):
+    # S1 rejects 8x8: after two pools its 6x6 kernels would slide over a 2x2 map
+    assert model_spec(name).min_size == smallest
+
+
+@pytest.mark.parametrize("name, parameters", [("s1", 1_036_106), ("s2", 80_266), ("s3", 34_826),
+                                              ("s4", 870_634)])
+def test_parameter_counts_on_28x28(name, parameters):
+    assert digitcnn.count_parameters(digitcnn.create_model(name, (1, 28, 28))) == parameters
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    return [type(layer).__name__ for layer in model]
+
+
+def test_s2_is_64_64_64_with_exactly_80266_parameters():
+    model = digitcnn.create_model("s2", (1, 28, 28))
+    assert digitcnn.count_parameters(model) == 80_266
+    assert layer_names(model) == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d",
+                                  "Conv2d", "ReLU", "Flatten", "Dropout", "Linear", "LogSoftmax"]
+    assert [layer.out_channels for layer in model if isinstance(layer, nn.Conv2d)] == [64, 64, 64]
+    assert all(layer.padding == (0, 0) for layer in model if isinstance(layer, nn.Conv2d))
+    assert model[10].in_features == 576 and model[9].p == 0.3
+
+
+def test_s1_layers_dropouts_and_keras_same_padding():
+    model = digitcnn.create_model("s1", (1, 28, 28))
+    assert layer_names(model) == [
+        "Conv2d", "ReLU", "MaxPool2d", "Dropout", "MaxPool2d", "Dropout",
+        "ZeroPad2d", "Conv2d", "ReLU", "ZeroPad2d", "Conv2d", "ReLU", "MaxPool2d", "Dropout",
+        "Flatten", "Linear", "ReLU", "Dropout", "Linear", "LogSoftmax"]
+    assert [layer.p for layer in model if isinstance(layer, nn.Dropout)] == [0.15, 0.15, 0.15, 0.5]
+    assert model[15].in_features == 128 * 3 * 3 and model[15].out_features == 256
+    assert isinstance(model[3], Dropout)  # digitcnn's fast CPU dropout, not nn.Dropout
+    custom = digitcnn.create_model("s1", (1, 28, 28), dropout=0.2, dense_dropout=0.4)
+    assert [layer.p for layer in custom if isinstance(layer, nn.Dropout)] == [0.2, 0.2, 0.2, 0.4]
+
+
+def test_s1_even_kernel_padding_matches_pytorch_and_keras_same():
+    # Keras/TF 'same' with a 6x6 kernel pads 2 before and 3 after; so does PyTorch's "same"
+    model = digitcnn.create_model("s1", (1, 28, 28))
+    pad, conv = model[6], model[7]
+    assert pad.padding == (2, 3, 2, 3)
+    reference = nn.Conv2d(32, 128, 6, padding="same")
+    reference.load_state_dict(conv.state_dict())
+    images = torch.randn(2, 32, 7, 7)
+    with pytest.warns(UserWarning, match="padding='same' with even kernel"):
+        expected = reference(images)
+    assert torch.allclose(conv(pad(images)), expected, atol=1e-5)
+
+
+def test_s3_and_s4_layers():
+    s3 = digitcnn.create_model("s3", (1, 28, 28))
+    assert layer_names(s3) == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d",
+                               "Flatten", "Dropout", "Linear", "LogSoftmax"]
+    assert s3[8].in_features == 64 * 5 * 5 and s3[7].p == 0.25
+    s4 = digitcnn.create_model("s4", (1, 28, 28))
+    assert [layer.out_channels for layer in s4 if isinstance(layer, nn.Conv2d)] == [32, 32, 64, 64]
+    assert [layer.p for layer in s4 if isinstance(layer, nn.Dropout)] == [0.25, 0.25, 0.5]
+    linears = [layer for layer in s4 if isinstance(layer, nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(64 * 7 * 7, 256), (256, 10)]
+    small = digitcnn.create_model("s4", (1, 8, 8))  # 'same' padding keeps 8x8 usable: 8 -> 4 -> 2
+    assert [layer for layer in small if isinstance(layer, nn.Linear)][0].in_features == 64 * 2 * 2
+
+
+def test_builders_take_num_classes_and_channels():
     for name in digitcnn.list_models():
-        assert name in out
-    assert f"8x8: {digitcnn.count_parameters(reference_s5()):,}" in out
+        side = max(model_spec(name).min_size, 8)
+        model = digitcnn.create_model(name, (3, side, side), num_classes=7)
+        assert model(torch.zeros(2, 3, side, side)).shape == (2, 7)
+
+
+def test_digitnet_adapts_its_pooling_to_the_input_size():
+    small = digitcnn.create_model("digitnet", (1, 8, 8))
+    large = digitcnn.create_model("digitnet", (1, 28, 28))
+    tiny = digitcnn.create_model("digitnet", (1, 5, 5))
+    # 8x8 -> 4x4 (one pool), 28x28 -> 14 -> 7 (two), below 8 no pooling at all
+    assert [type(l).__name__ for l in small].count("MaxPool2d") == 1
+    assert [type(l).__name__ for l in large].count("MaxPool2d") == 2
+    assert [type(l).__name__ for l in tiny].count("MaxPool2d") == 0
+    # global average pooling: the same weights whatever the size
+    assert [v.shape for v in small.state_dict().values()] == \
+        [v.shape for v in large.state_dict().values()]
+    assert digitcnn.count_parameters(small) == 131_178
+    assert [l.out_channels for l in large if isinstance(l, nn.Conv2d)] == [32, 64, 64, 128]
+    wide = digitcnn.create_model("digitnet", (1, 28, 28), width=16, dropout=0.1)
+    assert [l.out_channels for l in wide if isinstance(l, nn.Conv2d)] == [16, 32, 32, 64]
+    assert [l.p for l in wide if isinstance(l, nn.Dropout)] == [0.1]
+
+
+def test_digitnet_convs_feed_batchnorm_without_bias():
+    model = digitcnn.create_model("digitnet", (1, 28, 28))
+    layers = list(model)
+    for index, layer in enumerate(layers):
+        if isinstance(layer, nn.Conv2d):
+            assert layer.bias is None and layer.kernel_size == (3, 3) and layer.padding == (1, 1)
+            assert isinstance(layers[index + 1], nn.BatchNorm2d)
+            assert isinstance(layers[index + 2], nn.ReLU)
+    assert isinstance(layers[-3], Dropout) and isinstance(layers[-1], nn.LogSoftmax)
+
+
+def test_digitnet_channels_last_changes_speed_not_results():
+    torch.manual_seed(0)
+    model = digitcnn.create_model("digitnet", (1, 28, 28))
+    second_conv = [layer for layer in model if isinstance(layer, nn.Conv2d)][1]
+    assert second_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.randn(6, 1, 28, 28)
+    model.train()
+    model(images)  # a training-mode pass moves the BatchNorm running statistics off their defaults
+    reference = digitcnn.create_model("digitnet", (1, 28, 28)).to(memory_format=torch.contiguous_format)
+    reference.load_state_dict(model.state_dict())
+    assert not reference[4].weight.is_contiguous(memory_format=torch.channels_last)
+    model.eval(), reference.eval()
+    assert torch.allclose(model(images), reference(images), atol=1e-5)
