@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import io
 import os
 import socket
-import sys
 import threading
 import warnings
 from dataclasses import dataclass, field, replace

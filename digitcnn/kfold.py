@@ -350,10 +350,10 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
                        labels=dataset.labels.numpy())
 
 
-def default_out_dir(config: RunConfig, root: str | Path = "results") -> Path:
-    """``results/<dataset>-<model>-<UTC timestamp>``, never an existing folder."""
+def default_out_dir(config: RunConfig, root: str | Path = "results", prefix: str = "") -> Path:
+    """``results/<prefix><dataset>-<model>-<UTC timestamp>``, never an existing folder."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = Path(root) / f"{config.dataset}-{config.model}-{stamp}"
+    base = Path(root) / f"{prefix}{config.dataset}-{config.model}-{stamp}"
     candidate, suffix = base, 1
     while candidate.exists():
         candidate, suffix = Path(f"{base}-{suffix}"), suffix + 1

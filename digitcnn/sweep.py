@@ -52,7 +52,6 @@ import re
 import sys
 import time
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -602,12 +601,9 @@ def _markdown(cells, summaries, best, comparisons) -> str:
 
 def default_sweep_dir(config: RunConfig, root: str | Path = "results") -> Path:
     """``results/sweep-<dataset>-<model>-<UTC timestamp>``, never an existing folder."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = Path(root) / f"sweep-{config.dataset}-{config.model}-{stamp}"
-    candidate, suffix = base, 1
-    while candidate.exists():
-        candidate, suffix = Path(f"{base}-{suffix}"), suffix + 1
-    return candidate
+    from .kfold import default_out_dir
+
+    return default_out_dir(config, root, prefix="sweep-")
 
 
 def stored_cells(out: str | Path, quiet: bool | None = None) -> list[Cell]:

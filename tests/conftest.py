@@ -19,6 +19,18 @@ def isolated_environment(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DIGITCNN_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Test tensors are tiny: one thread is faster than two that wait on each other, and on a
+    busy 2-core machine two spinning threads can slow a test tenfold."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def real_data(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test saying why."""
     path = SHARED_DATA.joinpath(*parts)

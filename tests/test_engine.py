@@ -16,15 +16,6 @@ from conftest import synthetic_optdigits
 TRAIN_ROWS, VAL_ROWS = 80, 40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread is faster than two that wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_fold(train_rows: int = TRAIN_ROWS, val_rows: int = VAL_ROWS) -> engine.FoldTensors:
     """Synthetic optdigits-like 8x8 rows, split into training and validation, standardised."""
     table = synthetic_optdigits(train_rows + val_rows, seed=5)

@@ -11,7 +11,7 @@ from conftest import REPO_ROOT
 from test_kfold import without_timings
 
 # Slow enough per fold (many small batches) that the run is still going when we interrupt it.
-SLOW_FOLDS = ["--no-fold-parallel", "--no-verify", "--epochs", "15", "--batch-size", "8", "--folds", "3", "--quiet",
+SLOW_FOLDS = ["--no-fold-parallel", "--threads", "1", "--no-verify", "--epochs", "15", "--batch-size", "8", "--folds", "3", "--quiet",
               "--no-plots"]
 
 
