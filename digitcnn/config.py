@@ -100,9 +100,11 @@ class RunConfig:
     device: str = _opt("auto", "device (auto: CUDA when present, else CPU)", DEVICES)
     deterministic: bool = _opt(False, "use deterministic algorithms (sets CUBLAS_WORKSPACE_CONFIG)")
     threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
-    fold_parallel: bool = _opt(True, "train all folds at once with one set of vmap-ed kernels "
-                                     "(K-fold and stratified); --no-fold-parallel trains them "
-                                     "one after another, each fold saved as it ends")
+    fold_parallel: bool | None = _opt(None, "train all folds at once with one set of vmap-ed "
+                                            "kernels (K-fold and stratified); default: on CUDA, "
+                                            "where it is faster, and off on the CPU, where it "
+                                            "measured slower; off trains folds one after another, "
+                                            "each fold saved as it ends")
     channels_last: bool = _opt(True, "keep activations in channels_last memory format "
                                      "(faster pooling on CPU and tensor cores on GPU)")
     add_train_images: str | None = _opt(None, "folder of your own digit images (see --dataset "

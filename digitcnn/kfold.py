@@ -321,7 +321,10 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
                 finished[fold] = done
     pending = [(fold, train, val) for fold, (train, val) in enumerate(splits)
                if fold not in finished]
-    parallel = config.fold_parallel and supports_parallel(config) and len(pending) > 1
+    # Measured: on a 2-core CPU the vmap-ed step is slower than training folds in turn (UCI S5
+    # 4.5 s vs 3.8 s, MNIST S2 9.7 s vs 4.4 s); on a GPU it removes K-1 launches per kernel.
+    wanted = config.fold_parallel if config.fold_parallel is not None else device.type == "cuda"
+    parallel = wanted and supports_parallel(config) and len(pending) > 1
     with tqdm(total=len(splits) * config.epochs, initial=len(finished) * config.epochs,
               desc=f"{dataset.name}/{config.model}", disable=not show, leave=False,
               file=sys.stderr) as progress:
