@@ -10,7 +10,8 @@ each process's own maximum resident set size (``wait4``). Cases:
 * ``mnist``: MNIST scale, Fashion-MNIST's 60,000 training images (Debian's
   ``dataset-fashion-mnist``), S2's model, 4 folds x 1 epoch, against :func:`plain_loop`, the
   same work written as a tutorial would (DataLoader, one fold after another);
-* ``scaling``: digitcnn's wall time against the number of folds and the number of rows.
+* ``scaling``: digitcnn's wall time against the number of folds and the number of rows;
+* ``augment``: the cost of S1's augmentation in an epoch of S1's model (in one process).
 
 Writes ``bench.json`` and ``scaling.png`` to ``--out`` (default ``results/bench``).
 """
@@ -88,7 +89,7 @@ def _read_reference(run: dict) -> dict:
 
 
 def plain_loop(data_dir: str, folds: int = 4, epochs: int = 1, device: str = "cpu",
-               limit: int | None = None) -> dict:
+               limit: int | None = None, split: str = "train") -> dict:
     """The MNIST-scale yardstick, written plainly as a tutorial would: images /255, S2's
     model, a DataLoader per fold, Adam 1e-3, batch 64, folds one after another."""
     import numpy as np
@@ -101,7 +102,7 @@ def plain_loop(data_dir: str, folds: int = 4, epochs: int = 1, device: str = "cp
     from .mnist import load_mnist
 
     torch.manual_seed(0)
-    data = load_mnist(Path(data_dir), split="train", verify=False)
+    data = load_mnist(Path(data_dir), split=split, verify=False)
     X = data.images.float() / 255
     y = data.labels
     if limit:
@@ -185,6 +186,46 @@ def bench_scaling(args, scratch: Path) -> dict:
     return table
 
 
+def bench_augment(args, scratch: Path) -> dict:
+    """Epoch time of S1's model with and without S1's augmentation, in one process.
+
+    The same rows, model and optimizer each time; the two settings alternate so that drift
+    hits both. Reported as the median ratio (augmented / plain) and the extra percentage.
+    """
+    import torch
+
+    from . import engine
+    from .augment import PRESETS
+    from .config import RunConfig
+    from .mnist import load_mnist
+    from .models import create_model
+
+    data = load_mnist(Path(args.mnist_dir), verify=False)
+    rows = args.augment_rows
+    images, labels = data.images[:rows], data.labels[:rows]
+    tensors = engine.FoldTensors(images, labels, images[:1], labels[:1],
+                                 torch.zeros(784), torch.full((784,), 255.0),
+                                 torch.channels_last)
+    config = RunConfig(model="s1", batch_size=128)
+    timings = {"none": [], "s1": []}
+    for repeat in range(args.repeats):
+        for preset in ("none", "s1"):
+            torch.manual_seed(repeat)
+            model = create_model("s1", (1, 28, 28)).to(memory_format=torch.channels_last)
+            optimizer = engine.make_optimizer(model.parameters(), config)
+            started = time.perf_counter()
+            engine.train_epoch(model, optimizer, tensors, config.batch_size,
+                               torch.Generator().manual_seed(repeat),
+                               augmentation=PRESETS[preset])
+            timings[preset].append(time.perf_counter() - started)
+        print(f"augment {repeat + 1}/{args.repeats}: plain {timings['none'][-1]:.2f} s, "
+              f"s1 {timings['s1'][-1]:.2f} s", flush=True)
+    ratios = [a / p for a, p in zip(timings["s1"], timings["none"])]
+    return {"rows": rows, "batch_size": 128, "plain_s": timings["none"], "augmented_s": timings["s1"],
+            "ratio_median": statistics.median(ratios),
+            "extra_percent_median": 100 * (statistics.median(ratios) - 1)}
+
+
 def plot_scaling(table: dict, path: Path) -> None:
     import matplotlib
 
@@ -213,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m digitcnn.bench", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["uci", "mnist", "scaling"],
-                        choices=("uci", "mnist", "scaling"))
+                        choices=("uci", "mnist", "scaling", "augment"))
+    parser.add_argument("--augment-rows", type=int, default=6000,
+                        help="training rows per timed epoch in the augment case")
     parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per case")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--uci-dir", default="../shared/data/optdigits")
@@ -239,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     with tempfile.TemporaryDirectory() as scratch:
         for case in args.cases:
-            runner = {"uci": bench_uci, "mnist": bench_mnist, "scaling": bench_scaling}[case]
+            runner = {"uci": bench_uci, "mnist": bench_mnist, "scaling": bench_scaling,
+                      "augment": bench_augment}[case]
             report["cases"][case] = runner(args, Path(scratch))
     from .results import write_json
 
@@ -256,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{result['reference_wall_s_median']:.2f} s, "
                   f"{100 * result['reference_accuracy_median']:.2f}%, peak "
                   f"{result['reference_peak_rss_mib_median']:.0f} MiB")
+    if "augment" in report["cases"]:
+        result = report["cases"]["augment"]
+        print(f"augment: S1's augmentation adds {result['extra_percent_median']:.1f}% to an epoch "
+              f"of S1's model ({result['rows']} rows, batch 128; median of {args.repeats})")
     print(f"written to {out}")
     return 0
 

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -237,10 +238,10 @@ def test_digitnet_adapts_its_pooling_to_the_input_size():
     # global average pooling: the same weights whatever the size
     assert [v.shape for v in small.state_dict().values()] == \
         [v.shape for v in large.state_dict().values()]
-    assert digitcnn.count_parameters(small) == 131_178
-    assert [l.out_channels for l in large if isinstance(l, nn.Conv2d)] == [32, 64, 64, 128]
+    assert digitcnn.count_parameters(small) == 140_458
+    assert [l.out_channels for l in large if isinstance(l, nn.Conv2d)] == [32, 32, 64, 64, 128]
     wide = digitcnn.create_model("digitnet", (1, 28, 28), width=16, dropout=0.1)
-    assert [l.out_channels for l in wide if isinstance(l, nn.Conv2d)] == [16, 32, 32, 64]
+    assert [l.out_channels for l in wide if isinstance(l, nn.Conv2d)] == [16, 16, 32, 32, 64]
     assert [l.p for l in wide if isinstance(l, nn.Dropout)] == [0.1]
 
 
@@ -268,3 +269,23 @@ def test_digitnet_channels_last_changes_speed_not_results():
     assert not reference[4].weight.is_contiguous(memory_format=torch.channels_last)
     model.eval(), reference.eval()
     assert torch.allclose(model(images), reference(images), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", digitcnn.list_models())
+def test_models_train_under_fold_parallel_vmap_without_fallbacks(name):
+    # digitcnn.parallel trains the folds' stacked weights with vmap; an op without a batching
+    # rule (AdaptiveAvgPool2d on channels-last maps did) falls back to a slow loop and warns
+    side = max(model_spec(name).min_size, 8)
+    torch.manual_seed(0)
+    models = [digitcnn.create_model(name, (1, side, side)) for _ in range(2)]
+    params, buffers = torch.func.stack_module_state(models)
+
+    def fold_loss(fold_params, fold_buffers, images, labels):
+        log_probs = torch.func.functional_call(models[0], (fold_params, fold_buffers), (images,))
+        return torch.nn.functional.nll_loss(log_probs, labels)
+
+    images, labels = torch.randn(2, 4, 1, side, side), torch.randint(0, 10, (2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        losses = torch.func.vmap(fold_loss, randomness="different")(params, buffers, images, labels)
+    assert losses.shape == (2,) and torch.isfinite(losses).all()

@@ -1,0 +1,32 @@
+"""The benchmark's own machinery on tiny work (its figures come from full runs, not tests)."""
+import json
+import sys
+
+import pytest
+
+from digitcnn import bench
+
+from conftest import real_data
+
+
+def test_run_with_rusage_reports_the_childs_own_peak():
+    small = bench._run_with_rusage([sys.executable, "-c", "print('ok')"])
+    big = bench._run_with_rusage([sys.executable, "-c",
+                                  "x = bytearray(200 * 2**20); x[::4096] = b'1' * len(x[::4096])"])
+    assert small["returncode"] == 0 and small["stdout"].strip() == "ok"
+    assert big["peak_rss_mib"] > small["peak_rss_mib"] + 150
+
+
+def test_augment_case_times_both_settings(tmp_path):
+    mnist = real_data("mnist")
+    assert bench.main(["--cases", "augment", "--repeats", "1", "--augment-rows", "256",
+                       "--mnist-dir", str(mnist), "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())["cases"]["augment"]
+    assert len(report["plain_s"]) == len(report["augmented_s"]) == 1
+    assert report["ratio_median"] == pytest.approx(report["augmented_s"][0] / report["plain_s"][0])
+
+
+def test_plain_loop_yardstick_runs(tmp_path):
+    mnist = real_data("mnist")
+    result = bench.plain_loop(str(mnist), folds=2, epochs=1, limit=400, split="test")
+    assert result["n"] == 400 and 0 <= result["accuracy"] <= 100
