@@ -32,8 +32,9 @@ __all__ = ["compare", "plain_loop", "main"]
 
 
 def _run_with_rusage(command: Sequence[str], env: dict | None = None) -> dict:
-    """Run ``command``: wall seconds, the child's own peak RSS (MiB, from ``os.wait4``),
-    exit code, stdout and stderr."""
+    """Run ``command``: wall seconds, the child's peak RSS (MiB, from ``os.wait4``), exit
+    code, stdout and stderr. The peak includes the moment after fork, so the caller must be a
+    small process for the figure to be the command's own."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         process = subprocess.Popen(list(command), stdout=out, stderr=err,
@@ -275,18 +276,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plain_loop:  # the yardstick's own process
         print(json.dumps(plain_loop(args.plain_loop, device=args.device, limit=args.mnist_limit)))
         return 0
-    from .runtime import library_versions
-
-    report = {"cases": {}, "versions": library_versions(), "cpu_count": os.cpu_count(),
-              "device": args.device, "repeats": args.repeats, "extra_flags": args.extra}
+    report = {"cases": {}, "cpu_count": os.cpu_count(), "device": args.device,
+              "repeats": args.repeats, "extra_flags": args.extra}
     out = Path(args.out)
+    # Nothing heavy is imported before the timed runs: a child's peak RSS (wait4) counts the
+    # copy of this process that it starts as, so this process must stay small.
     with tempfile.TemporaryDirectory() as scratch:
         for case in args.cases:
             runner = {"uci": bench_uci, "mnist": bench_mnist, "scaling": bench_scaling,
                       "augment": bench_augment}[case]
             report["cases"][case] = runner(args, Path(scratch))
     from .results import write_json
+    from .runtime import library_versions
 
+    report["versions"] = library_versions()
     write_json(out / "bench.json", report)
     if "scaling" in report["cases"]:
         plot_scaling(report["cases"]["scaling"], out / "scaling.png")
