@@ -38,7 +38,7 @@ from .parallel import supports_parallel
 from .scaling import Scaler, fit_scaler
 
 __all__ = ["make_splits", "splits_sha256", "run_kfold", "run_fold", "load_for_config",
-           "load_extra_training", "default_out_dir", "resume_config", "main"]
+           "load_extra_training", "default_out_dir", "resume_config", "finish_run", "main"]
 
 # Settings that change how a run is shown or where it goes, not what it computes: a run may
 # be resumed with other values of these.
@@ -404,11 +404,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"digitcnn.kfold: interrupted; {finished} finished fold(s) are saved in {out}; "
               f"continue with: python -m digitcnn.kfold --resume {out}", file=sys.stderr)
         return 130
+    finish_run(result, out, config, dataset, "results")
+    return 0
+
+
+def finish_run(result: KFoldResult, out: Path, config: RunConfig, dataset: DigitDataset,
+               what: str) -> None:
+    """Write the final files of a CLI run and, unless quiet, print its summary."""
     result.write_final(out, plots=config.plots, images=dataset.images)
     if not config.quiet:
         print(result.summary())
-        print(f"results written to {out}")
-    return 0
+        print(f"{what} written to {out}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from .config import config_from_args
 from .errors import cli_entry
-from .kfold import default_out_dir, load_quietly, run_kfold
+from .kfold import default_out_dir, finish_run, load_quietly, run_kfold
 
 __all__ = ["main"]
 
@@ -33,11 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config.replace(cv="full")
     dataset = load_quietly(config, "digitcnn.train")
     out = Path(config.out) if config.out else default_out_dir(config)
-    result = run_kfold(dataset, config, out_dir=out)
-    result.write_final(out, plots=config.plots, images=dataset.images)
-    if not config.quiet:
-        print(result.summary())
-        print(f"model and results written to {out}")
+    finish_run(run_kfold(dataset, config, out_dir=out), out, config, dataset,
+               "model and results")
     return 0
 
 

@@ -77,6 +77,17 @@ def test_ensemble_on_npy_with_labels(kfold_run, optdigits_dir, tmp_path, capsys)
     assert [float(r[2]) for r in rows[1:]] == pytest.approx(mean.max(1).values.tolist(), abs=1e-5)
 
 
+def save_mnist_sized_model(path):
+    """An untrained S5 for 28x28 images, scaled by /255, saved as digitcnn saves models."""
+    import digitcnn
+    from digitcnn.checkpoint import save_model
+
+    save_model(digitcnn.create_model("s5", (1, 28, 28)), path,
+               meta={"model": "s5", "input_shape": [1, 28, 28], "num_classes": 10,
+                     "classes": list(range(10)), "model_options": {}, "init": "default",
+                     "scaler": {"kind": "max", "mean": [0.0] * 784, "scale": [255.0] * 784}})
+
+
 def test_kaggle_submission_format(tmp_path):
     """A 28x28 model on a Kaggle-format test.csv gives ImageId,Label from 1, in input order."""
     rng = np.random.default_rng(0)
@@ -84,14 +95,7 @@ def test_kaggle_submission_format(tmp_path):
     header = [f"pixel{i}" for i in range(784)]
     write_table(tmp_path / "test.csv", images.reshape(30, 784), header)
     model_dir = tmp_path / "model"
-    import digitcnn
-    from digitcnn.checkpoint import save_model
-
-    model = digitcnn.create_model("s5", (1, 28, 28))
-    save_model(model, model_dir / "model.safetensors",
-               meta={"model": "s5", "input_shape": [1, 28, 28], "num_classes": 10,
-                     "classes": list(range(10)), "model_options": {}, "init": "default",
-                     "scaler": {"kind": "max", "mean": [0.0] * 784, "scale": [255.0] * 784}})
+    save_mnist_sized_model(model_dir / "model.safetensors")
     out = tmp_path / "submission.csv"
     assert predict.main(["--model", str(model_dir), "--input", str(tmp_path / "test.csv"),
                          "--out", str(out), "--quiet"]) == 0
@@ -103,20 +107,13 @@ def test_kaggle_submission_format(tmp_path):
 
 
 def test_unlabelled_image_folder_and_tta(tmp_path):
-    import digitcnn
-    from digitcnn.checkpoint import save_model
-
     folder = tmp_path / "drawn"
     folder.mkdir()
     for index in range(3):
         picture = Image.new("L", (60, 80), 255)
         ImageDraw.Draw(picture).line([(30, 10), (30 + 5 * index, 70)], fill=0, width=8)
         picture.save(folder / f"digit{index}.png")
-    model = digitcnn.create_model("s5", (1, 28, 28))
-    save_model(model, tmp_path / "m.safetensors",
-               meta={"model": "s5", "input_shape": [1, 28, 28], "num_classes": 10,
-                     "classes": list(range(10)), "model_options": {}, "init": "default",
-                     "scaler": {"kind": "max", "mean": [0.0] * 784, "scale": [255.0] * 784}})
+    save_mnist_sized_model(tmp_path / "m.safetensors")
     out = tmp_path / "drawn.csv"
     assert predict.main(["--model", str(tmp_path / "m.json"), "--input", str(folder),
                          "--out", str(out), "--tta", "4", "--quiet"]) == 0
