@@ -23,7 +23,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = ["RunConfig", "build_parser", "config_from_args", "load_toml", "OneLineParser",
-           "SCALERS", "CV_SCHEMES", "DEVICES", "OPTIMIZERS", "SCHEDULERS", "MONITORS", "AUGMENTATIONS"]
+           "SCALERS", "CV_SCHEMES", "DEVICES", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "MONITORS", "AUGMENTATIONS"]
 
 SCALERS = ("standard", "global", "max", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -32,6 +32,7 @@ MONITORS = ("val_accuracy", "val_loss")
 AUGMENTATIONS = ("none", "s1", "digits", "light")
 CV_SCHEMES = ("kfold", "stratified", "writers", "holdout", "full")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _opt(default, help: str, choices: Sequence[str] | None = None, flag: bool = True, **extra):
@@ -105,6 +106,15 @@ class RunConfig:
                                             "where it is faster, and off on the CPU, where it "
                                             "measured slower; off trains folds one after another, "
                                             "each fold saved as it ends")
+    workers: int | None = _opt(None, "on the CPU, train this many folds at once, each in its "
+                                     "own forked process with --threads threads (default: one "
+                                     "process per core, up to the number of folds, one thread "
+                                     "each; 1 trains the folds one after another in this process)")
+    precision: str = _opt("auto", "training arithmetic: bf16 autocast of convolutions and matrix "
+                                  "products (weights, optimizer state, loss and evaluation stay "
+                                  "float32), fp32, or auto: bf16 where the hardware computes it "
+                                  "natively (CUDA GPUs of compute capability 8.0 or later, CPUs "
+                                  "with AMX), else fp32", PRECISIONS)
     channels_last: bool = _opt(True, "keep activations in channels_last memory format "
                                      "(faster pooling on CPU and tensor cores on GPU)")
     add_train_images: str | None = _opt(None, "folder of your own digit images (see --dataset "
@@ -157,6 +167,9 @@ class RunConfig:
             raise ConfigError(f"--limit {self.limit} must be at least 2 rows")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads {self.threads} must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers {self.workers} must be at least 1 (1 trains the folds "
+                              "one after another)")
 
     def augmentation(self):
         """The training :class:`~digitcnn.augment.Augmentation` these settings describe."""

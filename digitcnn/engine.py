@@ -8,6 +8,7 @@ epoch).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
@@ -21,8 +22,8 @@ from .augment import Augmentation
 from .metrics import confusion_counts
 
 __all__ = ["Evaluation", "EpochRecord", "FoldTensors", "EarlyStopping", "FitOutcome",
-           "make_optimizer", "make_scheduler", "smoothed_nll", "train_epoch", "evaluate",
-           "predict_log_probs", "fit"]
+           "make_optimizer", "make_scheduler", "smoothed_nll", "autocast", "training_forward",
+           "train_epoch", "evaluate", "predict_log_probs", "fit"]
 
 
 @dataclass
@@ -191,16 +192,46 @@ def smoothed_nll(log_probs: torch.Tensor, targets: torch.Tensor, smoothing: floa
     return loss
 
 
+def autocast(device_type: str, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype``, or no context at all for float32 (None)."""
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def training_forward(model: nn.Module, dtype: torch.dtype | None = None):
+    """``inputs -> (N, C) float32 log-probabilities`` for training, under autocast to ``dtype``.
+
+    Convolutions and matrix products run in ``dtype`` (bf16); a final LogSoftmax runs in
+    float32 outside autocast, because CPU autocast would otherwise keep it in bf16 and round
+    the log-probabilities the loss is taken of to three significant digits.
+    """
+    if dtype is None:
+        return model
+    device_type = next(model.parameters()).device.type
+    head = model[-1] if isinstance(model, nn.Sequential) and len(model) > 1 else None
+    body = model[:-1] if isinstance(head, nn.LogSoftmax) else model
+    tail = head if isinstance(head, nn.LogSoftmax) else nn.Identity()
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        with autocast(device_type, dtype):
+            outputs = body(inputs)
+        return tail(outputs.float())
+
+    return forward
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: FoldTensors,
                 batch_size: int, generator: torch.Generator, *,
                 augmentation: Augmentation | None = None, label_smoothing: float = 0.0,
-                batch_scheduler=None) -> tuple[float, float]:
+                batch_scheduler=None, autocast_dtype: torch.dtype | None = None
+                ) -> tuple[float, float]:
     """One pass over the training rows in a random order; returns (mean loss, accuracy).
 
     The permutation is drawn on the CPU from ``generator`` (so a seed gives the same order on
-    every device) and moved once.
+    every device) and moved once. ``autocast_dtype`` (e.g. ``torch.bfloat16``) trains under
+    autocast; weights, optimizer state and the loss stay float32.
     """
     model.train()
+    forward = training_forward(model, autocast_dtype)
     count = len(data.train_labels)
     device = data.train_labels.device
     order = torch.randperm(count, generator=generator).to(device, non_blocking=True)
@@ -209,7 +240,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: FoldTe
     for start in range(0, count, batch_size):
         batch = order[start:start + batch_size]
         labels = data.train_labels[batch]
-        log_probs = model(data.inputs(data.train_images[batch], augmentation, generator))
+        log_probs = forward(data.inputs(data.train_images[batch], augmentation, generator))
         loss = smoothed_nll(log_probs, labels, label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -245,12 +276,15 @@ def evaluate(model: nn.Module, data: FoldTensors, batch_size: int, num_classes: 
 
 def fit(model: nn.Module, data: FoldTensors, config, *, num_classes: int,
         generator: torch.Generator,
-        on_epoch: Callable[[int, EpochRecord], None] | None = None) -> FitOutcome:
+        on_epoch: Callable[[int, EpochRecord], None] | None = None,
+        autocast_dtype: torch.dtype | None = None) -> FitOutcome:
     """Train ``model`` with ``config``'s recipe, evaluating on the validation rows each epoch.
 
     A fresh optimizer, schedule and early-stopping state are made here, so nothing carries
     over from an earlier call. With early stopping and ``restore_best``, the model ends with
-    its best weights and the returned evaluation is of those weights.
+    its best weights and the returned evaluation is of those weights. Training runs under
+    autocast to ``autocast_dtype`` when given; evaluation is always float32, so reported
+    probabilities are not rounded to bf16.
     """
     steps_per_epoch = math.ceil(len(data.train_labels) / config.batch_size)
     optimizer = make_optimizer(model.parameters(), config)
@@ -265,7 +299,7 @@ def fit(model: nn.Module, data: FoldTensors, config, *, num_classes: int,
         train_loss, train_accuracy = train_epoch(
             model, optimizer, data, config.batch_size, generator, augmentation=augmentation,
             label_smoothing=config.label_smoothing,
-            batch_scheduler=scheduler if per_batch else None)
+            batch_scheduler=scheduler if per_batch else None, autocast_dtype=autocast_dtype)
         evaluation = evaluate(model, data, config.test_batch_size, num_classes)
         history.train_loss.append(train_loss)
         history.train_accuracy.append(train_accuracy)

@@ -30,8 +30,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .augment import Augmentation
-from .engine import (EarlyStopping, EpochRecord, Evaluation, FitOutcome, make_optimizer,
-                     make_scheduler)
+from .engine import (EarlyStopping, EpochRecord, Evaluation, FitOutcome, autocast,
+                     make_optimizer, make_scheduler)
 from .metrics import confusion_counts
 
 __all__ = ["StackedFolds", "fit_parallel", "supports_parallel"]
@@ -146,12 +146,13 @@ def _epoch_batches(stacked: StackedFolds, batch_size: int,
 
 def fit_parallel(models: Sequence[nn.Module], stacked: StackedFolds, config, *, num_classes: int,
                  generators: Sequence[torch.Generator], augment_generator: torch.Generator,
-                 on_epoch: Callable[[int, list[EpochRecord]], None] | None = None
-                 ) -> list[FitOutcome]:
+                 on_epoch: Callable[[int, list[EpochRecord]], None] | None = None,
+                 autocast_dtype: torch.dtype | None = None) -> list[FitOutcome]:
     """Train K freshly built ``models`` together; they end with their trained (or best) weights.
 
     ``generators`` give each fold's batch order; ``augment_generator`` draws the augmentation
-    of the stacked batch. Returns one :class:`FitOutcome` per fold, like
+    of the stacked batch; ``autocast_dtype`` (e.g. bf16) is the training steps' autocast, as
+    in :func:`digitcnn.engine.fit`. Returns one :class:`FitOutcome` per fold, like
     :func:`digitcnn.engine.fit`.
     """
     folds = len(models)
@@ -160,8 +161,12 @@ def fit_parallel(models: Sequence[nn.Module], stacked: StackedFolds, config, *, 
     smoothing = config.label_smoothing
     augmentation = config.augmentation()
 
+    device_type = stacked.labels.device.type
+
     def fold_loss(fold_params, fold_buffers, inputs, labels, weights):
-        log_probs = functional_call(template, (fold_params, fold_buffers), (inputs,))
+        with autocast(device_type, autocast_dtype):
+            log_probs = functional_call(template, (fold_params, fold_buffers), (inputs,))
+        log_probs = log_probs.float()
         nll = F.nll_loss(log_probs, labels, reduction="none")
         if smoothing:
             nll = (1 - smoothing) * nll - smoothing * log_probs.mean(dim=1)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from importlib import metadata
 
 import torch
@@ -10,7 +11,7 @@ import torch
 from .errors import ConfigError
 
 __all__ = ["select_device", "seed_everything", "configure_determinism", "library_versions",
-           "fold_seed"]
+           "fold_seed", "resolve_precision", "autocast_dtype", "cpu_cores", "fold_workers"]
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -24,6 +25,61 @@ def select_device(name: str = "auto") -> torch.device:
                               and torch.backends.mps.is_available()):
         raise ConfigError("--device mps was asked for but is not available; use --device auto")
     return torch.device(name)
+
+
+def _cpu_has_amx() -> bool:
+    # torch has no public query for AMX; the private one is guarded so that a torch without it
+    # simply means "no".
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except Exception:  # pragma: no cover - a torch build that cannot tell
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``"fp32"`` or ``"bf16"`` for the ``--precision`` setting on ``device``.
+
+    ``auto`` picks bf16 only where it was measured to pay: on CPUs with AMX tiles, where oneDNN
+    runs bf16 convolutions on them (UCI S5, one fold of 10 epochs: 2.9 s against 4.5 s with one
+    thread). On CUDA, auto stays fp32 until bf16 is measured there; ``--precision bf16`` asks
+    for it.
+    """
+    if name == "fp32":
+        return "fp32"
+    if name == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("--precision bf16: this GPU has no bfloat16 support; use "
+                              "--precision fp32")
+        if device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"--precision bf16 is supported on the CPU and CUDA, not on "
+                              f"{device.type}; use --precision fp32")
+        return "bf16"
+    return "bf16" if device.type == "cpu" and _cpu_has_amx() else "fp32"
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved precision (None: plain float32)."""
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers and taskset set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def fold_workers(requested: int | None, folds: int, device: torch.device) -> int:
+    """How many fold processes to run: ``--workers``, or by default one per core up to the
+    number of folds, on a CPU where processes can be forked; 1 elsewhere."""
+    # fork shares the loaded data with the workers for free; it is safe on Linux only (macOS
+    # system libraries are not fork-safe), and CUDA does not survive a fork.
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return 1
+    wanted = cpu_cores() if requested is None else requested
+    return max(1, min(wanted, folds))
 
 
 def configure_determinism(deterministic: bool) -> None:

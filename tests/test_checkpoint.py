@@ -325,8 +325,11 @@ def assert_reproduces_fold(json_path, dataset: DigitDataset, fold) -> None:
     assert nll == pytest.approx(fold.loss, rel=1e-4)
 
 
+# float32 on every machine: the early-stopping checks below rely on fold 1's trajectory, and
+# --precision auto would take bf16 on CPUs with AMX.
 SAVE_CONFIG = RunConfig(folds=3, epochs=6, batch_size=20, lr=0.01, scheduler="none", quiet=True,
-                        save_models=True, early_stopping=True, monitor="val_loss", patience=1)
+                        save_models=True, early_stopping=True, monitor="val_loss", patience=1,
+                        precision="fp32")
 
 
 def test_kfold_saves_each_fold_model(tmp_path):

@@ -329,3 +329,29 @@ def test_fit_starts_a_fresh_optimizer_each_call():
     _, first = fit(cfg, data, model=model)
     _, second = fit(cfg, data, model=model)
     assert first.history.lr == second.history.lr == pytest.approx([1e-3, 5e-4])
+
+
+# ------------------------------------------------------------------------------ precision
+
+
+def test_bf16_training_forward_keeps_the_log_softmax_in_float32():
+    model = new_model().eval()
+    inputs = torch.randn(16, 1, 8, 8)
+    log_probs = engine.training_forward(model, torch.bfloat16)(inputs)
+    assert log_probs.dtype == torch.float32
+    # float32 normalisation: probabilities sum to 1 far more tightly than bf16's 3 digits
+    assert torch.allclose(log_probs.exp().sum(dim=1), torch.ones(16), atol=1e-5)
+    assert torch.allclose(log_probs, model(inputs), atol=0.1)
+    assert not torch.equal(log_probs, model(inputs))  # the body really ran in bf16
+    assert engine.training_forward(model, None) is model
+
+
+def test_fit_under_bf16_learns_and_evaluates_in_float32():
+    _, outcome = fit(config(epochs=6), seed=0)
+    model = new_model(0)
+    bf16 = engine.fit(model, small_fold(), config(epochs=6), num_classes=10,
+                      generator=torch.Generator().manual_seed(0), autocast_dtype=torch.bfloat16)
+    assert bf16.evaluation.log_probs.dtype == torch.float32
+    assert bf16.history.train_loss[-1] < bf16.history.train_loss[0]
+    assert abs(bf16.evaluation.accuracy - outcome.evaluation.accuracy) <= 0.1
+    assert bf16.history.train_loss != outcome.history.train_loss

@@ -27,9 +27,14 @@ def run(optdigits_dir, **changes):
     return kfold.run_kfold(kfold.load_for_config(config), config)
 
 
+# How a run was executed (fold processes, threads) may differ between a run and its resumed
+# copy; what it computed may not.
+NOT_RESULTS = (*TIMING_KEYS, "execution")
+
+
 def without_timings(value):
     if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
+        return {k: without_timings(v) for k, v in value.items() if k not in NOT_RESULTS}
     if isinstance(value, list):
         return [without_timings(v) for v in value]
     return value
@@ -81,7 +86,7 @@ def test_scaler_sees_training_rows_only(optdigits_dir, monkeypatch):
         return real_fit(kind, images, max_value)
 
     monkeypatch.setattr(kfold, "fit_scaler", recording_fit)
-    config = small_config(optdigits_dir, epochs=1)
+    config = small_config(optdigits_dir, epochs=1, workers=1)  # recorded in this process
     dataset = kfold.load_for_config(config)
     kfold.run_kfold(dataset, config)
     splits = kfold.make_splits(dataset, config)
@@ -254,3 +259,58 @@ def test_real_uci_reruns_identical(tmp_path):
     runs = [without_timings(kfold.run_kfold(kfold.load_for_config(config), config).metrics())
             for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+# ----------------------------------------------------------------------- fold processes
+
+
+def test_fold_processes_give_the_numbers_of_one_process(optdigits_dir):
+    """Two forked fold workers of one thread each compute exactly what one process computes
+    with one thread: only the timings and the recorded execution differ."""
+    in_processes = run(optdigits_dir, workers=2, threads=1, fold_parallel=False)
+    in_turn = run(optdigits_dir, workers=1, threads=1, fold_parallel=False)
+    assert in_processes.extra["execution"]["workers"] == 2
+    assert in_turn.extra["execution"]["workers"] == 1
+    assert without_timings(in_processes.metrics()) == without_timings(in_turn.metrics())
+    assert [f.fold for f in in_processes.folds] == [0, 1, 2, 3]
+
+
+def test_fold_processes_write_each_fold_and_resume(optdigits_dir, tmp_path):
+    config = small_config(optdigits_dir, workers=2, threads=1, fold_parallel=False)
+    dataset = kfold.load_for_config(config)
+    out = tmp_path / "run"
+    first = kfold.run_kfold(dataset, config, out_dir=out)
+    assert sorted(p.name for p in (out / "folds").glob("fold*.json")) == [
+        f"fold{k}.json" for k in range(4)]
+    (out / "folds" / "fold2.json").unlink()
+    resumed = kfold.run_kfold(dataset, config, out_dir=out, resume=True)
+    assert resumed.extra["execution"]["workers"] == 1  # one fold left: no pool for it
+    assert without_timings(resumed.metrics()) == without_timings(first.metrics())
+
+
+def test_an_error_in_a_fold_worker_reaches_the_caller(optdigits_dir, monkeypatch):
+    def failing_fit(*args, **kwargs):
+        raise ValueError("fold worker failed on purpose")
+
+    monkeypatch.setattr(kfold.engine, "fit", failing_fit)  # inherited by the forked workers
+    with pytest.raises(ValueError, match="fold worker failed on purpose"):
+        run(optdigits_dir, workers=2, threads=1, fold_parallel=False)
+
+
+def test_workers_must_be_positive(optdigits_dir):
+    with pytest.raises(ConfigError, match=r"--workers 0 must be at least 1 \(1 trains the folds"):
+        small_config(optdigits_dir, workers=0)
+
+
+def test_bf16_and_fp32_agree_on_real_uci():
+    """bf16 autocast (the CPU default where AMX exists) learns as well as float32."""
+    folder = real_data("optdigits")
+    accuracies = {}
+    for precision in ("bf16", "fp32"):
+        config = digitcnn.RunConfig(data_dir=str(folder), limit=2000, epochs=3, quiet=True,
+                                    precision=precision, workers=1)
+        result = kfold.run_kfold(kfold.load_for_config(config), config)
+        assert result.extra["execution"]["precision"] == precision
+        accuracies[precision] = result.accuracy
+    assert accuracies["fp32"] >= 0.93
+    assert abs(accuracies["bf16"] - accuracies["fp32"]) <= 0.01
