@@ -2,8 +2,10 @@
 
 Every figure is a whole process (imports, data loading, training, evaluation, writing),
 timed from outside, the two commands alternating A B A B so that drift in the machine's
-speed hits both; the ratio is taken pair by pair and its median reported. Peak memory is
-each process's own maximum resident set size (``wait4``). Cases:
+speed hits both; the ratio is taken pair by pair and its median reported, beside the ratio
+of the two programs' own in-process training times. Peak memory is given as the largest
+single process's peak RSS (``wait4``) and as the sampled peak PSS summed over the process
+and its fold workers. Cases:
 
 * ``uci``: pipeline S5 on UCI optdigits, 4 folds x 10 epochs, against
   ``../shared/bench/reference_loop.py`` (the yardstick);
@@ -24,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -31,19 +34,78 @@ from typing import Sequence
 __all__ = ["compare", "plain_loop", "main"]
 
 
+def _process_tree(root: int) -> list[int]:
+    """``root`` and its descendants, from /proc (Linux)."""
+    tree, frontier = [root], [root]
+    while frontier:
+        pid = frontier.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        tree += map(int, children)
+        frontier += map(int, children)
+    return tree
+
+
+def _tree_pss_mib(root: int) -> float:
+    """Proportional set size of a process tree (MiB): pages shared between a parent and its
+    forked fold workers are counted once, split between them, so the sum is the tree's real
+    footprint."""
+    total_kib = 0
+    for pid in _process_tree(root):
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kib += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+    return total_kib / 1024
+
+
+class _TreeMemorySampler(threading.Thread):
+    """Samples a process tree's PSS every ``interval`` seconds and keeps the peak.
+
+    ``wait4``'s peak RSS is that of the largest single process; with fold worker processes
+    the footprint is the sum over the tree, which only sampling can see.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak_mib = pid, interval, 0.0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            self.peak_mib = max(self.peak_mib, _tree_pss_mib(self.pid))
+
+
 def _run_with_rusage(command: Sequence[str], env: dict | None = None) -> dict:
-    """Run ``command``: wall seconds, the child's peak RSS (MiB, from ``os.wait4``), exit
-    code, stdout and stderr. The peak includes the moment after fork, so the caller must be a
-    small process for the figure to be the command's own."""
+    """Run ``command``: wall seconds, peak memory, exit code, stdout and stderr.
+
+    Peak memory comes two ways: ``peak_rss_mib``, the largest single process's peak RSS (from
+    ``os.wait4``; it includes the moment after fork, so the caller must be a small process for
+    the figure to be the command's own), and ``peak_tree_pss_mib``, the sampled peak of the
+    summed PSS of the command and every process it starts (None where /proc is missing).
+    """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         process = subprocess.Popen(list(command), stdout=out, stderr=err,
                                    env={**os.environ, **(env or {})})
+        sampler = _TreeMemorySampler(process.pid) if Path("/proc/self/smaps_rollup").exists() \
+            else None
+        if sampler is not None:
+            sampler.start()
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
+        if sampler is not None:
+            sampler.done.set()
+            sampler.join()
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0), err.seek(0)
         return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024,
+                "peak_tree_pss_mib": sampler.peak_mib if sampler is not None else None,
                 "returncode": process.returncode, "stdout": out.read(), "stderr": err.read()}
 
 
@@ -60,7 +122,7 @@ def compare(ours: Sequence[str], theirs: Sequence[str], repeats: int, label: str
                 raise RuntimeError(f"{label}: {name} failed ({run['returncode']}): "
                                    f"{run['stderr'][-2000:]}")
             pair[name] = {"wall_s": run["wall_s"], "peak_rss_mib": run["peak_rss_mib"],
-                          **reader(run)}
+                          "peak_tree_pss_mib": run["peak_tree_pss_mib"], **reader(run)}
         pair["ratio"] = pair["digitcnn"]["wall_s"] / pair["reference"]["wall_s"]
         rows.append(pair)
         print(f"{label} {repeat + 1}/{repeats}: digitcnn {pair['digitcnn']['wall_s']:.2f} s "
@@ -69,11 +131,15 @@ def compare(ours: Sequence[str], theirs: Sequence[str], repeats: int, label: str
               f" ratio {pair['ratio']:.3f}", flush=True)
 
     def median(side, key):
-        return statistics.median(r[side][key] for r in rows)
+        values = [r[side][key] for r in rows if r[side][key] is not None]
+        return statistics.median(values) if values else None
 
     return {"runs": rows, "ratio_median": statistics.median(r["ratio"] for r in rows),
+            "train_ratio_median": statistics.median(r["digitcnn"]["train_s"]
+                                                    / r["reference"]["train_s"] for r in rows),
             **{f"{side}_{key}_median": median(side, key) for side in ("digitcnn", "reference")
-               for key in ("wall_s", "peak_rss_mib", "accuracy", "train_s")}}
+               for key in ("wall_s", "peak_rss_mib", "peak_tree_pss_mib", "accuracy",
+                           "train_s")}}
 
 
 def _read_digitcnn(out_dir: Path):
@@ -142,8 +208,11 @@ def _digitcnn_command(out: Path, flags: Sequence[str]) -> list[str]:
 
 def bench_uci(args, scratch: Path) -> dict:
     out = scratch / "uci"
-    ours = _digitcnn_command(out, ["--dataset", "uci", "--data-dir", args.uci_dir, "--scaler",
-                                   "global", "--device", args.device, *args.extra])
+    # S5's recipe by default; --uci-config races another recipe against the same yardstick
+    recipe = (["--config", args.uci_config] if args.uci_config
+              else ["--dataset", "uci", "--scaler", "global"])
+    ours = _digitcnn_command(out, [*recipe, "--data-dir", args.uci_dir, "--device", args.device,
+                                   *args.extra])
     theirs = [sys.executable, args.reference, args.uci_dir, "--device", args.device]
     return compare(ours, theirs, args.repeats, "uci", _read_digitcnn(out), _read_reference)
 
@@ -160,19 +229,28 @@ def bench_mnist(args, scratch: Path) -> dict:
     return compare(ours, theirs, args.repeats, "mnist", _read_digitcnn(out), _read_reference)
 
 
+# The ways digitcnn can train K folds, as kfold flags: one after another in one process, in
+# forked single-thread processes (the CPU default), all at once through vmap (the GPU default).
+SCALING_MODES = {"sequential": ["--no-fold-parallel", "--workers", "1"],
+                 "fold processes": ["--no-fold-parallel"],
+                 "fold-parallel (vmap)": ["--fold-parallel"]}
+
+
 def bench_scaling(args, scratch: Path) -> dict:
-    """digitcnn's in-process training time against folds and rows (S5 recipe on UCI)."""
+    """digitcnn's in-process training time against folds, per mode, and against rows (S5
+    recipe on UCI, 10 epochs per fold)."""
     table = {"folds": [], "rows": []}
-    for mode in ("--fold-parallel", "--no-fold-parallel"):
+    for mode, flags in SCALING_MODES.items():
         for folds in (2, 4, 8, 10):
             out = scratch / f"folds{folds}"
             run = _run_with_rusage(_digitcnn_command(out, [
                 "--dataset", "uci", "--data-dir", args.uci_dir, "--folds", str(folds),
-                "--device", args.device, mode, *args.extra]))
+                "--device", args.device, *flags, *args.extra]))
             metrics = json.loads((out / "metrics.json").read_text())
-            table["folds"].append({"mode": mode.strip("-"), "folds": folds,
+            table["folds"].append({"mode": mode, "folds": folds,
                                    "train_s": metrics["wall_s"], "wall_s": run["wall_s"],
-                                   "accuracy": metrics["accuracy"]})
+                                   "accuracy": metrics["accuracy"],
+                                   "peak_tree_pss_mib": run["peak_tree_pss_mib"]})
             print(f"scaling {mode} folds={folds}: {metrics['wall_s']:.2f} s", flush=True)
     for fraction in (0.25, 0.5, 1.0):
         rows = int(5620 * fraction)
@@ -234,10 +312,9 @@ def plot_scaling(table: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for mode in ("fold-parallel", "no-fold-parallel"):
+    for mode in dict.fromkeys(r["mode"] for r in table["folds"]):
         points = [r for r in table["folds"] if r["mode"] == mode]
-        left.plot([r["folds"] for r in points], [r["train_s"] for r in points], "o-",
-                  label="fold-parallel" if mode == "fold-parallel" else "sequential")
+        left.plot([r["folds"] for r in points], [r["train_s"] for r in points], "o-", label=mode)
     left.set(xlabel="folds (S5 recipe, 10 epochs)", ylabel="training wall time (s)",
              title="time against folds")
     left.legend()
@@ -251,6 +328,10 @@ def plot_scaling(table: dict, path: Path) -> None:
     _save(figure, path)
 
 
+def _mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} MiB"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m digitcnn.bench", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -261,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per case")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--uci-dir", default="../shared/data/optdigits")
+    parser.add_argument("--uci-config", metavar="FILE.toml", default=None,
+                        help="run this recipe in the uci case instead of S5's (e.g. "
+                             "experiments/uci_fast.toml); the reference loop stays S5")
     parser.add_argument("--mnist-dir", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--mnist-limit", type=int, default=None, help="use fewer MNIST rows")
     parser.add_argument("--reference", default="../shared/bench/reference_loop.py")
@@ -277,7 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(plain_loop(args.plain_loop, device=args.device, limit=args.mnist_limit)))
         return 0
     report = {"cases": {}, "cpu_count": os.cpu_count(), "device": args.device,
-              "repeats": args.repeats, "extra_flags": args.extra}
+              "repeats": args.repeats, "extra_flags": args.extra, "uci_config": args.uci_config,
+              "command": "python -m digitcnn.bench " + " ".join(sys.argv[1:] if argv is None
+                                                               else argv)}
     out = Path(args.out)
     # Nothing heavy is imported before the timed runs: a child's peak RSS (wait4) counts the
     # copy of this process that it starts as, so this process must stay small.
@@ -297,12 +383,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if case in report["cases"]:
             result = report["cases"][case]
             print(f"{case}: digitcnn/reference wall time ratio {result['ratio_median']:.3f} "
-                  f"(median of {args.repeats}); digitcnn {result['digitcnn_wall_s_median']:.2f} s, "
+                  f"(whole processes), {result['train_ratio_median']:.3f} (training and "
+                  f"evaluation in-process); medians of {args.repeats}: digitcnn "
+                  f"{result['digitcnn_wall_s_median']:.2f} s, "
                   f"{100 * result['digitcnn_accuracy_median']:.2f}%, peak "
-                  f"{result['digitcnn_peak_rss_mib_median']:.0f} MiB; reference "
-                  f"{result['reference_wall_s_median']:.2f} s, "
+                  f"{_mib(result['digitcnn_peak_tree_pss_mib_median'])} (PSS, all processes); "
+                  f"reference {result['reference_wall_s_median']:.2f} s, "
                   f"{100 * result['reference_accuracy_median']:.2f}%, peak "
-                  f"{result['reference_peak_rss_mib_median']:.0f} MiB")
+                  f"{_mib(result['reference_peak_tree_pss_mib_median'])}")
     if "augment" in report["cases"]:
         result = report["cases"]["augment"]
         print(f"augment: S1's augmentation adds {result['extra_percent_median']:.1f}% to an epoch "

@@ -54,7 +54,13 @@ def make_splits(dataset: DigitDataset, config: RunConfig) -> list[tuple[np.ndarr
         return [(np.arange(n), np.arange(0))]
     if config.cv == "holdout":
         labels = dataset.labels.numpy()
-        stratify = labels if np.bincount(labels).min() >= 2 else None
+        classes = np.unique(labels)
+        val_rows = int(np.ceil(config.val_fraction * n))
+        # sklearn can only stratify when every class has 2 rows and each side can hold one
+        # row of every class; a tiny or skewed set is split at random instead.
+        can_stratify = (np.bincount(labels)[classes].min() >= 2
+                        and len(classes) <= min(val_rows, n - val_rows))
+        stratify = labels if can_stratify else None
         train_rows, val_rows = train_test_split(
             np.arange(n), test_size=config.val_fraction, shuffle=True,
             random_state=config.random_state, stratify=stratify)

@@ -322,6 +322,15 @@ def digitnet(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.2,
     return nn.Sequential(*layers).to(memory_format=torch.channels_last)
 
 
+@register_model("digitnet_small", min_size=3,
+                description="DigitNet at half width (16, 32, 64 channels): the fast recipe's model")
+def digitnet_small(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.2) -> nn.Sequential:
+    """:func:`digitnet` with ``width=16``: about a quarter of its multiply-adds (35,674
+    parameters), for the fast recipes where wall time matters more than the last tenth of a
+    point."""
+    return digitnet(input_shape, num_classes, dropout=dropout, width=16)
+
+
 def main(argv=None) -> int:
     """``python -m digitcnn.models``: each model, its parameter count and accepted sizes."""
     import argparse

@@ -94,19 +94,21 @@ def write_run_report(result, directory: str | Path, oof: dict, figures: Sequence
 
 def draw_evaluation_figures(result, directory: Path, evaluation: dict | None, oof: dict,
                             images=None) -> list[Path]:
-    """training_curves.png always; roc, precision_recall, per_class_f1 with an evaluation;
-    misclassified.png with an evaluation and the images."""
+    """training_curves.png for a run with epochs; roc, precision_recall, per_class_f1 with an
+    evaluation; misclassified.png with an evaluation and the images."""
     from .plots import (plot_misclassified, plot_per_class_f1, plot_precision_recall, plot_roc,
                         plot_training_curves, run_title)
 
     title = run_title(result)
     folds = result.folds
     # a fold without validation rows records placeholder validation values: leave them out
-    drawn = [plot_training_curves([f.train_loss for f in folds],
-                                  [f.val_loss if f.n_val else [] for f in folds],
-                                  [f.train_accuracy for f in folds],
-                                  [f.val_accuracy if f.n_val else [] for f in folds],
-                                  directory / "training_curves.png", title)]
+    drawn = []
+    if result.trained_by_epochs:
+        drawn.append(plot_training_curves([f.train_loss for f in folds],
+                                          [f.val_loss if f.n_val else [] for f in folds],
+                                          [f.train_accuracy for f in folds],
+                                          [f.val_accuracy if f.n_val else [] for f in folds],
+                                          directory / "training_curves.png", title))
     if evaluation is None:
         return drawn
     pooled = evaluation["pooled"]

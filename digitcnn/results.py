@@ -159,6 +159,11 @@ class KFoldResult:
     labels: np.ndarray | None = None  # (N,) true label of every dataset row, for oof.npz
 
     @property
+    def trained_by_epochs(self) -> bool:
+        """False for a run without epochs (an sklearn baseline): no curves to draw."""
+        return any(len(f.train_loss) for f in self.folds)
+
+    @property
     def confusion(self) -> np.ndarray:
         return ConfusionAccumulator(self.num_classes).extend(f.confusion for f in self.folds).counts
 
@@ -256,9 +261,10 @@ class KFoldResult:
             title = run_title(self)
             if self.n:  # a --full run has no validation rows to tabulate
                 figures.append(plot_confusion(self.confusion, directory / "confusion.png", title))
-            figures.append(plot_loss_curves([f.train_loss for f in self.folds],
-                                            [f.val_loss for f in self.folds],
-                                            directory / "loss_curves.png", title))
+            if self.trained_by_epochs:
+                figures.append(plot_loss_curves([f.train_loss for f in self.folds],
+                                                [f.val_loss for f in self.folds],
+                                                directory / "loss_curves.png", title))
         from .report import write_run_report
 
         write_run_report(self, directory, oof, figures, plots=plots, images=images)

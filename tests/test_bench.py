@@ -39,3 +39,28 @@ def test_plain_loop_yardstick_runs(tmp_path):
     mnist = real_data("mnist")
     result = bench.plain_loop(str(mnist), folds=2, epochs=1, limit=400, split="test")
     assert result["n"] == 400 and 0 <= result["accuracy"] <= 100
+
+
+@pytest.mark.skipif(not bench.Path("/proc/self/smaps_rollup").exists(), reason="needs Linux /proc")
+def test_tree_memory_counts_forked_workers_that_wait4_misses():
+    # A parent of ~20 MiB forks two workers that each touch 150 MiB of their own: the largest
+    # single process stays near 170 MiB, while the tree holds over 300 MiB.
+    workers = (
+        "import os, time\n"
+        "pids = []\n"
+        "for _ in range(2):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        x = bytearray(150 * 2**20); time.sleep(1.5); os._exit(0)\n"
+        "    pids.append(pid)\n"
+        "for pid in pids:\n"
+        "    os.waitpid(pid, 0)\n")
+    probe = ("import json, sys\n"
+             "from digitcnn.bench import _run_with_rusage\n"
+             f"run = _run_with_rusage([sys.executable, '-c', {workers!r}])\n"
+             "print(json.dumps([run['peak_rss_mib'], run['peak_tree_pss_mib']]))\n")
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                               timeout=120, check=True)
+    largest_process, tree = json.loads(completed.stdout)
+    assert largest_process < 250
+    assert tree > 300

@@ -314,3 +314,14 @@ def test_bf16_and_fp32_agree_on_real_uci():
         accuracies[precision] = result.accuracy
     assert accuracies["fp32"] >= 0.93
     assert abs(accuracies["bf16"] - accuracies["fp32"]) <= 0.01
+
+
+def test_holdout_too_small_to_stratify_splits_at_random(optdigits_dir):
+    config = small_config(optdigits_dir, cv="holdout", val_fraction=0.05)  # 9 of 180 rows
+    dataset = kfold.load_for_config(config)
+    ((train_rows, val_rows),) = kfold.make_splits(dataset, config)
+    assert len(val_rows) == 9 and len(train_rows) == 171
+    assert not set(train_rows) & set(val_rows)
+    stratified = small_config(optdigits_dir, cv="holdout", val_fraction=0.1)  # 18 rows
+    ((_, val_rows),) = kfold.make_splits(dataset, stratified)
+    assert len(set(dataset.labels[val_rows].tolist())) == 10  # every class on both sides

@@ -1,0 +1,151 @@
+"""Classical baselines on exactly the folds of a K-fold run: sklearn's SVC and kNN.
+
+The bar a digit CNN must clear (SPEC, measured on UCI's 4 folds): ``SVC(C=10)`` (RBF) on
+features/16 gets 99.18%, kNN (k=3) 98.61%. A baseline run uses the same fold splitter, rows
+and result files as :func:`digitcnn.kfold.run_kfold`, so its per-fold accuracies pair with a
+CNN run's for the corrected t-test (``python -m digitcnn.compare``).
+
+Python API::
+
+    result = digitcnn.run_baseline(data, digitcnn.RunConfig(folds=4), estimator="svm")
+
+CLI: ``python -m digitcnn.baselines --estimator svm --data-dir ../shared/data/optdigits``.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .config import RunConfig, config_from_args
+from .data import DigitDataset
+from .errors import ConfigError, cli_entry
+from .results import FoldResult, KFoldResult
+from .runtime import library_versions
+
+__all__ = ["ESTIMATORS", "make_estimator", "baseline_scores", "run_baseline", "main"]
+
+ESTIMATORS = ("svm", "knn")
+
+# Only these RunConfig settings mean something to a baseline: the data and the folds.
+BASELINE_SETTINGS = ("dataset", "data_dir", "split", "verify", "limit", "cv", "val_fraction",
+                     "folds", "shuffle", "random_state", "seed", "out", "plots", "quiet")
+
+
+def make_estimator(name: str, c: float = 10.0, neighbors: int = 3):
+    """``svm``: ``SVC(C=c)`` with an RBF kernel, as SPEC ran it; ``knn``:
+    ``KNeighborsClassifier(neighbors)``."""
+    if name == "svm":
+        from sklearn.svm import SVC
+
+        return SVC(C=c, kernel="rbf", decision_function_shape="ovr")
+    if name == "knn":
+        from sklearn.neighbors import KNeighborsClassifier
+
+        return KNeighborsClassifier(n_neighbors=neighbors)
+    raise ConfigError(f"unknown estimator {name!r}; choose one of: {', '.join(ESTIMATORS)}")
+
+
+def baseline_scores(estimator, features: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N, C) float32 log-scores whose argmax is the estimator's prediction.
+
+    kNN gives class probabilities (clipped at 1e-6 before the log: a class no neighbour voted
+    for has probability 0). The SVC gives one-vs-rest decision values (its one-vs-one votes
+    plus a confidence below one vote), not probabilities; their log-softmax ranks rows as the
+    SVC does, which is what ROC and PR curves need, but it is not calibrated, so a baseline's
+    loss is left undefined. In a tied vote the SVC predicts the lowest tied class while the
+    decision values may favour another; there the predicted class's score is raised just
+    above the top, so that the stored scores always give the SVC's own predictions.
+    """
+    classes = estimator.classes_
+    if hasattr(estimator, "decision_function"):
+        decision = estimator.decision_function(features).astype(np.float64)
+        predicted = np.searchsorted(classes, estimator.predict(features))
+        rows = np.arange(len(features))
+        top = decision.max(axis=1)
+        tied = decision[rows, predicted] < top
+        decision[rows[tied], predicted[tied]] = top[tied] + 1e-6
+        shifted = decision - decision.max(axis=1, keepdims=True)
+        known = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    else:
+        known = np.log(np.clip(estimator.predict_proba(features), 1e-6, 1.0))
+    scores = np.full((len(features), num_classes), np.log(1e-6), dtype=np.float64)
+    scores[:, classes] = known  # a class absent from the training fold keeps the floor
+    return scores.astype(np.float32)
+
+
+def run_baseline(dataset: DigitDataset, config: RunConfig = RunConfig(),
+                 estimator: str = "svm", c: float = 10.0, neighbors: int = 3) -> KFoldResult:
+    """Fit ``estimator`` on each training fold of ``config``'s splits; pixels divided by the
+    dataset's maximum (features/16 on UCI, /255 on MNIST). Returns a :class:`KFoldResult`
+    with the same folds, counts and out-of-fold scores as a CNN run on the same config."""
+    from .kfold import make_splits, splits_sha256
+
+    if dataset.labels is None:
+        raise ConfigError(f"{dataset.name}: the dataset has no labels; a baseline needs them")
+    make_estimator(estimator, c, neighbors)  # an unknown name fails before any work
+    splits = make_splits(dataset, config)
+    features = dataset.images.reshape(len(dataset), -1).numpy().astype(np.float64)
+    features /= dataset.max_value
+    labels = dataset.labels.numpy()
+    num_classes = len(dataset.classes)
+    started = time.perf_counter()
+    folds = []
+    for fold, (train_rows, val_rows) in enumerate(splits):
+        fold_started = time.perf_counter()
+        model = make_estimator(estimator, c, neighbors).fit(features[train_rows],
+                                                             labels[train_rows])
+        scores = baseline_scores(model, features[val_rows], num_classes)
+        predicted = scores.argmax(axis=1)
+        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        np.add.at(confusion, (labels[val_rows], predicted), 1)
+        folds.append(FoldResult(
+            fold=fold, n_train=len(train_rows), n_val=len(val_rows),
+            correct=int(np.trace(confusion)), loss=float("nan"), confusion=confusion,
+            train_loss=[], val_loss=[], val_accuracy=[], lrs=[], lr=float("nan"),
+            seed=config.seed, val_indices=np.asarray(val_rows),
+            wall_s=time.perf_counter() - fold_started, val_log_probs=scores))
+    settings = {"estimator": estimator, **({"C": c, "kernel": "rbf"}
+                                           if estimator == "svm" else {"n_neighbors": neighbors}),
+                "features": f"pixels / {dataset.max_value}"}
+    return KFoldResult(config=config.replace(model=estimator), dataset=dataset.info(),
+                       folds=folds, device="cpu", versions=library_versions(),
+                       splits_sha256=splits_sha256(splits),
+                       wall_s=time.perf_counter() - started, num_classes=num_classes,
+                       labels=labels, extra={"baseline": settings})
+
+
+@cli_entry("digitcnn.baselines")
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m digitcnn.baselines``: an sklearn baseline on a K-fold run's folds."""
+    from .kfold import default_out_dir, finish_run, load_quietly
+
+    excluded = [name for name in RunConfig.__dataclass_fields__ if name not in BASELINE_SETTINGS]
+    config, extras = config_from_args(
+        argv, "python -m digitcnn.baselines",
+        "Cross-validate an sklearn baseline (SVC or kNN) on the folds digitcnn.kfold uses.",
+        exclude=excluded,
+        extra_arguments=[
+            (("--estimator",), {"choices": ESTIMATORS, "default": "svm",
+                                "help": "svm: SVC with an RBF kernel; knn: k nearest neighbours"}),
+            (("--C",), {"dest": "c", "type": float, "default": 10.0, "help": "the SVC's C"}),
+            (("--neighbors",), {"type": int, "default": 3, "help": "kNN's k"})])
+    config = config.replace(model=extras.estimator)
+    dataset = load_quietly(config, "digitcnn.baselines")
+    out = Path(config.out) if config.out else default_out_dir(config)
+    result = run_baseline(dataset, config, extras.estimator, extras.c, extras.neighbors)
+    out.mkdir(parents=True, exist_ok=True)
+    from .results import write_json
+
+    write_json(out / "config.json", {**config.to_dict(), **result.extra["baseline"],
+                                     "splits_sha256": result.splits_sha256,
+                                     "versions": result.versions})
+    finish_run(result, out, config, dataset, "results")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
