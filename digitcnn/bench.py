@@ -81,20 +81,23 @@ class _TreeMemorySampler(threading.Thread):
             self.peak_mib = max(self.peak_mib, _tree_pss_mib(self.pid))
 
 
-def _run_with_rusage(command: Sequence[str], env: dict | None = None) -> dict:
+def _run_with_rusage(command: Sequence[str], env: dict | None = None,
+                     sample_memory: bool = False) -> dict:
     """Run ``command``: wall seconds, peak memory, exit code, stdout and stderr.
 
     Peak memory comes two ways: ``peak_rss_mib``, the largest single process's peak RSS (from
     ``os.wait4``; it includes the moment after fork, so the caller must be a small process for
-    the figure to be the command's own), and ``peak_tree_pss_mib``, the sampled peak of the
-    summed PSS of the command and every process it starts (None where /proc is missing).
+    the figure to be the command's own), and, with ``sample_memory``, ``peak_tree_pss_mib``,
+    the sampled peak of the summed PSS of the command and every process it starts (None where
+    /proc is missing). Reading a large process's PSS costs 10-20 ms of CPU, so a sampled run
+    is slowed and must not be one that is timed.
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         process = subprocess.Popen(list(command), stdout=out, stderr=err,
                                    env={**os.environ, **(env or {})})
-        sampler = _TreeMemorySampler(process.pid) if Path("/proc/self/smaps_rollup").exists() \
-            else None
+        sampler = (_TreeMemorySampler(process.pid)
+                   if sample_memory and Path("/proc/self/smaps_rollup").exists() else None)
         if sampler is not None:
             sampler.start()
         _, status, usage = os.wait4(process.pid, 0)
@@ -111,7 +114,8 @@ def _run_with_rusage(command: Sequence[str], env: dict | None = None) -> dict:
 
 def compare(ours: Sequence[str], theirs: Sequence[str], repeats: int, label: str,
             read_ours, read_theirs) -> dict:
-    """Alternate the two commands ``repeats`` times; medians and the pairwise ratio."""
+    """Alternate the two commands ``repeats`` times; medians and the pairwise ratio. Then one
+    more, untimed run of each with memory sampling, for the peak PSS of all its processes."""
     rows = []
     for repeat in range(repeats):
         pair = {}
@@ -122,7 +126,7 @@ def compare(ours: Sequence[str], theirs: Sequence[str], repeats: int, label: str
                 raise RuntimeError(f"{label}: {name} failed ({run['returncode']}): "
                                    f"{run['stderr'][-2000:]}")
             pair[name] = {"wall_s": run["wall_s"], "peak_rss_mib": run["peak_rss_mib"],
-                          "peak_tree_pss_mib": run["peak_tree_pss_mib"], **reader(run)}
+                          **reader(run)}
         pair["ratio"] = pair["digitcnn"]["wall_s"] / pair["reference"]["wall_s"]
         rows.append(pair)
         print(f"{label} {repeat + 1}/{repeats}: digitcnn {pair['digitcnn']['wall_s']:.2f} s "
@@ -130,16 +134,18 @@ def compare(ours: Sequence[str], theirs: Sequence[str], repeats: int, label: str
               f"{pair['reference']['wall_s']:.2f} s ({100 * pair['reference']['accuracy']:.2f}%),"
               f" ratio {pair['ratio']:.3f}", flush=True)
 
+    memory = {name: _run_with_rusage(command, sample_memory=True)["peak_tree_pss_mib"]
+              for name, command in (("digitcnn", ours), ("reference", theirs))}
+
     def median(side, key):
-        values = [r[side][key] for r in rows if r[side][key] is not None]
-        return statistics.median(values) if values else None
+        return statistics.median(r[side][key] for r in rows)
 
     return {"runs": rows, "ratio_median": statistics.median(r["ratio"] for r in rows),
+            **{f"{side}_peak_tree_pss_mib": memory[side] for side in memory},
             "train_ratio_median": statistics.median(r["digitcnn"]["train_s"]
                                                     / r["reference"]["train_s"] for r in rows),
             **{f"{side}_{key}_median": median(side, key) for side in ("digitcnn", "reference")
-               for key in ("wall_s", "peak_rss_mib", "peak_tree_pss_mib", "accuracy",
-                           "train_s")}}
+               for key in ("wall_s", "peak_rss_mib", "accuracy", "train_s")}}
 
 
 def _read_digitcnn(out_dir: Path):
@@ -250,7 +256,7 @@ def bench_scaling(args, scratch: Path) -> dict:
             table["folds"].append({"mode": mode, "folds": folds,
                                    "train_s": metrics["wall_s"], "wall_s": run["wall_s"],
                                    "accuracy": metrics["accuracy"],
-                                   "peak_tree_pss_mib": run["peak_tree_pss_mib"]})
+                                   "peak_rss_mib": run["peak_rss_mib"]})
             print(f"scaling {mode} folds={folds}: {metrics['wall_s']:.2f} s", flush=True)
     for fraction in (0.25, 0.5, 1.0):
         rows = int(5620 * fraction)
@@ -387,10 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"evaluation in-process); medians of {args.repeats}: digitcnn "
                   f"{result['digitcnn_wall_s_median']:.2f} s, "
                   f"{100 * result['digitcnn_accuracy_median']:.2f}%, peak "
-                  f"{_mib(result['digitcnn_peak_tree_pss_mib_median'])} (PSS, all processes); "
+                  f"{_mib(result['digitcnn_peak_tree_pss_mib'])} (PSS, all processes); "
                   f"reference {result['reference_wall_s_median']:.2f} s, "
                   f"{100 * result['reference_accuracy_median']:.2f}%, peak "
-                  f"{_mib(result['reference_peak_tree_pss_mib_median'])}")
+                  f"{_mib(result['reference_peak_tree_pss_mib'])}")
     if "augment" in report["cases"]:
         result = report["cases"]["augment"]
         print(f"augment: S1's augmentation adds {result['extra_percent_median']:.1f}% to an epoch "

@@ -23,7 +23,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = ["RunConfig", "build_parser", "config_from_args", "load_toml", "OneLineParser",
-           "SCALERS", "CV_SCHEMES", "DEVICES", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "MONITORS", "AUGMENTATIONS"]
+           "SCALERS", "CV_SCHEMES", "DEVICES", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS",
+           "MONITORS", "AUGMENTATIONS"]
 
 SCALERS = ("standard", "global", "max", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -100,12 +101,13 @@ class RunConfig:
     seed: int = _opt(0, "seed of initialisation, shuffling and dropout (fold k uses seed + k)")
     device: str = _opt("auto", "device (auto: CUDA when present, else CPU)", DEVICES)
     deterministic: bool = _opt(False, "use deterministic algorithms (sets CUBLAS_WORKSPACE_CONFIG)")
-    threads: int | None = _opt(None, "CPU threads for torch (default: torch's choice)")
+    threads: int | None = _opt(None, "CPU threads for torch, per fold process with --workers "
+                                     "(default: torch's choice; one per worker)")
     fold_parallel: bool | None = _opt(None, "train all folds at once with one set of vmap-ed "
                                             "kernels (K-fold and stratified); default: on CUDA, "
                                             "where it is faster, and off on the CPU, where it "
-                                            "measured slower; off trains folds one after another, "
-                                            "each fold saved as it ends")
+                                            "measured slower; off trains folds in --workers "
+                                            "processes, each fold saved as it ends")
     workers: int | None = _opt(None, "on the CPU, train this many folds at once, each in its "
                                      "own forked process with --threads threads (default: one "
                                      "process per core, up to the number of folds, one thread "

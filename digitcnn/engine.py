@@ -202,7 +202,9 @@ def smoothed_nll(log_probs: torch.Tensor, targets: torch.Tensor, smoothing: floa
 
 def autocast(device_type: str, dtype: torch.dtype | None):
     """``torch.autocast`` to ``dtype``, or no context at all for float32 (None)."""
-    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
 
 
 def training_forward(model: nn.Module, dtype: torch.dtype | None = None):

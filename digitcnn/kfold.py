@@ -183,9 +183,10 @@ def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np
             progress.set_postfix(fold=fold, epoch=epoch + 1, loss=f"{history.train_loss[-1]:.4f}",
                                  val_loss=f"{history.val_loss[-1]:.4f}")
 
+    precision = resolve_precision(config.precision, device)
     outcome = engine.fit(model, data, config, num_classes=len(dataset.classes),
                          generator=generator, on_epoch=report,
-                         autocast_dtype=autocast_dtype(resolve_precision(config.precision, device)))
+                         autocast_dtype=autocast_dtype(precision))
     history, evaluation = outcome.history, outcome.evaluation
     if progress is not None and outcome.epochs_run < config.epochs:
         progress.update(config.epochs - outcome.epochs_run)

@@ -19,7 +19,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,7 +53,8 @@ class Experiment:
         if not self.seeds:
             return [(results / self.name, [*base, "--out", _shown(results / self.name)])]
         return [(results / self.name / f"seed{seed}",
-                 [*base, "--seed", str(seed), "--out", _shown(results / self.name / f"seed{seed}")])
+                 [*base, "--seed", str(seed), "--out",
+                  _shown(results / self.name / f"seed{seed}")])
                 for seed in self.seeds]
 
 
@@ -71,8 +72,9 @@ def load_index(path: Path = INDEX) -> dict[str, Experiment]:
         unknown = set(entry) - set(Experiment.__dataclass_fields__)
         if unknown:
             raise SystemExit(f"{path}: [{name}] has unknown key(s) {', '.join(sorted(unknown))}")
-        experiments[name] = Experiment(name=name, **{**entry, "flags": tuple(entry.get("flags", ())),
-                                                     "seeds": tuple(entry.get("seeds", ()))})
+        entry = {**entry, "flags": tuple(entry.get("flags", ())),
+                 "seeds": tuple(entry.get("seeds", ()))}
+        experiments[name] = Experiment(name=name, **entry)
     return experiments
 
 

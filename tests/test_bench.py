@@ -57,7 +57,7 @@ def test_tree_memory_counts_forked_workers_that_wait4_misses():
         "    os.waitpid(pid, 0)\n")
     probe = ("import json, sys\n"
              "from digitcnn.bench import _run_with_rusage\n"
-             f"run = _run_with_rusage([sys.executable, '-c', {workers!r}])\n"
+             f"run = _run_with_rusage([sys.executable, '-c', {workers!r}], sample_memory=True)\n"
              "print(json.dumps([run['peak_rss_mib'], run['peak_tree_pss_mib']]))\n")
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                                timeout=120, check=True)

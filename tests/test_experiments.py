@@ -49,8 +49,8 @@ def test_experiment_runs_one_epoch_on_a_small_subset(name, optdigits_dir, tiny_m
     experiment = EXPERIMENTS[name]
     out, command = experiment.runs(tmp_path / "results")[0]
     argv = command[3:command.index("--out")]  # after "python -m digitcnn.<module>"
-    data_dir = tiny_mnist if "mnist" in (REPO_ROOT / "experiments" / experiment.config).read_text() \
-        else optdigits_dir
+    config_text = (REPO_ROOT / "experiments" / experiment.config).read_text()
+    data_dir = tiny_mnist if 'dataset = "mnist"' in config_text else optdigits_dir
     argv += ["--data-dir", str(data_dir), "--no-verify", "--quiet", "--no-plots",
              "--out", str(out)]
     if experiment.command != "baselines":
