@@ -13,7 +13,9 @@ and its fold workers. Cases:
   ``dataset-fashion-mnist``), S2's model, 4 folds x 1 epoch, against :func:`plain_loop`, the
   same work written as a tutorial would (DataLoader, one fold after another);
 * ``scaling``: digitcnn's wall time against the number of folds and the number of rows;
-* ``augment``: the cost of S1's augmentation in an epoch of S1's model (in one process).
+* ``augment``: the cost of S1's augmentation in an epoch of S1's model (in one process);
+* ``choices``: one UCI S5 fold under each CPU choice (precision, memory format, threads),
+  one change at a time (in one process).
 
 Writes ``bench.json`` and ``scaling.png`` to ``--out`` (default ``results/bench``).
 """
@@ -271,6 +273,43 @@ def bench_scaling(args, scratch: Path) -> dict:
     return table
 
 
+# One CPU choice changed at a time, from the reference loop's setting (float32, NCHW, torch's
+# two threads) to digitcnn's (bf16, channels_last, one thread per fold process).
+CPU_CHOICES = {"fp32, NCHW, 2 threads": ("fp32", False, 2),
+               "fp32, channels_last, 2 threads": ("fp32", True, 2),
+               "bf16, channels_last, 2 threads": ("bf16", True, 2),
+               "bf16, channels_last, 1 thread": ("bf16", True, 1)}
+
+
+def bench_choices(args, scratch: Path) -> dict:
+    """In-process time of one fold of S5 on UCI (10 epochs, evaluation included) under each
+    of :data:`CPU_CHOICES`, alternating so that drift hits all; medians. Two folds run at once
+    in two one-thread processes, so "1 thread" is what each fold process gets."""
+    import torch
+
+    from .config import RunConfig
+    from .data import load
+    from .kfold import make_splits, run_fold
+
+    dataset = load("uci", args.uci_dir)
+    base = RunConfig(scaler="global", quiet=True)
+    train_rows, val_rows = make_splits(dataset, base)[0]
+    timings: dict[str, list[float]] = {name: [] for name in CPU_CHOICES}
+    accuracy = {}
+    for repeat in range(args.repeats):
+        for name, (precision, channels_last, threads) in CPU_CHOICES.items():
+            torch.set_num_threads(threads)
+            config = base.replace(precision=precision, channels_last=channels_last)
+            started = time.perf_counter()
+            fold = run_fold(dataset, config, 0, train_rows, val_rows, torch.device("cpu"))
+            timings[name].append(time.perf_counter() - started)
+            accuracy[name] = fold.accuracy
+        print(f"choices {repeat + 1}/{args.repeats}: " + ", ".join(
+            f"{name} {timings[name][-1]:.2f} s" for name in CPU_CHOICES), flush=True)
+    return {name: {"seconds": timings[name], "median_s": statistics.median(timings[name]),
+                   "fold0_accuracy": accuracy[name]} for name in CPU_CHOICES}
+
+
 def bench_augment(args, scratch: Path) -> dict:
     """Epoch time of S1's model with and without S1's augmentation, in one process.
 
@@ -342,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m digitcnn.bench", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["uci", "mnist", "scaling"],
-                        choices=("uci", "mnist", "scaling", "augment"))
+                        choices=("uci", "mnist", "scaling", "augment", "choices"))
     parser.add_argument("--augment-rows", type=int, default=6000,
                         help="training rows per timed epoch in the augment case")
     parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per case")
@@ -376,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for case in args.cases:
             runner = {"uci": bench_uci, "mnist": bench_mnist, "scaling": bench_scaling,
-                      "augment": bench_augment}[case]
+                      "augment": bench_augment, "choices": bench_choices}[case]
             report["cases"][case] = runner(args, Path(scratch))
     from .results import write_json
     from .runtime import library_versions
@@ -397,6 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"reference {result['reference_wall_s_median']:.2f} s, "
                   f"{100 * result['reference_accuracy_median']:.2f}%, peak "
                   f"{_mib(result['reference_peak_tree_pss_mib'])}")
+    if "choices" in report["cases"]:
+        for name, result in report["cases"]["choices"].items():
+            print(f"choices: {name}: {result['median_s']:.2f} s for one UCI S5 fold "
+                  f"(median of {args.repeats})")
     if "augment" in report["cases"]:
         result = report["cases"]["augment"]
         print(f"augment: S1's augmentation adds {result['extra_percent_median']:.1f}% to an epoch "

@@ -1,0 +1,115 @@
+"""sklearn baselines on digitcnn's folds, and the paired comparison of finished runs."""
+import json
+
+import numpy as np
+import pytest
+from sklearn.model_selection import KFold, cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.svm import SVC
+
+import digitcnn
+from digitcnn import baselines, compare, kfold
+from digitcnn.errors import ConfigError
+
+from conftest import real_data
+
+
+def uci(optdigits_dir, **changes):
+    config = digitcnn.RunConfig(data_dir=str(optdigits_dir), **{"verify": False, "quiet": True,
+                                                                **changes})
+    return kfold.load_for_config(config), config
+
+
+def sklearn_fold_accuracies(estimator, dataset, folds=4):
+    features = dataset.images.reshape(len(dataset), -1).numpy() / dataset.max_value
+    splitter = KFold(folds, shuffle=True, random_state=30)
+    return cross_val_score(estimator, features, dataset.labels.numpy(), cv=splitter)
+
+
+@pytest.mark.parametrize("name, reference", [("svm", SVC(C=10)),
+                                             ("knn", KNeighborsClassifier(3))])
+def test_baseline_equals_sklearn_on_the_same_folds(optdigits_dir, name, reference):
+    dataset, config = uci(optdigits_dir)
+    result = baselines.run_baseline(dataset, config, name)
+    expected = sklearn_fold_accuracies(reference, dataset)
+    assert [f.accuracy for f in result.folds] == pytest.approx(expected, abs=1e-12)
+    for fold, (_, val_rows) in zip(result.folds, kfold.make_splits(dataset, config)):
+        assert np.array_equal(fold.val_indices, val_rows)
+    assert result.confusion.sum() == len(dataset)
+    assert result.splits_sha256 == kfold.splits_sha256(kfold.make_splits(dataset, config))
+
+
+def test_svm_scores_give_the_svms_own_predictions(optdigits_dir):
+    dataset, config = uci(optdigits_dir)
+    features = dataset.images.reshape(len(dataset), -1).numpy() / 16
+    labels = dataset.labels.numpy()
+    train_rows, val_rows = kfold.make_splits(dataset, config)[0]
+    model = baselines.make_estimator("svm").fit(features[train_rows], labels[train_rows])
+    scores = baselines.baseline_scores(model, features[val_rows], 10)
+    assert scores.shape == (len(val_rows), 10) and scores.dtype == np.float32
+    assert np.array_equal(scores.argmax(axis=1), model.predict(features[val_rows]))
+    assert np.allclose(np.exp(scores).sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_unknown_estimator_names_the_valid_ones(optdigits_dir):
+    dataset, config = uci(optdigits_dir)
+    with pytest.raises(ConfigError, match="unknown estimator 'forest'; choose one of: svm, knn"):
+        baselines.run_baseline(dataset, config, "forest")
+
+
+def test_cli_writes_a_run_folder_without_training_curves(optdigits_dir, tmp_path, capsys):
+    out = tmp_path / "svm"
+    assert baselines.main(["--data-dir", str(optdigits_dir), "--no-verify", "--estimator", "svm",
+                           "--C", "3", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["baseline"] == {"estimator": "svm", "C": 3.0, "kernel": "rbf",
+                                   "features": "pixels / 16"}
+    assert metrics["n"] == 180 and len(metrics["folds"]) == 4
+    assert json.loads((out / "config.json").read_text())["model"] == "svm"
+    for present in ("oof.npz", "evaluation.json", "report.html", "confusion.png", "roc.png"):
+        assert (out / present).is_file()
+    for absent in ("training_curves.png", "loss_curves.png"):
+        assert not (out / absent).exists()
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_real_uci_svm_is_specs_99_18_percent():
+    dataset, config = uci(real_data("optdigits"), verify=True)
+    result = baselines.run_baseline(dataset, config, "svm")
+    assert result.accuracy == pytest.approx(0.991814946619217)  # SPEC: 99.18%
+    assert result.accuracy == pytest.approx(
+        np.mean(sklearn_fold_accuracies(SVC(C=10), dataset)))
+
+
+# ---------------------------------------------------------------------------- compare
+
+
+def finished_run(path, optdigits_dir, name="svm", **changes):
+    dataset, config = uci(optdigits_dir, **changes)
+    result = baselines.run_baseline(dataset, config, name)
+    result.write_final(path, plots=False)
+    return result
+
+
+def test_compare_pairs_folds_and_averages_seeds(optdigits_dir, tmp_path):
+    svm = finished_run(tmp_path / "svm", optdigits_dir)
+    knn = finished_run(tmp_path / "knn", optdigits_dir, "knn")
+    comparison = compare.compare_runs([tmp_path / "svm", tmp_path / "svm"], [tmp_path / "knn"])
+    expected = [s.accuracy - k.accuracy for s, k in zip(svm.folds, knn.folds)]
+    assert comparison["differences"] == pytest.approx(expected)
+    assert comparison["first"]["accuracy_std"] == 0.0 and comparison["df"] == 3
+    same = compare.compare_runs([tmp_path / "svm"], [tmp_path / "svm"])
+    assert same["p"] == 1.0 and same["t"] == 0.0
+    assert "corrected resampled t-test" in compare.format_comparison(comparison)
+
+
+def test_compare_refuses_runs_on_other_folds(optdigits_dir, tmp_path):
+    finished_run(tmp_path / "a", optdigits_dir)
+    finished_run(tmp_path / "b", optdigits_dir, random_state=1)
+    with pytest.raises(ConfigError, match="the runs were not evaluated on the same folds"):
+        compare.compare_runs([tmp_path / "a"], [tmp_path / "b"])
+
+
+def test_compare_cli_needs_finished_runs(tmp_path, capsys):
+    assert compare.main([str(tmp_path), "--against", str(tmp_path)]) == 2
+    assert "no metrics.json; pass the folder of a finished run" in capsys.readouterr().err
