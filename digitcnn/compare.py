@@ -75,12 +75,12 @@ def format_comparison(comparison: dict) -> str:
     """A Markdown table of the two sides and the test."""
     a, b = comparison["first"], comparison["second"]
     folds = len(a["fold_accuracy"])
-    header = ["side", "runs", "accuracy (mean ± std over runs)",
+    header = ["side", "runs", "accuracy % (mean ± std over runs)",
               *(f"fold {k}" for k in range(folds))]
     rows = []
     for name, side in (("first", a), ("second", b)):
-        rows.append([name, str(len(side["runs"])),
-                     f"{100 * side['accuracy_mean']:.2f} ± {100 * side['accuracy_std']:.2f}%",
+        spread = f" ± {100 * side['accuracy_std']:.2f}" if len(side["runs"]) > 1 else ""
+        rows.append([name, str(len(side["runs"])), f"{100 * side['accuracy_mean']:.2f}{spread}",
                      *(f"{100 * v:.2f}" for v in side["fold_accuracy"])])
     rows.append(["difference", "", f"{100 * comparison['mean_difference']:+.2f} points",
                  *(f"{100 * v:+.2f}" for v in comparison["differences"])])

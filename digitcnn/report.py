@@ -298,7 +298,7 @@ def render_report(result, evaluation: dict | None, figures: Sequence[Path] = (),
     if evaluation is not None:
         cards.insert(3, _card(_number(evaluation["pooled"]["macro"]["f1"]), "macro F1"))
         cards.insert(4, _card(_number(evaluation["pooled"]["macro"]["roc_auc"]), "macro ROC AUC"))
-    cards.append(_card(f"{result.wall_s:.1f} s", f"on {_e(result.device)}"))
+    cards.append(_card(f"{result.wall_s:.1f} s", f"on {_e(result.ran_on)}"))
     dataset = result.dataset
     checksums = "".join(f"<li><code>{_e(name)}</code> {_e(digest)}</li>"
                         for name, digest in sorted(dataset.get("sha256", {}).items()))

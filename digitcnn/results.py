@@ -159,6 +159,19 @@ class KFoldResult:
     labels: np.ndarray | None = None  # (N,) true label of every dataset row, for oof.npz
 
     @property
+    def ran_on(self) -> str:
+        """The device and, when recorded, how the run used it: "cpu, bf16, 2 fold processes"."""
+        execution = self.extra.get("execution") or {}
+        parts = [self.device]
+        if execution.get("precision") == "bf16":
+            parts.append("bf16")
+        if execution.get("fold_parallel"):
+            parts.append("fold-parallel")
+        elif execution.get("workers", 1) > 1:
+            parts.append(f"{execution['workers']} fold processes")
+        return ", ".join(parts)
+
+    @property
     def trained_by_epochs(self) -> bool:
         """False for a run without epochs (an sklearn baseline): no curves to draw."""
         return any(len(f.train_loss) for f in self.folds)
@@ -220,10 +233,11 @@ class KFoldResult:
                          f"loss {last.train_loss[-1]:.4f}, train accuracy "
                          f"{100 * last.train_accuracy[-1]:.2f}%; {self.wall_s:.1f} s on {self.device}")
             return "\n".join(lines)
+        loss = f"{self.loss:.4f}" if math.isfinite(self.loss) else "n/a"
         lines.append(f"accuracy {100 * self.accuracy:.2f}% ({sum(f.correct for f in self.folds)}"
                      f"/{self.n}); per fold {100 * self.accuracy_mean:.2f} +- "
-                     f"{100 * self.accuracy_std:.2f}%; loss {self.loss:.4f}; "
-                     f"{self.wall_s:.1f} s on {self.device}")
+                     f"{100 * self.accuracy_std:.2f}%; loss {loss}; "
+                     f"{self.wall_s:.1f} s on {self.ran_on}")
         return "\n".join(lines)
 
     def save(self, directory: str | os.PathLike, plots: bool = True) -> Path:

@@ -73,7 +73,7 @@ def _sweep_cells(experiment, out: Path) -> dict | None:
         return None
     best = max(rows, key=lambda r: float(r["accuracy_mean"]))
     accuracy = (f"best cell {best['cell']}: {_pct(float(best['accuracy_mean']))} ± "
-                f"{_pct(float(best['accuracy_std']))} ({len(rows)} cells, see below)")
+                f"{_pct(float(best['accuracy_std']))} ({len(rows)} cells; all in its sweep.md)")
     device = "cpu"
     metrics = _read(out / "cells" / best["cell"] / "metrics.json")
     if metrics:
@@ -176,12 +176,16 @@ def best_against_svm(experiments: dict, results: Path) -> list[str]:
 
 def speed_section(results: Path) -> list[str]:
     lines = []
-    for folder, what in (("bench", "S5 recipe (the reference loop's own work)"),
-                         ("bench_fast", "the fast UCI recipe against the S5 reference loop")):
+    for folder, name, what in (
+            ("bench", "uci", "UCI, S5 recipe, against `reference_loop.py` (its own work)"),
+            ("bench", "mnist", "MNIST scale: Fashion-MNIST's 60,000 training images, S2's "
+                               "model, 4 folds x 1 epoch, against the plain DataLoader loop "
+                               "`digitcnn.bench.plain_loop`"),
+            ("bench_fast", "uci", "the fast UCI recipe against the S5 reference loop")):
         report = _read(results / folder / "bench.json")
-        if not report or "uci" not in report.get("cases", {}):
+        if not report or name not in report.get("cases", {}):
             continue
-        case = report["cases"]["uci"]
+        case = report["cases"][name]
         lines += [f"**{what}** (`{folder}/bench.json`, {report['repeats']} alternating pairs, "
                   f"medians; command in the file): whole process "
                   f"{case['digitcnn_wall_s_median']:.2f} s against "
@@ -191,7 +195,26 @@ def speed_section(results: Path) -> list[str]:
                   f"{case['reference_train_s_median']:.2f} s, ratio "
                   f"**{case['train_ratio_median']:.3f}**; accuracy "
                   f"{_pct(case['digitcnn_accuracy_median'])}% against "
-                  f"{_pct(case['reference_accuracy_median'])}%.", ""]
+                  f"{_pct(case['reference_accuracy_median'])}%; peak memory (PSS, all "
+                  f"processes) {case['digitcnn_peak_tree_pss_mib']:.0f} MiB against "
+                  f"{case['reference_peak_tree_pss_mib']:.0f} MiB.", ""]
+    scaling = (_read(results / "bench" / "bench.json") or {}).get("cases", {}).get("scaling")
+    if scaling:
+        modes = list(dict.fromkeys(r["mode"] for r in scaling["folds"]))
+        lines += ["**Time against folds** (`bench/scaling.png`; S5 recipe on UCI, 10 epochs, "
+                  "training and evaluation in-process, seconds):", "",
+                  "| folds | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
+        for folds in dict.fromkeys(r["folds"] for r in scaling["folds"]):
+            times = {r["mode"]: r["train_s"] for r in scaling["folds"] if r["folds"] == folds}
+            lines.append(f"| {folds} | " + " | ".join(f"{times[m]:.2f}" for m in modes) + " |")
+        lines += ["", "Time against rows (4 folds): " + ", ".join(
+            f"{r['rows']:,} rows {r['train_s']:.2f} s" for r in scaling["rows"]) + ".", ""]
+    choices = (_read(results / "bench_choices" / "bench.json") or {}).get("cases", {})
+    if "choices" in choices:
+        lines += ["**Each CPU choice** (`bench_choices/bench.json`; one UCI S5 fold, 10 epochs, "
+                  "in-process, median seconds; digitcnn runs two such folds at once, one per "
+                  "core): " + "; ".join(f"{name} {result['median_s']:.2f} s"
+                                         for name, result in choices["choices"].items()) + ".", ""]
     return lines or ["(no benchmark in results/ yet: `python -m digitcnn.bench`.)"]
 
 

@@ -271,6 +271,9 @@ def test_fold_processes_give_the_numbers_of_one_process(optdigits_dir):
     in_turn = run(optdigits_dir, workers=1, threads=1, fold_parallel=False)
     assert in_processes.extra["execution"]["workers"] == 2
     assert in_turn.extra["execution"]["workers"] == 1
+    assert in_processes.ran_on.startswith("cpu") and in_processes.ran_on.endswith(
+        ", 2 fold processes")
+    assert "fold processes" not in in_turn.ran_on
     assert without_timings(in_processes.metrics()) == without_timings(in_turn.metrics())
     assert [f.fold for f in in_processes.folds] == [0, 1, 2, 3]
 
