@@ -22,12 +22,14 @@ def start(optdigits_dir, out):
                             text=True)
 
 
-def wait_for(path, process, timeout=120):
+def wait_for_first_fold(folder, process, timeout=120):
+    """The first finished fold's file: with fold worker processes any fold may end first."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not list(folder.glob("fold*.json")):
         if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"{path} never appeared: {process.communicate()[1]}")
+            pytest.fail(f"no fold file appeared in {folder}: {process.communicate()[1]}")
         time.sleep(0.02)
+    return list(folder.glob("fold*.json"))[0]
 
 
 def finish(optdigits_dir, out):
@@ -45,13 +47,13 @@ def test_interrupt_then_resume_gives_identical_metrics(optdigits_dir, tmp_path, 
 
     out = tmp_path / "interrupted"
     process = start(optdigits_dir, out)
-    wait_for(out / "folds" / "fold0.json", process)
+    first = wait_for_first_fold(out / "folds", process)
     process.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert not (out / "metrics.json").exists()
-    assert not (out / "folds" / "fold2.json").exists()
+    assert len(list((out / "folds").glob("fold*.json"))) < 3  # stopped before the end
     assert not list(out.rglob("*.tmp"))  # nothing half-written
-    json.loads((out / "folds" / "fold0.json").read_text())  # the finished fold is whole
+    json.loads(first.read_text())  # the finished fold is whole
     if how == "ctrl-c":
         assert process.returncode == 130
         assert f"continue with: python -m digitcnn.kfold --resume {out}" in err
