@@ -114,9 +114,9 @@ class RunConfig:
                                      "each; 1 trains the folds one after another in this process)")
     precision: str = _opt("auto", "training arithmetic: bf16 autocast of convolutions and matrix "
                                   "products (weights, optimizer state, loss and evaluation stay "
-                                  "float32), fp32, or auto: bf16 where the hardware computes it "
-                                  "natively (CUDA GPUs of compute capability 8.0 or later, CPUs "
-                                  "with AMX), else fp32", PRECISIONS)
+                                  "float32), fp32, or auto: bf16 on CPUs with AMX, where it "
+                                  "measured faster, else fp32 (CUDA included: not yet "
+                                  "measured there)", PRECISIONS)
     channels_last: bool = _opt(True, "keep activations in channels_last memory format "
                                      "(faster pooling on CPU and tensor cores on GPU)")
     add_train_images: str | None = _opt(None, "folder of your own digit images (see --dataset "

@@ -146,7 +146,8 @@ def make_optimizer(parameters, config) -> torch.optim.Optimizer:
 
     Adam, AdamW and SGD use torch's fused kernels on the CPU and CUDA: one kernel for all
     parameters instead of a handful of ops per tensor, the same update rule. Measured on UCI
-    S5 (one fold, 10 epochs, one thread, bf16): 4.3-4.5 s against 4.8-5.0 s unfused.
+    S5 (one fold, 10 epochs, one thread, bf16): 4.3-4.5 s against 4.8-5.0 s unfused, on a
+    machine busy with other work, so the ~10% is indicative.
     """
     parameters = list(parameters)
     decay = {} if config.weight_decay is None else {"weight_decay": config.weight_decay}

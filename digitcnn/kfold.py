@@ -326,8 +326,9 @@ def run_folds_in_processes(dataset: DigitDataset, config: RunConfig,
 
     Every fold is :func:`run_fold`, so its numbers are those of a sequential run with
     ``threads`` threads. Why processes: on a 2-core CPU the small convolutions of a digit CNN
-    gain little from a second thread (UCI S5, one fold: 3.1 s with two threads, 4.5 s with
-    one), while two folds in two single-threaded processes use both cores fully.
+    gain little from a second thread (UCI S5, one fold: 2.57 s with two threads, 3.24 s with
+    one), while two folds in two single-threaded processes use both cores fully (4 folds:
+    6.89 s against 10.17 s in turn; ``python -m digitcnn.bench --cases scaling choices``).
     """
     import multiprocessing
 
@@ -388,8 +389,9 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
                 finished[fold] = done
     pending = [(fold, train, val) for fold, (train, val) in enumerate(splits)
                if fold not in finished]
-    # Measured: on a 2-core CPU the vmap-ed step is slower than training folds in turn (UCI S5
-    # 4.5 s vs 3.8 s, MNIST S2 9.7 s vs 4.4 s); on a GPU it removes K-1 launches per kernel.
+    # Measured: on a 2-core CPU the vmap-ed step is slower than training folds in turn (UCI S5,
+    # 4 folds: 15.6 s against 10.2 s, and 6.9 s in fold processes); on a GPU it is meant to
+    # remove K-1 launches per kernel, which no session has yet measured.
     wanted = config.fold_parallel if config.fold_parallel is not None else device.type == "cuda"
     parallel = wanted and supports_parallel(config) and len(pending) > 1
     workers = 1 if parallel else fold_workers(config.workers, len(pending), device)

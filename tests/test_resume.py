@@ -15,11 +15,17 @@ SLOW_FOLDS = ["--no-fold-parallel", "--threads", "1", "--no-verify", "--epochs",
               "--no-plots"]
 
 
+def _default_ctrl_c() -> None:
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal survives exec:
+    # a test suite run as `... &` would hand the run an unkillable Ctrl-C. Give it the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(optdigits_dir, out):
     return subprocess.Popen([sys.executable, "-m", "digitcnn.kfold", "--data-dir",
                              str(optdigits_dir), "--out", str(out)] + SLOW_FOLDS,
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_ctrl_c)
 
 
 def wait_for_first_fold(folder, process, timeout=120):
