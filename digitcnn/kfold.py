@@ -383,6 +383,10 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
     started = time.perf_counter()
     finished: dict[int, FoldResult] = {}
     if resume and out_dir is not None:
+        # A run killed outright (SIGKILL) while writing leaves its temporary file beside the
+        # untouched final name; the atomic rename never happened, so it is only debris.
+        for debris in out_dir.rglob(".*.tmp"):
+            debris.unlink()
         for fold, (_, val_rows) in enumerate(splits):
             done = _finished_fold(out_dir, fold, val_rows)
             if done is not None:

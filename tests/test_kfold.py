@@ -328,3 +328,16 @@ def test_holdout_too_small_to_stratify_splits_at_random(optdigits_dir):
     stratified = small_config(optdigits_dir, cv="holdout", val_fraction=0.1)  # 18 rows
     ((_, val_rows),) = kfold.make_splits(dataset, stratified)
     assert len(set(dataset.labels[val_rows].tolist())) == 10  # every class on both sides
+
+
+def test_resume_clears_the_temporary_files_of_a_killed_write(optdigits_dir, tmp_path):
+    config = small_config(optdigits_dir, epochs=1)
+    dataset = kfold.load_for_config(config)
+    out = tmp_path / "run"
+    kfold.run_kfold(dataset, config, out_dir=out)
+    debris = out / "folds" / ".fold1.npz.abc123.tmp"
+    debris.write_bytes(b"half a file")
+    (out / "folds" / "fold1.json").unlink()
+    kfold.run_kfold(dataset, config, out_dir=out, resume=True)
+    assert not debris.exists()
+    assert (out / "folds" / "fold1.json").is_file()

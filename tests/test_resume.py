@@ -53,13 +53,17 @@ def test_interrupt_then_resume_gives_identical_metrics(optdigits_dir, tmp_path, 
 
     out = tmp_path / "interrupted"
     process = start(optdigits_dir, out)
-    first = wait_for_first_fold(out / "folds", process)
+    wait_for_first_fold(out / "folds", process)
     process.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert not (out / "metrics.json").exists()
     assert len(list((out / "folds").glob("fold*.json"))) < 3  # stopped before the end
-    assert not list(out.rglob("*.tmp"))  # nothing half-written
-    json.loads(first.read_text())  # the finished fold is whole
+    for finished in (out / "folds").glob("fold*.json"):
+        json.loads(finished.read_text())  # every fold file under its final name is whole
+    if how == "ctrl-c":
+        assert not list(out.rglob("*.tmp"))  # an interrupted write removes its temporary file
+    # SIGKILL may land inside a write (fold processes end close together); its temporary
+    # file is left, never a half-written final file, and --resume clears it.
     if how == "ctrl-c":
         assert process.returncode == 130
         assert f"continue with: python -m digitcnn.kfold --resume {out}" in err
@@ -67,6 +71,7 @@ def test_interrupt_then_resume_gives_identical_metrics(optdigits_dir, tmp_path, 
 
     resumed = finish(optdigits_dir, out)
     assert resumed.returncode == 0, resumed.stderr
+    assert not list(out.rglob("*.tmp"))
     first = without_timings(json.loads((reference / "metrics.json").read_text()))
     second = without_timings(json.loads((out / "metrics.json").read_text()))
     assert first == second
