@@ -157,6 +157,9 @@ def best_against_svm(experiments: dict, results: Path) -> list[str]:
     if not seeds or not all((p / "metrics.json").is_file() for p in [*seeds, svm]):
         return ["(uci_best and uci_svm have not both been run.)"]
     comparison = compare_runs(seeds, [svm])
+    for side in ("first", "second"):  # named from the repository root, wherever it lies
+        comparison[side]["runs"] = [str(Path(run).relative_to(results.parent))
+                                    for run in comparison[side]["runs"]]
     (results / "uci_best" / "against_svm.json").write_text(json.dumps(comparison, indent=2) + "\n")
     lines = ["First side: the best recipe, per-fold accuracy averaged over its seeds; second "
              "side: SVC(C=10) on the same folds.", "", format_comparison(comparison), "",
