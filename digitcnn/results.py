@@ -23,7 +23,7 @@ from .metrics import ConfusionAccumulator, mean_std
 
 __all__ = ["FoldResult", "KFoldResult", "atomic_write_text", "atomic_write_bytes",
            "write_json", "write_run_start", "write_fold", "read_fold", "fold_path", "out_of_fold",
-           "TIMING_KEYS"]
+           "TIMING_KEYS", "describe_execution"]
 
 # Keys whose values are wall-clock measurements: everything else in metrics.json is a
 # deterministic function of the config and the data.
@@ -138,6 +138,19 @@ class FoldResult:
                    val_log_probs=values.get("val_log_probs"))
 
 
+def describe_execution(device: str, execution: dict | None) -> str:
+    """``metrics.json``'s device and ``execution`` in words: "cpu, bf16, 2 fold processes"."""
+    execution = execution or {}
+    parts = [device]
+    if execution.get("precision") == "bf16":
+        parts.append("bf16")
+    if execution.get("fold_parallel"):
+        parts.append("fold-parallel")
+    elif execution.get("workers", 1) > 1:
+        parts.append(f"{execution['workers']} fold processes")
+    return ", ".join(parts)
+
+
 @dataclass
 class KFoldResult:
     """All folds of one run, with the pooled metrics.
@@ -160,16 +173,8 @@ class KFoldResult:
 
     @property
     def ran_on(self) -> str:
-        """The device and, when recorded, how the run used it: "cpu, bf16, 2 fold processes"."""
-        execution = self.extra.get("execution") or {}
-        parts = [self.device]
-        if execution.get("precision") == "bf16":
-            parts.append("bf16")
-        if execution.get("fold_parallel"):
-            parts.append("fold-parallel")
-        elif execution.get("workers", 1) > 1:
-            parts.append(f"{execution['workers']} fold processes")
-        return ", ".join(parts)
+        """The device and, when recorded, how the run used it (see :func:`describe_execution`)."""
+        return describe_execution(self.device, self.extra.get("execution"))
 
     @property
     def trained_by_epochs(self) -> bool:

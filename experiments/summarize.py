@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from digitcnn.results import describe_execution
+
 __all__ = ["write_readme"]
 
 # S2's own table (SPEC.md): train % / test % per optimizer and dropout.
@@ -32,12 +34,7 @@ def _run_cells(out: Path, name: str, metrics: dict, command: dict | None) -> dic
     kfold = len(folds) > 1
     accuracy = (f"{_pct(metrics['accuracy_mean'])} ± {_pct(metrics['accuracy_std'])}"
                 if kfold else _pct(metrics["accuracy"]))
-    execution = metrics.get("execution") or {}
-    device = metrics.get("device", "cpu")
-    if execution:
-        device += f", {execution.get('precision', 'fp32')}"
-        if execution.get("workers", 1) > 1:
-            device += f", {execution['workers']} fold processes"
+    device = describe_execution(metrics.get("device", "cpu"), metrics.get("execution"))
     return {"accuracy": accuracy, "pooled": _pct(metrics["accuracy"]),
             "train_s": f"{metrics['wall_s']:.1f}",
             "whole_s": f"{command['wall_s']:.1f}" if command else "n/a",
