@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Augmentation", "PRESETS", "augmentation_from_preset"]
 
@@ -57,6 +58,11 @@ class Augmentation:
 
         Call it on raw pixel values, before scaling, so that the fill is true background.
         """
+        # imported here: RunConfig validates its settings through this module, and building a
+        # config (or --help) must not import torch
+        import torch
+        import torch.nn.functional as F
+
         if not self.active:
             return images
         count = images.shape[0]

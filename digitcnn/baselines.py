@@ -16,15 +16,17 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .config import RunConfig, config_from_args
-from .data import DigitDataset
 from .errors import ConfigError, cli_entry
 from .results import FoldResult, KFoldResult
 from .runtime import library_versions
+
+if TYPE_CHECKING:  # the data readers import torch: not needed for --help
+    from .data import DigitDataset
 
 __all__ = ["ESTIMATORS", "make_estimator", "baseline_scores", "run_baseline", "main"]
 

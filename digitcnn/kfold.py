@@ -9,6 +9,10 @@ Python API::
     result.save("results/s5")
 
 CLI: ``python -m digitcnn.kfold --dataset uci --folds 4`` (``--help`` lists every flag).
+
+torch, the data readers, sklearn and tqdm are imported inside the functions that use them:
+``--help`` then answers without importing torch, and modules that need only a helper of this
+one (``default_out_dir``, ``make_splits``) do not pay for the trainer.
 """
 from __future__ import annotations
 
@@ -18,25 +22,24 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
-from tqdm.auto import tqdm
 
-from . import engine
 from .config import RunConfig, config_from_args
-from .data import DigitDataset, load
 from .errors import ConfigError, DataError, cli_entry, warnings_as_lines
-from .models import create_model
 from .results import (FoldResult, KFoldResult, fold_path, read_fold, write_fold,
                       write_run_start)
 from .runtime import (autocast_dtype, configure_determinism, cpu_cores, fold_seed,
                       fold_workers, library_versions, resolve_precision, seed_everything,
                       select_device)
-from .parallel import supports_parallel
-from .scaling import Scaler, fit_scaler
+
+if TYPE_CHECKING:
+    import torch
+
+    from . import engine
+    from .data import DigitDataset
+    from .scaling import Scaler
 
 __all__ = ["make_splits", "splits_sha256", "run_kfold", "run_fold", "run_folds_parallel",
            "run_folds_in_processes", "load_for_config",
@@ -49,6 +52,8 @@ PRESENTATION_KEYS = ("out", "quiet", "plots", "threads", "workers", "save_models
 
 def make_splits(dataset: DigitDataset, config: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train_indices, val_indices) per fold, from sklearn's splitters or the original split."""
+    from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+
     n = len(dataset)
     if config.cv == "full":
         return [(np.arange(n), np.arange(0))]
@@ -98,6 +103,8 @@ def splits_sha256(splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> str:
 
 def load_for_config(config: RunConfig) -> DigitDataset:
     """The dataset a config names, cut to ``config.limit`` rows when asked."""
+    from .data import load
+
     dataset = load(config.dataset, config.data_dir, split=config.split, verify=config.verify)
     if dataset.labels is None:
         raise DataError(f"{dataset.source}: has no labels, so it can only be predicted on, not "
@@ -112,6 +119,8 @@ def load_for_config(config: RunConfig) -> DigitDataset:
 
 def load_extra_training(config: RunConfig, dataset: DigitDataset) -> DigitDataset | None:
     """The ``--add-train-images`` set, checked to fit ``dataset``; None when not asked for."""
+    from .data import load
+
     if config.add_train_images is None:
         return None
     if not Path(config.add_train_images).is_dir():
@@ -132,6 +141,8 @@ def load_extra_training(config: RunConfig, dataset: DigitDataset) -> DigitDatase
 def _fold_scaler(config: RunConfig, train_images: torch.Tensor, max_value: int,
                  global_scaler: Scaler | None) -> Scaler:
     # Statistics come from this fold's training rows only, unless S5's leak is asked for.
+    from .scaling import fit_scaler
+
     return global_scaler or fit_scaler(config.scaler, train_images, max_value)
 
 
@@ -139,6 +150,10 @@ def fold_tensors(dataset: DigitDataset, config: RunConfig, train_rows: np.ndarra
                  val_rows: np.ndarray, device: torch.device, global_scaler: Scaler | None = None,
                  extra: DigitDataset | None = None) -> tuple[engine.FoldTensors, Scaler]:
     """Move one fold's raw rows to the device; fit its scaler on its training rows."""
+    import torch
+
+    from . import engine
+
     train_images = dataset.images[torch.as_tensor(train_rows)]
     train_labels = dataset.labels[torch.as_tensor(train_rows)]
     if extra is not None:  # own images join the training side only
@@ -168,6 +183,9 @@ def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np
     """Train and evaluate one fold from scratch: fresh seed, model, optimizer, schedule and
     early-stopping state. With ``out_dir`` and ``config.save_models`` the fold's model is
     saved under ``out_dir/folds/fold<k>/``."""
+    from . import engine
+    from .models import create_model
+
     started = time.perf_counter()
     seed = fold_seed(config.seed, fold)
     generator = seed_everything(seed)
@@ -230,6 +248,9 @@ def run_folds_parallel(dataset: DigitDataset, config: RunConfig,
     is that dropout draws come from one stream for all folds, so the numbers match sequential
     mode within fold-to-fold noise, not bit for bit.
     """
+    import torch
+
+    from .models import create_model
     from .parallel import StackedFolds, fit_parallel
 
     started = time.perf_counter()
@@ -296,6 +317,8 @@ _WORKER_STATE: dict = {}
 def _start_fold_worker(threads: int, state: dict) -> None:
     import signal
 
+    import torch
+
     # Ctrl-C reaches the whole process group; the parent alone decides what happens, and a
     # worker never outlives it (PR_SET_PDEATHSIG), so a killed run leaves no CPU-eating orphans.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -332,6 +355,8 @@ def run_folds_in_processes(dataset: DigitDataset, config: RunConfig,
     """
     import multiprocessing
 
+    import torch
+
     state = {"dataset": dataset, "config": config, "device": torch.device("cpu"),
              "global_scaler": global_scaler, "extra": extra, "out_dir": out_dir}
     pool = multiprocessing.get_context("fork").Pool(workers, _start_fold_worker,
@@ -365,6 +390,12 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
             :meth:`KFoldResult.write_final`).
         resume: reuse the folds already finished in ``out_dir`` instead of training them again.
     """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .parallel import supports_parallel
+    from .scaling import fit_scaler
+
     if dataset.labels is None:
         raise DataError(f"{dataset.name}: the dataset has no labels; K-fold needs labelled rows")
     configure_determinism(config.deterministic)

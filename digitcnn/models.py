@@ -13,10 +13,30 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-from torch import nn
-
 from .errors import ModelError
+
+
+def main(argv=None) -> int:
+    """``python -m digitcnn.models``: each model, its parameter count and accepted sizes."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m digitcnn.models",
+                                     description="List the registered models.")
+    parser.parse_args(argv)
+    # the registry of the imported module, also when this file runs as __main__
+    from digitcnn.models import describe_models, format_models
+
+    print(format_models(describe_models()))
+    return 0
+
+
+# ``python -m digitcnn.models`` parses its flags before torch is imported, so that --help
+# answers at once; the models below need torch at import time (they subclass its modules).
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 __all__ = ["Dropout", "ModelSpec", "register_model", "create_model", "list_models", "model_spec",
            "count_parameters", "flat_features", "initialize", "INITS", "describe_models",
@@ -331,17 +351,6 @@ def digitnet_small(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.2
     return digitnet(input_shape, num_classes, dropout=dropout, width=16)
 
 
-def main(argv=None) -> int:
-    """``python -m digitcnn.models``: each model, its parameter count and accepted sizes."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m digitcnn.models",
-                                     description="List the registered models.")
-    parser.parse_args(argv)
-    print(format_models(describe_models()))
-    return 0
-
-
 def format_models(rows: list[dict]) -> str:
     """:func:`describe_models` rows as an aligned text table; "-" marks a size too small."""
     sizes = list(dict.fromkeys(size for row in rows for size in row["parameters"]))
@@ -358,6 +367,3 @@ def format_models(rows: list[dict]) -> str:
         return "  ".join(cells + [line[-1]])
 
     return "\n".join(render(line) for line in [header, *body])
-
-if __name__ == "__main__":
-    raise SystemExit(main())

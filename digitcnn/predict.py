@@ -23,16 +23,19 @@ import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 
-from .checkpoint import SavedModel, find_saved_models, load_model
 from .config import OneLineParser
 from .errors import CheckpointError, DataError, cli_entry, warnings_as_lines
 from .results import atomic_write_text
 from .runtime import select_device
+
+if TYPE_CHECKING:  # torch is imported where it is used: --help answers without it
+    import torch
+
+    from .checkpoint import SavedModel
 
 __all__ = ["PredictionInput", "read_input", "load_models", "ensemble_probabilities",
            "Predictions", "predict", "main"]
@@ -83,10 +86,13 @@ def _from_array(array: np.ndarray, path: Path) -> torch.Tensor:
     if array.size and (array.min() < 0 or array.max() > 255):
         raise DataError(f"{path}: values {array.min()}..{array.max()} are outside 0..255; save "
                         "pixel values 0..255 (or 0..1 floats)")
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8))
 
 
 def _unlabelled_images(paths: list[Path], names: list[str]) -> PredictionInput:
+    import torch
     from PIL import Image, UnidentifiedImageError
 
     from .images import mnist_style
@@ -165,11 +171,15 @@ def read_labels(path: str | Path, count: int) -> torch.Tensor:
     if len(labels) != count:
         raise DataError(f"{path}: {len(labels)} labels for {count} inputs; give one label per "
                         "input row, in input order")
+    import torch
+
     return torch.as_tensor(labels.astype(np.int64))
 
 
 def load_models(path: str | Path) -> list[SavedModel]:
     """One saved model, or every fold model of a K-fold run directory."""
+    from .checkpoint import find_saved_models, load_model
+
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
         found = find_saved_models(path)
@@ -180,21 +190,24 @@ def load_models(path: str | Path) -> list[SavedModel]:
     return [load_model(path)]
 
 
-@torch.no_grad()
 def ensemble_probabilities(models: Sequence[SavedModel], images: torch.Tensor, *,
                            tta: int = 0, seed: int = 0, batch_size: int = 1000) -> Predictions:
     """Mean class probabilities over models and (with ``tta`` > 0) over ``tta`` augmented
     copies plus the original. Probabilities are averaged, not log-probabilities: that is the
     mixture the ensemble stands for."""
+    import torch
+
     from .augment import PRESETS
 
-    generator = torch.Generator().manual_seed(seed)
-    views = [images.float()] + [PRESETS["light"](images.float(), generator) for _ in range(tta)]
-    per_model = []
-    for model in models:
-        probabilities = [model.predict_log_probs(view, batch_size).exp() for view in views]
-        per_model.append(torch.stack(probabilities).mean(dim=0))
-    return Predictions(torch.stack(per_model).mean(dim=0), per_model)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(seed)
+        views = [images.float()] + [PRESETS["light"](images.float(), generator)
+                                    for _ in range(tta)]
+        per_model = []
+        for model in models:
+            probabilities = [model.predict_log_probs(view, batch_size).exp() for view in views]
+            per_model.append(torch.stack(probabilities).mean(dim=0))
+        return Predictions(torch.stack(per_model).mean(dim=0), per_model)
 
 
 def predict(models: Sequence[SavedModel], inputs: PredictionInput, tta: int = 0) -> Predictions:

@@ -1,14 +1,20 @@
-"""Device choice, seeding, determinism and the library versions recorded with each run."""
+"""Device choice, seeding, determinism and the library versions recorded with each run.
+
+torch is imported inside the functions that use it, so that the CLIs, which import this
+module, answer ``--help`` without importing torch.
+"""
 from __future__ import annotations
 
 import os
 import platform
 import sys
 from importlib import metadata
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["select_device", "seed_everything", "configure_determinism", "library_versions",
            "fold_seed", "resolve_precision", "autocast_dtype", "cpu_cores", "fold_workers"]
@@ -16,6 +22,8 @@ __all__ = ["select_device", "seed_everything", "configure_determinism", "library
 
 def select_device(name: str = "auto") -> torch.device:
     """``"auto"``: CUDA when available, else CPU. A named device must be available."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -28,6 +36,8 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def _cpu_has_amx() -> bool:
+    import torch
+
     # torch has no public query for AMX; the private one is guarded so that a torch without it
     # simply means "no".
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
@@ -45,6 +55,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
     fold of 10 epochs, channels_last, 2 threads, 2.57 s against 2.89 s in fp32). On CUDA, auto
     stays fp32 until bf16 is measured there; ``--precision bf16`` asks for it.
     """
+    import torch
+
     if name == "fp32":
         return "fp32"
     if name == "bf16":
@@ -60,6 +72,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a resolved precision (None: plain float32)."""
+    import torch
+
     return torch.bfloat16 if precision == "bf16" else None
 
 
@@ -88,6 +102,8 @@ def configure_determinism(deterministic: bool) -> None:
     cuBLAS reads ``CUBLAS_WORKSPACE_CONFIG`` when CUDA initialises, so it is set here, before
     any tensor reaches the GPU; setting it later has no effect.
     """
+    import torch
+
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
@@ -102,12 +118,16 @@ def fold_seed(seed: int, fold: int) -> int:
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch's global RNG (initialisation, dropout) and return a CPU generator for
     shuffling, seeded the same."""
+    import torch
+
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
 def library_versions() -> dict[str, str]:
     """Versions of Python and the libraries whose behaviour shapes the results."""
+    import torch
+
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for package in ("digitcnn", "torchmetrics", "torchvision", "scikit-learn", "numpy"):
         try:

@@ -7,10 +7,12 @@ raw uint8 images can stay on the device and be scaled there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from sklearn.preprocessing import StandardScaler
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Scaler", "fit_scaler"]
 
@@ -31,6 +33,8 @@ class Scaler:
 
     def apply(self, images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
         """(N, C, H, W) uint8 or float images -> (N, C, H, W) float32 on ``device``."""
+        import torch
+
         device = images.device if device is None else torch.device(device)
         shape = images.shape
         flat = images.to(device=device, dtype=torch.float32).reshape(shape[0], -1)
@@ -51,6 +55,8 @@ def fit_scaler(kind: str, fit_images: torch.Tensor, max_value: int) -> Scaler:
     """
     features = int(np.prod(fit_images.shape[1:]))
     if kind in ("standard", "global"):
+        from sklearn.preprocessing import StandardScaler
+
         flat = fit_images.reshape(len(fit_images), -1).cpu().numpy().astype(np.float64)
         fitted = StandardScaler().fit(flat)
         return Scaler(kind, fitted.mean_.copy(), fitted.scale_.copy())

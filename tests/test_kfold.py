@@ -9,7 +9,7 @@ import torch
 from sklearn.model_selection import KFold
 
 import digitcnn
-from digitcnn import kfold
+from digitcnn import engine, kfold, scaling
 from digitcnn.errors import ConfigError
 from digitcnn.results import TIMING_KEYS
 
@@ -79,13 +79,13 @@ def test_each_fold_starts_fresh(optdigits_dir):
 
 def test_scaler_sees_training_rows_only(optdigits_dir, monkeypatch):
     seen = []
-    real_fit = kfold.fit_scaler
+    real_fit = scaling.fit_scaler  # kfold imports it where it is used
 
     def recording_fit(kind, images, max_value):
         seen.append((kind, images.clone()))
         return real_fit(kind, images, max_value)
 
-    monkeypatch.setattr(kfold, "fit_scaler", recording_fit)
+    monkeypatch.setattr(scaling, "fit_scaler", recording_fit)
     config = small_config(optdigits_dir, epochs=1, workers=1)  # recorded in this process
     dataset = kfold.load_for_config(config)
     kfold.run_kfold(dataset, config)
@@ -295,7 +295,7 @@ def test_an_error_in_a_fold_worker_reaches_the_caller(optdigits_dir, monkeypatch
     def failing_fit(*args, **kwargs):
         raise ValueError("fold worker failed on purpose")
 
-    monkeypatch.setattr(kfold.engine, "fit", failing_fit)  # inherited by the forked workers
+    monkeypatch.setattr(engine, "fit", failing_fit)  # inherited by the forked workers
     with pytest.raises(ValueError, match="fold worker failed on purpose"):
         run(optdigits_dir, workers=2, threads=1, fold_parallel=False)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import digitcnn
-from digitcnn import kfold
+from digitcnn import kfold, scaling
 from digitcnn.parallel import StackedFolds, _epoch_batches
 
 from conftest import real_data
@@ -74,8 +74,8 @@ def test_batches_come_from_each_folds_own_rows():
 
 def test_parallel_scaler_is_per_fold(optdigits_dir, monkeypatch):
     seen = []
-    real_fit = kfold.fit_scaler
-    monkeypatch.setattr(kfold, "fit_scaler",
+    real_fit = scaling.fit_scaler  # kfold imports it where it is used
+    monkeypatch.setattr(scaling, "fit_scaler",
                         lambda kind, images, top: seen.append(images.clone()) or real_fit(kind, images, top))
     config = digitcnn.RunConfig(data_dir=str(optdigits_dir), **{**FAST, "epochs": 1})
     dataset = kfold.load_for_config(config)

@@ -1,0 +1,71 @@
+"""Import-cost guards: heavy libraries are imported where they are used, not at start-up.
+
+Each check runs in a fresh interpreter (the test process has long imported everything) and
+reads ``sys.modules`` there, so it fails as soon as a module-level import of a heavy library
+creeps back into the path it guards.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# What `import digitcnn.kfold` must not import: the plotting, reporting and statistics stacks.
+HEAVY = ("torchmetrics", "torchvision", "matplotlib", "seaborn", "pandas", "scipy")
+CLIS = ("kfold", "train", "predict", "sweep", "baselines", "compare", "bench", "models")
+
+
+def imported_after(code: str) -> set[str]:
+    """Top-level package names in ``sys.modules`` after running ``code`` in a new interpreter."""
+    probe = (f"{code}\nimport json, sys\n"
+             "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_import_kfold_leaves_heavy_libraries_alone():
+    loaded = imported_after("import digitcnn.kfold")
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+    assert "digitcnn" in loaded
+
+
+def test_import_digitcnn_imports_neither_torch_nor_numpy():
+    loaded = imported_after("import digitcnn")
+    assert not loaded & {"torch", "numpy", *HEAVY}
+
+
+def test_building_a_config_does_not_import_torch():
+    # RunConfig validates its augmentation settings; that must not need torch
+    loaded = imported_after("import digitcnn\n"
+                            "digitcnn.RunConfig(folds=3, augment='digits', rotation=5)")
+    assert "torch" not in loaded
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_cli_help_does_not_import_torch(cli):
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['python -m digitcnn.{cli}', '--help']\n"
+            "try:\n"
+            f"    runpy.run_module('digitcnn.{cli}', run_name='__main__', alter_sys=True)\n"
+            "except SystemExit as stop:\n"
+            "    assert stop.code in (0, None), stop.code\n")
+    loaded = imported_after(code)
+    assert "torch" not in loaded, f"python -m digitcnn.{cli} --help imported torch"
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_help_is_printed_in_full():
+    # the lazy structure must not cost the help text anything
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "digitcnn.kfold", "--help"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--dataset" in done.stdout and "--resume" in done.stdout and "--no-plots" in done.stdout
