@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .config import RunConfig, config_from_args
-from .errors import ConfigError, cli_entry
-from .results import FoldResult, KFoldResult
+from .errors import ConfigError, cli_entry, interrupt_exit_code
+from .results import FoldResult, KFoldResult, write_run_start
 from .runtime import library_versions
 
 if TYPE_CHECKING:  # the data readers import torch: not needed for --help
@@ -123,29 +123,57 @@ def run_baseline(dataset: DigitDataset, config: RunConfig = RunConfig(),
 @cli_entry("digitcnn.baselines")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.baselines``: an sklearn baseline on a K-fold run's folds."""
-    from .kfold import default_out_dir, finish_run, load_quietly
+    from .kfold import RUN_FLAGS, default_out_dir, finish_run, load_quietly, resumed_config
+    from .rundir import (check_out_dir, claim_out_dir, given_settings, read_json,
+                         refuse_changed_settings, sigterm_as_interrupt)
 
+    prog = "python -m digitcnn.baselines"
     excluded = [name for name in RunConfig.__dataclass_fields__ if name not in BASELINE_SETTINGS]
+    arguments = [
+        (("--estimator",), {"choices": ESTIMATORS, "default": "svm",
+                            "help": "svm: SVC with an RBF kernel; knn: k nearest neighbours"}),
+        (("--C",), {"dest": "c", "type": float, "default": 10.0, "help": "the SVC's C"}),
+        (("--neighbors",), {"type": int, "default": 3, "help": "kNN's k"}),
+        *RUN_FLAGS]
     config, extras = config_from_args(
-        argv, "python -m digitcnn.baselines",
+        argv, prog,
         "Cross-validate an sklearn baseline (SVC or kNN) on the folds digitcnn.kfold uses.",
-        exclude=excluded,
-        extra_arguments=[
-            (("--estimator",), {"choices": ESTIMATORS, "default": "svm",
-                                "help": "svm: SVC with an RBF kernel; knn: k nearest neighbours"}),
-            (("--C",), {"dest": "c", "type": float, "default": 10.0, "help": "the SVC's C"}),
-            (("--neighbors",), {"type": int, "default": 3, "help": "kNN's k"})])
-    config = config.replace(model=extras.estimator)
-    dataset = load_quietly(config, "digitcnn.baselines")
+        exclude=excluded, extra_arguments=arguments)
+    estimator, c, neighbors = extras.estimator, extras.c, extras.neighbors
+    resume = extras.resume is not None
+    if resume:
+        config = resumed_config(argv, prog, "digitcnn.baselines", extras.resume,
+                                extras.overwrite, exclude=excluded, extra_arguments=arguments)
+        stored = read_json(Path(extras.resume) / "config.json", "start the run again with "
+                           "--overwrite")
+        given = given_settings(argv, prog, excluded, arguments, keep=("estimator", "c",
+                                                                        "neighbors"))
+        names = {"estimator": "estimator", "c": "C", "neighbors": "n_neighbors"}
+        refuse_changed_settings({key: stored.get(key) for key in names.values()},
+                                {names[k]: v for k, v in given.items() if k in names},
+                                Path(extras.resume))
+        estimator = stored.get("estimator", config.model)
+        c, neighbors = stored.get("C", c), stored.get("n_neighbors", neighbors)
+    config = config.replace(model=estimator)
     out = Path(config.out) if config.out else default_out_dir(config)
-    result = run_baseline(dataset, config, extras.estimator, extras.c, extras.neighbors)
-    out.mkdir(parents=True, exist_ok=True)
-    from .results import write_json
-
-    write_json(out / "config.json", {**config.to_dict(), **result.extra["baseline"],
-                                     "splits_sha256": result.splits_sha256,
-                                     "versions": result.versions})
-    finish_run(result, out, config, dataset, "results")
+    with sigterm_as_interrupt():
+        check_out_dir(out, "digitcnn.baselines", resume, extras.overwrite)
+        make_estimator(estimator, c, neighbors)  # an unknown name fails before any work
+        dataset = load_quietly(config, "digitcnn.baselines")
+        try:
+            with claim_out_dir(out, "digitcnn.baselines", "digitcnn.baselines", resume,
+                               extras.overwrite):
+                result = run_baseline(dataset, config, estimator, c, neighbors)
+                write_run_start(out, config, result.splits_sha256, result.versions,
+                                [(f.fold, f.seed, f.val_indices) for f in result.folds],
+                                command="digitcnn.baselines", extra=result.extra["baseline"])
+                finish_run(result, out, config, dataset, "results")
+        except KeyboardInterrupt as interrupt:
+            hint = (f"; start it again with: python -m digitcnn.baselines --resume {out}"
+                    if (out / "config.json").is_file() and not (out / "metrics.json").is_file()
+                    else "")
+            print(f"digitcnn.baselines: interrupted{hint}", file=sys.stderr)
+            return interrupt_exit_code(interrupt)
     return 0
 
 

@@ -13,7 +13,6 @@ Example: the best UCI recipe over three seeds against the SVM on the same folds:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ConfigError, cli_entry
+from .rundir import read_json
 from .sweep import corrected_resampled_ttest
 
 __all__ = ["read_run", "compare_runs", "format_comparison", "main"]
@@ -33,7 +33,20 @@ def read_run(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no metrics.json; pass the folder of a finished run "
                           "(digitcnn.kfold, .baselines or a sweep cell)")
-    return json.loads(path.read_text())
+    fix = "pass a finished run's folder, or run it again (--overwrite) to rewrite the file"
+    metrics = read_json(path, fix)
+    try:
+        folds = metrics["folds"]
+        valid = (isinstance(metrics["accuracy"], (int, float)) and isinstance(folds, list)
+                 and len(folds) > 0
+                 and all(isinstance(f, dict) and {"accuracy", "n_train", "n_val"} <= set(f)
+                         for f in folds))
+    except (KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise ConfigError(f"{path}: not a run's metrics (accuracy and per-fold results with "
+                          f"accuracy, n_train, n_val are expected); {fix}")
+    return metrics
 
 
 def _side(runs: Sequence[dict], names: Sequence[str]) -> dict:

@@ -13,7 +13,8 @@ import warnings
 from typing import Callable, Iterator
 
 __all__ = ["DigitCNNError", "DataError", "ConfigError", "ModelError", "CheckpointError",
-           "USAGE_EXIT_CODE", "cli_entry", "warnings_as_lines"]
+           "OutputError", "Terminated", "USAGE_EXIT_CODE", "interrupt_exit_code", "cli_entry",
+           "warnings_as_lines"]
 
 USAGE_EXIT_CODE = 2
 
@@ -38,6 +39,27 @@ class CheckpointError(DigitCNNError, ValueError):
     """A saved model that is missing, corrupt or unsafe to load."""
 
 
+class OutputError(ConfigError):
+    """A results folder or file that cannot be written: a file where a folder is wanted, no
+    permission, a read-only or full disk, a folder in use by another run or holding results
+    that are not this run's."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by ``timeout``, SLURM, ``kill``), raised where Ctrl-C would be so that a run
+    stops the same way: finished folds kept, the fold in progress dropped, one resume line."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interrupt_exit_code(interrupt: BaseException) -> int:
+    """The shell's status for a run stopped by a signal: 128 + its number (Ctrl-C 130,
+    SIGTERM 143)."""
+    return 128 + getattr(interrupt, "signum", 2)
+
+
 def one_line(message: str) -> str:
     # Messages may quote file contents; a newline in them would break the one-line contract.
     return " ".join(str(message).split())
@@ -46,8 +68,8 @@ def one_line(message: str) -> str:
 def cli_entry(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., int]]:
     """Decorate a CLI ``main`` so that a DigitCNNError becomes one stderr line and exit code 2.
 
-    KeyboardInterrupt exits with 130 and no traceback; anything else is a bug and keeps its
-    traceback.
+    KeyboardInterrupt exits with 130 (SIGTERM, as :class:`Terminated`, with 143) and no
+    traceback; anything else is a bug and keeps its traceback.
     """
     def decorate(main: Callable[..., int | None]) -> Callable[..., int]:
         @functools.wraps(main)
@@ -57,9 +79,9 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., 
             except DigitCNNError as err:
                 print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
                 return USAGE_EXIT_CODE
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as interrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
-                return 130
+                return interrupt_exit_code(interrupt)
         return wrapper
     return decorate
 

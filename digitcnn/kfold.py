@@ -17,7 +17,6 @@ one (``default_out_dir``, ``make_splits``) do not pay for the trainer.
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import time
 from datetime import datetime, timezone
@@ -27,9 +26,12 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .config import RunConfig, config_from_args
-from .errors import ConfigError, DataError, cli_entry, warnings_as_lines
+from .errors import (ConfigError, DataError, OutputError, cli_entry, interrupt_exit_code,
+                     warnings_as_lines)
 from .results import (FoldResult, KFoldResult, fold_path, read_fold, write_fold,
                       write_run_start)
+from .rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings,
+                     inspect_folder, read_json, refuse_changed_settings, sigterm_as_interrupt)
 from .runtime import (autocast_dtype, configure_determinism, cpu_cores, fold_seed,
                       fold_workers, library_versions, resolve_precision, seed_everything,
                       select_device)
@@ -43,11 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = ["make_splits", "splits_sha256", "run_kfold", "run_fold", "run_folds_parallel",
            "run_folds_in_processes", "load_for_config",
-           "load_extra_training", "default_out_dir", "resume_config", "finish_run", "main"]
-
-# Settings that change how a run is shown or where it goes, not what it computes: a run may
-# be resumed with other values of these.
-PRESENTATION_KEYS = ("out", "quiet", "plots", "threads", "workers", "save_models")
+           "load_extra_training", "default_out_dir", "resume_config", "finish_run",
+           "check_model", "run_from_cli", "RUN_FLAGS", "main"]
 
 
 def make_splits(dataset: DigitDataset, config: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -174,6 +173,15 @@ def fold_tensors(dataset: DigitDataset, config: RunConfig, train_rows: np.ndarra
 
 def model_options(config: RunConfig) -> dict:
     return {} if config.dropout is None else {"dropout": config.dropout}
+
+
+def check_model(config: RunConfig, dataset: DigitDataset) -> None:
+    """Build the run's model once, so that an unknown name, a bad option or an input too small
+    for it fails before anything is written."""
+    from .models import create_model
+
+    create_model(config.model, dataset.input_shape, len(dataset.classes), init=config.init,
+                 **model_options(config))
 
 
 def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np.ndarray,
@@ -321,7 +329,10 @@ def _start_fold_worker(threads: int, state: dict) -> None:
 
     # Ctrl-C reaches the whole process group; the parent alone decides what happens, and a
     # worker never outlives it (PR_SET_PDEATHSIG), so a killed run leaves no CPU-eating orphans.
+    # SIGTERM ends a worker at once (the parent's handler, inherited by fork, would raise in
+    # it): it is what the pool's terminate() sends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         import ctypes
 
@@ -369,6 +380,28 @@ def run_folds_in_processes(dataset: DigitDataset, config: RunConfig,
         pool.join()
 
 
+def _start_run_folder(out_dir: Path, config: RunConfig, fingerprint: str, versions: dict,
+                      splits, resume: bool, command: str) -> None:
+    """Check ``out_dir`` (see :func:`digitcnn.rundir.check_out_dir`) and write config.json and
+    splits.json; a resumed run keeps its own, which must describe the same folds."""
+    # a sweep resumed before some of its cells began: those start afresh
+    resume = resume and inspect_folder(out_dir).kind not in ("absent", "empty")
+    check_out_dir(out_dir, command, resume=resume)
+    if resume:
+        path = out_dir / "config.json"
+        stored = read_json(path, "the run's settings are lost, so it cannot be resumed: start "
+                                 "it again with --overwrite")
+        if stored.get("splits_sha256") != fingerprint:
+            raise ConfigError(f"{path}: the run was made on other folds (splits_sha256 "
+                              f"{str(stored.get('splits_sha256'))[:12]}, now {fingerprint[:12]});"
+                              " resume with the data and settings of the original run, or start "
+                              "a new --out folder")
+        return
+    write_run_start(out_dir, config, fingerprint, versions,
+                    [(k, fold_seed(config.seed, k), val) for k, (_, val) in enumerate(splits)],
+                    command=command)
+
+
 def _finished_fold(out_dir: Path, fold: int, val_rows: np.ndarray) -> FoldResult | None:
     path = fold_path(out_dir, fold)
     if not path.is_file():
@@ -381,14 +414,17 @@ def _finished_fold(out_dir: Path, fold: int, val_rows: np.ndarray) -> FoldResult
 
 
 def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
-              out_dir: str | Path | None = None, resume: bool = False) -> KFoldResult:
+              out_dir: str | Path | None = None, resume: bool = False,
+              command: str = "digitcnn.kfold") -> KFoldResult:
     """Cross-validate ``config.model`` on ``dataset``; see :class:`KFoldResult` for the metrics.
 
     Args:
         out_dir: when given, ``config.json`` and ``splits.json`` are written first and each
             fold is written to ``folds/fold<k>.json`` as it ends (the final files are left to
-            :meth:`KFoldResult.write_final`).
+            :meth:`KFoldResult.write_final`). It must be a new or empty folder, or with
+            ``resume`` an unfinished run's; everything is validated before it is written.
         resume: reuse the folds already finished in ``out_dir`` instead of training them again.
+        command: the CLI recorded in ``config.json`` as the run's maker; only it resumes the run.
     """
     import torch
     from tqdm.auto import tqdm
@@ -406,10 +442,10 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
     extra = load_extra_training(config, dataset)
     global_scaler = (fit_scaler("global", dataset.images, dataset.max_value)
                      if config.scaler == "global" else None)
+    check_model(config, dataset)
     if out_dir is not None:
         out_dir = Path(out_dir)
-        write_run_start(out_dir, config, fingerprint, versions,
-                        [(k, fold_seed(config.seed, k), val) for k, (_, val) in enumerate(splits)])
+        _start_run_folder(out_dir, config, fingerprint, versions, splits, resume, command)
     show = not config.quiet and sys.stderr.isatty()
     started = time.perf_counter()
     finished: dict[int, FoldResult] = {}
@@ -482,17 +518,32 @@ def default_out_dir(config: RunConfig, root: str | Path = "results", prefix: str
     return candidate
 
 
-def resume_config(run_dir: str | Path, given: RunConfig | None = None) -> RunConfig:
-    """The config stored in ``run_dir/config.json``, with ``out`` pointing at ``run_dir``."""
+def resume_config(run_dir: str | Path, given: RunConfig | dict | None = None) -> RunConfig:
+    """The config stored in ``run_dir/config.json``, with ``out`` pointing at ``run_dir``.
+
+    ``given``: the settings of the resuming command line (see
+    :func:`digitcnn.rundir.given_settings`). Those that change only how the run is shown
+    (``PRESENTATION_KEYS``) replace the stored ones; any other that differs is refused. A
+    RunConfig passes on only its ``quiet``.
+    """
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no config.json, so there is no run to resume there; pass "
                           "the folder a K-fold run wrote (its --out)")
-    stored = json.loads(path.read_text())
+    stored = read_json(path, "the run's settings are lost, so it cannot be resumed: start it "
+                             "again with --overwrite")
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{path}: not a run's settings (a JSON object); start the run again "
+                          "with --overwrite")
     known = set(RunConfig.__dataclass_fields__)
     config = RunConfig.from_dict({k: v for k, v in stored.items() if k in known}, str(path))
-    return config.replace(out=str(run_dir), **({"quiet": given.quiet} if given else {}))
+    if isinstance(given, RunConfig):
+        given = {"quiet": given.quiet}
+    given = dict(given or {})
+    refuse_changed_settings(stored, given, run_dir)
+    shown = {k: v for k, v in given.items() if k in PRESENTATION_KEYS and k != "out"}
+    return config.replace(out=str(run_dir), **shown)
 
 
 def load_quietly(config: RunConfig, prog: str) -> DigitDataset:
@@ -501,30 +552,79 @@ def load_quietly(config: RunConfig, prog: str) -> DigitDataset:
         return load_for_config(config)
 
 
+# The run-folder flags of every CLI that writes a run (kfold, train, sweep, baselines).
+RUN_FLAGS = [
+    (("--resume",), {"metavar": "DIR", "default": None,
+                     "help": "continue the interrupted run in DIR with its stored settings; "
+                             "finished folds are kept"}),
+    (("--overwrite",), {"action": "store_true",
+                        "help": "replace the run already in --out: it is moved to "
+                                "OUT.old-<UTC time> and deleted once the new run has finished"}),
+]
+
+
+def resumed_config(argv: Sequence[str] | None, prog: str, command: str, resume_dir: str,
+                   overwrite: bool, exclude: Sequence[str] = (),
+                   extra_arguments: Sequence[tuple[tuple, dict]] = (),
+                   given: dict | None = None) -> RunConfig:
+    """The stored config of the run ``command`` continues in ``resume_dir``, with the command
+    line's presentation settings; refused when the folder is not such a run or a setting
+    given on the command line differs from the run's (``given`` adds settings to check)."""
+    if overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: --resume continues the "
+                          "run in its folder, --overwrite replaces it")
+    check_out_dir(resume_dir, command, resume=True)
+    settings = given_settings(argv, f"python -m {command}", exclude, extra_arguments)
+    return resume_config(resume_dir, {**settings, **(given or {})})
+
+
+def run_from_cli(config: RunConfig, prog: str, command: str, resume: bool = False,
+                 overwrite: bool = False, what: str = "results") -> int:
+    """A CLI run: check ``--out`` before loading anything, load and validate, claim the folder
+    (lock, ``--overwrite``), train, write the final files. SIGTERM and Ctrl-C leave the
+    finished folds and one line on how to resume; returns the exit status."""
+    out = Path(config.out) if config.out else default_out_dir(config)
+    with sigterm_as_interrupt():
+        check_out_dir(out, command, resume, overwrite)
+        dataset = load_quietly(config, prog)
+        check_model(config, dataset)
+        try:
+            with claim_out_dir(out, prog, command, resume, overwrite):
+                try:
+                    result = run_kfold(dataset, config, out_dir=out, resume=resume,
+                                       command=command)
+                    finish_run(result, out, config, dataset, what)
+                except OutputError as err:  # e.g. the disk filled up in the middle of the run
+                    if not (out / "config.json").is_file():
+                        raise
+                    raise OutputError(f"{err}; then continue with: python -m {command} --resume "
+                                      f"{out}") from None
+        except KeyboardInterrupt as interrupt:
+            if (out / "config.json").is_file() and not (out / "metrics.json").is_file():
+                finished = len(list((out / "folds").glob("fold*.json")))
+                print(f"{prog}: interrupted; {finished} finished fold(s) are saved in {out}; "
+                      f"continue with: python -m {command} --resume {out}", file=sys.stderr)
+            else:
+                print(f"{prog}: interrupted before the run started; nothing was written",
+                      file=sys.stderr)
+            return interrupt_exit_code(interrupt)
+    return 0
+
+
 @cli_entry("digitcnn.kfold")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.kfold``: a K-fold run from flags and/or a TOML config."""
+    prog = "python -m digitcnn.kfold"
     config, extras = config_from_args(
-        argv, "python -m digitcnn.kfold",
+        argv, prog,
         "K-fold cross-validation of a digit CNN; defaults are pipeline S5's recipe on UCI "
         "optdigits.",
-        extra_arguments=[(("--resume",), {"metavar": "DIR", "default": None,
-                                           "help": "continue the interrupted run in DIR with its "
-                                                   "stored settings; finished folds are kept"})])
-    resume_dir = extras.resume
-    if resume_dir is not None:
-        config = resume_config(resume_dir, config)
-    dataset = load_quietly(config, "digitcnn.kfold")
-    out = Path(config.out) if config.out else default_out_dir(config)
-    try:
-        result = run_kfold(dataset, config, out_dir=out, resume=resume_dir is not None)
-    except KeyboardInterrupt:
-        finished = len(list((out / "folds").glob("fold*.json")))
-        print(f"digitcnn.kfold: interrupted; {finished} finished fold(s) are saved in {out}; "
-              f"continue with: python -m digitcnn.kfold --resume {out}", file=sys.stderr)
-        return 130
-    finish_run(result, out, config, dataset, "results")
-    return 0
+        extra_arguments=RUN_FLAGS)
+    if extras.resume is not None:
+        config = resumed_config(argv, prog, "digitcnn.kfold", extras.resume, extras.overwrite,
+                                extra_arguments=RUN_FLAGS)
+    return run_from_cli(config, "digitcnn.kfold", "digitcnn.kfold", extras.resume is not None,
+                        extras.overwrite)
 
 
 def finish_run(result: KFoldResult, out: Path, config: RunConfig, dataset: DigitDataset,

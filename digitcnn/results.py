@@ -3,7 +3,8 @@
 A run directory holds ``config.json``, ``splits.json``, ``folds.csv``, the plots and, written
 last, ``metrics.json``: a directory with ``metrics.json`` is a finished run. Every file is
 written to a temporary name in the same directory and renamed into place, so a crash or
-Ctrl-C never leaves a half-written file behind.
+Ctrl-C never leaves a half-written file behind. Which folders a run may write, and the lock
+that keeps two runs out of one folder, are in :mod:`digitcnn.rundir`.
 """
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .errors import ConfigError, OutputError
 from .metrics import ConfusionAccumulator, mean_std
+from .rundir import check_out_dir, os_error_text, read_json
 
 __all__ = ["FoldResult", "KFoldResult", "atomic_write_text", "atomic_write_bytes",
            "write_json", "write_run_start", "write_fold", "read_fold", "fold_path", "out_of_fold",
@@ -31,10 +35,18 @@ TIMING_KEYS = ("wall_s", "created_utc")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``.
+
+    An OS error (no space left, no permission, a read-only disk) is raised as
+    :class:`~digitcnn.errors.OutputError` naming ``path``; the temporary file is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                             suffix=".tmp")
+    except OSError as err:
+        raise OutputError(f"cannot write {path} ({os_error_text(err)})") from None
     try:
         # mkstemp creates 0600 files; results are for sharing, so honour the umask instead.
         umask = os.umask(0)
@@ -45,6 +57,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
+    except OSError as err:
+        Path(temporary).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path} ({os_error_text(err)})") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -246,8 +261,12 @@ class KFoldResult:
         return "\n".join(lines)
 
     def save(self, directory: str | os.PathLike, plots: bool = True) -> Path:
-        """Write the whole run directory; ``metrics.json`` last. Returns the directory."""
+        """Write the whole run directory; ``metrics.json`` last. Returns the directory.
+
+        ``directory`` must be new or empty (see :func:`digitcnn.rundir.check_out_dir`).
+        """
         directory = Path(directory)
+        check_out_dir(directory)
         write_run_start(directory, self.config, self.splits_sha256, self.versions,
                         [(f.fold, f.seed, f.val_indices) for f in self.folds])
         for fold in self.folds:
@@ -292,11 +311,16 @@ class KFoldResult:
 
 
 def write_run_start(directory: Path, config, splits_sha256: str, versions: dict,
-                    folds: list[tuple[int, int, np.ndarray]]) -> None:
-    """``config.json`` and ``splits.json``, written before any fold trains."""
-    directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / "config.json", {**config.to_dict(), "splits_sha256": splits_sha256,
-                                           "versions": versions})
+                    folds: list[tuple[int, int, np.ndarray]], command: str = "digitcnn.kfold",
+                    extra: dict | None = None) -> None:
+    """``config.json`` and ``splits.json``, written before any fold trains.
+
+    ``command`` (the CLI that made the run) is recorded so that only it resumes the run;
+    ``extra`` adds settings that are not RunConfig fields (a baseline's estimator).
+    """
+    write_json(directory / "config.json", {**config.to_dict(), **(extra or {}),
+                                           "splits_sha256": splits_sha256, "versions": versions,
+                                           "command": command})
     write_json(directory / "splits.json",
                {"splits_sha256": splits_sha256,
                 "folds": [{"fold": fold, "seed": seed,
@@ -323,13 +347,24 @@ def write_fold(directory: Path, fold: FoldResult) -> Path:
 
 
 def read_fold(path: Path) -> FoldResult:
-    """A fold written by :func:`write_fold`, with its log-probabilities when present."""
-    stored = json.loads(Path(path).read_text())
-    arrays = Path(path).with_suffix(".npz")
-    if arrays.is_file():
-        with np.load(arrays) as loaded:
-            stored["val_log_probs"] = loaded["val_log_probs"]
-    return FoldResult.from_dict(stored, stored["val_indices"])
+    """A fold written by :func:`write_fold`, with its log-probabilities when present.
+
+    A damaged fold file (truncated, not JSON, fields missing) is a ConfigError naming it.
+    """
+    path = Path(path)
+    arrays = path.with_suffix(".npz")
+    fix = (f"delete it{' and ' + arrays.name if arrays.exists() else ''} and resume again to "
+           "train this fold anew")
+    stored = read_json(path, fix)
+    try:
+        if arrays.is_file():
+            with np.load(arrays) as loaded:
+                stored["val_log_probs"] = loaded["val_log_probs"]
+        return FoldResult.from_dict(stored, stored["val_indices"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
+        damaged = arrays if arrays.is_file() and "val_log_probs" not in stored else path
+        detail = f"missing {err}" if isinstance(err, KeyError) else err
+        raise ConfigError(f"{damaged} is damaged ({detail}); {fix}") from None
 
 
 def out_of_fold(folds: list[FoldResult], labels_by_row: np.ndarray | None = None) -> dict:

@@ -46,7 +46,6 @@ import csv
 import hashlib
 import io
 import itertools
-import json
 import math
 import re
 import sys
@@ -58,9 +57,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import RunConfig, config_from_args
-from .errors import ConfigError, cli_entry
+from .errors import ConfigError, cli_entry, interrupt_exit_code
 from .report import flag_text
 from .results import atomic_write_text, write_json
+from .rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings, read_json,
+                     refuse_changed_settings, sigterm_as_interrupt)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -394,18 +395,29 @@ def _common_splits(cells: Sequence[Cell], datasets: dict) -> str:
 
 def _finished(cell: Cell) -> dict | None:
     path = Path(cell.config.out) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    metrics = read_json(path, f"delete it and resume again to rebuild it from the cell's folds")
+    if not isinstance(metrics, dict) or "splits_sha256" not in metrics:
+        raise ConfigError(f"{path}: not a run's metrics; delete it and resume again to rebuild "
+                          "it from the cell's folds")
+    return metrics
 
 
 def run_sweep(cells: Sequence[Cell], out: str | Path, resume: bool = False,
               quiet: bool = False) -> list[dict]:
     """Run every cell (``resume``: only those without ``metrics.json``, continuing their
     finished folds), then write the sweep's tables and figure. Returns the cell summaries."""
-    from .kfold import run_kfold
+    from .kfold import check_model, run_kfold
 
     out = Path(out)
     datasets = _datasets(cells)
     splits = _common_splits(cells, datasets)
+    for cell in cells:  # every cell's model, before anything is written
+        try:
+            check_model(cell.config, datasets[_load_key(cell.config)])
+        except ConfigError as err:
+            raise type(err)(f"grid cell {cell.name}: {err}") from None
     write_json(out / "sweep.json", {
         "splits_sha256": splits,
         "cells": [{"name": c.name, "settings": c.settings, "config": c.config.to_dict()}
@@ -415,7 +427,8 @@ def run_sweep(cells: Sequence[Cell], out: str | Path, resume: bool = False,
         metrics = _finished(cell) if resume else None
         if metrics is None:
             dataset = datasets[_load_key(cell.config)]
-            result = run_kfold(dataset, cell.config, out_dir=cell.config.out, resume=resume)
+            result = run_kfold(dataset, cell.config, out_dir=cell.config.out, resume=resume,
+                               command="digitcnn.sweep")
             result.write_final(cell.config.out, plots=cell.config.plots, images=dataset.images)
             metrics = result.metrics()
             state = "ran"
@@ -560,13 +573,14 @@ def write_sweep_outputs(out: Path, cells: Sequence[Cell], summaries: Sequence[di
                                 _number(c["mean"]), _number(c["std"]), _number(c["t"]), c["df"],
                                 _number(c["p"]), _number(c["n_train"]), _number(c["n_test"])])
     atomic_write_text(out / "comparisons.csv", _csv(comparison_rows))
-    atomic_write_text(out / "sweep.md", _markdown(cells, summaries, best, comparisons))
     if plots:
         from .plots import plot_sweep
 
         plot_sweep([c.name for c in cells], [s["fold_accuracy"] for s in summaries],
                    [s["accuracy"] for s in summaries], best, out / "sweep.png",
                    _title(cells, folds))
+    # written last: a sweep folder with sweep.md is a finished sweep (see digitcnn.rundir)
+    atomic_write_text(out / "sweep.md", _markdown(cells, summaries, best, comparisons))
 
 
 def _title(cells: Sequence[Cell], folds: int) -> str:
@@ -606,21 +620,28 @@ def default_sweep_dir(config: RunConfig, root: str | Path = "results") -> Path:
     return default_out_dir(config, root, prefix="sweep-")
 
 
-def stored_cells(out: str | Path, quiet: bool | None = None) -> list[Cell]:
-    """The cells of the sweep in ``out`` (its ``sweep.json``), for ``--resume``."""
+def stored_cells(out: str | Path, quiet: bool | None = None, **shown) -> list[Cell]:
+    """The cells of the sweep in ``out`` (its ``sweep.json``), for ``--resume``; ``quiet`` and
+    ``shown`` (presentation settings, see :data:`digitcnn.rundir.PRESENTATION_KEYS`) replace
+    the stored ones."""
     path = Path(out) / "sweep.json"
     if not path.is_file():
         raise ConfigError(f"{out}: no sweep.json, so there is no sweep to resume there; pass the "
                           "folder a sweep wrote (its --out)")
-    stored = json.loads(path.read_text())
+    fix = "the sweep's plan is lost, so it cannot be resumed: start it again with --overwrite"
+    stored = read_json(path, fix)
+    if quiet is not None:
+        shown["quiet"] = quiet
     cells = []
-    for entry in stored["cells"]:
-        # the folder may have moved since the sweep started
-        config = RunConfig.from_dict({**entry["config"],
-                                      "out": str(Path(out) / "cells" / entry["name"])}, str(path))
-        if quiet is not None:
-            config = config.replace(quiet=quiet)
-        cells.append(Cell(entry["name"], entry["settings"], config))
+    try:
+        for entry in stored["cells"]:
+            # the folder may have moved since the sweep started
+            config = RunConfig.from_dict({**entry["config"], **shown,
+                                          "out": str(Path(out) / "cells" / entry["name"])},
+                                         str(path))
+            cells.append(Cell(entry["name"], entry["settings"], config))
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: not a sweep's plan (missing {err}); {fix}") from None
     return cells
 
 
@@ -633,6 +654,9 @@ GRID_ARGUMENTS = [
                                 "base settings as in --config"}),
     (("--resume",), {"metavar": "DIR", "default": None,
                      "help": "finish the sweep in DIR: run its cells without metrics.json"}),
+    (("--overwrite",), {"action": "store_true",
+                        "help": "replace the sweep already in --out: it is moved to "
+                                "OUT.old-<UTC time> and deleted once the new sweep has finished"}),
 ]
 
 
@@ -649,9 +673,8 @@ def plan_from_args(argv: Sequence[str] | None = None) -> tuple[list[Cell], Path,
         "comparison of the best cell against the others.",
         extra_arguments=GRID_ARGUMENTS, defaults=base_settings)
     if extras.resume is not None:
-        given_quiet = "--quiet" in argv or "--no-quiet" in argv
-        out = Path(extras.resume)
-        return stored_cells(out, quiet=config.quiet if given_quiet else None), out, True
+        return _resumed_cells(argv, Path(extras.resume), extras.overwrite, base_settings), \
+            Path(extras.resume), True
     cli_axes = parse_grid(extras.grid or [])
     names = {axis.name for axis in cli_axes}
     axes = [axis for axis in file_axes if axis.name not in names] + cli_axes
@@ -660,26 +683,56 @@ def plan_from_args(argv: Sequence[str] | None = None) -> tuple[list[Cell], Path,
         raise ConfigError("--cv full has no validation rows, so there is nothing to compare; "
                           "use --cv kfold, stratified, writers or holdout")
     cells = expand_grid(config.replace(out=str(out)), axes, out)
-    if (out / "sweep.json").exists():
-        raise ConfigError(f"{out} already holds a sweep; continue it with --resume {out} or "
-                          "choose another --out")
+    check_out_dir(out, "digitcnn.sweep", overwrite=extras.overwrite)
     return cells, out, False
+
+
+def _resumed_cells(argv: Sequence[str], out: Path, overwrite: bool,
+                   file_settings: dict) -> list[Cell]:
+    """The stored cells of the sweep in ``out``; a grid, or a setting that differs from the
+    cells' own, given on the command line is refused (presentation settings are applied)."""
+    if overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: --resume continues the "
+                          "sweep in its folder, --overwrite replaces it")
+    check_out_dir(out, "digitcnn.sweep", resume=True)
+    given = given_settings(argv, "python -m digitcnn.sweep", extra_arguments=GRID_ARGUMENTS,
+                           keep=("grid", "grid_file"))
+    for flag in ("grid", "grid_file"):
+        if given.pop(flag, None) is not None:
+            raise ConfigError(f"--{flag.replace('_', '-')} with --resume {out}: a resumed sweep "
+                              "runs its own grid; drop it, or start a new sweep with a fresh --out")
+    given = {**file_settings, **given}
+    cells = stored_cells(out, **{k: v for k, v in given.items()
+                                 if k in PRESENTATION_KEYS and k != "out"})
+    for cell in cells:
+        refuse_changed_settings(cell.config.to_dict(), given, out)
+    return cells
 
 
 @cli_entry("digitcnn.sweep")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.sweep``: K-fold runs over a grid of settings, compared."""
-    cells, out, resume = plan_from_args(argv)
-    quiet = cells[0].config.quiet
-    if not quiet:
-        print(f"digitcnn.sweep: {len(cells)} cells into {out}", file=sys.stderr)
-    started = time.perf_counter()
-    try:
-        run_sweep(cells, out, resume=resume, quiet=quiet)
-    except KeyboardInterrupt:
-        print(f"digitcnn.sweep: interrupted; finished cells and folds are saved in {out}; "
-              f"continue with: python -m digitcnn.sweep --resume {out}", file=sys.stderr)
-        return 130
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with sigterm_as_interrupt():
+        cells, out, resume = plan_from_args(argv)
+        early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        early.add_argument("--overwrite", action="store_true")
+        overwrite = early.parse_known_args(argv)[0].overwrite
+        quiet = cells[0].config.quiet
+        if not quiet:
+            print(f"digitcnn.sweep: {len(cells)} cells into {out}", file=sys.stderr)
+        started = time.perf_counter()
+        try:
+            with claim_out_dir(out, "digitcnn.sweep", "digitcnn.sweep", resume, overwrite):
+                run_sweep(cells, out, resume=resume, quiet=quiet)
+        except KeyboardInterrupt as interrupt:
+            if (out / "sweep.json").is_file():
+                print(f"digitcnn.sweep: interrupted; finished cells and folds are saved in {out}; "
+                      f"continue with: python -m digitcnn.sweep --resume {out}", file=sys.stderr)
+            else:
+                print("digitcnn.sweep: interrupted before the sweep started; nothing was written",
+                      file=sys.stderr)
+            return interrupt_exit_code(interrupt)
     if not quiet:
         print((out / "sweep.md").read_text())
         print(f"sweep written to {out} in {time.perf_counter() - started:.1f} s")

@@ -8,12 +8,11 @@ trained model (``folds/fold0/model.safetensors`` + ``.json``) is kept for
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from .config import config_from_args
 from .errors import cli_entry
-from .kfold import default_out_dir, finish_run, load_quietly, run_kfold
+from .kfold import RUN_FLAGS, resumed_config, run_from_cli
 
 __all__ = ["main"]
 
@@ -22,20 +21,22 @@ TRAIN_DEFAULTS = {"cv": "holdout", "save_models": True}
 
 @cli_entry("digitcnn.train")
 def main(argv: Sequence[str] | None = None) -> int:
+    prog = "python -m digitcnn.train"
+    arguments = [(("--full",), {"action": "store_true",
+                                "help": "train on every row, without validation"}), *RUN_FLAGS]
     config, extras = config_from_args(
-        argv, "python -m digitcnn.train",
+        argv, prog,
         "Train one model on a stratified holdout split (--val-fraction; S1 0.1, S3 0.3) or on "
         "every row (--full), and save it.",
-        exclude=("folds",), defaults=TRAIN_DEFAULTS,
-        extra_arguments=[(("--full",), {"action": "store_true",
-                                        "help": "train on every row, without validation"})])
+        exclude=("folds",), defaults=TRAIN_DEFAULTS, extra_arguments=arguments)
     if extras.full:
         config = config.replace(cv="full")
-    dataset = load_quietly(config, "digitcnn.train")
-    out = Path(config.out) if config.out else default_out_dir(config)
-    finish_run(run_kfold(dataset, config, out_dir=out), out, config, dataset,
-               "model and results")
-    return 0
+    if extras.resume is not None:
+        config = resumed_config(argv, prog, "digitcnn.train", extras.resume, extras.overwrite,
+                                exclude=("folds",), extra_arguments=arguments,
+                                given={"cv": "full"} if extras.full else None)
+    return run_from_cli(config, "digitcnn.train", "digitcnn.train", extras.resume is not None,
+                        extras.overwrite, "model and results")
 
 
 if __name__ == "__main__":

@@ -258,9 +258,10 @@ def test_identical_cells_give_p_1_and_resume_runs_only_unfinished_work(optdigits
     reference = without_timings(json.loads((out / "cells" / "save_models=true" / "metrics.json")
                                            .read_text()))
     first_sweep = (out / "sweep.csv").read_text()
-    # interrupt the second cell after its fold 1: no metrics.json, folds 2 and 3 missing
+    # interrupt the second cell after its fold 1: no metrics.json, folds 2 and 3 missing, and
+    # no sweep.md (written last, it marks a finished sweep)
     cell = out / "cells" / "save_models=true"
-    for path in [cell / "metrics.json", *cell.glob("folds/fold[23].*")]:
+    for path in [out / "sweep.md", cell / "metrics.json", *cell.glob("folds/fold[23].*")]:
         path.unlink()
     stamp = finished.stat().st_mtime_ns
     trained = []
@@ -275,5 +276,6 @@ def test_identical_cells_give_p_1_and_resume_runs_only_unfinished_work(optdigits
     assert [r["accuracy_mean"] for r in resumed] == [r["accuracy_mean"] for r in
                                                      csv.DictReader(first_sweep.splitlines())]
     # a finished sweep is not started again in the same folder
-    with pytest.raises(ConfigError, match="already holds a sweep; continue it with --resume"):
+    with pytest.raises(ConfigError, match="holds a finished sweep of digitcnn.sweep "
+                                          r"\(sweep.md\); choose a fresh --out, or add --overwrite"):
         plan_from_args(argv)

@@ -1,0 +1,472 @@
+"""Run folders: what a folder holds, which run may write it, and how a run claims it.
+
+The rules every CLI follows (``digitcnn.kfold``, ``.train``, ``.sweep``, ``.baselines``):
+
+* A run writes only into its own folder: a new or empty one, or, with ``--resume``, the
+  unfinished run it continues. A folder holding anything else (a user's files) is refused.
+* A folder holding a finished run (``metrics.json``; a sweep's ``sweep.md``) is never
+  written again by accident. ``--overwrite`` moves it aside to ``DIR.old-<UTC time>`` and
+  deletes that copy only once the new run has finished; if the new run fails or is
+  interrupted, the old run stays there (and is moved back when nothing new was written).
+* One run at a time per folder: a lock file ``DIR/.digitcnn.lock``, created with ``O_EXCL``,
+  holds the running process's pid and host. A second run into the folder is refused at once;
+  a lock whose process is gone (a run killed with SIGKILL) is taken over, with a line saying
+  so. The lock is removed when the run ends, however it ends, short of SIGKILL.
+* SIGTERM stops a run as Ctrl-C does (see :func:`sigterm_as_interrupt`).
+
+Everything here is checked before the first byte is written, and every OS error on the way
+(a file where a folder is wanted, no permission, a read-only file system) is one line.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .errors import ConfigError, OutputError, Terminated
+
+__all__ = ["LOCK_NAME", "PRESENTATION_KEYS", "FolderState", "inspect_folder", "check_out_dir",
+           "RunLock", "claim_out_dir", "sigterm_as_interrupt", "given_settings",
+           "refuse_changed_settings", "read_json", "os_error_text", "check_resumable"]
+
+LOCK_NAME = ".digitcnn.lock"
+# Settings that change how a run is shown or where it goes, not what it computes: a run may
+# be resumed with other values of these.
+PRESENTATION_KEYS = ("out", "quiet", "plots", "threads", "workers", "save_models")
+# A lock file found empty was created by a run that has not yet written its pid into it;
+# only one older than this is taken to be left over from a crash at that moment.
+_EMPTY_LOCK_GRACE_S = 10.0
+
+
+def os_error_text(err: OSError) -> str:
+    """``strerror`` plus the fix a user can act on."""
+    reason = err.strerror or str(err)
+    if err.errno == errno.ENOSPC or err.errno == errno.EDQUOT:
+        return f"{reason}; free some space"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{reason}; choose a folder you can write to"
+    if err.errno == errno.ENOTDIR:
+        return f"{reason}; a part of the path is a file, not a folder"
+    return reason
+
+
+@dataclass(frozen=True)
+class FolderState:
+    """What a would-be results folder holds.
+
+    ``kind``: ``absent``, ``file`` (not a folder), ``empty``, ``run`` (a K-fold, train or
+    baselines run: ``config.json``), ``sweep`` (``sweep.json``) or ``foreign`` (anything else).
+    ``finished``: the run's final file is there. ``command``: the CLI that made it (None when
+    not recorded: runs written before the command was saved, or the Python API).
+    """
+
+    path: Path
+    kind: str
+    finished: bool = False
+    command: str | None = None
+
+    @property
+    def marker(self) -> str:
+        return "sweep.md" if self.kind == "sweep" else "metrics.json"
+
+
+def _ours(name: str) -> bool:
+    # the lock, and the temporary file a write killed outright leaves (see atomic_write_bytes)
+    return name == LOCK_NAME or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def _json_object(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _maker(stored: dict) -> str | None:
+    if "command" in stored:
+        return str(stored["command"])
+    return "digitcnn.baselines" if "estimator" in stored else None
+
+
+def inspect_folder(path: str | os.PathLike) -> FolderState:
+    """Classify ``path`` without writing anything (see :class:`FolderState`)."""
+    path = Path(path)
+    if not path.exists():
+        return FolderState(path, "absent")
+    if not path.is_dir():
+        return FolderState(path, "file")
+    try:
+        names = {name for name in os.listdir(path) if not _ours(name)}
+    except OSError as err:
+        raise OutputError(f"{path}: cannot read the folder ({os_error_text(err)})") from None
+    if not names:
+        return FolderState(path, "empty")
+    if "sweep.json" in names:
+        return FolderState(path, "sweep", "sweep.md" in names, "digitcnn.sweep")
+    if "config.json" in names:
+        stored = _json_object(path / "config.json")
+        if stored is not None and "splits_sha256" in stored:
+            return FolderState(path, "run", "metrics.json" in names, _maker(stored))
+        if {"splits.json", "folds"} & names:  # a run whose config.json was damaged
+            return FolderState(path, "run", "metrics.json" in names, None)
+    return FolderState(path, "foreign")
+
+
+def _compatible(made_by: str | None, command: str | None) -> bool:
+    if made_by is None or command is None:
+        # Runs from before the command was recorded: kfold and train runs are alike.
+        return made_by != "digitcnn.baselines" or command is None
+    return made_by == command
+
+
+def check_resumable(state: FolderState, command: str | None) -> None:
+    """Refuse to resume ``state`` with ``command`` unless it is an unfinished run ``command``
+    made (a baselines run is not continued by kfold, a sweep's cell only by its sweep)."""
+    where = state.path
+    cell = state.kind == "run" and state.command == "digitcnn.sweep"  # a sweep's cell
+    if command == "digitcnn.sweep" and state.kind != "sweep" and not cell:
+        held = (f"; it holds a run: resume it with python -m {state.command or 'digitcnn.kfold'} "
+                f"--resume {where}" if state.kind == "run" else "")
+        raise ConfigError(f"{where}: no sweep.json, so there is no sweep to resume there; pass "
+                          f"the folder a sweep wrote (its --out){held}")
+    if state.kind == "sweep" and command != "digitcnn.sweep":
+        raise ConfigError(f"{where} holds a sweep; continue it with python -m digitcnn.sweep "
+                          f"--resume {where}")
+    if state.kind not in ("run", "sweep"):
+        what = ("config.json is not a digitcnn run's" if (where / "config.json").is_file()
+                else "no config.json")
+        raise ConfigError(f"{where}: {what}, so there is no run to resume there; pass the folder "
+                          "an interrupted run wrote (its --out)")
+    if not _compatible(state.command, command):
+        hint = (f"continue the whole sweep with python -m digitcnn.sweep --resume "
+                f"{where.parent.parent}" if state.command == "digitcnn.sweep"
+                else f"resume it with python -m {state.command} --resume {where}")
+        raise ConfigError(f"{where} was made by {state.command}, not {command}; {hint}")
+    if state.finished:
+        raise ConfigError(f"{where} holds a finished run ({state.marker}); there is nothing to "
+                          "resume: read its results, or start it again with --overwrite")
+
+
+def check_out_dir(path: str | os.PathLike, command: str | None = None, resume: bool = False,
+                  overwrite: bool = False) -> FolderState:
+    """Refuse, with one line, a results folder this run must not write; returns its state.
+
+    Without ``resume``: a new or empty folder, or with ``overwrite`` one holding a digitcnn
+    run or sweep (moved aside by :func:`claim_out_dir`). With ``resume``: an unfinished run
+    that ``command`` made. A folder in use by a live run is refused in every case.
+    """
+    state = inspect_folder(path)
+    where = state.path
+    if state.kind == "file":
+        raise OutputError(f"--out {where} is a file, not a folder; pass a new folder")
+    holder = RunLock(where).holder() if state.kind != "absent" else None
+    if holder is not None:
+        raise OutputError(f"{where} is in use by another digitcnn run (pid {holder}); wait for it "
+                          "to end or choose another --out")
+    if resume:
+        check_resumable(state, command)
+        return state
+    if state.kind == "foreign":
+        raise OutputError(f"--out {where} is a folder that holds files but no digitcnn run; "
+                          "digitcnn writes only its own folders: choose a new or empty folder")
+    if state.kind in ("run", "sweep") and not overwrite:
+        what = "sweep" if state.kind == "sweep" else "run"
+        made_by = f" of {state.command}" if state.command else ""
+        if state.finished:
+            raise OutputError(
+                f"--out {where} holds a finished {what}{made_by} ({state.marker}); choose a fresh "
+                f"--out, or add --overwrite to replace it (the old one is moved to "
+                f"{where.name}.old-<UTC time> until the new run finishes); --resume continues "
+                "only unfinished runs")
+        resume_with = state.command or command or "digitcnn.kfold"
+        raise OutputError(
+            f"--out {where} holds an unfinished {what}{made_by}; continue it with python -m "
+            f"{resume_with} --resume {where}, replace it with --overwrite, or choose a fresh --out")
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    try:  # a zombie has ended; it only waits for its parent to read its status
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class RunLock:
+    """``DIR/.digitcnn.lock``: created with ``O_EXCL``; holds ``<pid> <host>``.
+
+    Use as a context manager (:meth:`acquire` on entry, :meth:`release` on exit). ``prog``
+    prefixes the line printed when a stale lock is taken over.
+    """
+
+    def __init__(self, directory: str | os.PathLike, prog: str = "digitcnn") -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_NAME
+        self.prog = prog
+        self.owned = False
+
+    def _read(self) -> tuple[int | None, str | None, float] | None:
+        """(pid, host, age in seconds) of the lock file, None when there is none."""
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        parts = text.split()
+        pid = int(parts[0]) if parts and parts[0].isdigit() else None
+        return pid, (parts[1] if len(parts) > 1 else None), age
+
+    def holder(self) -> int | None:
+        """The pid of the live run (another process) holding the lock, else None."""
+        found = self._read()
+        if found is None:
+            return None
+        pid, host, age = found
+        if pid is None:
+            return -1 if age < _EMPTY_LOCK_GRACE_S else None
+        if pid == os.getpid() or (host == socket.gethostname() and not _alive(pid)):
+            return None
+        return pid
+
+    def acquire(self) -> "RunLock":
+        for _ in range(5):
+            try:
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            except OSError as err:
+                raise OutputError(f"cannot lock {self.directory} ({os_error_text(err)})") from None
+            try:
+                os.write(handle, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            finally:
+                os.close(handle)
+            self.owned = True
+            return self
+        raise OutputError(f"{self.directory}: could not take its lock {self.path}; another run "
+                          "keeps taking it: choose another --out")
+
+    def _take_over_if_stale(self) -> None:
+        found = self._read()
+        if found is None:  # released in the meantime: try again
+            return
+        pid, host, age = found
+        if pid == os.getpid():
+            raise OutputError(f"{self.directory} is already in use by this process")
+        if pid is None and age < _EMPTY_LOCK_GRACE_S:
+            raise OutputError(f"{self.directory} is in use by another digitcnn run that is just "
+                              "starting; wait for it to end or choose another --out")
+        if pid is not None and (host != socket.gethostname() or _alive(pid)):
+            where = "" if host == socket.gethostname() else f" on {host}"
+            raise OutputError(f"{self.directory} is in use by another digitcnn run (pid {pid}"
+                              f"{where}); wait for it to end or choose another --out (if no run "
+                              f"is using it, delete {self.path})")
+        # Move the stale lock out of the way under a name of our own, then check that it was
+        # the stale one: another process may have taken it over a moment before us.
+        aside = self.path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        moved = aside.read_text(encoding="utf-8", errors="replace").split()
+        if (moved[0] if moved else None) != (str(pid) if pid is not None else None):
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)  # a live lock: put it back unless replaced since
+            aside.unlink(missing_ok=True)
+            raise OutputError(f"{self.directory} is in use by another digitcnn run; wait for it "
+                              "to end or choose another --out")
+        aside.unlink(missing_ok=True)
+        gone = f"pid {pid}" if pid is not None else "a run that crashed while starting"
+        print(f"{self.prog}: taking over the lock of {self.directory}: its run ({gone}) is no "
+              "longer running", file=sys.stderr)
+
+    def release(self) -> None:
+        if not self.owned:
+            return
+        self.owned = False
+        found = self._read()
+        if found is not None and found[0] == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"--out {path}: a part of this path is a file, not a folder; pass a "
+                          "new folder") from None
+    except OSError as err:
+        raise OutputError(f"cannot create {path} ({os_error_text(err)})") from None
+
+
+def _only_lock(path: Path) -> bool:
+    try:
+        return all(_ours(name) for name in os.listdir(path))
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def claim_out_dir(path: str | os.PathLike, prog: str, command: str | None = None,
+                  resume: bool = False, overwrite: bool = False) -> Iterator[Path | None]:
+    """Hold ``path`` for one run: checked (:func:`check_out_dir`), created, locked.
+
+    With ``overwrite`` a run already there is moved to ``PATH.old-<UTC time>``; the context
+    yields that folder (else None) and deletes it when the block ends without an error. When
+    the block fails or is interrupted the old run is kept there (moved back if the new run
+    wrote nothing) and a line says where it is. A folder this call created and nothing was
+    written into is removed again on failure. The lock is released in every case.
+    """
+    path = Path(path)
+    check_out_dir(path, command, resume, overwrite)
+    created = not path.exists()
+    _mkdir(path)
+    lock = RunLock(path, prog)
+    moved: Path | None = None
+    try:
+        lock.acquire()
+        state = check_out_dir(path, command, resume, overwrite)  # again, now that we hold it
+        if overwrite and state.kind in ("run", "sweep"):
+            moved = path.with_name(f"{path.name}.old-{_stamp()}")
+            try:
+                os.rename(path, moved)
+                path.mkdir()
+            except OSError as err:
+                raise OutputError(f"cannot move {path} aside to {moved} "
+                                  f"({os_error_text(err)})") from None
+            old_lock, lock = lock, RunLock(path, prog)
+            lock.acquire()
+            old_lock.path = moved / LOCK_NAME
+            old_lock.release()
+            created = True
+        yield moved
+    except BaseException:
+        nothing_written = path.is_dir() and _only_lock(path)
+        lock.release()
+        if moved is not None and nothing_written:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+                os.rename(moved, path)
+                moved = None
+        elif created and nothing_written:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        if moved is not None:
+            print(f"{prog}: the previous run is kept in {moved}", file=sys.stderr)
+        raise
+    else:
+        lock.release()
+        if moved is not None:
+            shutil.rmtree(moved, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`~digitcnn.errors.Terminated` (a
+    KeyboardInterrupt) in the main thread, so that a run stopped by ``timeout``, SLURM or
+    ``kill`` ends as after Ctrl-C: finished folds kept, fold processes ended, one line on how
+    to resume, exit status 143. Outside the main thread it does nothing."""
+    def terminate(signum, frame):
+        raise Terminated(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def given_settings(argv: Sequence[str] | None, prog: str, exclude: Sequence[str] = (),
+                   extra_arguments: Sequence[tuple[tuple, dict]] = (),
+                   keep: Sequence[str] = ()) -> dict[str, Any]:
+    """The run settings a command line sets explicitly: its flags and its ``--config`` file's
+    keys (not the defaults), for checking them against a run being resumed. Of the CLI's own
+    ``extra_arguments`` only those named in ``keep`` (by their dest) are included."""
+    from .config import build_parser, load_toml
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the CLI's own flags, with their defaults suppressed too: only those given remain
+    extras = [(args, {**kwargs, "default": argparse.SUPPRESS}) for args, kwargs in extra_arguments]
+    given = vars(build_parser(prog, "", suppress_defaults=True, exclude=exclude,
+                              extra_arguments=extras).parse_args(argv))
+    for args, kwargs in extra_arguments:
+        name = kwargs.get("dest") or args[0].lstrip("-").replace("-", "_")
+        if name not in keep:
+            given.pop(name, None)
+    toml_path = given.pop("config", None)
+    return {**(load_toml(toml_path) if toml_path else {}), **given}
+
+
+def _same(name: str, given: Any, stored: Any) -> bool:
+    if name in ("data_dir", "add_train_images", "out") and given is not None and stored is not None:
+        return Path(given).resolve() == Path(stored).resolve()
+    return given == stored
+
+
+def refuse_changed_settings(stored: dict[str, Any], given: dict[str, Any], where: Path,
+                            allowed: Sequence[str] = PRESENTATION_KEYS) -> None:
+    """A resumed run keeps its own settings: refuse a given setting that differs from the
+    stored one, unless it only changes how the run is shown (``allowed``)."""
+    for name, value in given.items():
+        if name in allowed and name != "out":
+            continue
+        if name == "out":
+            if not _same(name, value, str(where)):
+                raise ConfigError(f"--out {value} with --resume {where}: a resumed run stays in its "
+                                  "own folder; drop --out")
+            continue
+        if name in stored and not _same(name, value, stored[name]):
+            flag = name.replace("_", "-")
+            raise ConfigError(f"--{flag} {value} differs from the run in {where} ({flag} = "
+                              f"{stored[name]!r}); --resume continues a run with its own settings: "
+                              f"drop --{flag}, or start a new run with a fresh --out")
+
+
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """A JSON file digitcnn wrote, or one line naming it and ``fix`` when it is missing,
+    truncated or not JSON."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found; {fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read ({err}); {fix}") from None
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        state = "is empty" if not text.strip() else f"is truncated or not valid JSON ({err})"
+        raise ConfigError(f"{path} {state}; {fix}") from None
