@@ -322,7 +322,7 @@ def _mkdir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise OutputError(f"--out {path}: a part of this path is a file, not a folder; pass a "
+        raise OutputError(f"--out {path}: a part of the path is a file, not a folder; pass a "
                           "new folder") from None
     except OSError as err:
         raise OutputError(f"cannot create {path} ({os_error_text(err)})") from None
