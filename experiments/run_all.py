@@ -82,7 +82,9 @@ def run_experiment(experiment: Experiment, results: Path) -> None:
     for out, command in experiment.runs(results):
         print(f"\n$ {shlex.join(command)}", flush=True)
         started = time.perf_counter()
-        subprocess.run([sys.executable, *command[1:]], cwd=ROOT, check=True)
+        # a rerun replaces the previous results (kept aside until the new run has finished)
+        replace = ["--overwrite"] if out.exists() else []
+        subprocess.run([sys.executable, *command[1:], *replace], cwd=ROOT, check=True)
         wall = time.perf_counter() - started
         record = {"command": shlex.join(command), "wall_s": round(wall, 2),
                   "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
