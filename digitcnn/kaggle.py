@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import SPLITS, DigitDataset, cache_dir, read_int_csv, sha256_of
+from .data import SPLITS, DigitDataset, cache_dir, read_first_line, read_int_csv, sha256_of
 from .errors import DataError
 
 __all__ = ["load_kaggle", "KAGGLE_FILES", "KAGGLE_SIDE", "KAGGLE_MAX", "PIXEL_COLUMNS",
@@ -27,6 +27,8 @@ __all__ = ["load_kaggle", "KAGGLE_FILES", "KAGGLE_SIDE", "KAGGLE_MAX", "PIXEL_CO
 KAGGLE_SIDE = 28
 KAGGLE_MAX = 255
 PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(KAGGLE_SIDE * KAGGLE_SIDE))
+# The longest header line read to tell train.csv from test.csv (Kaggle's is 6.9 kB).
+KAGGLE_MAX_LINE = 1 << 16
 TRAIN_COLUMNS = ("label",) + PIXEL_COLUMNS
 # split -> file name, as Kaggle names them.
 KAGGLE_FILES = {"train": "train.csv", "test": "test.csv"}
@@ -143,8 +145,8 @@ def _missing_part_message(folder: Path, origin: str, part: str, found: dict[str,
 
 
 def _read_single_file(path: Path, split: str) -> DigitDataset:
-    with open(path, "r", newline="") as handle:
-        first_field = handle.readline().split(",", 1)[0].strip()
+    # Bounded: a file of one endless line (or binary junk) must not be read whole here.
+    first_field = read_first_line(path, KAGGLE_MAX_LINE).split(",", 1)[0].strip()
     labelled = first_field == TRAIN_COLUMNS[0]
     if split == "train" and not labelled:
         raise DataError(f"{path}: has no label column (it is a test.csv), so split='train' "
@@ -161,8 +163,8 @@ def _read_single_file(path: Path, split: str) -> DigitDataset:
 def _read_kaggle_csv(path: Path, labelled: bool) -> DigitDataset:
     """One Kaggle CSV, validated, as a DigitDataset (labels None when ``labelled`` is False)."""
     columns = TRAIN_COLUMNS if labelled else PIXEL_COLUMNS
-    # Read straight into uint8: the reader parses into the narrowest type that holds 0..255
-    # and checks the range before narrowing, so no int64 copy of the table is ever made.
+    # Returned as uint8: the reader checks each block's values in int64 before narrowing,
+    # so no int64 copy of the whole table is ever made and nothing wraps.
     table = read_int_csv(path, len(columns), (0, KAGGLE_MAX), header=columns, dtype=np.uint8,
                          column_ranges={0: (0, 9)} if labelled else None)
     if len(table) == 0:
