@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -38,6 +39,13 @@ IMAGES_HEADER_BYTES = 16
 LABELS_HEADER_BYTES = 8
 GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_FETCH_TIMEOUT_S = 30.0
+# The most image bytes read at once (1.37 million 28x28 images; EMNIST ByClass has 0.8 million):
+# a header announcing more is corrupt or a decompression bomb, refused before anything is read.
+MAX_IDX_BYTES = 1 << 30
+# Files are read (and gzip streams inflated) in chunks of this size, straight into the result.
+IDX_CHUNK_BYTES = 1 << 22
+# Bytes after the announced items that are counted for the message before giving up.
+IDX_EXTRA_COUNTED = 1 << 24
 
 # Each split's two files, by canonical name (the official name without ".gz").
 SPLIT_FILES: dict[str, tuple[str, str]] = {
@@ -99,11 +107,11 @@ MNIST_HOW_TO_GET = ("pass --data-dir (or set $DIGITCNN_DATA_DIR to) a folder hol
 
 @dataclass(frozen=True)
 class _IdxFile:
-    """One IDX file as read: its decompressed bytes and what its checksum says it is."""
+    """One IDX file as read: its values and what its checksum says it is."""
 
     path: Path
     canonical: str
-    payload: bytes
+    values: np.ndarray  # images (N, 1, 28, 28) uint8 or labels (N,) int64
     sha256: str
     dataset: str | None  # "MNIST", "Fashion-MNIST", ... or None when not an official file
 
@@ -206,58 +214,161 @@ def _splits_to_read(folder: Path, found: dict[str, Path], split: str) -> list[st
 def _load_files(folder: Path, found: dict[str, Path], splits: list[str],
                 verify: bool) -> DigitDataset:
     images, labels, groups, read = [], [], [], []
+    announced = 0
+    for part in splits:
+        # Every header is checked before any payload is read, so that the limit holds for
+        # the whole dataset and no file is decompressed whose header is wrong.
+        announced += _announced_bytes(found[SPLIT_FILES[part][0]], IMAGES_MAGIC)
+    if announced > MAX_IDX_BYTES:
+        raise DataError(f"{folder}: the IDX headers announce {announced / 2**30:.1f} GiB of images, "
+                        f"more than digitcnn reads at once ({MAX_IDX_BYTES >> 20} MiB); a header "
+                        "is corrupt (download the files again), or load one split at a time")
     for part in splits:
         images_name, labels_name = SPLIT_FILES[part]
-        images_file = _read_idx_file(found[images_name], images_name, verify)
-        labels_file = _read_idx_file(found[labels_name], labels_name, verify)
-        part_images = parse_idx_images(images_file.payload, images_file.path)
-        part_labels = parse_idx_labels(labels_file.payload, labels_file.path)
-        if len(part_images) != len(part_labels):
-            raise DataError(f"{images_file.path} holds {len(part_images)} images but "
-                            f"{labels_file.path} holds {len(part_labels)} labels; images and "
-                            "labels must come from the same download")
-        images.append(part_images)
-        labels.append(part_labels)
-        groups.append(np.full(len(part_labels), part))
+        images_file = _read_idx_file(found[images_name], images_name, IMAGES_MAGIC, verify)
+        labels_file = _read_idx_file(found[labels_name], labels_name, LABELS_MAGIC, verify)
+        if len(images_file.values) != len(labels_file.values):
+            raise DataError(f"{images_file.path} holds {len(images_file.values)} images but "
+                            f"{labels_file.path} holds {len(labels_file.values)} labels; images "
+                            "and labels must come from the same download")
+        images.append(images_file.values)
+        labels.append(labels_file.values)
+        groups.append(np.full(len(labels_file.values), part))
         read += [images_file, labels_file]
     if verify:
         _check_one_dataset(read)
-    # np.concatenate also copies the read-only frombuffer views into memory torch may own.
-    return DigitDataset(images=torch.from_numpy(np.concatenate(images)),
-                        labels=torch.from_numpy(np.concatenate(labels)),
+    one = len(images) == 1  # one split: its arrays are used as read, without a copy
+    return DigitDataset(images=torch.from_numpy(images[0] if one else np.concatenate(images)),
+                        labels=torch.from_numpy(labels[0] if one else np.concatenate(labels)),
                         name="mnist", source=_describe_source(folder, read),
                         sha256={f.path.name: f.sha256 for f in read}, max_value=MNIST_MAX,
                         groups=np.concatenate(groups))
 
 
-def _read_idx_file(path: Path, canonical: str, verify: bool) -> _IdxFile:
-    stored = path.read_bytes()
-    # Decide by content, not by name: people gunzip files and keep the name, or the reverse.
-    payload = _gunzip(stored, path) if stored[:2] == GZIP_MAGIC else stored
-    dataset = _identify(path, canonical, stored, payload, verify)
-    return _IdxFile(path=path, canonical=canonical, payload=payload,
-                    sha256=hashlib.sha256(stored).hexdigest(), dataset=dataset)
+def _open_idx(path: Path):
+    """A binary stream of the file's IDX bytes: decompressed on the fly when it is gzipped."""
+    with open(path, "rb") as handle:
+        # Decide by content, not by name: people gunzip files and keep the name, or the reverse.
+        gzipped = handle.read(2) == GZIP_MAGIC
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
-def _gunzip(stored: bytes, path: Path) -> bytes:
+def _read_stream(stream, path: Path, size: int) -> bytes:
     try:
-        return gzip.decompress(stored)
+        return stream.read(size)
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: not a readable gzip file ({err}); the download is truncated "
                         "or corrupt: download it again") from None
 
 
-def _identify(path: Path, canonical: str, stored: bytes, payload: bytes,
+def _read_header(stream, path: Path, magic: int) -> tuple[int, int, str]:
+    """(count, bytes per item, description) from an IDX header, checked; the stream is left at
+    the first item."""
+    images = magic == IMAGES_MAGIC
+    size = IMAGES_HEADER_BYTES if images else LABELS_HEADER_BYTES
+    head = _read_stream(stream, path, size)
+    kind = "images" if images else "labels"
+    if len(head) < size:
+        raise DataError(f"{path}: {len(head)} bytes, too short for an IDX {kind} header "
+                        f"({size} bytes); the file is truncated: download it again")
+    found, count = struct.unpack(">II", head[:8])
+    _check_magic(path, found, magic, kind)
+    if images:
+        rows, columns = struct.unpack(">II", head[8:])
+        if (rows, columns) != (IMAGE_SIDE, IMAGE_SIDE):
+            raise DataError(f"{path}: images are {rows}x{columns}, MNIST's are {IMAGE_SIDE}x"
+                            f"{IMAGE_SIDE}; resize them to 28x28, or load them with the 'images' "
+                            "dataset")
+    if count == 0:
+        raise DataError(f"{path}: the header announces 0 {kind}: the file holds no data; "
+                        "download it again or use the right file")
+    described = f"{count} images of {IMAGE_SIDE}x{IMAGE_SIDE}" if images else f"{count} labels"
+    return count, IMAGE_SIDE * IMAGE_SIDE if images else 1, described
+
+
+def _announced_bytes(path: Path, magic: int) -> int:
+    with _open_idx(path) as stream:
+        count, item_bytes, _ = _read_header(stream, path, magic)
+    return count * item_bytes
+
+
+def _read_idx_file(path: Path, canonical: str, magic: int, verify: bool) -> _IdxFile:
+    """Stream one IDX file: header first, then exactly the items it announces, checked."""
+    header_bytes = IMAGES_HEADER_BYTES if magic == IMAGES_MAGIC else LABELS_HEADER_BYTES
+    with _open_idx(path) as stream:
+        count, item_bytes, described = _read_header(stream, path, magic)
+        expected = header_bytes + count * item_bytes
+        if count * item_bytes > MAX_IDX_BYTES:
+            raise DataError(f"{path}: the header announces {described} ({expected} bytes), more "
+                            f"than digitcnn reads at once ({MAX_IDX_BYTES >> 20} MiB); the "
+                            "header is corrupt: download the file again")
+        # The MD5 of the contents identifies an official file; only one of official size can be.
+        official = expected == OFFICIAL_SIZES[canonical]
+        payload_md5 = hashlib.md5(usedforsecurity=False) if official else None
+        if payload_md5 is not None:
+            stream.seek(0)
+            payload_md5.update(_read_stream(stream, path, header_bytes))
+        values = np.empty(count * item_bytes, dtype=np.uint8)
+        view = memoryview(values)
+        done = 0
+        while done < len(values):
+            chunk = _read_stream(stream, path, min(IDX_CHUNK_BYTES, len(values) - done))
+            if not chunk:
+                raise DataError(f"{path}: the header announces {described} ({expected} bytes) "
+                                f"but the file holds {header_bytes + done} bytes; it is "
+                                "truncated: download it again")
+            view[done:done + len(chunk)] = chunk
+            if payload_md5 is not None:
+                payload_md5.update(chunk)
+            done += len(chunk)
+        extra = _count_rest(stream, path)
+    if extra:
+        at_least = "at least " if extra >= IDX_EXTRA_COUNTED else ""
+        raise DataError(f"{path}: the header announces {described} ({expected} bytes) but the "
+                        f"file holds {at_least}{expected + extra} bytes ({at_least}{extra} "
+                        "extra); it is corrupt: download it again")
+    sha256, stored_md5 = _file_digests(path)
+    dataset = _identify(path, canonical, payload_md5.hexdigest() if payload_md5 else None,
+                        stored_md5, verify)
+    if magic == IMAGES_MAGIC:
+        values = values.reshape(count, 1, IMAGE_SIDE, IMAGE_SIDE)
+    else:
+        values = _checked_labels(values, path)
+    return _IdxFile(path=path, canonical=canonical, values=values, sha256=sha256,
+                    dataset=dataset)
+
+
+def _count_rest(stream, path: Path) -> int:
+    """Bytes left in the stream, counted up to IDX_EXTRA_COUNTED (a bomb is not inflated)."""
+    extra = 0
+    while extra < IDX_EXTRA_COUNTED:
+        chunk = _read_stream(stream, path, min(IDX_CHUNK_BYTES, IDX_EXTRA_COUNTED - extra))
+        if not chunk:
+            break
+        extra += len(chunk)
+    return extra
+
+
+def _file_digests(path: Path) -> tuple[str, str]:
+    """SHA-256 and MD5 of the file as stored."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha256.update(block)
+            md5.update(block)
+    return sha256.hexdigest(), md5.hexdigest()
+
+
+def _identify(path: Path, canonical: str, payload_md5: str | None, stored_md5: str,
               verify: bool) -> str | None:
-    """Which official dataset the file is, by MD5; None for a file that is not an official one."""
-    if len(payload) != OFFICIAL_SIZES[canonical]:
+    """Which official dataset the file is, by MD5; None for a file that is not an official one.
+
+    ``payload_md5`` is None when the contents do not have the official size."""
+    if payload_md5 is None:
         return None
-    payload_md5 = hashlib.md5(payload, usedforsecurity=False).hexdigest()
     for dataset, files in MNIST_CHECKSUMS.items():
         if payload_md5 == files[canonical][1]:
             return dataset
-    stored_md5 = payload_md5 if payload is stored else \
-        hashlib.md5(stored, usedforsecurity=False).hexdigest()
     for dataset, files in MNIST_CHECKSUMS.items():
         if stored_md5 == files[canonical][0]:
             return dataset
@@ -269,37 +380,30 @@ def _identify(path: Path, canonical: str, stored: bytes, payload: bytes,
     return None
 
 
-def parse_idx_images(payload: bytes, path: Path | str = "<bytes>") -> np.ndarray:
-    """Decompressed IDX images -> uint8 array (N, 1, 28, 28), a read-only view of ``payload``."""
-    if len(payload) < IMAGES_HEADER_BYTES:
-        raise DataError(f"{path}: {len(payload)} bytes, too short for an IDX images header "
-                        f"({IMAGES_HEADER_BYTES} bytes); the file is truncated: download it again")
-    magic, count, rows, columns = struct.unpack(">IIII", payload[:IMAGES_HEADER_BYTES])
-    _check_magic(path, magic, IMAGES_MAGIC, "images")
-    if (rows, columns) != (IMAGE_SIDE, IMAGE_SIDE):
-        raise DataError(f"{path}: images are {rows}x{columns}, MNIST's are {IMAGE_SIDE}x"
-                        f"{IMAGE_SIDE}; resize them to 28x28, or load them with the 'images' "
-                        "dataset")
-    _check_length(path, len(payload), IMAGES_HEADER_BYTES, count, rows * columns,
-                  f"{count} images of {rows}x{columns}")
-    pixels = np.frombuffer(payload, dtype=np.uint8, offset=IMAGES_HEADER_BYTES)
-    return pixels.reshape(count, 1, rows, columns)
-
-
-def parse_idx_labels(payload: bytes, path: Path | str = "<bytes>") -> np.ndarray:
-    """Decompressed IDX labels -> int64 array (N,) of values 0..9."""
-    if len(payload) < LABELS_HEADER_BYTES:
-        raise DataError(f"{path}: {len(payload)} bytes, too short for an IDX labels header "
-                        f"({LABELS_HEADER_BYTES} bytes); the file is truncated: download it again")
-    magic, count = struct.unpack(">II", payload[:LABELS_HEADER_BYTES])
-    _check_magic(path, magic, LABELS_MAGIC, "labels")
-    _check_length(path, len(payload), LABELS_HEADER_BYTES, count, 1, f"{count} labels")
-    labels = np.frombuffer(payload, dtype=np.uint8, offset=LABELS_HEADER_BYTES)
-    if count and labels.max() > 9:
+def _checked_labels(labels: np.ndarray, path) -> np.ndarray:
+    if len(labels) and labels.max() > 9:
         bad = int(np.flatnonzero(labels > 9)[0])
         raise DataError(f"{path}: label {labels[bad]} at item {bad} is out of range 0..9; "
                         "fix that label or use the right labels file")
     return labels.astype(np.int64)
+
+
+def parse_idx_images(payload: bytes, path: Path | str = "<bytes>") -> np.ndarray:
+    """Decompressed IDX images -> uint8 array (N, 1, 28, 28), a read-only view of ``payload``."""
+    stream = io.BytesIO(payload)
+    count, item_bytes, described = _read_header(stream, Path(path), IMAGES_MAGIC)
+    _check_length(path, len(payload), IMAGES_HEADER_BYTES, count, item_bytes, described)
+    pixels = np.frombuffer(payload, dtype=np.uint8, offset=IMAGES_HEADER_BYTES)
+    return pixels.reshape(count, 1, IMAGE_SIDE, IMAGE_SIDE)
+
+
+def parse_idx_labels(payload: bytes, path: Path | str = "<bytes>") -> np.ndarray:
+    """Decompressed IDX labels -> int64 array (N,) of values 0..9."""
+    stream = io.BytesIO(payload)
+    count, item_bytes, described = _read_header(stream, Path(path), LABELS_MAGIC)
+    _check_length(path, len(payload), LABELS_HEADER_BYTES, count, item_bytes, described)
+    labels = np.frombuffer(payload, dtype=np.uint8, offset=LABELS_HEADER_BYTES)
+    return _checked_labels(labels, path)
 
 
 def _check_magic(path, found: int, expected: int, kind: str) -> None:
