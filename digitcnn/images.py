@@ -17,9 +17,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import os
+import posixpath
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .data import SPLITS, DigitDataset
 from .errors import DataError
 
-__all__ = ["load_images", "mnist_style", "IMAGE_SUFFIXES", "LABELS_CSV", "MNIST_SIDE",
+__all__ = ["load_images", "mnist_style", "open_image", "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "LABELS_CSV", "MNIST_SIDE",
            "MNIST_BOX", "MNIST_CENTRE", "MIN_INK_CONTRAST"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -47,6 +49,13 @@ MIN_INK_CONTRAST = 32
 # Pixels fainter than this fraction of the ink's contrast are paper (grain, shadows, JPEG
 # ringing), so that they do not stretch the bounding box.
 NOISE_FLOOR = 0.2
+# Pictures with more pixels are refused before they are decoded (a 13000x13000 PNG of 210 kB
+# would take gigabytes): 50 MP holds the largest phone photos (48-50 MP).
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_IMAGE_FILE_BYTES = 256 << 20
+# Larger pictures are box-reduced by a whole factor to at most this many pixels before the
+# float steps of mnist_style: a digit that ends as 20x20 loses nothing, and memory stays small.
+WORK_PIXELS = 4_000_000
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as Pillow's convert("L")
 HOW_TO_LAY_OUT = ("PNG/JPG images in subfolders named 0..9 after their digit, or listed in a "
                   f"{LABELS_CSV} with columns file,label")
@@ -99,11 +108,23 @@ def _as_gray(image: Image.Image | np.ndarray) -> np.ndarray:
 
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:
+    factor = _reduction_factor(*image.size)
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        return np.asarray(image)  # keep 16-bit and float precision; scaled by _to_0_255
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        return np.asarray(image.convert("RGBA"))
-    return np.asarray(image.convert("L"))
+        # keep 16-bit and float precision; scaled by _to_0_255
+        if factor > 1:
+            image = image.convert("F").reduce(factor)
+    elif image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    else:
+        image = image.convert("L")
+    if factor > 1 and image.mode != "F":
+        image = image.reduce(factor)
+    return np.asarray(image)
+
+
+def _reduction_factor(width: int, height: int) -> int:
+    """The least whole factor that brings ``width`` x ``height`` to at most WORK_PIXELS."""
+    return max(1, math.ceil(math.sqrt(width * height / WORK_PIXELS)))
 
 
 def _to_0_255(values: np.ndarray) -> np.ndarray:
@@ -235,15 +256,37 @@ def load_images(data_dir: str | os.PathLike | None = None, split: str = "all",
 
 
 def _image_files(folder: Path) -> list[str]:
-    """Relative paths (forward slashes, sorted) of the image files under ``folder``."""
+    """Relative paths (forward slashes, sorted) of the image files under ``folder``.
+
+    A linked folder is refused rather than skipped (its digits would silently be missing) or
+    followed (it could list images twice or pull them in from anywhere); a linked image is
+    read only when it points inside ``folder``.
+    """
+    root = folder.resolve()
     found = []
-    for path in folder.rglob("*"):
-        relative = path.relative_to(folder)
+    for directory, subfolders, files in os.walk(folder):
         # Hidden names: .ipynb_checkpoints, macOS "._x.png" resource forks, .Trash ...
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            found.append(relative.as_posix())
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in subfolders:
+            if os.path.islink(os.path.join(directory, name)):
+                raise DataError(f"{Path(directory, name)}: is a symbolic link to a folder, which "
+                                "digitcnn does not follow (it could pull in images from "
+                                "elsewhere or list them twice); replace it with a real folder "
+                                "(e.g. cp -rL) holding the images")
+        for name in files:
+            path = Path(directory, name)
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(root):
+                    raise DataError(f"{path}: is a symbolic link to a file outside the images "
+                                    f"folder {folder}; copy the image into the folder instead")
+                if not target.is_file():
+                    raise DataError(f"{path}: is a broken symbolic link; remove it or copy the "
+                                    "image in its place")
+            if path.is_file():
+                found.append(path.relative_to(folder).as_posix())
     return sorted(found)
 
 
@@ -331,7 +374,13 @@ def _read_labels_csv(csv_path: Path) -> dict[str, tuple[int, int]]:
         if label not in DIGITS:
             raise DataError(f"{csv_path}: line {line_number}: label {label!r} is not a digit "
                             "0..9; fix that label")
-        key = PurePosixPath(name.replace("\\", "/")).as_posix()
+        key = posixpath.normpath(name.replace("\\", "/"))
+        if PurePosixPath(key).is_absolute() or key == ".." or key.startswith("../") \
+                or PureWindowsPath(name).drive:
+            # Said without looking at the path: whether it exists outside is none of our business.
+            raise DataError(f"{csv_path}: line {line_number}: file {name!r} lies outside the "
+                            f"images folder; {LABELS_CSV} may name only images inside the folder, "
+                            "relative to it: move the image into the folder and name it so")
         if key in labels:
             raise DataError(f"{csv_path}: line {line_number}: file {name!r} is listed again "
                             f"(first on line {labels[key][1]}); keep one line per file")
@@ -344,9 +393,9 @@ def _read_entries(folder: Path, entries: list[_Entry], digests: dict[str, str],
     images = np.empty((len(entries), 1, MNIST_SIDE, MNIST_SIDE), dtype=np.uint8)
     for row, entry in enumerate(entries):
         path = folder / entry.file
-        stored = path.read_bytes()  # read once: hashed and decoded from the same bytes
+        stored = _read_image_bytes(path)  # read once: hashed and decoded from the same bytes
         digests[entry.file] = _sha256_of_bytes(stored)
-        picture = _decode(path, stored)
+        picture = open_image(path, stored)
         try:
             images[row, 0] = mnist_style(picture)
         except DataError as err:
@@ -360,13 +409,42 @@ def _read_entries(folder: Path, entries: list[_Entry], digests: dict[str, str],
                         files=np.array([entry.file for entry in entries]))
 
 
-def _decode(path: Path, stored: bytes) -> Image.Image:
+def _read_image_bytes(path: Path) -> bytes:
+    size = path.stat().st_size
+    if size > MAX_IMAGE_FILE_BYTES:
+        raise DataError(f"{path}: {size >> 20} MiB, more than the {MAX_IMAGE_FILE_BYTES >> 20} MiB "
+                        "digitcnn reads for one picture; scale it down or save it compressed")
+    return path.read_bytes()
+
+
+def open_image(path: str | os.PathLike, stored: bytes | None = None) -> Image.Image:
+    """Decode one picture file (its bytes ``stored`` when already read), EXIF-rotated.
+
+    The size is checked from the header before any pixel is decoded: more than
+    :data:`MAX_IMAGE_PIXELS` is refused, and a JPEG larger than needed is decoded at a reduced
+    scale. Raises DataError naming the file for anything that is not a readable picture.
+    """
+    path = Path(path)
+    if stored is None:
+        stored = _read_image_bytes(path)
     try:
         picture = Image.open(io.BytesIO(stored))
+        width, height = picture.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DataError(f"{path}: {width}x{height} pixels ({width * height / 1e6:.0f} "
+                            f"megapixels), more than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
+                            "digitcnn decodes; scale the picture down (a digit needs no more "
+                            "than a few hundred pixels a side) and try again")
+        factor = _reduction_factor(width, height)
+        if factor > 1 and picture.format == "JPEG":
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale directly, without the full-size pixels.
+            picture.draft(picture.mode, (width // factor, height // factor))
         picture.load()
         # Phone cameras store the orientation in EXIF rather than rotating the pixels.
         return ImageOps.exif_transpose(picture)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        if isinstance(err, DataError):
+            raise
         # Pillow's own message would name the in-memory buffer, not the file.
         reason = ("Pillow cannot identify its format" if isinstance(err, UnidentifiedImageError)
                   else f"{type(err).__name__}: {err}")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .config import OneLineParser
-from .errors import CheckpointError, DataError, cli_entry, warnings_as_lines
+from .errors import CheckpointError, ConfigError, DataError, cli_entry, warnings_as_lines
 from .results import atomic_write_text
 from .runtime import select_device
 
@@ -37,8 +37,19 @@ if TYPE_CHECKING:  # torch is imported where it is used: --help answers without 
 
     from .checkpoint import SavedModel
 
-__all__ = ["PredictionInput", "read_input", "load_models", "ensemble_probabilities",
-           "Predictions", "predict", "main"]
+__all__ = ["PredictionInput", "read_input", "read_labels", "load_models",
+           "ensemble_probabilities", "Predictions", "predict", "main", "MAX_TTA",
+           "MAX_INPUT_VALUES"]
+
+# Test-time augmentation costs one full pass over the inputs per copy, and past a few dozen
+# copies the average no longer changes: a larger --tta is a typo, refused at once.
+MAX_TTA = 100
+# The most pixel values a .npy input may hold (268 million: 340,000 images of 28x28), checked
+# from its header before anything is read, so that a corrupt header cannot exhaust memory.
+MAX_INPUT_VALUES = 1 << 28
+# Arrays are checked and converted this many values at a time (bounded temporaries).
+CHUNK_VALUES = 1 << 22
+MAX_LABELS_CSV_BYTES = 64 << 20
 
 
 @dataclass
@@ -69,7 +80,48 @@ class Predictions:
         return [float((p.argmax(dim=1) == truth).double().mean()) for p in self.per_model]
 
 
+def _load_npy(path: Path, max_values: int, what: str) -> np.ndarray:
+    """A .npy file, memory-mapped after its header (shape, dtype, length) has been checked."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = reader(handle)
+            offset = handle.tell()
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npy file ({_first_line(err)}); save the "
+                        f"{what} with numpy.save") from None
+    if dtype.kind == "b":
+        raise DataError(f"{path}: a boolean array; save the {what} as numbers (uint8 pixel "
+                        "values 0..255, or integer labels)")
+    if dtype.kind not in "iuf":
+        raise DataError(f"{path}: dtype {dtype} is not a plain integer or float type; save the "
+                        f"{what} as uint8 or float32 with numpy.save")
+    values = int(np.prod(shape, dtype=object))
+    if values > max_values:
+        raise DataError(f"{path}: its header announces an array of shape {shape} ({values:,} "
+                        f"values), more than the {max_values:,} read here; the file is corrupt, "
+                        "or split the input into smaller files")
+    if values == 0:
+        raise DataError(f"{path}: an empty array of shape {shape}; save at least one row")
+    length = path.stat().st_size
+    if length < offset + values * dtype.itemsize:
+        raise DataError(f"{path}: its header announces shape {shape} of {dtype} "
+                        f"({offset + values * dtype.itemsize} bytes) but the file holds {length} "
+                        "bytes; it is truncated: save it again")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
 def _from_array(array: np.ndarray, path: Path) -> torch.Tensor:
+    """Pixel values (integers 0..255, or floats 0..1 or 0..255) as uint8 (N, 1, H, W)."""
+    if array.dtype.kind not in "iuf":
+        raise DataError(f"{path}: dtype {array.dtype} is not a pixel type; save pixel values "
+                        "0..255 as uint8 (or 0..1 floats)")
     if array.ndim == 2:
         side = int(round(array.shape[1] ** 0.5))
         if side * side != array.shape[1]:
@@ -78,33 +130,47 @@ def _from_array(array: np.ndarray, path: Path) -> torch.Tensor:
         array = array.reshape(-1, side, side)
     if array.ndim == 3:
         array = array[:, None]
-    if array.ndim != 4 or array.shape[1] != 1:
+    if array.ndim != 4 or array.shape[1] != 1 or array.size == 0:
         raise DataError(f"{path}: array of shape {array.shape}; expected (N, H, W), (N, 1, H, W) "
                         "or (N, H*W)")
-    if np.issubdtype(array.dtype, np.floating) and array.size and array.max() <= 1.0:
-        array = np.rint(array * 255)  # 0..1 floats, as many tutorials store them
-    if array.size and (array.min() < 0 or array.max() > 255):
-        raise DataError(f"{path}: values {array.min()}..{array.max()} are outside 0..255; save "
-                        "pixel values 0..255 (or 0..1 floats)")
+    step = max(1, CHUNK_VALUES // int(np.prod(array.shape[1:])))
+    floating = array.dtype.kind == "f"
+    low, high = np.inf, -np.inf
+    for start in range(0, len(array), step):  # checked a chunk at a time: no full-size copies
+        chunk = np.asarray(array[start:start + step])
+        if floating and not np.isfinite(chunk).all():
+            bad = np.argwhere(~np.isfinite(chunk))[0]
+            index = (start + int(bad[0]),) + tuple(int(i) for i in bad[1:])
+            raise DataError(f"{path}: value {chunk[tuple(bad)]} at index {index} is not a "
+                            "number; save finite pixel values 0..255 (or 0..1 floats)")
+        low, high = min(low, chunk.min()), max(high, chunk.max())
+    # 0..1 floats, as many tutorials store them, are scaled to 0..255.
+    scale = 255.0 if floating and high <= 1.0 else 1.0
+    if low * scale < 0 or high * scale > 255:
+        raise DataError(f"{path}: values {low}..{high} are outside 0..255; save pixel values "
+                        "0..255 (or 0..1 floats)")
+    images = np.empty(array.shape, dtype=np.uint8)
+    for start in range(0, len(array), step):
+        chunk = np.asarray(array[start:start + step])
+        images[start:start + step] = np.rint(chunk * scale) if floating else chunk
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8))
+    return torch.from_numpy(images)
 
 
 def _unlabelled_images(paths: list[Path], names: list[str]) -> PredictionInput:
     import torch
-    from PIL import Image, UnidentifiedImageError
 
-    from .images import mnist_style
+    from .images import mnist_style, open_image
 
     pictures = []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                pictures.append(mnist_style(image))
-        except (UnidentifiedImageError, OSError) as err:
-            raise DataError(f"{path}: not a readable image ({err}); remove it or convert it to "
-                            "PNG") from None
+            pictures.append(mnist_style(open_image(path)))
+        except DataError as err:
+            message = str(err)
+            raise DataError(message if message.startswith(str(path)) else f"{path}: {message}; "
+                            "remove the file or redraw the digit") from None
     return PredictionInput(torch.from_numpy(np.stack(pictures))[:, None], None, names)
 
 
@@ -124,12 +190,7 @@ def read_input(path: str | Path) -> PredictionInput:
                                [str(i) for i in range(1, len(dataset) + 1)],
                                kaggle_test=dataset.labels is None)
     if path.is_file() and path.suffix.lower() == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except ValueError as err:
-            raise DataError(f"{path}: not a plain numeric .npy file ({err}); save it with "
-                            "np.save and a numeric dtype") from None
-        images = _from_array(array, path)
+        images = _from_array(_load_npy(path, MAX_INPUT_VALUES, "images"), path)
         return PredictionInput(images, None, [str(i) for i in range(len(images))])
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         return _unlabelled_images([path], [path.name])
@@ -152,28 +213,85 @@ def read_input(path: str | Path) -> PredictionInput:
     raise DataError(f"{path}: unsupported input; pass a .csv, .npy, image file or folder")
 
 
-def read_labels(path: str | Path, count: int) -> torch.Tensor:
-    """True labels for an unlabelled input: a CSV with a ``Label``/``label`` column, or .npy."""
+def read_labels(path: str | Path, count: int, num_classes: int = 10) -> torch.Tensor:
+    """True labels for an unlabelled input, int64 (count,) of values 0..num_classes-1.
+
+    ``path``: a CSV with a ``Label``/``label`` column (e.g. Kaggle's ``ImageId,Label``), or a
+    .npy of integers. Every label is checked: a missing, non-integer or out-of-range one is
+    refused with its line (and column).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: labels file not found; check --labels")
     if path.suffix.lower() == ".npy":
-        labels = np.load(path, allow_pickle=False).reshape(-1)
+        labels = _npy_labels(path, count)
     else:
-        import pandas as pd
-
-        frame = pd.read_csv(path)
-        column = next((c for c in frame.columns if c.lower() == "label"), None)
-        if column is None:
-            raise DataError(f"{path}: no Label column; give a CSV with a Label column (e.g. "
-                            "ImageId,Label) or a .npy of labels")
-        labels = frame[column].to_numpy()
+        labels = _csv_labels(path)
     if len(labels) != count:
         raise DataError(f"{path}: {len(labels)} labels for {count} inputs; give one label per "
                         "input row, in input order")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = int(np.flatnonzero((labels < 0) | (labels >= num_classes))[0])
+        raise DataError(f"{path}: label {labels[bad]} of row {bad + 1} is out of range "
+                        f"0..{num_classes - 1}; fix that label")
     import torch
 
-    return torch.as_tensor(labels.astype(np.int64))
+    return torch.from_numpy(labels)
+
+
+def _npy_labels(path: Path, count: int) -> np.ndarray:
+    array = _load_npy(path, MAX_INPUT_VALUES, "labels")
+    if array.size != count:  # before reading: the header alone says how many there are
+        raise DataError(f"{path}: {array.size} labels for {count} inputs; give one label per "
+                        "input row, in input order")
+    array = np.asarray(array).reshape(-1)
+    if array.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(array) | (array != np.round(array)))
+        if bad.size:
+            raise DataError(f"{path}: label {array[bad[0]]} of row {bad[0] + 1} is not a whole "
+                            "number; save integer labels")
+    return array.astype(np.int64)
+
+
+def _csv_labels(path: Path) -> np.ndarray:
+    from .data import read_first_line
+
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"{path}: the labels file is empty; give a CSV with a Label column (e.g. "
+                        "ImageId,Label) or a .npy of labels")
+    if size > MAX_LABELS_CSV_BYTES:
+        raise DataError(f"{path}: {size >> 20} MiB is too large for a labels CSV; check --labels")
+    read_first_line(path)  # refuses compressed and binary files, with the reason
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: is not UTF-8 text; save the labels as a UTF-8 CSV") from None
+    try:
+        rows = list(csv.reader(lines))
+    except csv.Error as err:
+        raise DataError(f"{path}: not a readable CSV ({err}); save the labels as a plain "
+                        "CSV") from None
+    header = [name.strip() for name in rows[0]] if rows else []
+    column = next((i for i, name in enumerate(header) if name.lower() == "label"), None)
+    if column is None:
+        raise DataError(f"{path}: no Label column; give a CSV with a Label column (e.g. "
+                        "ImageId,Label) or a .npy of labels")
+    labels = []
+    for line_number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        text = row[column].strip() if column < len(row) else ""
+        where = f"{path}: line {line_number}, column {column + 1}"
+        if not text:
+            raise DataError(f"{where}: missing label; fill it in or delete that line")
+        if not (text.isascii() and text.isdigit()) or len(text) > 9:
+            raise DataError(f"{where}: label {text[:20]!r} is not a class number; fix that "
+                            "label")
+        labels.append(int(text))
+    if not labels:
+        raise DataError(f"{path}: has a header but no labels; give one label per input row")
+    return np.array(labels, dtype=np.int64)
 
 
 def load_models(path: str | Path) -> list[SavedModel]:
@@ -199,15 +317,30 @@ def ensemble_probabilities(models: Sequence[SavedModel], images: torch.Tensor, *
 
     from .augment import PRESETS
 
+    check_tta(tta)
+    generator = torch.Generator().manual_seed(seed)
+    sums: list[torch.Tensor] = []
+    # One augmented view at a time, used by every model and dropped: memory does not grow
+    # with tta. The views are drawn in the same order as when all were made up front.
     with torch.no_grad():
-        generator = torch.Generator().manual_seed(seed)
-        views = [images.float()] + [PRESETS["light"](images.float(), generator)
-                                    for _ in range(tta)]
-        per_model = []
-        for model in models:
-            probabilities = [model.predict_log_probs(view, batch_size).exp() for view in views]
-            per_model.append(torch.stack(probabilities).mean(dim=0))
-        return Predictions(torch.stack(per_model).mean(dim=0), per_model)
+        for index in range(tta + 1):
+            view = images.float() if index == 0 else PRESETS["light"](images.float(), generator)
+            for k, model in enumerate(models):
+                probabilities = model.predict_log_probs(view, batch_size).exp()
+                if index == 0:
+                    sums.append(probabilities)
+                else:
+                    sums[k] += probabilities
+    per_model = [total / (tta + 1) for total in sums]
+    return Predictions(torch.stack(per_model).mean(dim=0), per_model)
+
+
+def check_tta(tta: int) -> None:
+    """Refuse a number of test-time augmented copies outside 0..MAX_TTA."""
+    if not 0 <= tta <= MAX_TTA:
+        raise ConfigError(f"--tta {tta} must be 0 or more, at most {MAX_TTA} (each copy is one "
+                          "more pass over every input, and the average settles after a few "
+                          "dozen)")
 
 
 def predict(models: Sequence[SavedModel], inputs: PredictionInput, tta: int = 0) -> Predictions:
@@ -255,14 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry("digitcnn.predict")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.tta < 0:
-        raise DataError(f"--tta {args.tta} must be 0 or more")
+    check_tta(args.tta)
     device = select_device(args.device)
     models = [m.to(device) for m in load_models(args.model)]
     with warnings_as_lines("digitcnn.predict"):
         inputs = read_input(args.input)
     if args.labels is not None:
-        inputs.labels = read_labels(args.labels, len(inputs.images))
+        inputs.labels = read_labels(args.labels, len(inputs.images),
+                                    len(models[0].meta["classes"]))
     expected = models[0].input_shape
     if tuple(inputs.images.shape[1:]) != expected:
         raise DataError(f"{args.input}: images are {tuple(inputs.images.shape[1:])} but the model "
