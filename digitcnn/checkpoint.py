@@ -136,7 +136,12 @@ def _torch_load_tensors(weights_path: Path):
     except pickle.UnpicklingError as err:
         # torch wraps the unpickler's reason in advice (with terminal colour codes); keep the
         # reason only, so the message stays one readable line.
-        reason = str(err).split("WeightsUnpickler error:")[-1].strip().split("\n")[0]
+        # Its advice to retry with weights_only=False (arbitrary code execution) is never
+        # repeated: only the lines that say what the file asked for are kept.
+        lines = [line.strip() for line in
+                 str(err).split("WeightsUnpickler error:")[-1].splitlines() if line.strip()
+                 and not re.search(r"weights.only|Check the documentation", line, re.I)]
+        reason = lines[0] if lines else "the weights-only unpickler refused it"
         unsafe = _UNSAFE_PICKLE.search(reason)
         if unsafe:
             what = unsafe.group(1) or reason

@@ -20,6 +20,7 @@ import io
 import math
 import os
 import posixpath
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -428,7 +429,10 @@ def open_image(path: str | os.PathLike, stored: bytes | None = None) -> Image.Im
     if stored is None:
         stored = _read_image_bytes(path)
     try:
-        picture = Image.open(io.BytesIO(stored))
+        with warnings.catch_warnings():
+            # Pillow warns from 89 MP on; the stricter bound below refuses such a picture.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = Image.open(io.BytesIO(stored))
         width, height = picture.size
         if width * height > MAX_IMAGE_PIXELS:
             raise DataError(f"{path}: {width}x{height} pixels ({width * height / 1e6:.0f} "

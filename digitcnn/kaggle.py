@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -146,7 +147,8 @@ def _missing_part_message(folder: Path, origin: str, part: str, found: dict[str,
 
 def _read_single_file(path: Path, split: str) -> DigitDataset:
     # Bounded: a file of one endless line (or binary junk) must not be read whole here.
-    first_field = read_first_line(path, KAGGLE_MAX_LINE).split(",", 1)[0].strip()
+    # Split on ';' and tabs too, so that a file saved with them is told what to fix.
+    first_field = re.split(r"[,;\t]", read_first_line(path, KAGGLE_MAX_LINE), 1)[0].strip()
     labelled = first_field == TRAIN_COLUMNS[0]
     if split == "train" and not labelled:
         raise DataError(f"{path}: has no label column (it is a test.csv), so split='train' "

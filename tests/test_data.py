@@ -1,4 +1,6 @@
 import hashlib
+import sys
+import types
 
 import numpy as np
 import pandas as pd
@@ -50,11 +52,18 @@ def test_ucimlrepo_csv_in_data_dir(tmp_path):
         digitcnn.load("uci", tmp_path, split="train")
 
 
+def fake_ucimlrepo(monkeypatch, fetch) -> None:
+    """Stand in for ucimlrepo (imported by digitcnn when it fetches), installed or not."""
+    module = types.ModuleType("ucimlrepo")
+    module.fetch_ucirepo = fetch
+    monkeypatch.setitem(sys.modules, "ucimlrepo", module)
+
+
 def test_cache_is_read_before_network(monkeypatch):
     cached = data.cache_dir("uci") / "optdigits.csv"
     write_table(cached, synthetic_optdigits(40), list(data.UCI_CSV_HEADER))
     monkeypatch.delenv("DIGITCNN_OFFLINE")
-    monkeypatch.setattr("ucimlrepo.fetch_ucirepo", lambda **_: pytest.fail("network was used"))
+    fake_ucimlrepo(monkeypatch, lambda **_: pytest.fail("network was used"))
     dataset = digitcnn.load("uci")
     assert len(dataset) == 40 and str(cached) in dataset.source
 
@@ -73,7 +82,7 @@ def test_ucimlrepo_result_is_cached(monkeypatch):
         return Fetched
 
     monkeypatch.delenv("DIGITCNN_OFFLINE")
-    monkeypatch.setattr("ucimlrepo.fetch_ucirepo", fake_fetch)
+    fake_ucimlrepo(monkeypatch, fake_fetch)
     first = digitcnn.load("uci")
     second = digitcnn.load("uci")
     assert calls == [80]
@@ -96,7 +105,7 @@ def test_network_failure_falls_back(monkeypatch):
         raise ConnectionError("no route to host")
 
     monkeypatch.delenv("DIGITCNN_OFFLINE")
-    monkeypatch.setattr("ucimlrepo.fetch_ucirepo", broken)
+    fake_ucimlrepo(monkeypatch, broken)
     with pytest.warns(RuntimeWarning, match="ConnectionError: no route to host"):
         assert len(digitcnn.load("uci")) == 1797
 
@@ -105,7 +114,7 @@ def test_slow_network_times_out(monkeypatch):
     import time
 
     monkeypatch.delenv("DIGITCNN_OFFLINE")
-    monkeypatch.setattr("ucimlrepo.fetch_ucirepo", lambda **_: time.sleep(5))
+    fake_ucimlrepo(monkeypatch, lambda **_: time.sleep(5))
     started = time.perf_counter()
     with pytest.warns(RuntimeWarning, match="TimeoutError"):
         data.load_uci(timeout=0.2)

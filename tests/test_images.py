@@ -251,3 +251,93 @@ def test_labels_csv_option_errors(tmp_path):
     with pytest.raises(DataError, match=r"split='test' needs train/ and test/ subfolders, but "
                                         r"labels.csv labels the folder as one set"):
         load_images(tmp_path, split="test")
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+@pytest.mark.parametrize("outside_exists", [True, False])
+def test_labels_csv_naming_a_file_outside_the_folder(tmp_path, outside_exists):
+    folder = tmp_path / "images"
+    save(draw_digit(1, BLACK, WHITE), folder / "a.png")
+    if outside_exists:  # a valid PNG, so only its place can be wrong
+        save(draw_digit(0, BLACK, WHITE), tmp_path / "x.png")
+    messages = []
+    for name in ("../x.png", "sub/../../x.png", str(tmp_path / "x.png")):
+        (folder / "labels.csv").write_text(f"file,label\na.png,1\n{name},0\n")
+        with pytest.raises(DataError, match=r"labels.csv: line 3: file .* lies outside the images "
+                                            r"folder; labels.csv may name only images inside the "
+                                            r"folder, relative to it") as caught:
+            load_images(folder)
+        messages.append(str(caught.value))
+    # The same words whether or not the outside file exists: nothing is revealed.
+    assert all("not found" not in m and "not a PNG" not in m for m in messages)
+
+
+def test_labels_csv_names_are_normalised_inside_the_folder(tmp_path):
+    save(draw_digit(1, BLACK, WHITE), tmp_path / "sub" / "a.png")
+    save(draw_digit(0, BLACK, WHITE), tmp_path / "b.png")
+    (tmp_path / "labels.csv").write_text("file,label\n./sub/../sub/a.png,1\nb.png,0\n")
+    data = load_images(tmp_path)
+    assert list(data.files) == ["sub/a.png", "b.png"] and data.labels.tolist() == [1, 0]
+
+
+def test_symlinked_images_outside_the_folder_are_refused(tmp_path):
+    folder = tmp_path / "images"
+    save(draw_digit(1, BLACK, WHITE), folder / "1" / "a.png")
+    save(draw_digit(0, BLACK, WHITE), tmp_path / "elsewhere.png")
+    (folder / "0").mkdir()
+    (folder / "0" / "b.png").symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(DataError, match=r"0/b.png: is a symbolic link to a file outside the images "
+                                        r"folder .*; copy the image into the folder instead"):
+        load_images(folder)
+    (folder / "0" / "b.png").unlink()
+    (folder / "0" / "b.png").symlink_to(tmp_path / "does-not-exist.png")
+    with pytest.raises(DataError, match=r"0/b.png: is a symbolic link to a file outside the images "
+                                        r"folder"):
+        load_images(folder)
+    # A link to an image inside the folder reads that image.
+    (folder / "0" / "b.png").unlink()
+    save(draw_digit(0, BLACK, WHITE), folder / "0" / "real.png")
+    (folder / "0" / "b.png").symlink_to(folder / "0" / "real.png")
+    data = load_images(folder)
+    assert list(data.files) == ["0/b.png", "0/real.png", "1/a.png"]
+    assert torch.equal(data.images[0], data.images[1])
+
+
+def test_symlinked_class_folder_is_refused_not_dropped(tmp_path):
+    folder = tmp_path / "images"
+    for digit in (1, 2):
+        save(draw_digit(digit % 2, BLACK, WHITE), folder / str(digit) / "a.png")
+    save(draw_digit(1, BLACK, WHITE), tmp_path / "threes" / "a.png")
+    (folder / "3").symlink_to(tmp_path / "threes", target_is_directory=True)
+    with pytest.raises(DataError, match=r"images/3: is a symbolic link to a folder, which digitcnn "
+                                        r"does not follow .*; replace it with a real folder"):
+        load_images(folder)
+
+
+def test_picture_too_large_is_refused_before_decoding_in_bounded_memory(tmp_path):
+    from bombs import PEAK_RSS_LIMIT, blank_png, run_measured
+
+    folder = tmp_path / "images"
+    save(draw_digit(1, BLACK, WHITE), folder / "1" / "a.png")
+    (folder / "3").mkdir()
+    blank_png(folder / "3" / "huge.png", 13000, 13000)
+    assert (folder / "3" / "huge.png").stat().st_size < 300_000
+    with pytest.raises(DataError, match=r"3/huge.png: 13000x13000 pixels \(169 megapixels\), more "
+                                        r"than the 50 megapixels digitcnn decodes; scale the "
+                                        r"picture down"):
+        load_images(folder)
+    code, err, peak = run_measured(["-m", "digitcnn.kfold", "--dataset", "images", "--data-dir",
+                                    str(folder), "--out", str(tmp_path / "run")])
+    assert code == 2 and err.count("\n") == 1 and "13000x13000 pixels" in err, err
+    assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 1e9:.2f} GB"
+
+
+def test_large_photos_are_reduced_before_processing(tmp_path):
+    """A 24 MP photo gives the digit that its 1/3 reduction gives, without the full-size floats."""
+    big = draw_digit(0, BLACK, WHITE, size=(4800, 5000))
+    image = mnist_style(big)
+    assert_mnist_like(image)
+    assert np.array_equal(image, mnist_style(big.reduce(3)))
+    save(big.convert("RGB"), tmp_path / "0" / "photo.jpg")
+    assert_mnist_like(load_images(tmp_path).images[0, 0].numpy())

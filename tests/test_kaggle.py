@@ -263,3 +263,137 @@ def test_real_digits_42000_rows_load_within_3_seconds(tmp_path):
     assert data.images.shape == (42000, 1, 28, 28)
     assert np.array_equal(data.images.reshape(42000, 784).numpy(), images[rows])
     assert np.array_equal(data.labels.numpy(), labels[rows].astype(np.int64))
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+def _train_lines(rows: int = 5) -> list[str]:
+    return csv_lines(*synthetic_rows(rows, seed=3))
+
+
+@pytest.mark.parametrize("text, message", [
+    # Values that a narrowing parser could wrap (pandas 3.0 read 256 as 0 and -1 as 255),
+    # and values beyond every integer type.
+    ("0256", r"line 3, column 2: value 256 is out of range 0..255"),
+    ("65536", r"line 3, column 2: value 65536 is out of range 0..255"),
+    ("4294967296", r"line 3, column 2: value 4294967296 is out of range 0..255"),
+    ("99999999999999999999999", r"line 3, column 2: value 999999999999\.\.\. \(23 digits\) is "
+                                r"out of range 0..255"),
+    ("-0", None),
+    (" 7 ", None),
+    ("1.5", r"line 3, column 2: '1.5' is not an integer"),
+    ("1e2", r"line 3, column 2: '1e2' is not an integer"),
+    ("\u0663", r"line 3, column 2: '\u0663' is not an integer"),  # Arabic-Indic digit three
+])
+def test_cell_values_are_checked_in_a_wide_type(tmp_path, text, message):
+    lines = _train_lines()
+    lines[2] = _set_value(2, text)(lines[2])
+    path = tmp_path / "train.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if message is None:
+        data = kaggle.load_kaggle(path)
+        assert int(data.images[1, 0, 0, 0]) == int(text)
+        return
+    with pytest.raises(DataError, match=r"train.csv: " + message):
+        kaggle.load_kaggle(path)
+
+
+def test_bom_crlf_blank_lines_and_spaces_load_the_same_values(tmp_path):
+    pixels, labels = synthetic_rows(6, seed=4)
+    lines = csv_lines(pixels, labels)
+    lines[3] = " , ".join(lines[3].split(","))  # spaces around every value
+    text = "\ufeff" + "\r\n".join(lines[:4] + ["", "  "] + lines[4:]) + "\r\n"
+    (tmp_path / "train.csv").write_bytes(text.encode("utf-8"))
+    data = kaggle.load_kaggle(tmp_path)
+    assert np.array_equal(data.images.reshape(6, 784).numpy(), pixels)
+    assert np.array_equal(data.labels.numpy(), labels)
+
+
+@pytest.mark.parametrize("separator, shown, name", [(";", ";", "semicolons"),
+                                                    ("\t", r"\\t", "tabs")])
+def test_semicolon_or_tab_header_says_how_to_fix(tmp_path, separator, shown, name):
+    lines = [line.replace(",", separator) for line in _train_lines()]
+    write_lines(tmp_path / "train.csv", lines)
+    with pytest.raises(DataError, match=rf"train.csv: line 1: the header 'label{shown}pixel0"
+                                        rf"{shown}.*' separates the columns with {name}; "
+                                        r"this file must be comma-separated: save it again with "
+                                        r"commas \(e.g. pandas.read_csv"):
+        kaggle.load_kaggle(tmp_path / "train.csv")
+
+
+def test_semicolon_rows_under_a_comma_header_are_named(tmp_path):
+    lines = _train_lines()
+    lines[2] = lines[2].replace(",", ";")
+    write_lines(tmp_path / "train.csv", lines)
+    with pytest.raises(DataError, match=r"train.csv: line 3: expected 785 comma-separated values, "
+                                        r"found 1 \(the values are separated by ';': save the "
+                                        r"file with commas\)"):
+        kaggle.load_kaggle(tmp_path)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda text: gzip.compress(text.encode()),
+     r"train.csv: is gzip-compressed, not a plain CSV; decompress it first \(gunzip -c"),
+    (lambda text: b"PK\x03\x04" + bytes(40), r"train.csv: is a zip archive, not a plain CSV; "
+                                              r"unzip it first"),
+    (lambda text: text.encode("utf-16"), r"train.csv: line 1: holds a NUL byte: the file is "
+                                         r"binary or UTF-16 text"),
+    (lambda text: text.encode()[:9000] + b"\x00" * 5000 + b"\n1,2\n",
+     r"train.csv: line 3: holds a NUL byte: the file is binary, UTF-16 text or a corrupt "
+     r"\(sparse\) copy"),
+    (lambda text: text.encode()[:9000] + b"\xff\xfe1,2\n",
+     r"train.csv: line 3: byte 0xff is not UTF-8 text; save the file as a UTF-8"),
+    (lambda text: text.encode().split(b"\n")[0] + b"\n" + b"1," * 40000,
+     r"train.csv: line 2 is longer than 25120 bytes; this is not the CSV expected here"),
+    (lambda text: text.encode().replace(b"\n", b"\r", 3),
+     r"train.csv: line 1: header '.*' is not the expected"),
+], ids=["gzip", "zip", "utf16", "nul", "latin1", "endless-line", "cr-only"])
+def test_files_that_are_not_plain_csv_are_named(tmp_path, make, message):
+    path = tmp_path / "train.csv"
+    path.write_bytes(make("\n".join(_train_lines()) + "\n"))
+    with pytest.raises(DataError, match=message):
+        kaggle.load_kaggle(tmp_path)
+
+
+def test_gzip_named_csv_is_one_line_on_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "train.csv"
+    path.write_bytes(gzip.compress(("\n".join(_train_lines()) + "\n").encode()))
+    done = subprocess.run([sys.executable, "-m", "digitcnn.kfold", "--dataset", "kaggle",
+                           "--data-dir", str(path), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "train.csv: is gzip-compressed, not a plain CSV; decompress it first" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_value_far_into_a_large_file_names_its_line(tmp_path):
+    """The file is read in blocks: line numbers and values must carry across them."""
+    from digitcnn import data as data_module
+
+    pixels, labels = synthetic_rows(3000, seed=6)
+    lines = csv_lines(pixels, labels)
+    lines[2901] = _set_value(700, "256")(lines[2901])
+    write_lines(tmp_path / "train.csv", lines)
+    assert (tmp_path / "train.csv").stat().st_size > 2 * data_module.CSV_BLOCK_BYTES // 2
+    with pytest.raises(DataError, match=r"train.csv: line 2902, column 700: value 256 is out of "
+                                        r"range 0..255"):
+        kaggle.load_kaggle(tmp_path)
+    lines[2901] = _set_value(700, "255")(lines[2901])
+    pixels[2900, 698] = 255
+    write_lines(tmp_path / "train.csv", lines)
+    assert np.array_equal(kaggle.load_kaggle(tmp_path).images.reshape(-1, 784).numpy(), pixels)
+
+
+def test_two_gigabyte_sparse_csv_is_refused_in_bounded_memory(tmp_path):
+    from bombs import PEAK_RSS_LIMIT, run_measured, sparse_file
+
+    sparse_file(tmp_path / "train.csv", 2 << 30, (TRAIN_HEADER + "\n").encode())
+    code, err, peak = run_measured(["-m", "digitcnn.kfold", "--dataset", "kaggle",
+                                    "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert code == 2, err
+    assert err.count("\n") == 1 and "train.csv: line 2: holds a NUL byte" in err
+    assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 1e9:.2f} GB"

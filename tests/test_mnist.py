@@ -1,6 +1,7 @@
 """The MNIST IDX adapter: layouts, splits, every kind of bad file, cache, download, real data."""
 import gzip
 import hashlib
+import re
 import struct
 import time
 from pathlib import Path
@@ -388,3 +389,59 @@ def test_files_of_two_datasets_are_refused(tmp_path):
         load_mnist(tmp_path)
     mixed = load_mnist(tmp_path, verify=False)
     assert "t10k-labels-idx1-ubyte.gz: Fashion-MNIST" in mixed.source
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+def test_count_zero_is_refused(mnist_dir):
+    write_file(mnist_dir / "t10k-images-idx3-ubyte.gz", idx_images(np.zeros((0, 28, 28))), gz=True)
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz: the header announces 0 "
+                                        r"images: the file holds no data; download it again"):
+        load_mnist(mnist_dir, split="test")
+    write_file(mnist_dir / "t10k-images-idx3-ubyte.gz", idx_images(np.zeros((12, 28, 28))),
+               gz=True)
+    write_file(mnist_dir / "t10k-labels-idx1-ubyte.gz", idx_labels(np.zeros(0)), gz=True)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz: the header announces 0 "
+                                        r"labels"):
+        load_mnist(mnist_dir, split="test")
+
+
+def test_extra_bytes_of_a_plain_file_are_counted_exactly(mnist_dir):
+    images, _ = synthetic_digits(30, seed=0)
+    write_file(mnist_dir / "train-images-idx3-ubyte", idx_images(images) + bytes(1000), gz=False)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: the header announces 30 images "
+                                        r"of 28x28 \(23536 bytes\) but the file holds 24536 bytes "
+                                        r"\(1000 extra\); it is corrupt"):
+        load_mnist(mnist_dir, split="train")
+
+
+def test_header_too_large_is_refused_before_reading(tmp_path):
+    header = struct.pack(">IIII", IMAGES_MAGIC, 5_000_000, 28, 28)
+    write_file(tmp_path / "train-images-idx3-ubyte", header + bytes(100), gz=False)
+    write_file(tmp_path / "train-labels-idx1-ubyte", idx_labels(np.zeros(3)), gz=False)
+    with pytest.raises(DataError, match=r"IDX headers announce 3.7 GiB of images, more than "
+                                        r"digitcnn reads at once \(1024 MiB\); a header is corrupt"):
+        load_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("announced, message", [
+    # The official train count, then 4 GB of zeros: the extra data are found after the
+    # announced 47 MB, without inflating the rest.
+    (60000, r"train-images-idx3-ubyte\.gz: the header announces 60000 images of 28x28 "
+            r"\(47040016 bytes\) but the file holds at least 63817232 bytes \(at least 16777216 "
+            r"extra\); it is corrupt"),
+    # A header that announces all 4 GB: refused from the header alone.
+    (5_478_000, r"IDX headers announce 4.0 GiB of images, more than digitcnn reads at once"),
+], ids=["extra-data", "announced"])
+def test_gzip_bomb_is_refused_in_bounded_memory(tmp_path, announced, message):
+    from bombs import PEAK_RSS_LIMIT, gzip_of_zeros, run_measured
+
+    header = struct.pack(">IIII", IMAGES_MAGIC, announced, 28, 28)
+    gzip_of_zeros(tmp_path / "train-images-idx3-ubyte.gz", header, 4 << 30)
+    write_file(tmp_path / "train-labels-idx1-ubyte.gz", idx_labels(np.arange(60000) % 10), gz=True)
+    assert (tmp_path / "train-images-idx3-ubyte.gz").stat().st_size < 10 << 20
+    code, err, peak = run_measured(["-m", "digitcnn.kfold", "--dataset", "mnist", "--data-dir",
+                                    str(tmp_path), "--out", str(tmp_path / "run")])
+    assert code == 2, err
+    assert err.count("\n") == 1 and re.search(message, err), err
+    assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 1e9:.2f} GB"
