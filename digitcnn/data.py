@@ -315,6 +315,9 @@ def read_int_csv(path: Path, n_columns: int, value_range: tuple[int, int], *,
                 values = _parse_lines(path, block, line_number, n_columns, bounds, header_text)
             table[rows:rows + len(values)] = values
             rows += len(values)
+    if rows == 0:
+        raise DataError(f"{path}: has {'a header but ' if header is not None else ''}no rows; "
+                        "download the file again")
     table.resize((rows, n_columns), refcheck=False)
     return table
 

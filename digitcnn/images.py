@@ -357,12 +357,20 @@ def _read_labels_csv(csv_path: Path) -> dict[str, tuple[int, int]]:
     except UnicodeDecodeError:
         raise DataError(f"{csv_path}: is not a text file; write it as UTF-8 CSV with columns "
                         "file,label") from None
-    if not lines or [cell.strip() for cell in next(csv.reader(lines[:1]), [])] != LABELS_HEADER:
+    reader = csv.reader(lines)
+    try:
+        header = next(reader, [])
+        # line_num: the line a row ends on, also when a quoted name spans lines.
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as err:
+        raise DataError(f"{csv_path}: line {reader.line_num}: not readable as CSV ({err}); "
+                        "write it as a plain UTF-8 CSV with columns file,label") from None
+    if [cell.strip() for cell in header] != LABELS_HEADER:
         first = lines[0][:40] if lines else ""
         raise DataError(f"{csv_path}: line 1: header {first!r} is not 'file,label'; the first "
                         "line must name the columns file,label")
     labels: dict[str, tuple[int, int]] = {}
-    for line_number, row in enumerate(csv.reader(lines[1:]), start=2):
+    for line_number, row in rows:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != 2:

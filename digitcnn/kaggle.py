@@ -169,8 +169,6 @@ def _read_kaggle_csv(path: Path, labelled: bool) -> DigitDataset:
     # so no int64 copy of the whole table is ever made and nothing wraps.
     table = read_int_csv(path, len(columns), (0, KAGGLE_MAX), header=columns, dtype=np.uint8,
                          column_ranges={0: (0, 9)} if labelled else None)
-    if len(table) == 0:
-        raise DataError(f"{path}: has a header but no rows; download the file again")
     first_pixel = 1 if labelled else 0
     # Row-major pixel order (X = i*28 + j) is exactly what a C-order reshape produces.
     pixels = np.ascontiguousarray(table[:, first_pixel:])
