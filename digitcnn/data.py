@@ -217,10 +217,7 @@ _CELL = re.compile(r"[ \t]*(-?)([0-9]+)[ \t]*", re.ASCII)
 _BLANK = " \t\r\n\f\v"
 # Bytes the fast path accepts: digits, commas and line ends. Anything else (spaces, signs,
 # letters, other encodings) goes to the line-by-line parser, which accepts or names it.
-_FAST_BYTES = np.zeros(256, dtype=bool)
-_FAST_BYTES[list(b"0123456789,\r\n")] = True
-_DIGIT_BYTES = np.zeros(256, dtype=bool)
-_DIGIT_BYTES[list(b"0123456789")] = True
+_FAST_BYTES = b"0123456789,\r\n"
 
 
 def read_first_line(path: Path, limit: int = 1 << 16) -> str:
@@ -369,14 +366,15 @@ def _parse_fast(block: bytes, n_columns: int, bounds: np.ndarray) -> np.ndarray 
     however the parser treats a too-large value."""
     import pandas as pd
 
-    codes = np.frombuffer(block, dtype=np.uint8)
-    if not _FAST_BYTES[codes].all():
+    if block.translate(None, _FAST_BYTES):
         return None
-    carriage = np.flatnonzero(codes == 13)
-    if carriage.size and (carriage[-1] + 1 >= codes.size or (codes[carriage + 1] != 10).any()):
-        return None  # a lone CR ends a line for pandas but not for the line-by-line parser
+    codes = np.frombuffer(block, dtype=np.uint8)
+    if b"\r" in block:
+        carriage = np.flatnonzero(codes == ord("\r"))
+        if carriage[-1] + 1 >= codes.size or (codes[carriage + 1] != ord("\n")).any():
+            return None  # a lone CR ends a line for pandas but not for the line-by-line parser
     width = len(str(int(np.abs(bounds).max())))
-    digits = _DIGIT_BYTES[codes]
+    digits = codes >= ord("0")  # only digits, ',', CR and LF are left, and '0' is above them
     run = digits[:codes.size - width].copy()
     for shift in range(1, width + 1):
         run &= digits[shift:codes.size - width + shift]
