@@ -39,9 +39,10 @@ IMAGES_HEADER_BYTES = 16
 LABELS_HEADER_BYTES = 8
 GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_FETCH_TIMEOUT_S = 30.0
-# The most image bytes read at once (1.37 million 28x28 images; EMNIST ByClass has 0.8 million):
-# a header announcing more is corrupt or a decompression bomb, refused before anything is read.
-MAX_IDX_BYTES = 1 << 30
+# The most image bytes read at once (684,000 28x28 images; MNIST and its look-alikes have
+# 70,000): a header announcing more is corrupt or a decompression bomb, refused before anything
+# is read, and what is allowed fits in memory beside torch.
+MAX_IDX_BYTES = 1 << 29
 # Files are read (and gzip streams inflated) in chunks of this size, straight into the result.
 IDX_CHUNK_BYTES = 1 << 22
 # Bytes after the announced items that are counted for the message before giving up.
@@ -213,33 +214,34 @@ def _splits_to_read(folder: Path, found: dict[str, Path], split: str) -> list[st
 
 def _load_files(folder: Path, found: dict[str, Path], splits: list[str],
                 verify: bool) -> DigitDataset:
-    images, labels, groups, read = [], [], [], []
-    announced = 0
-    for part in splits:
-        # Every header is checked before any payload is read, so that the limit holds for
-        # the whole dataset and no file is decompressed whose header is wrong.
-        announced += _announced_bytes(found[SPLIT_FILES[part][0]], IMAGES_MAGIC)
+    labels, groups, read = [], [], []
+    # Every images header is checked before any payload is read, so that the limit holds for
+    # the whole dataset and no file is decompressed whose header is wrong.
+    counts = [_announced_count(found[SPLIT_FILES[part][0]], IMAGES_MAGIC) for part in splits]
+    announced = sum(counts) * IMAGE_SIDE * IMAGE_SIDE
     if announced > MAX_IDX_BYTES:
         raise DataError(f"{folder}: the IDX headers announce {announced / 2**30:.1f} GiB of images, "
                         f"more than digitcnn reads at once ({MAX_IDX_BYTES >> 20} MiB); a header "
                         "is corrupt (download the files again), or load one split at a time")
-    for part in splits:
+    # The splits are read straight into their rows of one array: no concatenated copy.
+    images = np.empty((sum(counts), 1, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
+    starts = np.cumsum([0] + counts)
+    for index, part in enumerate(splits):
         images_name, labels_name = SPLIT_FILES[part]
-        images_file = _read_idx_file(found[images_name], images_name, IMAGES_MAGIC, verify)
+        images_file = _read_idx_file(found[images_name], images_name, IMAGES_MAGIC, verify,
+                                     out=images[starts[index]:starts[index + 1]])
         labels_file = _read_idx_file(found[labels_name], labels_name, LABELS_MAGIC, verify)
         if len(images_file.values) != len(labels_file.values):
             raise DataError(f"{images_file.path} holds {len(images_file.values)} images but "
                             f"{labels_file.path} holds {len(labels_file.values)} labels; images "
                             "and labels must come from the same download")
-        images.append(images_file.values)
         labels.append(labels_file.values)
         groups.append(np.full(len(labels_file.values), part))
         read += [images_file, labels_file]
     if verify:
         _check_one_dataset(read)
-    one = len(images) == 1  # one split: its arrays are used as read, without a copy
-    return DigitDataset(images=torch.from_numpy(images[0] if one else np.concatenate(images)),
-                        labels=torch.from_numpy(labels[0] if one else np.concatenate(labels)),
+    return DigitDataset(images=torch.from_numpy(images),
+                        labels=torch.from_numpy(np.concatenate(labels)),
                         name="mnist", source=_describe_source(folder, read),
                         sha256={f.path.name: f.sha256 for f in read}, max_value=MNIST_MAX,
                         groups=np.concatenate(groups))
@@ -286,14 +288,16 @@ def _read_header(stream, path: Path, magic: int) -> tuple[int, int, str]:
     return count, IMAGE_SIDE * IMAGE_SIDE if images else 1, described
 
 
-def _announced_bytes(path: Path, magic: int) -> int:
+def _announced_count(path: Path, magic: int) -> int:
     with _open_idx(path) as stream:
-        count, item_bytes, _ = _read_header(stream, path, magic)
-    return count * item_bytes
+        return _read_header(stream, path, magic)[0]
 
 
-def _read_idx_file(path: Path, canonical: str, magic: int, verify: bool) -> _IdxFile:
-    """Stream one IDX file: header first, then exactly the items it announces, checked."""
+def _read_idx_file(path: Path, canonical: str, magic: int, verify: bool,
+                   out: np.ndarray | None = None) -> _IdxFile:
+    """Stream one IDX file: header first, then exactly the items it announces, checked.
+
+    ``out``: where the items go, when its size is the one announced (else a new array)."""
     header_bytes = IMAGES_HEADER_BYTES if magic == IMAGES_MAGIC else LABELS_HEADER_BYTES
     with _open_idx(path) as stream:
         count, item_bytes, described = _read_header(stream, path, magic)
@@ -308,7 +312,8 @@ def _read_idx_file(path: Path, canonical: str, magic: int, verify: bool) -> _Idx
         if payload_md5 is not None:
             stream.seek(0)
             payload_md5.update(_read_stream(stream, path, header_bytes))
-        values = np.empty(count * item_bytes, dtype=np.uint8)
+        fits = out is not None and out.size == count * item_bytes
+        values = out.reshape(-1) if fits else np.empty(count * item_bytes, dtype=np.uint8)
         view = memoryview(values)
         done = 0
         while done < len(values):
@@ -331,7 +336,7 @@ def _read_idx_file(path: Path, canonical: str, magic: int, verify: bool) -> _Idx
     dataset = _identify(path, canonical, payload_md5.hexdigest() if payload_md5 else None,
                         stored_md5, verify)
     if magic == IMAGES_MAGIC:
-        values = values.reshape(count, 1, IMAGE_SIDE, IMAGE_SIDE)
+        values = values.reshape(count, 1, IMAGE_SIDE, IMAGE_SIDE)  # a view of ``out`` if given
     else:
         values = _checked_labels(values, path)
     return _IdxFile(path=path, canonical=canonical, values=values, sha256=sha256,

@@ -420,7 +420,7 @@ def test_header_too_large_is_refused_before_reading(tmp_path):
     write_file(tmp_path / "train-images-idx3-ubyte", header + bytes(100), gz=False)
     write_file(tmp_path / "train-labels-idx1-ubyte", idx_labels(np.zeros(3)), gz=False)
     with pytest.raises(DataError, match=r"IDX headers announce 3.7 GiB of images, more than "
-                                        r"digitcnn reads at once \(1024 MiB\); a header is corrupt"):
+                                        r"digitcnn reads at once \(512 MiB\); a header is corrupt"):
         load_mnist(tmp_path)
 
 
