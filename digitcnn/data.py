@@ -25,8 +25,8 @@ import torch
 from .errors import DataError
 
 __all__ = ["DigitDataset", "load", "list_datasets", "register_dataset", "cache_dir", "sha256_of",
-           "read_int_csv", "read_first_line", "resolve_data_dir", "UCI_RESOURCES", "load_uci", "DATA_DIR_ENV",
-           "OFFLINE_ENV", "FETCH_TIMEOUT_ENV"]
+           "read_int_csv", "read_first_line", "resolve_data_dir", "UCI_RESOURCES", "load_uci",
+           "DATA_DIR_ENV", "OFFLINE_ENV", "FETCH_TIMEOUT_ENV"]
 
 DATA_DIR_ENV = "DIGITCNN_DATA_DIR"
 OFFLINE_ENV = "DIGITCNN_OFFLINE"

@@ -31,8 +31,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .data import SPLITS, DigitDataset
 from .errors import DataError
 
-__all__ = ["load_images", "mnist_style", "open_image", "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "LABELS_CSV", "MNIST_SIDE",
-           "MNIST_BOX", "MNIST_CENTRE", "MIN_INK_CONTRAST"]
+__all__ = ["load_images", "mnist_style", "open_image", "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES",
+           "LABELS_CSV", "MNIST_SIDE", "MNIST_BOX", "MNIST_CENTRE", "MIN_INK_CONTRAST"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LABELS_CSV = "labels.csv"

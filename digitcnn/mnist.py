@@ -220,8 +220,8 @@ def _load_files(folder: Path, found: dict[str, Path], splits: list[str],
     counts = [_announced_count(found[SPLIT_FILES[part][0]], IMAGES_MAGIC) for part in splits]
     announced = sum(counts) * IMAGE_SIDE * IMAGE_SIDE
     if announced > MAX_IDX_BYTES:
-        raise DataError(f"{folder}: the IDX headers announce {announced / 2**30:.1f} GiB of images, "
-                        f"more than digitcnn reads at once ({MAX_IDX_BYTES >> 20} MiB); a header "
+        raise DataError(f"{folder}: the IDX headers announce {announced / 2**30:.1f} GiB of "
+                        f"images, more than digitcnn reads at once ({MAX_IDX_BYTES >> 20} MiB); a header "
                         "is corrupt (download the files again), or load one split at a time")
     # The splits are read straight into their rows of one array: no concatenated copy.
     images = np.empty((sum(counts), 1, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
