@@ -339,7 +339,13 @@ def _entries_from_csv(csv_path: Path, folder: Path, found: list[str]) -> list[_E
     images = set(found)
     for name, (_, line_number) in labels.items():
         if name not in images:
-            what = ("is not a PNG/JPG file" if (folder / name).is_file()
+            candidate = folder / name
+            if not candidate.resolve().is_relative_to(folder.resolve()):
+                # Through a link (e.g. a hidden one): said without looking at the target.
+                raise DataError(f"{csv_path}: line {line_number}: file {name!r} lies outside the "
+                                f"images folder (through a symbolic link); {LABELS_CSV} may name "
+                                "only images inside the folder: copy the image into it")
+            what = ("is not a PNG/JPG file" if candidate.is_file()
                     else f"is not found in {folder}")
             raise DataError(f"{csv_path}: line {line_number}: file {name!r} {what}; fix the name "
                             "or delete that line")

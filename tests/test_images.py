@@ -273,6 +273,18 @@ def test_labels_csv_naming_a_file_outside_the_folder(tmp_path, outside_exists):
     assert all("not found" not in m and "not a PNG" not in m for m in messages)
 
 
+def test_labels_csv_naming_a_file_through_a_hidden_link(tmp_path):
+    folder = tmp_path / "images"
+    save(draw_digit(1, BLACK, WHITE), folder / "a.png")
+    save(draw_digit(0, BLACK, WHITE), tmp_path / "outside" / "x.png")
+    (folder / ".link").symlink_to(tmp_path / "outside", target_is_directory=True)
+    for name in ("x.png", "missing.png"):  # the same words whether the target exists or not
+        (folder / "labels.csv").write_text(f"file,label\na.png,1\n.link/{name},0\n")
+        with pytest.raises(DataError, match=r"line 3: file '.link/.*' lies outside the images "
+                                            r"folder \(through a symbolic link\)"):
+            load_images(folder)
+
+
 def test_labels_csv_names_are_normalised_inside_the_folder(tmp_path):
     save(draw_digit(1, BLACK, WHITE), tmp_path / "sub" / "a.png")
     save(draw_digit(0, BLACK, WHITE), tmp_path / "b.png")
