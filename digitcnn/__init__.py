@@ -14,6 +14,7 @@ _EXPORTS = {
     "DigitDataset": "data", "list_datasets": "data", "load": "data", "register_dataset": "data",
     "ConfigError": "errors", "DataError": "errors", "DigitCNNError": "errors",
     "ModelError": "errors",
+    "DigitClassifier": "estimator",
     "make_splits": "kfold", "run_kfold": "kfold", "run_baseline": "baselines",
     "ConfusionAccumulator": "metrics", "accuracy_from_confusion": "metrics",
     "normalize_confusion": "metrics",

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from .data import DigitDataset
     from .scaling import Scaler
 
-__all__ = ["make_splits", "splits_sha256", "run_kfold", "run_fold", "run_folds_parallel",
+__all__ = ["make_splits", "holdout_split", "splits_sha256", "run_kfold", "run_fold",
+           "train_model", "device_tensors", "run_folds_parallel",
            "run_folds_in_processes", "load_for_config",
            "load_extra_training", "default_out_dir", "resume_config", "finish_run",
            "check_model", "run_from_cli", "RUN_FLAGS", "main"]
@@ -57,18 +58,7 @@ def make_splits(dataset: DigitDataset, config: RunConfig) -> list[tuple[np.ndarr
     if config.cv == "full":
         return [(np.arange(n), np.arange(0))]
     if config.cv == "holdout":
-        labels = dataset.labels.numpy()
-        classes = np.unique(labels)
-        val_rows = int(np.ceil(config.val_fraction * n))
-        # sklearn can only stratify when every class has 2 rows and each side can hold one
-        # row of every class; a tiny or skewed set is split at random instead.
-        can_stratify = (np.bincount(labels)[classes].min() >= 2
-                        and len(classes) <= min(val_rows, n - val_rows))
-        stratify = labels if can_stratify else None
-        train_rows, val_rows = train_test_split(
-            np.arange(n), test_size=config.val_fraction, shuffle=True,
-            random_state=config.random_state, stratify=stratify)
-        return [(np.sort(train_rows), np.sort(val_rows))]
+        return [holdout_split(dataset.labels.numpy(), config.val_fraction, config.random_state)]
     if config.cv == "writers":
         if dataset.groups is None or not {"train", "test"} <= set(np.unique(dataset.groups)):
             raise ConfigError(f"--cv writers needs the original train/test split of "
@@ -89,6 +79,24 @@ def make_splits(dataset: DigitDataset, config: RunConfig) -> list[tuple[np.ndarr
         return list(splitter.split(np.zeros(n), dataset.labels.numpy()))
     splitter = KFold(config.folds, shuffle=config.shuffle, random_state=random_state)
     return list(splitter.split(np.zeros(n)))
+
+
+def holdout_split(labels: np.ndarray, val_fraction: float,
+                  random_state: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train_rows, val_rows) of one shuffled holdout split of (N,) int ``labels``,
+    stratified when the classes allow it."""
+    n = len(labels)
+    classes = np.unique(labels)
+    val_rows = int(np.ceil(val_fraction * n))
+    # sklearn can only stratify when every class has 2 rows and each side can hold one
+    # row of every class; a tiny or skewed set is split at random instead.
+    can_stratify = (np.bincount(labels)[classes].min() >= 2
+                    and len(classes) <= min(val_rows, n - val_rows))
+    stratify = labels if can_stratify else None
+    train_rows, val_rows = train_test_split(
+        np.arange(n), test_size=val_fraction, shuffle=True, random_state=random_state,
+        stratify=stratify)
+    return np.sort(train_rows), np.sort(val_rows)
 
 
 def splits_sha256(splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> str:
@@ -160,15 +168,23 @@ def fold_tensors(dataset: DigitDataset, config: RunConfig, train_rows: np.ndarra
         train_labels = torch.cat([train_labels, extra.labels])
     val_index = torch.as_tensor(val_rows)
     scaler = _fold_scaler(config, train_images, dataset.max_value, global_scaler)
+    tensors = device_tensors(config, scaler, train_images, train_labels,
+                             dataset.images[val_index], dataset.labels[val_index], device)
+    return tensors, scaler
+
+
+def device_tensors(config: RunConfig, scaler: Scaler, train_images: torch.Tensor,
+                   train_labels: torch.Tensor, val_images: torch.Tensor,
+                   val_labels: torch.Tensor, device: torch.device) -> engine.FoldTensors:
+    """A fold's raw (N, C, H, W) images and (N,) labels moved to ``device``, with ``scaler``'s
+    statistics, in the memory format ``config`` asks for."""
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    tensors = engine.FoldTensors(
+    return engine.FoldTensors(
         train_images=train_images.to(device), train_labels=train_labels.to(device),
-        val_images=dataset.images[val_index].to(device),
-        val_labels=dataset.labels[val_index].to(device),
+        val_images=val_images.to(device), val_labels=val_labels.to(device),
         mean=torch.as_tensor(scaler.mean, dtype=torch.float32, device=device),
         scale=torch.as_tensor(scaler.scale, dtype=torch.float32, device=device),
         memory_format=memory_format)
-    return tensors, scaler
 
 
 def model_options(config: RunConfig) -> dict:
@@ -196,12 +212,8 @@ def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np
 
     started = time.perf_counter()
     seed = fold_seed(config.seed, fold)
-    generator = seed_everything(seed)
     data, scaler = fold_tensors(dataset, config, train_rows, val_rows, device, global_scaler,
                                 extra)
-    model = create_model(config.model, dataset.input_shape, len(dataset.classes),
-                         init=config.init, **model_options(config))
-    model = model.to(device, memory_format=data.memory_format)
 
     def report(epoch: int, history: engine.EpochRecord) -> None:
         if progress is not None:
@@ -209,10 +221,8 @@ def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np
             progress.set_postfix(fold=fold, epoch=epoch + 1, loss=f"{history.train_loss[-1]:.4f}",
                                  val_loss=f"{history.val_loss[-1]:.4f}")
 
-    precision = resolve_precision(config.precision, device)
-    outcome = engine.fit(model, data, config, num_classes=len(dataset.classes),
-                         generator=generator, on_epoch=report,
-                         autocast_dtype=autocast_dtype(precision))
+    model, outcome = train_model(config, data, dataset.input_shape, len(dataset.classes), seed,
+                                 device, on_epoch=report)
     history, evaluation = outcome.history, outcome.evaluation
     if progress is not None and outcome.epochs_run < config.epochs:
         progress.update(config.epochs - outcome.epochs_run)
@@ -228,6 +238,24 @@ def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np
     if out_dir is not None and config.save_models:
         save_fold_model(model, out_dir, dataset, config, scaler, result)
     return result
+
+
+def train_model(config: RunConfig, data: engine.FoldTensors, input_shape: tuple[int, int, int],
+                num_classes: int, seed: int, device: torch.device, on_epoch=None,
+                model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, engine.FitOutcome]:
+    """One fold's training, as :func:`run_fold` does it: seed ``seed``, build a fresh
+    ``config.model`` for ``input_shape`` (C, H, W) (or train ``model`` further), then
+    :func:`digitcnn.engine.fit` under the precision ``config`` resolves to on ``device``.
+    Returns the trained model and the fit's outcome."""
+    generator = seed_everything(seed)
+    if model is None:
+        model = create_model(config.model, input_shape, num_classes, init=config.init,
+                             **model_options(config))
+    model = model.to(device, memory_format=data.memory_format)
+    precision = resolve_precision(config.precision, device)
+    outcome = engine.fit(model, data, config, num_classes=num_classes, generator=generator,
+                         on_epoch=on_epoch, autocast_dtype=autocast_dtype(precision))
+    return model, outcome
 
 
 def save_fold_model(model, out_dir: Path, dataset: DigitDataset, config: RunConfig,
