@@ -15,7 +15,11 @@ and its fold workers. Cases:
 * ``scaling``: digitcnn's wall time against the number of folds and the number of rows;
 * ``augment``: the cost of S1's augmentation in an epoch of S1's model (in one process);
 * ``choices``: one UCI S5 fold under each CPU choice (precision, memory format, threads),
-  one change at a time (in one process).
+  one change at a time (in one process);
+* ``skorch``: scikit-learn's ``cross_val_score`` (4 shuffled folds) of
+  :class:`digitcnn.DigitClassifier` against skorch's ``NeuralNetClassifier`` on the same
+  model (S5's), folds, epochs, batch size, optimizer, schedule and device, UCI
+  (:func:`sklearn_side`; skorch is needed for this case only).
 
 Writes ``bench.json`` and ``scaling.png`` to ``--out`` (default ``results/bench``).
 """
@@ -33,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["compare", "plain_loop", "main"]
+__all__ = ["compare", "plain_loop", "sklearn_side", "main"]
 
 
 def _process_tree(root: int) -> list[int]:
@@ -350,6 +354,90 @@ def bench_augment(args, scratch: Path) -> dict:
             "extra_percent_median": 100 * (statistics.median(ratios) - 1)}
 
 
+def sklearn_side(side: str, uci_dir: str, device: str = "cpu", epochs: int = 10,
+                 limit: int | None = None, verify: bool = True) -> dict:
+    """``cross_val_score`` of one side on UCI: digitcnn's DigitClassifier (its defaults: S5's
+    model and recipe, per-fold StandardScaler) or skorch's NeuralNetClassifier given the same
+    work (S5's model, a per-fold StandardScaler in a Pipeline, Adam 1e-3, batch 64, StepLR
+    gamma 0.7 each epoch, every fold row trained on). Folds: KFold(4, shuffle=True,
+    random_state=30). Returns the mean fold accuracy in %, the folds' accuracies and the
+    seconds cross_val_score took."""
+    import numpy as np
+    import torch
+    from sklearn.model_selection import KFold, cross_val_score
+
+    from .data import load
+
+    dataset = load("uci", uci_dir, verify=verify)
+    rows = len(dataset) if limit is None else min(limit, len(dataset))
+    X = dataset.images[:rows].reshape(rows, -1).numpy().astype(np.float32)
+    y = dataset.labels[:rows].numpy()
+    torch.manual_seed(0)
+    estimator = _skorch_estimator(device, epochs) if side == "skorch" else \
+        _digitcnn_estimator(device, epochs)
+    started = time.perf_counter()
+    scores = cross_val_score(estimator, X, y, cv=KFold(4, shuffle=True, random_state=30))
+    return {"accuracy": 100 * float(np.mean(scores)), "fold_accuracies": scores.tolist(),
+            "wall_s": time.perf_counter() - started, "n": rows, "device": device,
+            "side": side}
+
+
+def _digitcnn_estimator(device: str, epochs: int):
+    from .estimator import DigitClassifier
+
+    return DigitClassifier("s5", epochs=epochs, batch_size=64, lr=1e-3, optimizer="adam",
+                           scheduler="step", gamma=0.7, device=device)
+
+
+def _skorch_estimator(device: str, epochs: int):
+    import numpy as np
+    import torch
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    try:
+        from skorch import NeuralNetClassifier
+        from skorch.callbacks import LRScheduler
+    except ImportError:
+        raise SystemExit("digitcnn.bench --cases skorch compares against skorch, which "
+                         "digitcnn does not depend on; install it with: pip install skorch") \
+            from None
+    from .models import create_model
+
+    class S5(torch.nn.Module):
+        """S5's model from digitcnn's registry (its kaiming-xavier init), for skorch."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = create_model("s5", (1, 8, 8), 10)
+
+        def forward(self, x):
+            return self.net(x)
+
+    # The model ends in LogSoftmax; CrossEntropyLoss of log-probabilities is their NLL (a
+    # log-softmax of log-probabilities changes nothing), and skorch's predict_proba then
+    # applies softmax, giving the probabilities back.
+    net = NeuralNetClassifier(
+        S5, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam, lr=1e-3,
+        max_epochs=epochs, batch_size=64, train_split=None, iterator_train__shuffle=True,
+        callbacks=[("lr", LRScheduler(policy="StepLR", step_size=1, gamma=0.7))],
+        device=device, verbose=0)
+    return make_pipeline(StandardScaler(), FunctionTransformer(
+        lambda pixels: pixels.reshape(-1, 1, 8, 8).astype(np.float32)), net)
+
+
+def bench_skorch(args, scratch: Path) -> dict:
+    """The two sides of :func:`sklearn_side` as whole processes, alternating."""
+    def side(name: str) -> list[str]:
+        return [sys.executable, "-m", "digitcnn.bench", "--sklearn-side", name, "--uci-dir",
+                args.uci_dir, "--device", args.device, "--skorch-epochs",
+                str(args.skorch_epochs)]
+
+    result = compare(side("digitcnn"), side("skorch"), args.repeats, "skorch",
+                     _read_reference, _read_reference)
+    return {**result, "yardstick": "skorch.NeuralNetClassifier", "epochs": args.skorch_epochs}
+
+
 def plot_scaling(table: dict, path: Path) -> None:
     import matplotlib
 
@@ -381,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m digitcnn.bench", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["uci", "mnist", "scaling"],
-                        choices=("uci", "mnist", "scaling", "augment", "choices"))
+                        choices=("uci", "mnist", "scaling", "augment", "choices", "skorch"))
     parser.add_argument("--augment-rows", type=int, default=6000,
                         help="training rows per timed epoch in the augment case")
     parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per case")
@@ -396,7 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="results/bench")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="further flags for digitcnn.kfold (last on the line)")
+    parser.add_argument("--skorch-epochs", type=int, default=10,
+                        help="epochs per fold in the skorch case")
     parser.add_argument("--plain-loop", metavar="MNIST_DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--sklearn-side", choices=("digitcnn", "skorch"), help=argparse.SUPPRESS)
     return parser
 
 
@@ -404,6 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.plain_loop:  # the yardstick's own process
         print(json.dumps(plain_loop(args.plain_loop, device=args.device, limit=args.mnist_limit)))
+        return 0
+    if args.sklearn_side:  # one side of the skorch case, in its own process
+        print(json.dumps(sklearn_side(args.sklearn_side, args.uci_dir, args.device,
+                                      args.skorch_epochs)))
         return 0
     report = {"cases": {}, "cpu_count": os.cpu_count(), "device": args.device,
               "repeats": args.repeats, "extra_flags": args.extra, "uci_config": args.uci_config,
@@ -415,7 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for case in args.cases:
             runner = {"uci": bench_uci, "mnist": bench_mnist, "scaling": bench_scaling,
-                      "augment": bench_augment, "choices": bench_choices}[case]
+                      "augment": bench_augment, "choices": bench_choices,
+                      "skorch": bench_skorch}[case]
             report["cases"][case] = runner(args, Path(scratch))
     from .results import write_json
     from .runtime import library_versions
@@ -424,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(out / "bench.json", report)
     if "scaling" in report["cases"]:
         plot_scaling(report["cases"]["scaling"], out / "scaling.png")
-    for case in ("uci", "mnist"):
+    for case in ("uci", "mnist", "skorch"):
         if case in report["cases"]:
             result = report["cases"][case]
             print(f"{case}: digitcnn/reference wall time ratio {result['ratio_median']:.3f} "
