@@ -52,7 +52,7 @@ __all__ = ["make_splits", "holdout_split", "splits_sha256", "run_kfold", "run_fo
 
 def make_splits(dataset: DigitDataset, config: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train_indices, val_indices) per fold, from sklearn's splitters or the original split."""
-    from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+    from sklearn.model_selection import KFold, StratifiedKFold
 
     n = len(dataset)
     if config.cv == "full":
@@ -85,6 +85,8 @@ def holdout_split(labels: np.ndarray, val_fraction: float,
                   random_state: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train_rows, val_rows) of one shuffled holdout split of (N,) int ``labels``,
     stratified when the classes allow it."""
+    from sklearn.model_selection import train_test_split
+
     n = len(labels)
     classes = np.unique(labels)
     val_rows = int(np.ceil(val_fraction * n))
@@ -159,8 +161,6 @@ def fold_tensors(dataset: DigitDataset, config: RunConfig, train_rows: np.ndarra
     """Move one fold's raw rows to the device; fit its scaler on its training rows."""
     import torch
 
-    from . import engine
-
     train_images = dataset.images[torch.as_tensor(train_rows)]
     train_labels = dataset.labels[torch.as_tensor(train_rows)]
     if extra is not None:  # own images join the training side only
@@ -178,6 +178,10 @@ def device_tensors(config: RunConfig, scaler: Scaler, train_images: torch.Tensor
                    val_labels: torch.Tensor, device: torch.device) -> engine.FoldTensors:
     """A fold's raw (N, C, H, W) images and (N,) labels moved to ``device``, with ``scaler``'s
     statistics, in the memory format ``config`` asks for."""
+    import torch
+
+    from . import engine
+
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     return engine.FoldTensors(
         train_images=train_images.to(device), train_labels=train_labels.to(device),
@@ -207,9 +211,6 @@ def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np
     """Train and evaluate one fold from scratch: fresh seed, model, optimizer, schedule and
     early-stopping state. With ``out_dir`` and ``config.save_models`` the fold's model is
     saved under ``out_dir/folds/fold<k>/``."""
-    from . import engine
-    from .models import create_model
-
     started = time.perf_counter()
     seed = fold_seed(config.seed, fold)
     data, scaler = fold_tensors(dataset, config, train_rows, val_rows, device, global_scaler,
@@ -247,6 +248,9 @@ def train_model(config: RunConfig, data: engine.FoldTensors, input_shape: tuple[
     ``config.model`` for ``input_shape`` (C, H, W) (or train ``model`` further), then
     :func:`digitcnn.engine.fit` under the precision ``config`` resolves to on ``device``.
     Returns the trained model and the fit's outcome."""
+    from . import engine
+    from .models import create_model
+
     generator = seed_everything(seed)
     if model is None:
         model = create_model(config.model, input_shape, num_classes, init=config.init,

@@ -107,7 +107,11 @@ def configure_determinism(deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    # torch.use_deterministic_algorithms imports torch._inductor (seconds of start-up), so it
+    # is called only to change the setting.
+    if (torch.are_deterministic_algorithms_enabled() != deterministic
+            or torch.is_deterministic_algorithms_warn_only_enabled()):
+        torch.use_deterministic_algorithms(deterministic, warn_only=False)
 
 
 def fold_seed(seed: int, fold: int) -> int:
