@@ -181,7 +181,11 @@ def speed_section(results: Path) -> list[str]:
             ("bench", "mnist", "MNIST scale: Fashion-MNIST's 60,000 training images, S2's "
                                "model, 4 folds x 1 epoch, against the plain DataLoader loop "
                                "`digitcnn.bench.plain_loop`"),
-            ("bench_fast", "uci", "the fast UCI recipe against the S5 reference loop")):
+            ("bench_fast", "uci", "the fast UCI recipe against the S5 reference loop"),
+            ("bench_skorch", "skorch", "scikit-learn's `cross_val_score` of `DigitClassifier` "
+                                       "against skorch's `NeuralNetClassifier` (UCI, S5's "
+                                       "model, the same 4 shuffled folds, 10 epochs, batch "
+                                       "64, Adam 1e-3, StepLR 0.7, CPU)")):
         report = _read(results / folder / "bench.json")
         if not report or name not in report.get("cases", {}):
             continue
