@@ -8,9 +8,12 @@
 
 A fit is one fold of :func:`digitcnn.run_kfold`: the same scaling (fitted on the rows given
 to ``fit``), seeding, model creation and training engine (:func:`digitcnn.kfold.train_model`),
-on CUDA when there is one. ``DigitClassifier(random_state=s)`` fitted on a fold's training
-rows predicts that fold's validation rows exactly as fold 0 of ``run_kfold`` with seed ``s``
-does on the CPU (run_kfold seeds fold k with ``seed + k``).
+on CUDA when there is one. On the CPU (same torch thread count), ``DigitClassifier
+(random_state=s)`` fitted on fold k's training rows predicts fold k's validation rows exactly
+as ``run_kfold`` with ``seed = s - k`` does (run_kfold seeds fold k with ``seed + k``, while
+scikit-learn gives every fold the same ``random_state``).
+
+Needs scikit-learn >= 1.6 (``validate_data``, estimator tags).
 """
 from __future__ import annotations
 
@@ -165,11 +168,6 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         raise ValueError(f"random_state={self.random_state!r} must be an int, None or a "
                          "numpy RandomState")
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        return tags
-
     # ------------------------------------------------------------------ data
 
     def _images(self, X, y=None, *, reset: bool, with_y: bool):
@@ -283,8 +281,6 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
             train_rows, val_rows = holdout_split(codes, config.val_fraction, seed)
         else:
             train_rows, val_rows = np.arange(len(codes)), np.arange(0)
-        if config.early_stopping and len(val_rows) == 0:
-            raise ValueError("early_stopping needs validation rows; set validation_fraction")
         train, val = torch.as_tensor(train_rows), torch.as_tensor(val_rows)
         configure_determinism(config.deterministic)
         device = select_device(config.device)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -244,3 +245,23 @@ def test_cross_val_score_matches_run_kfold_on_uci():
                                  cv=[splits[k]])
         assert fold_k[0] == expected[k]
     assert expected[0] > 0.9
+
+
+@pytest.mark.parametrize("side", ["digitcnn", "skorch"])
+def test_skorch_bench_sides_cross_validate_the_same_folds(side, optdigits_dir):
+    if side == "skorch":
+        pytest.importorskip("skorch")
+    from digitcnn.bench import sklearn_side
+
+    result = sklearn_side(side, str(optdigits_dir), epochs=1, verify=False)
+    assert result["n"] == 180 and len(result["fold_accuracies"]) == 4
+    assert result["accuracy"] == pytest.approx(100 * np.mean(result["fold_accuracies"]))
+    assert result["wall_s"] > 0
+
+
+def test_skorch_bench_says_how_to_get_skorch(optdigits_dir, monkeypatch):
+    from digitcnn.bench import sklearn_side
+
+    monkeypatch.setitem(sys.modules, "skorch", None)
+    with pytest.raises(SystemExit, match="pip install skorch"):
+        sklearn_side("skorch", str(optdigits_dir), epochs=1, verify=False)
