@@ -184,17 +184,20 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         elif ndim > 4:
             raise ValueError(f"X has {ndim} dimensions; give images (n, H, W) or "
                              "(n, 1, H, W), or flat rows (n, H*W)")
-        # Validated as float64 (the wide type), then narrowed to the float32 the model uses.
+        # Other types are validated as float64 (the wide type), then narrowed to the float32
+        # the model uses; float32 input is validated as it is.
+        dtypes = [np.float64, np.float32]
         if with_y:
-            X, y = validate_data(self, X, y, reset=reset, dtype=np.float64)
+            X, y = validate_data(self, X, y, reset=reset, dtype=dtypes)
         else:
-            X = validate_data(self, X, reset=reset, dtype=np.float64)
+            X = validate_data(self, X, reset=reset, dtype=dtypes)
         largest = float(np.abs(X).max()) if X.size else 0.0
         if largest > _FLOAT32_MAX:
             raise ValueError(f"X holds {largest:g}, beyond float32's range; scale the pixels "
                              "to a sensible range first")
         height, width = self._image_size(X.shape[1], layout, reset)
-        images = torch.from_numpy(X.astype(np.float32)).reshape(len(X), 1, height, width)
+        # a copy: the caller's array may be read-only (a memmap) and stays untouched
+        images = torch.from_numpy(np.array(X, dtype=np.float32)).reshape(len(X), 1, height, width)
         return images, y
 
     def _image_size(self, features: int, layout, reset: bool) -> tuple[int, int]:
