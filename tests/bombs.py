@@ -87,3 +87,56 @@ def npy_header_only(path: Path, shape: tuple[int, ...], dtype: str = "|u1") -> P
             handle, {"descr": dtype, "fortran_order": False, "shape": shape})
         handle.write(bytes(64))
     return path
+
+
+def main() -> None:
+    """``python tests/bombs.py``: every bomb through its CLI; exit code and peak RSS of each."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bombs-") as name:
+        _measure_all(Path(name))
+
+
+def _measure_all(folder: Path) -> None:
+    import digitcnn
+    from digitcnn.checkpoint import save_model
+
+    def report(name: str, argv: list[str]) -> None:
+        code, err, peak = run_measured(argv)
+        print(f"{name}: exit {code}, peak RSS {peak / 1e6:.0f} MB; {err.strip()[:110]}")
+
+    def kfold(dataset: str, data_dir: Path) -> list[str]:
+        return ["-m", "digitcnn.kfold", "--dataset", dataset, "--data-dir", str(data_dir),
+                "--out", str(folder / f"run-{dataset}")]
+
+    report("baseline (missing --data-dir)", kfold("kaggle", folder / "missing"))
+    (folder / "kaggle").mkdir()
+    header = ",".join(["label"] + [f"pixel{i}" for i in range(784)]) + "\n"
+    sparse_file(folder / "kaggle" / "train.csv", 2 << 30, header.encode())
+    report("2 GB sparse Kaggle CSV", kfold("kaggle", folder / "kaggle"))
+    for announced in (60000, 5_478_000):
+        mnist = folder / f"mnist-{announced}"
+        mnist.mkdir()
+        gzip_of_zeros(mnist / "train-images-idx3-ubyte.gz",
+                      struct.pack(">IIII", 2051, announced, 28, 28), 4 << 30)
+        (mnist / "train-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(struct.pack(">II", 2049, 60000) + bytes(60000)))
+        report(f"IDX .gz inflating to 4 GB, header of {announced} images", kfold("mnist", mnist))
+    (folder / "images" / "3").mkdir(parents=True)
+    blank_png(folder / "images" / "3" / "huge.png", 13000, 13000)
+    report("13000x13000 PNG", kfold("images", folder / "images"))
+    save_model(digitcnn.create_model("s5", (1, 28, 28)), folder / "m.safetensors",
+               meta={"model": "s5", "input_shape": [1, 28, 28], "num_classes": 10,
+                     "classes": list(range(10)), "model_options": {}, "init": "default",
+                     "scaler": {"kind": "max", "mean": [0.0] * 784, "scale": [255.0] * 784}})
+    np.save(folder / "x.npy", np.zeros((3, 28, 28), dtype=np.uint8))
+    npy_header_only(folder / "huge.npy", (10**9, 28, 28))
+    predict = ["-m", "digitcnn.predict", "--model", str(folder / "m.json"),
+               "--out", str(folder / "out.csv"), "--input"]
+    report("--tta 100000", predict + [str(folder / "x.npy"), "--tta", "100000"])
+    report(".npy claiming 730 GiB", predict + [str(folder / "huge.npy")])
+    report("baseline predict (3 images)", predict + [str(folder / "x.npy")])
+
+
+if __name__ == "__main__":
+    main()
