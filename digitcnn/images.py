@@ -31,7 +31,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .data import SPLITS, DigitDataset
 from .errors import DataError
 
-__all__ = ["load_images", "mnist_style", "open_image", "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES",
+__all__ = ["load_images", "mnist_style", "optdigits_style",
+           "optdigits_images", "open_image", "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES",
            "LABELS_CSV", "MNIST_SIDE", "MNIST_BOX", "MNIST_CENTRE", "MIN_INK_CONTRAST"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -57,6 +58,9 @@ MAX_IMAGE_FILE_BYTES = 256 << 20
 # Larger pictures are box-reduced by a whole factor to at most this many pixels before the
 # float steps of mnist_style: a digit that ends as 20x20 loses nothing, and memory stays small.
 WORK_PIXELS = 4_000_000
+# UCI optdigits: 32x32 bitmaps of normalised digits, on-pixels counted in 4x4 blocks (8x8, 0..16).
+OPTDIGITS_BITMAP = 32
+OPTDIGITS_BLOCK = 4
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as Pillow's convert("L")
 HOW_TO_LAY_OUT = ("PNG/JPG images in subfolders named 0..9 after their digit, or listed in a "
                   f"{LABELS_CSV} with columns file,label")
@@ -194,6 +198,44 @@ def _place_by_centre_of_mass(patch: np.ndarray, side: int) -> np.ndarray:
     canvas = np.zeros((side, side), dtype=np.float64)
     canvas[top:top + height, left:left + width] = patch
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+def optdigits_style(image: np.ndarray) -> np.ndarray:
+    """An MNIST-style digit (:func:`mnist_style`'s (28, 28) output) in UCI optdigits' form:
+    uint8 (8, 8) of on-pixel counts 0..16.
+
+    As optdigits was made from the NIST forms: the digit's bounding box is scaled so that its
+    longer side fills a 32x32 bitmap (aspect ratio kept, centred), the bitmap is made on/off at
+    half intensity, and the on pixels are counted in each 4x4 block.
+
+    Raises:
+        DataError: no pixel reaches half intensity (a blank image).
+    """
+    ink = np.asarray(image, dtype=np.float64)
+    half = 127.5
+    rows, columns = np.flatnonzero(ink.max(axis=1) > half), np.flatnonzero(ink.max(axis=0) > half)
+    if rows.size == 0:
+        raise DataError("the image is blank: no pixel reaches half intensity; draw the digit "
+                        "darker or larger")
+    patch = ink[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+    height, width = patch.shape
+    factor = OPTDIGITS_BITMAP / max(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    scaled = np.asarray(Image.fromarray(patch.astype(np.float32), mode="F")
+                        .resize(size, Image.Resampling.BILINEAR))
+    bitmap = np.zeros((OPTDIGITS_BITMAP, OPTDIGITS_BITMAP), dtype=bool)
+    top, left = (OPTDIGITS_BITMAP - size[1]) // 2, (OPTDIGITS_BITMAP - size[0]) // 2
+    bitmap[top:top + size[1], left:left + size[0]] = scaled > half
+    blocks = OPTDIGITS_BITMAP // OPTDIGITS_BLOCK
+    counts = bitmap.reshape(blocks, OPTDIGITS_BLOCK, blocks, OPTDIGITS_BLOCK).sum(axis=(1, 3))
+    return counts.astype(np.uint8)
+
+
+def optdigits_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 1, 28, 28) MNIST-style digits -> uint8 (N, 1, 8, 8) in UCI optdigits' form
+    (:func:`optdigits_style` of each): how a model trained on optdigits reads 28x28 digits."""
+    return torch.from_numpy(np.stack([optdigits_style(image) for image in images[:, 0].numpy()])
+                            [:, None])
 
 
 # ----------------------------------------------------------------------------- a folder

@@ -12,6 +12,10 @@ directory run with ``--save-models``, whose fold models' probabilities are avera
   files), an image file, or a ``.npy`` array of shape (N, H, W), (N, 1, H, W) or (N, H*W):
   these give ``file,label,probability`` rows.
 
+A model trained on UCI optdigits (8x8 inputs) reads 28x28 digits (pictures, MNIST, Kaggle; not
+a .npy array, taken as it is) in optdigits' form (:func:`digitcnn.images.optdigits_images`), as
+``python -m digitcnn.board`` does.
+
 ``--labels FILE`` (a CSV with a ``Label`` column, or ``.npy``) supplies true labels for an
 unlabelled input, so that accuracy is reported.
 """
@@ -38,8 +42,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: --help answers without 
     from .checkpoint import SavedModel
 
 __all__ = ["PredictionInput", "read_input", "read_labels", "load_models",
-           "ensemble_probabilities", "Predictions", "predict", "main", "MAX_TTA",
-           "MAX_INPUT_VALUES"]
+           "ensemble_probabilities", "Predictions", "predict", "model_images", "main",
+           "MAX_TTA", "MAX_INPUT_VALUES"]
 
 # Test-time augmentation costs one full pass over the inputs per copy, and past a few dozen
 # copies the average no longer changes: a larger --tta is a typo, refused at once.
@@ -60,6 +64,7 @@ class PredictionInput:
     labels: torch.Tensor | None
     names: list[str]
     kaggle_test: bool = False
+    as_given: bool = False  # an array (.npy): never converted to another input form
 
 
 @dataclass
@@ -191,7 +196,8 @@ def read_input(path: str | Path) -> PredictionInput:
                                kaggle_test=dataset.labels is None)
     if path.is_file() and path.suffix.lower() == ".npy":
         images = _from_array(_load_npy(path, MAX_INPUT_VALUES, "images"), path)
-        return PredictionInput(images, None, [str(i) for i in range(len(images))])
+        return PredictionInput(images, None, [str(i) for i in range(len(images))],
+                               as_given=True)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         return _unlabelled_images([path], [path.name])
     if path.is_dir():
@@ -343,12 +349,24 @@ def check_tta(tta: int) -> None:
                           "dozen)")
 
 
+def model_images(inputs: PredictionInput, input_shape: Sequence[int]) -> torch.Tensor:
+    """The inputs' images as models of ``input_shape`` read them: 28x28 digits in UCI optdigits'
+    form (:func:`digitcnn.images.optdigits_images`) for an 8x8 model, unless they came as an
+    array (``as_given``); else unchanged."""
+    if tuple(input_shape) == (1, 8, 8) and tuple(inputs.images.shape[1:]) == (1, 28, 28) \
+            and not inputs.as_given:
+        from .images import optdigits_images
+
+        return optdigits_images(inputs.images)
+    return inputs.images
+
+
 def predict(models: Sequence[SavedModel], inputs: PredictionInput, tta: int = 0) -> Predictions:
     shapes = {m.input_shape for m in models}
     if len(shapes) != 1:
         raise CheckpointError(f"the models take different input shapes {sorted(shapes)}; "
                               "ensemble models trained on the same data only")
-    return ensemble_probabilities(models, inputs.images, tta=tta)
+    return ensemble_probabilities(models, model_images(inputs, shapes.pop()), tta=tta)
 
 
 def output_csv(inputs: PredictionInput, predictions: Predictions) -> str:
@@ -397,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs.labels = read_labels(args.labels, len(inputs.images),
                                     len(models[0].meta["classes"]))
     expected = models[0].input_shape
+    inputs.images = model_images(inputs, expected)
     if tuple(inputs.images.shape[1:]) != expected:
         raise DataError(f"{args.input}: images are {tuple(inputs.images.shape[1:])} but the model "
                         f"takes {expected}; use a model trained on this kind of image")
