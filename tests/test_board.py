@@ -116,6 +116,23 @@ def test_page_and_assets_come_from_the_package(board):
         "input_shape": [1, 28, 28], "source": str(board.source), "save_dir": str(board.save_dir)}
 
 
+def test_every_asset_is_package_data():
+    """pyproject's package-data patterns cover every file the page needs, so that a wheel (not
+    only an editable install) ships them."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    from digitcnn.board.server import STATIC
+
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "digitcnn.board" in config["packages"]
+    patterns = config["package-data"]["digitcnn.board"]
+    shipped = {path for pattern in patterns for path in STATIC.parent.glob(pattern)}
+    assert shipped == set(STATIC.iterdir()) and len(shipped) == 3
+
+
 def test_predict_answers_with_probabilities_and_the_image_seen(board):
     from digitcnn.images import mnist_style
 
