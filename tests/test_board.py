@@ -379,6 +379,11 @@ def test_server_runs_on_loopback_and_stops(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)
         assert refused.value.code == 415
+        # A page of another site that resolves its name to 127.0.0.1 (DNS rebinding): refused.
+        foreign = urllib.request.Request(server.url + "api/info", headers={"Host": "evil.example"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(foreign, timeout=30)
+        assert refused.value.code == 400
     finally:
         errors = server.stop()
     # uvicorn shuts down gracefully on SIGTERM, then ends by the signal it caught.

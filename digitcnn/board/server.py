@@ -240,6 +240,7 @@ def create_app(board: Board, allowed_hosts: Sequence[str] | None = None):
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.responses import FileResponse, JSONResponse
     from starlette.routing import Mount, Route
@@ -274,8 +275,6 @@ def create_app(board: Board, allowed_hosts: Sequence[str] | None = None):
         response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
         return response
-
-    from starlette.middleware.base import BaseHTTPMiddleware
 
     middleware = [Middleware(BaseHTTPMiddleware, dispatch=add_headers)]
     if allowed_hosts is not None:
@@ -359,7 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"this machine can use the board and save files into {board.save_dir}; leave out "
               "--host to keep it local", file=sys.stderr, flush=True)
     listener = bind(args.host, args.port)
-    return serve(board, listener, allowed_hosts=["127.0.0.1", "localhost", "::1"] if local else None)
+    # A local server answers only requests addressed to it by a local name: a web page that
+    # points its own domain name at 127.0.0.1 (DNS rebinding) gets 400.
+    hosts = sorted({args.host.lower(), "127.0.0.1", "localhost", "::1"}) if local else None
+    return serve(board, listener, allowed_hosts=hosts)
 
 
 def serve(board: Board, listener: socket.socket, allowed_hosts: Sequence[str] | None) -> int:
