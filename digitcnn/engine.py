@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,7 +24,8 @@ from .metrics import confusion_counts
 
 __all__ = ["Evaluation", "EpochRecord", "FoldTensors", "EarlyStopping", "FitOutcome",
            "make_optimizer", "make_scheduler", "smoothed_nll", "autocast", "training_forward",
-           "train_epoch", "evaluate", "predict_log_probs", "fit"]
+           "epoch_order", "SingleModel", "run_epoch", "FoldSchedule", "fit_folds", "train_epoch",
+           "evaluate", "predict_log_probs", "fit"]
 
 
 @dataclass
@@ -131,7 +133,8 @@ class EarlyStopping:
 
 @dataclass
 class FitOutcome:
-    """What :func:`fit` returns: history, final evaluation, and where training ended."""
+    """What :func:`fit` returns: history, final evaluation, where training ended, and the
+    seconds spent training and evaluating (for folds trained together: all of them)."""
 
     history: EpochRecord
     evaluation: Evaluation
@@ -139,6 +142,8 @@ class FitOutcome:
     best_epoch: int
     stopped_early: bool
     final_lr: float
+    train_s: float = 0.0
+    eval_s: float = 0.0
 
 
 def make_optimizer(parameters, config) -> torch.optim.Optimizer:
@@ -230,6 +235,111 @@ def training_forward(model: nn.Module, dtype: torch.dtype | None = None):
     return forward
 
 
+def epoch_order(count: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """A random permutation of ``count`` rows for one epoch, on ``device``.
+
+    It is drawn where ``generator`` lives: a CPU generator gives the same order on every
+    device (one copy per epoch), a generator on the GPU draws it there with no copy at all.
+    """
+    order = torch.randperm(count, generator=generator, device=generator.device)
+    return order.to(device, non_blocking=True)
+
+
+class SingleModel:
+    """One model on one fold's :class:`FoldTensors`: the K = 1 case of the folds that
+    :func:`fit_folds` trains (:class:`digitcnn.parallel.FoldBatch` is the K-fold one).
+
+    A trainer gives :func:`run_epoch` and :func:`fit_folds` what they need: ``folds``,
+    ``train_counts``, ``parameters()``, ``start_epoch(batch_size) -> steps``,
+    ``step(index) -> (loss to minimise, (K,) summed losses, (K,) correct counts)``,
+    ``evaluate(batch_size, num_classes) -> [Evaluation] * K``, ``fold_state(k)`` and
+    ``load_fold_state(k, state)``.
+    """
+
+    folds = 1
+
+    def __init__(self, model: nn.Module, data: FoldTensors, generator: torch.Generator, *,
+                 augmentation: Augmentation | None = None, label_smoothing: float = 0.0,
+                 autocast_dtype: torch.dtype | None = None):
+        self.model, self.data, self.generator = model, data, generator
+        self.augmentation, self.label_smoothing = augmentation, label_smoothing
+        self.forward = training_forward(model, autocast_dtype)
+        self.train_counts = [len(data.train_labels)]
+        self.batches: list[torch.Tensor] = []
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def start_epoch(self, batch_size: int) -> int:
+        self.model.train()
+        order = epoch_order(self.train_counts[0], self.generator, self.data.train_labels.device)
+        self.batches = list(order.split(batch_size))
+        return len(self.batches)
+
+    def step(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = self.batches[index]
+        data = self.data
+        labels = data.train_labels[batch]
+        log_probs = self.forward(data.inputs(data.train_images[batch], self.augmentation,
+                                             self.generator))
+        loss = smoothed_nll(log_probs, labels, self.label_smoothing)
+        correct = (log_probs.detach().argmax(dim=1) == labels).sum()
+        return loss, (loss.detach() * len(batch))[None], correct[None]
+
+    def evaluate(self, batch_size: int, num_classes: int) -> list[Evaluation]:
+        return [evaluate(self.model, self.data, batch_size, num_classes)]
+
+    def fold_state(self, fold: int = 0) -> dict[str, torch.Tensor]:
+        return copy.deepcopy(self.model.state_dict())
+
+    def load_fold_state(self, fold: int, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+
+def run_epoch(trainer, optimizer: torch.optim.Optimizer, batch_size: int, *,
+              before_step: Callable[[], torch.Tensor | None] | None = None,
+              after_step: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of ``trainer`` (K folds) over its training rows: THE training loop.
+
+    Returns (K,) summed losses and (K,) correct counts, on the device: nothing is read back
+    to the host inside the epoch. ``before_step`` may set the optimizer's rates and return a
+    (K,) tensor of per-fold rates to apply by scaling each fold's update (None: the
+    optimizer's own rate serves every fold); ``after_step`` steps per-batch schedules.
+    """
+    steps = trainer.start_epoch(batch_size)
+    loss_sums = corrects = None
+    for index in range(steps):
+        rates = before_step() if before_step is not None else None
+        loss, loss_sum, correct = trainer.step(index)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if rates is None:
+            optimizer.step()
+        else:
+            _rate_scaled_step(optimizer, rates)
+        loss_sums = loss_sum if loss_sums is None else loss_sums + loss_sum
+        corrects = correct if corrects is None else corrects + correct
+        if after_step is not None:
+            after_step()
+    return loss_sums, corrects
+
+
+@torch.no_grad()
+def _rate_scaled_step(optimizer: torch.optim.Optimizer, rates: torch.Tensor) -> None:
+    """``optimizer.step()`` at rate 1, then each fold's change scaled by its own rate.
+
+    Exact for Adam, AdamW, SGD and RMSprop, whose change is linear in the rate (decoupled
+    weight decay included); parameters are fold-stacked along dimension 0, K blocks.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    before = [p.detach().clone() for p in params]
+    optimizer.step()
+    for param, old in zip(params, before):
+        change = (param - old).unflatten(0, (len(rates), -1))
+        scale = rates.view(-1, *([1] * (change.dim() - 1))).to(change.dtype)
+        param.copy_((old.unflatten(0, change.shape[:2]) + scale * change).reshape(param.shape))
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: FoldTensors,
                 batch_size: int, generator: torch.Generator, *,
                 augmentation: Augmentation | None = None, label_smoothing: float = 0.0,
@@ -237,30 +347,17 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: FoldTe
                 ) -> tuple[float, float]:
     """One pass over the training rows in a random order; returns (mean loss, accuracy).
 
-    The permutation is drawn on the CPU from ``generator`` (so a seed gives the same order on
-    every device) and moved once. ``autocast_dtype`` (e.g. ``torch.bfloat16``) trains under
-    autocast; weights, optimizer state and the loss stay float32.
+    The permutation is drawn from ``generator`` (:func:`epoch_order`). ``autocast_dtype``
+    (e.g. ``torch.bfloat16``) trains under autocast; weights, optimizer state and the loss
+    stay float32.
     """
-    model.train()
-    forward = training_forward(model, autocast_dtype)
-    count = len(data.train_labels)
-    device = data.train_labels.device
-    order = torch.randperm(count, generator=generator).to(device, non_blocking=True)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    for start in range(0, count, batch_size):
-        batch = order[start:start + batch_size]
-        labels = data.train_labels[batch]
-        log_probs = forward(data.inputs(data.train_images[batch], augmentation, generator))
-        loss = smoothed_nll(log_probs, labels, label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if batch_scheduler is not None:
-            batch_scheduler.step()
-        loss_sum += loss.detach() * len(batch)
-        correct += (log_probs.detach().argmax(dim=1) == labels).sum()
-    return float(loss_sum) / count, int(correct) / count
+    trainer = SingleModel(model, data, generator, augmentation=augmentation,
+                          label_smoothing=label_smoothing, autocast_dtype=autocast_dtype)
+    loss_sum, correct = run_epoch(trainer, optimizer, batch_size,
+                                  after_step=None if batch_scheduler is None
+                                  else batch_scheduler.step)
+    count = trainer.train_counts[0]
+    return float(loss_sum[0]) / count, int(correct[0]) / count
 
 
 @torch.no_grad()
@@ -285,53 +382,172 @@ def evaluate(model: nn.Module, data: FoldTensors, batch_size: int, num_classes: 
     return Evaluation(float(loss_sum), len(labels), confusion.cpu(), log_probs.cpu())
 
 
+class FoldSchedule:
+    """One fold's learning-rate schedule, driving a one-parameter optimizer of the run's kind.
+
+    The optimizer that trains the folds steps at the rate (and, for OneCycle, momentum) that
+    these schedules give, so every fold follows its own schedule (its own plateaus) whether it
+    trains alone or beside other folds.
+    """
+
+    def __init__(self, config, steps_per_epoch: int):
+        self.parameter = nn.Parameter(torch.zeros(1))
+        self.optimizer = make_optimizer([self.parameter], config)
+        self.scheduler, self.per_batch = make_scheduler(self.optimizer, config, steps_per_epoch)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def momentum_settings(self) -> dict:
+        group = self.optimizer.param_groups[0]
+        return {key: group[key] for key in ("betas", "momentum") if key in group}
+
+    def batch_step(self) -> None:
+        if self.per_batch:
+            self.optimizer.step()  # keeps torch's "optimizer.step() before scheduler" order
+            self.scheduler.step()
+
+    def epoch_step(self, metric: float) -> None:
+        if self.scheduler is None or self.per_batch:
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(metric)
+        else:
+            self.optimizer.step()
+            self.scheduler.step()
+
+
+class _FoldStateView:
+    """What :class:`EarlyStopping` copies: fold k's state dict."""
+
+    def __init__(self, trainer, fold: int):
+        self.trainer, self.fold = trainer, fold
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.trainer.fold_state(self.fold)
+
+
+def fit_folds(trainer, config, *, num_classes: int,
+              on_epoch: Callable[[int, list[EpochRecord]], None] | None = None
+              ) -> list[FitOutcome]:
+    """Train the K folds of ``trainer`` with ``config``'s recipe: THE epoch loop.
+
+    Each fold gets a fresh schedule and early-stopping state here; one optimizer (fused where
+    torch has it) steps all folds' parameters, which is K independent optimizers because
+    Adam, AdamW, SGD and RMSprop act elementwise. When the running folds' rates agree (every
+    schedule but a plateau that one fold hit) the optimizer steps at that rate; otherwise
+    each fold's change is scaled by its own rate. A fold that stops early keeps the state it
+    stopped with (or its best, with ``restore_best``), whatever the others still do. Losses
+    and correct counts are read back once per epoch.
+    """
+    folds = trainer.folds
+    steps_per_epoch = math.ceil(max(trainer.train_counts) / config.batch_size)
+    optimizer = make_optimizer(trainer.parameters(), config)
+    schedules = [FoldSchedule(config, steps_per_epoch) for _ in range(folds)]
+    stoppers = [EarlyStopping(config.monitor, config.min_delta, config.patience)
+                for _ in range(folds)]
+    histories = [EpochRecord() for _ in range(folds)]
+    active = [True] * folds
+    stopped_states: list[dict | None] = [None] * folds
+    evaluations: list[Evaluation | None] = [None] * folds
+    epochs_run = [0] * folds
+    rate_cache: dict[tuple[float, ...], torch.Tensor] = {}
+    device = next(iter(trainer.parameters())).device
+    timing = {"train_s": 0.0, "eval_s": 0.0}
+
+    def before_step() -> torch.Tensor | None:
+        running = [schedule for schedule, is_active in zip(schedules, active) if is_active]
+        rates = {schedule.lr for schedule in running}
+        common = rates.pop() if len(rates) == 1 else None
+        for group in optimizer.param_groups:
+            group.update(running[0].momentum_settings())  # OneCycle's: the same for all folds
+            group["lr"] = 1.0 if common is None else common
+        if common is not None:
+            return None  # one rate: stopped folds may drift, their stopping state is kept
+        key = tuple(schedule.lr if is_active else 0.0
+                    for schedule, is_active in zip(schedules, active))
+        if key not in rate_cache:  # rates change per epoch, not per step (plateaus)
+            rate_cache.clear()
+            rate_cache[key] = torch.tensor(key, device=device)
+        return rate_cache[key]
+
+    def after_step() -> None:
+        for schedule, is_active in zip(schedules, active):
+            if is_active:
+                schedule.batch_step()
+
+    for epoch in range(config.epochs):
+        for fold in range(folds):
+            if active[fold]:
+                histories[fold].lr.append(schedules[fold].lr)
+        started = time.perf_counter()
+        loss_sums, corrects = run_epoch(trainer, optimizer, config.batch_size,
+                                        before_step=before_step, after_step=after_step)
+        loss_sums, corrects = loss_sums.tolist(), corrects.tolist()  # the epoch's one read
+        timing["train_s"] += time.perf_counter() - started
+        started = time.perf_counter()
+        fold_evaluations = trainer.evaluate(config.test_batch_size, num_classes)
+        timing["eval_s"] += time.perf_counter() - started
+        for fold in range(folds):
+            if not active[fold]:
+                continue
+            count, history = trainer.train_counts[fold], histories[fold]
+            evaluations[fold] = fold_evaluations[fold]
+            history.train_loss.append(loss_sums[fold] / count)
+            history.train_accuracy.append(corrects[fold] / count)
+            history.val_loss.append(evaluations[fold].loss)
+            history.val_accuracy.append(evaluations[fold].accuracy)
+            schedules[fold].epoch_step(history.metric(config.plateau_monitor))
+            epochs_run[fold] = epoch + 1
+            stoppers[fold].update(epoch, history.metric(config.monitor),
+                                  _FoldStateView(trainer, fold))
+            if config.early_stopping and stoppers[fold].should_stop:
+                active[fold] = False
+                if any(active):  # the others go on training, and this fold's copy with them
+                    stopped_states[fold] = trainer.fold_state(fold)
+        if on_epoch is not None:
+            on_epoch(epoch, histories)
+        if not any(active):
+            break
+    if evaluations[0] is None:
+        raise ValueError("fit needs at least one epoch")
+
+    restored = []
+    for fold in range(folds):
+        stopper = stoppers[fold]
+        if config.early_stopping and config.restore_best and \
+                stopper.best_epoch != epochs_run[fold] - 1:
+            trainer.load_fold_state(fold, stopper.best_state)
+            restored.append(fold)
+        elif stopped_states[fold] is not None:
+            trainer.load_fold_state(fold, stopped_states[fold])
+    if restored:
+        started = time.perf_counter()
+        again = trainer.evaluate(config.test_batch_size, num_classes)
+        timing["eval_s"] += time.perf_counter() - started
+        for fold in restored:
+            evaluations[fold] = again[fold]
+    return [FitOutcome(histories[fold], evaluations[fold], epochs_run[fold],
+                       stoppers[fold].best_epoch, config.early_stopping and not active[fold],
+                       schedules[fold].lr, **timing) for fold in range(folds)]
+
+
 def fit(model: nn.Module, data: FoldTensors, config, *, num_classes: int,
         generator: torch.Generator,
         on_epoch: Callable[[int, EpochRecord], None] | None = None,
         autocast_dtype: torch.dtype | None = None) -> FitOutcome:
     """Train ``model`` with ``config``'s recipe, evaluating on the validation rows each epoch.
 
-    A fresh optimizer, schedule and early-stopping state are made here, so nothing carries
-    over from an earlier call. With early stopping and ``restore_best``, the model ends with
-    its best weights and the returned evaluation is of those weights. Training runs under
-    autocast to ``autocast_dtype`` when given; evaluation is always float32, so reported
-    probabilities are not rounded to bf16.
+    The public way to train one model on given tensors. A fresh optimizer, schedule and
+    early-stopping state are made here, so nothing carries over from an earlier call. With
+    early stopping and ``restore_best``, the model ends with its best weights and the
+    returned evaluation is of those weights. Training runs under autocast to
+    ``autocast_dtype`` when given; evaluation is always float32, so reported probabilities
+    are not rounded to bf16. ``generator`` draws the batch order and the augmentation.
     """
-    steps_per_epoch = math.ceil(len(data.train_labels) / config.batch_size)
-    optimizer = make_optimizer(model.parameters(), config)
-    scheduler, per_batch = make_scheduler(optimizer, config, steps_per_epoch)
-    augmentation = config.augmentation()
-    stopper = EarlyStopping(config.monitor, config.min_delta, config.patience)
-    history = EpochRecord()
-    evaluation = None
-    stopped_early = False
-    for epoch in range(config.epochs):
-        history.lr.append(optimizer.param_groups[0]["lr"])
-        train_loss, train_accuracy = train_epoch(
-            model, optimizer, data, config.batch_size, generator, augmentation=augmentation,
-            label_smoothing=config.label_smoothing,
-            batch_scheduler=scheduler if per_batch else None, autocast_dtype=autocast_dtype)
-        evaluation = evaluate(model, data, config.test_batch_size, num_classes)
-        history.train_loss.append(train_loss)
-        history.train_accuracy.append(train_accuracy)
-        history.val_loss.append(evaluation.loss)
-        history.val_accuracy.append(evaluation.accuracy)
-        if scheduler is not None and not per_batch:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(history.metric(config.plateau_monitor))
-            else:
-                scheduler.step()
-        stopper.update(epoch, history.metric(config.monitor), model)
-        if on_epoch is not None:
-            on_epoch(epoch, history)
-        if config.early_stopping and stopper.should_stop:
-            stopped_early = True
-            break
-    if evaluation is None:
-        raise ValueError("fit needs at least one epoch")
-    final_lr = optimizer.param_groups[0]["lr"]
-    if config.early_stopping and config.restore_best and stopper.best_epoch != epoch:
-        model.load_state_dict(stopper.best_state)
-        evaluation = evaluate(model, data, config.test_batch_size, num_classes)
-    return FitOutcome(history, evaluation, epochs_run=epoch + 1, best_epoch=stopper.best_epoch,
-                      stopped_early=stopped_early, final_lr=final_lr)
+    trainer = SingleModel(model, data, generator, augmentation=config.augmentation(),
+                          label_smoothing=config.label_smoothing, autocast_dtype=autocast_dtype)
+    report = None if on_epoch is None else (lambda epoch, histories: on_epoch(epoch,
+                                                                               histories[0]))
+    return fit_folds(trainer, config, num_classes=num_classes, on_epoch=report)[0]

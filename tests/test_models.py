@@ -272,20 +272,51 @@ def test_digitnet_channels_last_changes_speed_not_results():
 
 
 @pytest.mark.parametrize("name", digitcnn.list_models())
-def test_models_train_under_fold_parallel_vmap_without_fallbacks(name):
-    # digitcnn.parallel trains the folds' stacked weights with vmap; an op without a batching
-    # rule (AdaptiveAvgPool2d on channels-last maps did) falls back to a slow loop and warns
+def test_fold_batched_model_is_its_folds_side_by_side(name):
+    """digitcnn.parallel trains K folds as one model of grouped convolutions and batched
+    matrix products: forward, gradients and BatchNorm statistics are each fold's own."""
+    from digitcnn.models import fold_state, load_fold_state, stack_folds
+
     side = max(model_spec(name).min_size, 8)
-    torch.manual_seed(0)
-    models = [digitcnn.create_model(name, (1, side, side)) for _ in range(2)]
-    params, buffers = torch.func.stack_module_state(models)
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(digitcnn.create_model(name, (1, side, side)))
+        for layer in models[-1].modules():  # dropout draws are per element, not comparable
+            if isinstance(layer, nn.Dropout):
+                layer.p = 0.0
+    batched = stack_folds(models, torch.channels_last)
+    for fold, model in enumerate(models):  # each fold starts from its own initialisation
+        own = model.state_dict()
+        assert {k: torch.equal(v, own[k]) for k, v in fold_state(batched, 3, fold).items()} == \
+            {k: True for k in own}
+    images, labels = torch.randn(3, 5, 1, side, side), torch.randint(0, 10, (3, 5))
+    outputs = batched(images.transpose(0, 1).reshape(5, 3, side, side))
+    assert outputs.shape == (3, 5, 10)
+    loss = sum(torch.nn.functional.nll_loss(outputs[k], labels[k]) for k in range(3))
+    loss.backward()
+    for fold, model in enumerate(models):
+        expected = model(images[fold])
+        torch.nn.functional.nll_loss(expected, labels[fold]).backward()
+        assert torch.allclose(outputs[fold], expected, atol=1e-5)
+        grads = {name: p.grad for name, p in model.named_parameters()}
+        for position, layer in enumerate(batched):
+            for param_name, param in layer.named_parameters(recurse=False):
+                part = param.grad[fold] if param.dim() == 3 or isinstance(
+                    layer, digitcnn.models.FoldLinear) else param.grad.unflatten(0, (3, -1))[fold]
+                assert torch.allclose(part, grads[f"{position}.{param_name}"], atol=1e-5)
+        after = fold_state(batched, 3, fold)  # training-mode BatchNorm statistics per fold
+        for key, value in model.state_dict().items():
+            assert torch.allclose(after[key].float(), value.float(), atol=1e-5), key
+    load_fold_state(batched, 3, 1, models[0].state_dict())
+    assert all(torch.equal(v, models[0].state_dict()[k]) for k, v in fold_state(batched, 3, 1).items())
 
-    def fold_loss(fold_params, fold_buffers, images, labels):
-        log_probs = torch.func.functional_call(models[0], (fold_params, fold_buffers), (images,))
-        return torch.nn.functional.nll_loss(log_probs, labels)
 
-    images, labels = torch.randn(2, 4, 1, side, side), torch.randint(0, 10, (2, 4))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        losses = torch.func.vmap(fold_loss, randomness="different")(params, buffers, images, labels)
-    assert losses.shape == (2,) and torch.isfinite(losses).all()
+def test_fold_batched_model_names_an_unsupported_layer():
+    from digitcnn.models import stack_folds
+
+    models = [torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.GELU(), torch.nn.Flatten())
+              for _ in range(2)]
+    with pytest.raises(digitcnn.errors.ModelError, match="no rule for GELU before Flatten; use "
+                                                         "--no-fold-parallel"):
+        stack_folds(models)

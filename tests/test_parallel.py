@@ -5,7 +5,7 @@ import torch
 
 import digitcnn
 from digitcnn import kfold, scaling
-from digitcnn.parallel import StackedFolds, _epoch_batches
+from digitcnn.parallel import StackedFolds, epoch_plan
 
 from conftest import real_data
 
@@ -60,16 +60,27 @@ def test_early_stopping_is_per_fold(optdigits_dir):
 
 def test_batches_come_from_each_folds_own_rows():
     train_rows = [torch.arange(0, 50), torch.arange(50, 99), torch.arange(99, 150)]
-    stacked = StackedFolds(torch.zeros(150, 1, 8, 8, dtype=torch.uint8), torch.zeros(150, dtype=torch.int64),
-                           train_rows, [torch.arange(0)] * 3, torch.zeros(3, 64), torch.ones(3, 64))
     generators = [torch.Generator().manual_seed(k) for k in range(3)]
-    rows, weights = _epoch_batches(stacked, 16, generators)
-    assert rows.shape == weights.shape == (4, 3, 16)
+    rows, weights = epoch_plan(train_rows, generators)
+    assert rows.shape == weights.shape == (3, 51)  # the largest fold sets the length
     for fold, own in enumerate(train_rows):
-        used = rows[:, fold][weights[:, fold] > 0]
+        used = rows[fold][weights[fold] > 0]
         assert sorted(used.tolist()) == own.tolist()  # each own row exactly once per epoch
-        assert set(rows[:, fold].flatten().tolist()) <= set(own.tolist())  # padding too
+        assert set(rows[fold].tolist()) <= set(own.tolist())  # padding too
+        assert weights[fold].tolist() == [1.0] * len(own) + [0.0] * (51 - len(own))
     assert weights.sum().item() == 150
+    # each fold's order is its own generator's, as the sequential loop draws it
+    assert torch.equal(rows[1][:49], train_rows[1][torch.randperm(49, generator=torch.Generator().manual_seed(1))])
+
+
+def test_stacked_inputs_put_each_fold_in_its_channels():
+    images = torch.arange(6 * 4, dtype=torch.uint8).reshape(6, 1, 2, 2)
+    stacked = StackedFolds(images, torch.zeros(6, dtype=torch.int64), [], [],
+                           mean=torch.tensor([[0.0] * 4, [1.0] * 4]), scale=torch.tensor([[1.0] * 4, [2.0] * 4]))
+    inputs = stacked.inputs(torch.tensor([[0, 1, 2], [3, 4, 5]]))
+    assert inputs.shape == (3, 2, 2, 2)
+    assert torch.equal(inputs[1, 0], images[1, 0].float())
+    assert torch.equal(inputs[2, 1], (images[5, 0].float() - 1) / 2)
 
 
 def test_parallel_scaler_is_per_fold(optdigits_dir, monkeypatch):
