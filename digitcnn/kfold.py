@@ -32,9 +32,9 @@ from .results import (FoldResult, KFoldResult, fold_path, read_fold, write_fold,
                       write_run_start)
 from .rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings,
                      inspect_folder, read_json, refuse_changed_settings, sigterm_as_interrupt)
-from .runtime import (autocast_dtype, configure_determinism, cpu_cores, fold_seed,
-                      fold_workers, library_versions, resolve_precision, seed_everything,
-                      select_device)
+from .runtime import (autocast_dtype, configure_determinism, cpu_cores, fold_generator,
+                      fold_seed, fold_workers, library_versions, resolve_precision,
+                      seed_everything, select_device, warm_up)
 
 if TYPE_CHECKING:
     import torch
@@ -235,7 +235,8 @@ def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np
         val_indices=np.asarray(val_rows), wall_s=time.perf_counter() - started,
         train_accuracy=history.train_accuracy, epochs_run=outcome.epochs_run,
         best_epoch=outcome.best_epoch, stopped_early=outcome.stopped_early,
-        val_log_probs=evaluation.log_probs.numpy())
+        val_log_probs=evaluation.log_probs.numpy(), train_s=outcome.train_s,
+        eval_s=outcome.eval_s)
     if out_dir is not None and config.save_models:
         save_fold_model(model, out_dir, dataset, config, scaler, result)
     return result
@@ -251,7 +252,8 @@ def train_model(config: RunConfig, data: engine.FoldTensors, input_shape: tuple[
     from . import engine
     from .models import create_model
 
-    generator = seed_everything(seed)
+    seed_everything(seed)  # initialisation and dropout
+    generator = fold_generator(seed, device)  # batch order and augmentation
     if model is None:
         model = create_model(config.model, input_shape, num_classes, init=config.init,
                              **model_options(config))
@@ -282,11 +284,13 @@ def run_folds_parallel(dataset: DigitDataset, config: RunConfig,
                        global_scaler: Scaler | None = None, progress=None,
                        extra: DigitDataset | None = None,
                        out_dir: Path | None = None) -> list[FoldResult]:
-    """Train the ``pending`` (fold, train_rows, val_rows) together (see digitcnn.parallel).
+    """Train the ``pending`` (fold, train_rows, val_rows) together as one fold-batched model
+    (see digitcnn.parallel).
 
-    Each fold's model is built from its own seed exactly as in sequential mode; what differs
-    is that dropout draws come from one stream for all folds, so the numbers match sequential
-    mode within fold-to-fold noise, not bit for bit.
+    Each fold's model is built from its own seed exactly as in sequential mode, and its
+    batches come in the same order; what differs is that dropout and augmentation draws come
+    from one stream for all folds, so the numbers match sequential mode within fold-to-fold
+    noise, not bit for bit.
     """
     import torch
 
@@ -304,7 +308,8 @@ def run_folds_parallel(dataset: DigitDataset, config: RunConfig,
                             global_scaler) for rows in train_sets]
     models, generators = [], []
     for fold, _, _ in pending:
-        generators.append(seed_everything(fold_seed(config.seed, fold)))
+        seed_everything(fold_seed(config.seed, fold))  # the fold's initialisation
+        generators.append(fold_generator(fold_seed(config.seed, fold), device))
         models.append(create_model(config.model, dataset.input_shape, len(dataset.classes),
                                    init=config.init, **model_options(config)).to(device))
     seed_everything(config.seed)  # the shared dropout stream
@@ -323,7 +328,7 @@ def run_folds_parallel(dataset: DigitDataset, config: RunConfig,
 
     outcomes = fit_parallel(models, stacked, config, num_classes=len(dataset.classes),
                             generators=generators,
-                            augment_generator=torch.Generator().manual_seed(config.seed),
+                            augment_generator=fold_generator(config.seed, device),
                             on_epoch=report,
                             autocast_dtype=autocast_dtype(resolve_precision(config.precision,
                                                                             device)))
@@ -340,7 +345,8 @@ def run_folds_parallel(dataset: DigitDataset, config: RunConfig,
             seed=fold_seed(config.seed, fold), val_indices=np.asarray(val_rows), wall_s=wall,
             train_accuracy=history.train_accuracy, epochs_run=outcome.epochs_run,
             best_epoch=outcome.best_epoch, stopped_early=outcome.stopped_early,
-            val_log_probs=evaluation.log_probs.numpy())
+            val_log_probs=evaluation.log_probs.numpy(), train_s=outcome.train_s / len(pending),
+            eval_s=outcome.eval_s / len(pending))
         if out_dir is not None and config.save_models:
             save_fold_model(model, out_dir, dataset, config, scaler, result)
         results.append(result)
@@ -480,6 +486,7 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
         _start_run_folder(out_dir, config, fingerprint, versions, splits, resume, command)
     show = not config.quiet and sys.stderr.isatty()
     started = time.perf_counter()
+    warm_up(device)
     finished: dict[int, FoldResult] = {}
     if resume and out_dir is not None:
         # A run killed outright (SIGKILL) while writing leaves its temporary file beside the
@@ -534,10 +541,24 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
     dataset_info = dataset.info()
     if extra is not None:
         dataset_info["added_to_training"] = extra.info()
+    wall = time.perf_counter() - started
     return KFoldResult(config=config, dataset=dataset_info, folds=folds, device=str(device),
-                       versions=versions, splits_sha256=fingerprint,
-                       wall_s=time.perf_counter() - started, num_classes=len(dataset.classes),
-                       labels=dataset.labels.numpy(), extra={"execution": execution})
+                       versions=versions, splits_sha256=fingerprint, wall_s=wall,
+                       num_classes=len(dataset.classes), labels=dataset.labels.numpy(),
+                       extra={"execution": execution, "timing": run_timing(trained, wall, workers > 1)})
+
+
+def run_timing(trained: Sequence[FoldResult], wall_s: float, overlapping: bool = False) -> dict:
+    """Where a run's seconds went: ``train_s`` and ``eval_s`` summed over the folds trained
+    now, ``setup_s`` the rest of ``wall_s`` (device warm-up and transfers, model building,
+    fold bookkeeping). Fold processes (``overlapping``) run at the same time: there the sums
+    are fold-seconds that can exceed ``wall_s``, and ``setup_s`` is the folds' own set-up,
+    summed alike."""
+    train = sum(fold.train_s for fold in trained)
+    evaluation = sum(fold.eval_s for fold in trained)
+    setup = (sum(fold.wall_s - fold.train_s - fold.eval_s for fold in trained) if overlapping
+             else wall_s - train - evaluation)
+    return {"setup_s": setup, "train_s": train, "eval_s": evaluation, "wall_s": wall_s}
 
 
 def default_out_dir(config: RunConfig, root: str | Path = "results", prefix: str = "") -> Path:

@@ -31,7 +31,8 @@ __all__ = ["FoldResult", "KFoldResult", "atomic_write_text", "atomic_write_bytes
 
 # Keys whose values are wall-clock measurements: everything else in metrics.json is a
 # deterministic function of the config and the data.
-TIMING_KEYS = ("wall_s", "created_utc")
+# Seconds, which differ between identical reruns: everything else in the results may not.
+TIMING_KEYS = ("wall_s", "created_utc", "setup_s", "train_s", "eval_s", "timing")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -104,7 +105,9 @@ class FoldResult:
             order of ``val_indices`` (the fold's out-of-fold predictions).
         seed: the fold's torch seed.
         val_indices: (n_val,) row indices of the validation rows in the dataset.
-        wall_s: seconds spent training and evaluating this fold.
+        wall_s: seconds spent on this fold: its set-up (moving its rows to the device,
+            building its model), training and evaluation; ``train_s`` and ``eval_s`` are the
+            latter two. Folds trained together (fold-parallel) each get an equal share.
     """
 
     fold: int
@@ -126,6 +129,8 @@ class FoldResult:
     best_epoch: int = -1
     stopped_early: bool = False
     val_log_probs: np.ndarray | None = None
+    train_s: float = 0.0
+    eval_s: float = 0.0
 
     @property
     def accuracy(self) -> float:
@@ -138,7 +143,8 @@ class FoldResult:
                 "confusion": np.asarray(self.confusion).tolist(),
                 "train_loss": list(self.train_loss), "val_loss": list(self.val_loss),
                 "val_accuracy": list(self.val_accuracy), "lrs": list(self.lrs), "lr": self.lr,
-                "seed": self.seed, "wall_s": self.wall_s,
+                "seed": self.seed, "wall_s": self.wall_s, "train_s": self.train_s,
+                "eval_s": self.eval_s,
                 "train_accuracy": list(self.train_accuracy), "epochs_run": self.epochs_run,
                 "best_epoch": self.best_epoch, "stopped_early": self.stopped_early}
 

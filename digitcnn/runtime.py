@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["select_device", "seed_everything", "configure_determinism", "library_versions",
-           "fold_seed", "resolve_precision", "autocast_dtype", "cpu_cores", "fold_workers"]
+           "fold_seed", "fold_generator", "warm_up", "resolve_precision", "autocast_dtype", "cpu_cores", "fold_workers"]
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -114,6 +114,24 @@ def configure_determinism(deterministic: bool) -> None:
         torch.use_deterministic_algorithms(deterministic, warn_only=False)
 
 
+def warm_up(device: torch.device) -> None:
+    """Pay a device's one-time start-up costs now, so that they count as set-up, not training.
+
+    On CUDA the first convolution and matrix product create the cuDNN and cuBLAS handles and
+    load their kernels lazily (seconds on a fresh process); a tiny forward and backward pass
+    of both, with no random numbers drawn, does it here. Nothing to do on the CPU.
+    """
+    import torch
+
+    if device.type != "cuda":
+        return
+    images = torch.ones(2, 2, 4, 4, device=device, requires_grad=True)
+    kernels = torch.ones(2, 1, 3, 3, device=device, requires_grad=True)
+    maps = torch.nn.functional.conv2d(images, kernels, padding=1, groups=2).flatten(1)
+    (torch.baddbmm(maps[None, :, :2], maps[None], maps[None].transpose(1, 2)).sum()).backward()
+    torch.cuda.synchronize(device)
+
+
 def fold_seed(seed: int, fold: int) -> int:
     """Fold ``fold``'s seed: each fold is reproducible on its own, whatever ran before it."""
     return seed + fold
@@ -125,6 +143,17 @@ def seed_everything(seed: int) -> torch.Generator:
     import torch
 
     torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def fold_generator(seed: int, device: torch.device) -> torch.Generator:
+    """Fold ``seed``'s generator for batch order and augmentation: on the CPU the one
+    :func:`seed_everything` returns; on CUDA a generator on the GPU, so that shuffling and
+    augmentation draws happen there with no copy from the host."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.Generator(device=device).manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
