@@ -142,7 +142,8 @@ class FoldBatch:
         inputs = self.data.inputs(rows, self.augmentation, self.augment_generator,
                                   self.memory_format)
         log_probs = self.forward(inputs)  # (K, B, classes), float32
-        nll = -log_probs.gather(2, labels[..., None]).squeeze(2)
+        nll = F.nll_loss(log_probs.flatten(0, 1), labels.reshape(-1),
+                         reduction="none").view_as(labels)
         if self.label_smoothing:
             nll = (1 - self.label_smoothing) * nll - self.label_smoothing * log_probs.mean(dim=2)
         counts = weights.sum(dim=1)

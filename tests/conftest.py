@@ -7,6 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# cuBLAS reads this when CUDA starts; tests that ask for --deterministic may not be the first
+# to touch the GPU in the session (digitcnn.runtime.configure_determinism sets it for a run).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DIGITCNN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 

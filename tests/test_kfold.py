@@ -12,10 +12,22 @@ import digitcnn
 from digitcnn import engine, kfold, scaling
 from digitcnn.errors import ConfigError
 from digitcnn.results import TIMING_KEYS
+from digitcnn.runtime import select_device
 
 from conftest import REPO_ROOT, real_data, write_table, synthetic_optdigits
 
 FAST = dict(epochs=3, batch_size=32, quiet=True, verify=False)
+
+
+# Fold processes are a CPU feature: with CUDA present the default device is the GPU, where the
+# folds train in one process (fold-parallel), so the tests of fold processes skip there.
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(),
+                              reason="fold processes train on the CPU only; the default device "
+                                     "here is CUDA")
+# On CUDA, cuDNN and cuBLAS may pick other kernels from run to run, so tests that compare two
+# runs number for number ask for deterministic algorithms there (as a user would, with
+# --deterministic); on the CPU runs are identical without it.
+EXACT = dict(deterministic=torch.cuda.is_available())
 
 
 def small_config(optdigits_dir, **changes):
@@ -57,21 +69,22 @@ def test_folds_cover_every_row_once(optdigits_dir):
 
 
 def test_reruns_are_identical(optdigits_dir):
-    first = without_timings(run(optdigits_dir).metrics())
-    second = without_timings(run(optdigits_dir).metrics())
+    first = without_timings(run(optdigits_dir, **EXACT).metrics())
+    second = without_timings(run(optdigits_dir, **EXACT).metrics())
     assert first == second
     assert first["folds"][0]["train_loss"] == second["folds"][0]["train_loss"]
-    different_seed = without_timings(run(optdigits_dir, seed=5).metrics())
+    different_seed = without_timings(run(optdigits_dir, seed=5, **EXACT).metrics())
     assert different_seed["folds"][0]["train_loss"] != first["folds"][0]["train_loss"]
 
 
 def test_each_fold_starts_fresh(optdigits_dir):
     """Fold 2 trained alone equals fold 2 of a full run: nothing carries over between folds."""
-    config = small_config(optdigits_dir, fold_parallel=False)
+    config = small_config(optdigits_dir, fold_parallel=False, **EXACT)
     dataset = kfold.load_for_config(config)
     full = kfold.run_kfold(dataset, config)
     train_rows, val_rows = kfold.make_splits(dataset, config)[2]
-    alone = kfold.run_fold(dataset, config, 2, train_rows, val_rows, torch.device("cpu"))
+    alone = kfold.run_fold(dataset, config, 2, train_rows, val_rows,
+                           select_device(config.device))
     assert alone.train_loss == full.folds[2].train_loss
     assert np.array_equal(alone.confusion, full.folds[2].confusion)
     assert len({f.seed for f in full.folds}) == 4
@@ -255,15 +268,42 @@ def test_s5_recipe_on_real_uci(tmp_path):
 
 def test_real_uci_reruns_identical(tmp_path):
     folder = real_data("optdigits")
-    config = digitcnn.RunConfig(data_dir=str(folder), limit=1200, epochs=2, quiet=True)
+    config = digitcnn.RunConfig(data_dir=str(folder), limit=1200, epochs=2, quiet=True, **EXACT)
     runs = [without_timings(kfold.run_kfold(kfold.load_for_config(config), config).metrics())
             for _ in range(2)]
     assert runs[0] == runs[1]
 
 
+def test_deterministic_cli_reruns_write_identical_metrics(optdigits_dir, tmp_path):
+    """``--deterministic`` reruns on the default device (CUDA when present: fold-parallel)
+    write the same metrics.json apart from the timings."""
+    metrics = []
+    for name in ("first", "second"):
+        argv = ["--data-dir", str(optdigits_dir), "--no-verify", "--quiet", "--no-plots",
+                "--epochs", "2", "--batch-size", "32", "--deterministic", "--out",
+                str(tmp_path / name)]
+        assert kfold.main(argv) == 0
+        metrics.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    assert metrics[0]["device"] == str(select_device("auto"))
+    assert without_timings(metrics[0]) == without_timings(metrics[1])
+
+
+@pytest.mark.parametrize("mode", [dict(fold_parallel=True), dict(fold_parallel=False, workers=1)])
+def test_timing_splits_the_run_into_setup_training_and_evaluation(optdigits_dir, mode):
+    result = run(optdigits_dir, **mode)
+    timing = result.metrics()["timing"]
+    assert set(timing) == {"setup_s", "train_s", "eval_s", "wall_s"}
+    assert timing["train_s"] > 0 and timing["eval_s"] > 0 and timing["setup_s"] >= 0
+    assert timing["setup_s"] + timing["train_s"] + timing["eval_s"] == pytest.approx(
+        result.wall_s)
+    assert sum(f.train_s for f in result.folds) == pytest.approx(timing["train_s"])
+    assert all(f.train_s + f.eval_s <= f.wall_s for f in result.folds)
+
+
 # ----------------------------------------------------------------------- fold processes
 
 
+@cpu_only
 def test_fold_processes_give_the_numbers_of_one_process(optdigits_dir):
     """Two forked fold workers of one thread each compute exactly what one process computes
     with one thread: only the timings and the recorded execution differ."""
@@ -278,6 +318,7 @@ def test_fold_processes_give_the_numbers_of_one_process(optdigits_dir):
     assert [f.fold for f in in_processes.folds] == [0, 1, 2, 3]
 
 
+@cpu_only
 def test_fold_processes_write_each_fold_and_resume(optdigits_dir, tmp_path):
     config = small_config(optdigits_dir, workers=2, threads=1, fold_parallel=False)
     dataset = kfold.load_for_config(config)
@@ -291,6 +332,7 @@ def test_fold_processes_write_each_fold_and_resume(optdigits_dir, tmp_path):
     assert without_timings(resumed.metrics()) == without_timings(first.metrics())
 
 
+@cpu_only
 def test_an_error_in_a_fold_worker_reaches_the_caller(optdigits_dir, monkeypatch):
     def failing_fit(*args, **kwargs):
         raise ValueError("fold worker failed on purpose")

@@ -12,6 +12,22 @@ from conftest import real_data
 # float32: the exactness checks compare two kernel orders, and bf16 rounding would swamp them.
 FAST = dict(epochs=3, batch_size=16, quiet=True, verify=False, precision="fp32")
 
+# How far fold-parallel (grouped convolutions, batched matrix products) and sequential losses
+# may drift apart in 3 epochs. On the CPU both are exact float32 in another summation order.
+# On CUDA cuDNN picks other algorithms for grouped and plain convolutions, with atomics in
+# their backward passes, so the two trajectories part faster; TF32 is switched off for these
+# comparisons (see no_tf32), else its 10-bit mantissa would dominate.
+ON_CUDA = torch.cuda.is_available()
+RTOL = 1e-2 if ON_CUDA else 1e-3          # no randomness at all
+RECIPE_RTOL = 3e-2 if ON_CUDA else 1e-2   # momentum, OneCycle, label smoothing amplify drift
+
+
+@pytest.fixture(autouse=True)
+def no_tf32(monkeypatch):
+    if ON_CUDA:
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
 
 def both_modes(optdigits_dir, **changes):
     config = digitcnn.RunConfig(data_dir=str(optdigits_dir), **{**FAST, **changes})
@@ -26,8 +42,8 @@ def test_without_randomness_parallel_equals_sequential(optdigits_dir):
     parallel, sequential = both_modes(optdigits_dir, dropout=0.0)
     for p, s in zip(parallel.folds, sequential.folds):
         assert p.n_train == s.n_train and np.array_equal(p.val_indices, s.val_indices)
-        assert np.allclose(p.train_loss, s.train_loss, rtol=1e-3)
-        assert np.allclose(p.val_loss, s.val_loss, rtol=1e-3)
+        assert np.allclose(p.train_loss, s.train_loss, rtol=RTOL)
+        assert np.allclose(p.val_loss, s.val_loss, rtol=RTOL)
         assert p.lrs == pytest.approx(s.lrs)
 
 
@@ -39,7 +55,7 @@ def test_without_randomness_parallel_equals_sequential(optdigits_dir):
 def test_recipes_match_sequential_mode(optdigits_dir, changes):
     parallel, sequential = both_modes(optdigits_dir, dropout=0.0, **changes)
     for p, s in zip(parallel.folds, sequential.folds):
-        assert np.allclose(p.train_loss, s.train_loss, rtol=1e-2, atol=1e-4)
+        assert np.allclose(p.train_loss, s.train_loss, rtol=RECIPE_RTOL, atol=1e-4)
         assert p.lrs == pytest.approx(s.lrs)
         assert p.lr == pytest.approx(s.lr)
 
