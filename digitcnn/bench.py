@@ -10,8 +10,9 @@ and its fold workers. Cases:
 * ``uci``: pipeline S5 on UCI optdigits, 4 folds x 10 epochs, against
   ``../shared/bench/reference_loop.py`` (the yardstick);
 * ``mnist``: MNIST scale, Fashion-MNIST's 60,000 training images (Debian's
-  ``dataset-fashion-mnist``), S2's model, 4 folds x 1 epoch, against :func:`plain_loop`, the
-  same work written as a tutorial would (DataLoader, one fold after another);
+  ``dataset-fashion-mnist``), S2's model, 4 folds x 1 epoch (``--mnist-epochs``), against
+  :func:`plain_loop`, the same work written as a tutorial would (DataLoader, one fold after
+  another);
 * ``scaling``: digitcnn's wall time against the number of folds and the number of rows;
 * ``augment``: the cost of S1's augmentation in an epoch of S1's model (in one process);
 * ``choices``: one UCI S5 fold under each CPU choice (precision, memory format, threads),
@@ -20,6 +21,10 @@ and its fold workers. Cases:
   :class:`digitcnn.DigitClassifier` against skorch's ``NeuralNetClassifier`` on the same
   model (S5's), folds, epochs, batch size, optimizer, schedule and device, UCI
   (:func:`sklearn_side`; skorch is needed for this case only).
+
+``uci`` and ``mnist`` also run digitcnn's side twice in one fresh process and report the second
+run, the steady state after the one-time warm-up (set-up, training and evaluation seconds from
+its metrics), beside the whole process. ``--device cuda`` runs every case on the GPU.
 
 Writes ``bench.json`` and ``scaling.png`` to ``--out`` (default ``results/bench``).
 """
@@ -226,7 +231,8 @@ def bench_uci(args, scratch: Path) -> dict:
     ours = _digitcnn_command(out, [*recipe, "--data-dir", args.uci_dir, "--device", args.device,
                                    *args.extra])
     theirs = [sys.executable, args.reference, args.uci_dir, "--device", args.device]
-    return compare(ours, theirs, args.repeats, "uci", _read_digitcnn(out), _read_reference)
+    result = compare(ours, theirs, args.repeats, "uci", _read_digitcnn(out), _read_reference)
+    return {**result, "steady_state": _steady_state_child(ours, "uci")}
 
 
 def bench_mnist(args, scratch: Path) -> dict:
@@ -234,18 +240,54 @@ def bench_mnist(args, scratch: Path) -> dict:
     limit = ["--limit", str(args.mnist_limit)] if args.mnist_limit else []
     ours = _digitcnn_command(out, ["--dataset", "mnist", "--data-dir", args.mnist_dir, "--split",
                                    "train", "--no-verify", "--model", "s2", "--scaler", "max",
-                                   "--epochs", "1", "--device", args.device, *limit, *args.extra])
+                                   "--epochs", str(args.mnist_epochs), "--device", args.device,
+                                   *limit, *args.extra])
     theirs = [sys.executable, "-m", "digitcnn.bench", "--plain-loop", args.mnist_dir,
-              "--device", args.device] + (["--mnist-limit", str(args.mnist_limit)]
-                                          if args.mnist_limit else [])
-    return compare(ours, theirs, args.repeats, "mnist", _read_digitcnn(out), _read_reference)
+              "--device", args.device, "--mnist-epochs", str(args.mnist_epochs)] + (
+        ["--mnist-limit", str(args.mnist_limit)] if args.mnist_limit else [])
+    result = compare(ours, theirs, args.repeats, "mnist", _read_digitcnn(out), _read_reference)
+    return {**result, "steady_state": _steady_state_child(ours, "mnist")}
+
+
+def steady_state(kfold_flags: Sequence[str]) -> dict:
+    """The K-fold run of ``kfold_flags`` twice in this process: the first pays the one-time
+    costs (CUDA context, library handles, lazily loaded kernels, allocator growth), the
+    second is the steady state a sweep or a notebook sees. Each with its metrics' timing."""
+    from .config import config_from_args
+    from .kfold import load_for_config, run_kfold
+
+    config = config_from_args(list(kfold_flags), "python -m digitcnn.bench --steady-state",
+                              "steady state")
+    dataset = load_for_config(config)
+    runs = []
+    for _ in range(2):
+        result = run_kfold(dataset, config)
+        runs.append({"accuracy": result.accuracy, **result.metrics()["timing"]})
+    return {"first": runs[0], "steady": runs[1], "device": result.device}
+
+
+def _steady_state_child(command: Sequence[str], label: str) -> dict:
+    """:func:`steady_state` in a fresh process, for the digitcnn.kfold ``command``'s flags."""
+    run = _run_with_rusage([sys.executable, "-m", "digitcnn.bench", "--steady-state",
+                            "--extra", *command[3:]])  # after "python -m digitcnn.kfold"
+    if run["returncode"] != 0:
+        raise RuntimeError(f"{label}: steady-state run failed ({run['returncode']}): "
+                           f"{run['stderr'][-2000:]}")
+    result = json.loads(run["stdout"].strip().splitlines()[-1])
+    steady, first = result["steady"], result["first"]
+    print(f"{label} steady state on {result['device']}: {steady['wall_s']:.2f} s (training "
+          f"{steady['train_s']:.2f} s, evaluation {steady['eval_s']:.2f} s, set-up "
+          f"{steady['setup_s']:.2f} s); first run in the process {first['wall_s']:.2f} s",
+          flush=True)
+    return {**result, "process_wall_s": run["wall_s"]}
 
 
 # The ways digitcnn can train K folds, as kfold flags: one after another in one process, in
-# forked single-thread processes (the CPU default), all at once through vmap (the GPU default).
+# forked single-thread processes (the CPU default), all at once as one fold-batched model (the
+# GPU default).
 SCALING_MODES = {"sequential": ["--no-fold-parallel", "--workers", "1"],
                  "fold processes": ["--no-fold-parallel"],
-                 "fold-parallel (vmap)": ["--fold-parallel"]}
+                 "fold-parallel": ["--fold-parallel"]}
 
 
 def bench_scaling(args, scratch: Path) -> dict:
@@ -473,13 +515,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment-rows", type=int, default=6000,
                         help="training rows per timed epoch in the augment case")
     parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per case")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where both sides of every case train")
     parser.add_argument("--uci-dir", default="../shared/data/optdigits")
     parser.add_argument("--uci-config", metavar="FILE.toml", default=None,
                         help="run this recipe in the uci case instead of S5's (e.g. "
                              "experiments/uci_fast.toml); the reference loop stays S5")
     parser.add_argument("--mnist-dir", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--mnist-limit", type=int, default=None, help="use fewer MNIST rows")
+    parser.add_argument("--mnist-epochs", type=int, default=1,
+                        help="epochs per fold in the mnist case, for both sides")
     parser.add_argument("--reference", default="../shared/bench/reference_loop.py")
     parser.add_argument("--out", default="results/bench")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
@@ -488,13 +533,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="epochs per fold in the skorch case")
     parser.add_argument("--plain-loop", metavar="MNIST_DIR", help=argparse.SUPPRESS)
     parser.add_argument("--sklearn-side", choices=("digitcnn", "skorch"), help=argparse.SUPPRESS)
+    parser.add_argument("--steady-state", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.plain_loop:  # the yardstick's own process
-        print(json.dumps(plain_loop(args.plain_loop, device=args.device, limit=args.mnist_limit)))
+        print(json.dumps(plain_loop(args.plain_loop, epochs=args.mnist_epochs, device=args.device,
+                                    limit=args.mnist_limit)))
+        return 0
+    if args.steady_state:  # a child: the same K-fold run twice in one process
+        print(json.dumps(steady_state(args.extra)))
         return 0
     if args.sklearn_side:  # one side of the skorch case, in its own process
         print(json.dumps(sklearn_side(args.sklearn_side, args.uci_dir, args.device,

@@ -64,3 +64,31 @@ def test_tree_memory_counts_forked_workers_that_wait4_misses():
     largest_process, tree = json.loads(completed.stdout)
     assert largest_process < 250
     assert tree > 300
+
+
+@pytest.mark.slow  # five processes that each import torch
+def test_uci_case_reports_the_steady_state_beside_the_whole_process(optdigits_dir, tmp_path):
+    """``--device cpu`` on tiny work: both sides run, and digitcnn's side runs twice more in one
+    process, whose second run (after the warm-up) is reported with its time split."""
+    reference = tmp_path / "reference_loop.py"
+    reference.write_text(  # a stand-in yardstick that prints what the real one prints
+        "import json\nprint(json.dumps({'accuracy': 50.0, 'wall_s': 0.5, 'device': 'cpu'}))\n")
+    assert bench.main(["--cases", "uci", "--device", "cpu", "--repeats", "1",
+                       "--uci-dir", str(optdigits_dir), "--reference", str(reference),
+                       "--out", str(tmp_path / "out"), "--extra", "--epochs", "1",
+                       "--no-verify", "--workers", "1", "--threads", "1"]) == 0
+    case = json.loads((tmp_path / "out" / "bench.json").read_text())["cases"]["uci"]
+    steady = case["steady_state"]
+    assert steady["device"] == "cpu" and steady["process_wall_s"] > steady["steady"]["wall_s"]
+    for run in (steady["first"], steady["steady"]):
+        assert set(run) == {"accuracy", "setup_s", "train_s", "eval_s", "wall_s"}
+        assert run["train_s"] > 0 and run["setup_s"] + run["train_s"] + run["eval_s"] == \
+            pytest.approx(run["wall_s"])
+    assert steady["first"]["accuracy"] == steady["steady"]["accuracy"]  # the same run, twice
+
+
+def test_mnist_epochs_reach_both_sides():
+    args = bench.build_parser().parse_args(["--mnist-epochs", "3"])
+    assert args.mnist_epochs == 3 and args.device == "cpu"
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--device", "tpu"])
