@@ -103,10 +103,9 @@ class RunConfig:
     deterministic: bool = _opt(False, "use deterministic algorithms (sets CUBLAS_WORKSPACE_CONFIG)")
     threads: int | None = _opt(None, "CPU threads for torch, per fold process with --workers "
                                      "(default: torch's choice; one per worker)")
-    fold_parallel: bool | None = _opt(None, "train all folds at once with one set of vmap-ed "
-                                            "kernels (K-fold and stratified); default: on CUDA, "
-                                            "where it is faster, and off on the CPU, where it "
-                                            "measured slower; off trains folds in --workers "
+    fold_parallel: bool | None = _opt(None, "train all folds at once as one fold-batched "
+                                            "model (K-fold and stratified); default: on CUDA, "
+                                            "and off on the CPU, where it measured no faster; off trains folds in --workers "
                                             "processes, each fold saved as it ends")
     workers: int | None = _opt(None, "on the CPU, train this many folds at once, each in its "
                                      "own forked process with --threads threads (default: one "

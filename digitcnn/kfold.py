@@ -499,9 +499,10 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
                 finished[fold] = done
     pending = [(fold, train, val) for fold, (train, val) in enumerate(splits)
                if fold not in finished]
-    # Measured: on a 2-core CPU the vmap-ed step is slower than training folds in turn (UCI S5,
-    # 4 folds: 15.6 s against 10.2 s, and 6.9 s in fold processes); on a GPU it is meant to
-    # remove K-1 launches per kernel, which no session has yet measured.
+    # On a 2-core CPU the arithmetic, not kernel launches, bounds a step: fold-batched training
+    # measured no faster than folds in turn (and fold processes use both cores). On a GPU one
+    # fold-batched step replaces K steps' launches (the vmap step it replaced: 4.7 s against
+    # 7.2 s in turn for UCI S5 on an H100; the fold-batched figure is still to be measured).
     wanted = config.fold_parallel if config.fold_parallel is not None else device.type == "cuda"
     parallel = wanted and supports_parallel(config) and len(pending) > 1
     workers = 1 if parallel else fold_workers(config.workers, len(pending), device)

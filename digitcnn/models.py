@@ -497,8 +497,8 @@ def digitnet(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.2,
         for _ in range(blocks):
             layers += _conv_bn_relu(channels, out_channels)
             channels = out_channels
-    # Global average pooling as a plain AvgPool2d over the whole final map: under the
-    # fold-parallel vmap, AdaptiveAvgPool2d on channels-last maps has no batching rule.
+    # Global average pooling as a plain AvgPool2d over the whole final map, a layer that
+    # fold-batched training (digitcnn.parallel) runs unchanged on K folds' channels.
     layers += [nn.AvgPool2d((map_height, map_width)), nn.Flatten(), Dropout(dropout),
                nn.Linear(channels, num_classes), nn.LogSoftmax(dim=1)]
     return nn.Sequential(*layers).to(memory_format=torch.channels_last)
