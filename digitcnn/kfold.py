@@ -543,10 +543,11 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
     if extra is not None:
         dataset_info["added_to_training"] = extra.info()
     wall = time.perf_counter() - started
+    timing = run_timing(trained, wall, overlapping=workers > 1)
     return KFoldResult(config=config, dataset=dataset_info, folds=folds, device=str(device),
                        versions=versions, splits_sha256=fingerprint, wall_s=wall,
                        num_classes=len(dataset.classes), labels=dataset.labels.numpy(),
-                       extra={"execution": execution, "timing": run_timing(trained, wall, workers > 1)})
+                       extra={"execution": execution, "timing": timing})
 
 
 def run_timing(trained: Sequence[FoldResult], wall_s: float, overlapping: bool = False) -> dict:
