@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import numbers
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +26,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = ["RunConfig", "build_parser", "config_from_args", "load_toml", "OneLineParser",
+           "field_kind", "typed_setting", "typed_settings",
            "SCALERS", "CV_SCHEMES", "DEVICES", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS",
            "MONITORS", "AUGMENTATIONS"]
 
@@ -129,6 +133,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            # frozen: the checked value (an int widened to float, a Path as text) is set here
+            object.__setattr__(self, f.name, typed_setting(f, getattr(self, f.name),
+                                                           f"--{_flag(f.name)}"))
+        for f in fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:
@@ -207,15 +215,75 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
-def _type_of(f: dataclasses.Field):
-    annotation = str(f.type)
-    if "bool" in annotation:
-        return bool
-    if "int" in annotation:
-        return int
-    if "float" in annotation:
-        return float
-    return str
+def field_kind(f: dataclasses.Field) -> tuple[type, bool]:
+    """(bool | int | float | str, optional?) of a config field, from its annotation
+    (``"float | None"`` -> ``(float, True)``)."""
+    parts = {part.strip() for part in str(f.type).split("|")}
+    kind = next((k for k in (bool, int, float) if k.__name__ in parts), str)
+    return kind, "None" in parts
+
+
+_KIND_TEXT = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, numbers.Integral):
+        return "a whole number"
+    if isinstance(value, numbers.Real):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if value is None:
+        return "empty"
+    return f"a {type(value).__name__}"
+
+
+def typed_setting(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """``value`` checked against field ``f``'s type, then narrowed to it.
+
+    A switch must be a real boolean (the text ``"false"`` is refused, not read as true), a
+    whole number an integer (not a boolean; NumPy integers are accepted), a number any real
+    number, finite (NaN and infinities are refused), and text a string (or a path). Returns
+    the value as the field's Python type; raises ConfigError naming ``where`` (a flag, or
+    ``FILE: key``) and the fix.
+    """
+    kind, optional = field_kind(f)
+    if value is None and optional:
+        return None
+    if kind is str and isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    fits = {bool: isinstance(value, bool),
+            int: isinstance(value, numbers.Integral) and not isinstance(value, bool),
+            float: isinstance(value, numbers.Real) and not isinstance(value, bool),
+            str: False}[kind]
+    if not fits:
+        fix = {bool: "give true or false (in TOML without quotes)",
+               int: "give a whole number such as 3", float: "give a number such as 0.5",
+               str: 'give text (in TOML in quotes, such as "adam")'}[kind]
+        raise ConfigError(f"{where} {value!r} is not {_KIND_TEXT[kind]} but "
+                          f"{_describe(value)}; {fix}")
+    if kind is int:
+        return int(value)
+    if kind is float:
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{where} {value!r} is not a finite number; give a finite value "
+                              f"(default {f.default!r})")
+        return number
+    return value
+
+
+def typed_settings(values: dict[str, Any], origin: str, config_type=None) -> dict[str, Any]:
+    """Every known setting of ``values`` checked with :func:`typed_setting`, the errors
+    naming ``origin`` (a file) and the key; unknown keys are kept for ``from_dict`` to report."""
+    known = {f.name: f for f in fields(config_type or RunConfig)}
+    return {key: typed_setting(known[key], value, f"{origin}: {key} =") if key in known
+            else value for key, value in values.items()}
 
 
 def build_parser(prog: str, description: str, config_type=RunConfig,
@@ -241,7 +309,7 @@ def build_parser(prog: str, description: str, config_type=RunConfig,
     for f in fields(config_type):
         if not f.metadata.get("flag", True) or f.name in exclude:
             continue
-        kind = _type_of(f)
+        kind = field_kind(f)[0]
         default = argparse.SUPPRESS if suppress_defaults else defaults.get(f.name, f.default)
         common = {"help": f.metadata.get("help", ""), "dest": f.name, "default": default}
         if kind is bool:
@@ -253,8 +321,12 @@ def build_parser(prog: str, description: str, config_type=RunConfig,
     return parser
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config: top-level keys (dashes or underscores) or a ``[run]`` table."""
+def load_toml(path: str | Path, config_type=None) -> dict[str, Any]:
+    """Read a TOML config: top-level keys (dashes or underscores) or a ``[run]`` table.
+
+    Every value of a known setting is type-checked here, against ``config_type``'s field
+    (default :class:`RunConfig`), so that a wrong value is reported with its file even when a
+    flag overrides it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; check the path given to --config")
@@ -262,12 +334,17 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         values = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML ({err}); fix the file") from None
-    values = {**values.pop("run", {}), **values}
+    run = values.pop("run", {})
+    if not isinstance(run, dict):
+        raise ConfigError(f"{path}: run = {run!r} is not a table; put settings at the top level "
+                          "or under a [run] table")
+    values = {**run, **values}
     for key, value in list(values.items()):
         if isinstance(value, dict):
             raise ConfigError(f"{path}: unexpected table [{key}]; put settings at the top level "
                               "or under [run]")
-    return {key.replace("-", "_"): value for key, value in values.items()}
+    return typed_settings({key.replace("-", "_"): value for key, value in values.items()},
+                          str(path), config_type)
 
 
 def config_from_args(argv: Sequence[str] | None, prog: str, description: str,
@@ -292,7 +369,7 @@ def config_from_args(argv: Sequence[str] | None, prog: str, description: str,
     values: dict[str, Any] = dict(defaults or {})
     toml_path = given.pop("config", None)
     if toml_path:
-        values.update(load_toml(toml_path))
+        values.update(load_toml(toml_path, config_type))
     values.update(given)
     config = config_type.from_dict(values, origin=toml_path or "flags")
     if not extra_arguments:

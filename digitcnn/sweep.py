@@ -56,7 +56,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import RunConfig, config_from_args
+from .config import RunConfig, config_from_args, field_kind, typed_setting, typed_settings
 from .errors import ConfigError, cli_entry, interrupt_exit_code
 from .report import flag_text
 from .results import atomic_write_text, write_json
@@ -69,9 +69,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = ["GridAxis", "Cell", "TTest", "corrected_resampled_ttest", "parse_grid", "parse_value",
-           "load_grid_file", "grid_from_table", "expand_grid", "run_sweep", "summarize_cell",
-           "compare_cells", "sweep_table", "write_sweep_outputs", "plan_from_args", "stored_cells",
-           "default_sweep_dir", "main", "SPLIT_KEYS"]
+           "toml_value", "load_grid_file", "grid_from_table", "expand_grid", "run_sweep",
+           "summarize_cell", "compare_cells", "sweep_table", "write_sweep_outputs",
+           "plan_from_args", "stored_cells", "default_sweep_dir", "main", "SPLIT_KEYS"]
 
 # Settings that decide which rows form the folds: the cells of a sweep must share them.
 SPLIT_KEYS = ("dataset", "data_dir", "split", "verify", "limit", "cv", "val_fraction", "folds",
@@ -170,25 +170,15 @@ def _setting(name: str, origin: str) -> str:
     return field_name
 
 
-def _kind(name: str) -> tuple[type, bool]:
-    """(bool | int | float | str, optional) of a config field, from its annotation."""
-    annotation = str(FIELDS[name].type)
-    optional = "None" in annotation
-    for kind in (bool, int, float):
-        if kind.__name__ in annotation:
-            return kind, optional
-    return str, optional
-
-
 def parse_value(name: str, value: Any, origin: str = "--grid") -> Any:
     """``value`` (text from the command line, or a TOML value) as a value of setting ``name``.
 
     Text is parsed with the setting's type (``true/false/yes/no/1/0`` for switches, ``none``
     for None where the setting is optional and not text); a TOML value must already have a
-    fitting type (an integer is accepted for a float). Raises ConfigError naming the setting
-    and the value.
+    fitting type (an integer is accepted for a float), see :func:`toml_value`. Numbers must be
+    finite. Raises ConfigError naming the setting and the value.
     """
-    kind, optional = _kind(name)
+    kind, optional = field_kind(FIELDS[name])
     flag = _flag(name)
     if isinstance(value, str) and kind is not str:
         text = value.strip()
@@ -199,19 +189,19 @@ def parse_value(name: str, value: Any, origin: str = "--grid") -> Any:
                 lowered = text.lower()
                 if lowered not in ("true", "false", "yes", "no", "1", "0"):
                     raise ValueError(text)
-                return lowered in ("true", "yes", "1")
-            return kind(text)
+                value = lowered in ("true", "yes", "1")
+            else:
+                value = kind(text)
         except ValueError:
             raise ConfigError(f"{origin}: {flag} value {value!r} is not {_article(kind)}; "
                               f"give {flag} values like {_example(kind)}") from None
-    fits = {bool: isinstance(value, bool),
-            int: isinstance(value, int) and not isinstance(value, bool),
-            float: isinstance(value, (int, float)) and not isinstance(value, bool),
-            str: isinstance(value, str)}[kind]
-    if not fits:
-        raise ConfigError(f"{origin}: {flag} value {value!r} is not {_article(kind)}; give "
-                          f"{flag} values like {_example(kind)}")
-    return float(value) if kind is float else value
+    return toml_value(name, value, origin)
+
+
+def toml_value(name: str, value: Any, origin: str) -> Any:
+    """A TOML (or already parsed) ``value`` of setting ``name``, type-checked: the text
+    ``"false"`` is not a switch's false, ``"0.2"`` not a number."""
+    return typed_setting(FIELDS[name], value, f"{origin}: {_flag(name)} value")
 
 
 def _article(kind: type) -> str:
@@ -277,13 +267,13 @@ def grid_from_table(table: dict, origin: str) -> list[GridAxis]:
                     raise ConfigError(f"{where}: table {position + 1} sets nothing; give settings "
                                       "such as optimizer = \"sgd\", lr = 0.01")
                 names = {_setting(k, where): v for k, v in settings.items()}
-                parsed.append((label, {k: parse_value(k, v, where) for k, v in names.items()}))
+                parsed.append((label, {k: toml_value(k, v, where) for k, v in names.items()}))
             axes.append(_checked_axis(key, parsed, where))
         elif any(isinstance(v, dict) for v in values):
             raise ConfigError(f"{where} mixes tables and plain values; use one kind per axis")
         else:
             name = _setting(key, where)
-            axes.append(_checked_axis(name, [(_label(v), {name: parse_value(name, v, where)})
+            axes.append(_checked_axis(name, [(_label(v), {name: toml_value(name, v, where)})
                                              for v in values], where))
     return axes
 
@@ -312,7 +302,7 @@ def load_grid_file(path: str | Path) -> tuple[dict, list[GridAxis]]:
             raise ConfigError(f"{path}: unknown setting {key!r}; valid settings are the flags "
                               "of python -m digitcnn.kfold --help with dashes as underscores")
         settings[name] = value
-    return settings, grid_from_table(grid, str(path))
+    return typed_settings(settings, str(path)), grid_from_table(grid, str(path))
 
 
 def _cell_name(labels: Sequence[tuple[str, str]]) -> str:

@@ -1,6 +1,11 @@
+import math
+import subprocess
+import sys
+from dataclasses import fields
+
 import pytest
 
-from digitcnn.config import RunConfig, config_from_args, load_toml
+from digitcnn.config import RunConfig, config_from_args, field_kind, load_toml
 from digitcnn.errors import ConfigError
 
 
@@ -59,3 +64,93 @@ def test_usage_error_is_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid int value: 'four'" in err
+
+
+# ----------------------------------------------------------------------------- value types
+
+FLOAT_FIELDS = [f for f in fields(RunConfig) if field_kind(f)[0] is float]
+
+
+def test_float_fields_are_found():
+    names = {f.name for f in FLOAT_FIELDS}
+    assert {"lr", "dropout", "gamma", "momentum", "weight_decay", "label_smoothing",
+            "val_fraction", "min_delta", "plateau_factor", "min_lr", "rotation"} <= names
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("setting", FLOAT_FIELDS, ids=lambda f: f.name)
+def test_non_finite_float_settings_are_refused(setting, value, tmp_path):
+    flag = setting.name.replace("_", "-")
+    text = {math.inf: "inf", -math.inf: "-inf"}.get(value, "nan")
+    with pytest.raises(ConfigError, match=rf"^--{flag} {text} is not a finite number; give a "
+                                          r"finite value \(default .*\)$"):
+        RunConfig(**{setting.name: value})
+    with pytest.raises(ConfigError, match=rf"^--{flag} {text} is not a finite number"):
+        parse([f"--{flag}={text}"])
+    path = tmp_path / "run.toml"
+    path.write_text(f"{flag} = {text}\n")
+    with pytest.raises(ConfigError, match=rf"run\.toml: {setting.name} = {text} is not a finite "
+                                          "number"):
+        parse(["--config", str(path)])
+
+
+@pytest.mark.parametrize("line, message", [
+    ('hflip = "false"', r"hflip = 'false' is not true or false but text; give true or false "
+                        r"\(in TOML without quotes\)"),
+    ('plots = "false"', r"plots = 'false' is not true or false but text"),
+    ("shuffle = 0", r"shuffle = 0 is not true or false but a whole number"),
+    ("epochs = true", r"epochs = True is not a whole number but a boolean; give a whole number"),
+    ("epochs = 2.5", r"epochs = 2\.5 is not a whole number but a number"),
+    ('lr = "0.01"', r"lr = '0\.01' is not a number but text; give a number such as 0\.5"),
+    ("model = 5", r"model = 5 is not text but a whole number; give text \(in TOML in quotes"),
+    ("folds = [4]", r"folds = \[4\] is not a whole number but a list"),
+    ("data-dir = 2024-01-01", r"data_dir = datetime\.date\(2024, 1, 1\) is not text but a date"),
+    ("run = 3", r"run = 3 is not a table; put settings at the top level or under a \[run\]"),
+])
+def test_toml_values_of_the_wrong_type_are_refused(tmp_path, line, message):
+    path = tmp_path / "run.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=rf"run\.toml: {message}"):
+        load_toml(path)
+
+
+def test_wrong_toml_type_is_reported_even_when_a_flag_overrides_it(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('lr = "fast"\nhflip = "false"\n')
+    with pytest.raises(ConfigError, match=r"run\.toml: lr = 'fast' is not a number"):
+        parse(["--config", str(path), "--lr", "0.01", "--no-hflip"])
+
+
+def test_toml_types_are_narrowed(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("lr = 1\nhflip = false\nplots = false\nepochs = 3\n")
+    config = parse(["--config", str(path)])
+    assert config.lr == 1.0 and isinstance(config.lr, float)
+    assert config.hflip is False and config.plots is False and config.epochs == 3
+
+
+def test_python_values_are_checked_and_narrowed(tmp_path):
+    import numpy as np
+
+    config = RunConfig(epochs=np.int64(3), lr=np.float32(0.5), data_dir=tmp_path)
+    assert (type(config.epochs), type(config.lr), config.data_dir) == (int, float, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^--hflip 'false' is not true or false but text"):
+        RunConfig(hflip="false")
+    with pytest.raises(ConfigError, match=r"^--epochs None is not a whole number but empty"):
+        RunConfig(epochs=None)
+    with pytest.raises(ConfigError, match=r"^--lr 10\*\*400|^--lr 1000"):
+        RunConfig(lr=10 ** 400)
+
+
+@pytest.mark.parametrize("how", ["flag", "toml"])
+def test_cli_refuses_nan_lr_with_one_line(tmp_path, how):
+    path = tmp_path / "run.toml"
+    path.write_text("lr = nan\n")
+    argv = ["--lr", "nan"] if how == "flag" else ["--config", str(path)]
+    done = subprocess.run([sys.executable, "-m", "digitcnn.kfold", *argv, "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    where = "--lr nan" if how == "flag" else f"{path}: lr = nan"
+    assert done.stderr.startswith(f"digitcnn.kfold: error: {where} is not a finite number")
+    assert not (tmp_path / "out").exists()

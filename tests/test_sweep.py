@@ -279,3 +279,25 @@ def test_identical_cells_give_p_1_and_resume_runs_only_unfinished_work(optdigits
     with pytest.raises(ConfigError, match="holds a finished sweep of digitcnn.sweep "
                                           r"\(sweep.md\); choose a fresh --out, or add --overwrite"):
         plan_from_args(argv)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('plots = "false"\n[grid]\ndropout = [0.2]\n', r"g\.toml: plots = 'false' is not true or "
+                                                   r"false but text"),
+    ("lr = nan\n[grid]\ndropout = [0.2]\n", r"g\.toml: lr = nan is not a finite number"),
+    ('[grid]\nhflip = ["false", "true"]\n', r"\[grid\] hflip: hflip value 'false' is not true "
+                                            r"or false but text"),
+    ("[grid]\nlr = [0.1, inf]\n", r"\[grid\] lr: lr value inf is not a finite number"),
+    ("[grid]\nepochs = [2, true]\n", r"epochs value True is not a whole number but a boolean"),
+])
+def test_grid_file_values_are_type_checked(tmp_path, text, message):
+    path = tmp_path / "g.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_grid_file(path)
+
+
+@pytest.mark.parametrize("entry", ["lr=0.1,nan", "momentum=inf", "dropout=-inf"])
+def test_grid_text_refuses_non_finite_numbers(entry):
+    with pytest.raises(ConfigError, match=r"value -?(nan|inf) is not a finite number"):
+        parse_grid([entry])
