@@ -5,10 +5,17 @@ A saved model is two files side by side: ``NAME.safetensors`` (tensors only, no 
 :func:`load_model` rebuilds the model from the registry; it never unpickles arbitrary
 objects: a plain PyTorch ``state_dict`` file is read with ``torch.load(weights_only=True)``
 and refused if it needs more than tensors.
+
+The JSON is input like any other (models are shared), so it is validated completely before
+anything is allocated: the model is first built on the ``meta`` device, which gives every
+tensor's shape without memory, and the safetensors header must list exactly those tensors,
+shapes and dtypes before one tensor is read.
 """
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import pickle
 import re
 from dataclasses import dataclass
@@ -20,12 +27,29 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ModelError
-from .models import create_model
+from .models import create_model, model_spec
 from .results import atomic_write_bytes, write_json
+from .scaling import Scaler
 
 __all__ = ["SavedModel", "save_model", "load_model", "find_saved_models"]
 
 FORMAT_VERSION = 1
+
+# Sane bounds for what a model.json may describe. Digit images are 8x8 to 28x28 (SVHN-like
+# 32x32 in colour); 128x128 and 4 channels leave room while keeping the largest registered
+# model at that size (s4: 64*32*32*256 linear weights) near 70 MB.
+MAX_CHANNELS = 4
+MAX_SIDE = 128
+MAX_CLASSES = 1000
+# A model.json holds per-pixel scaler lists: 2 * 4*128*128 numbers fit comfortably in this.
+MAX_META_BYTES = 32 * 1024 * 1024
+# The tensors a model.json may ask for, in bytes (checked on the meta device, before any).
+MAX_MODEL_BYTES = 512 * 1024 * 1024
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+# safetensors' dtype names of the tensors digitcnn models hold.
+_DTYPE_NAMES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16",
+                torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32",
+                torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 
 # What torch's weights-only unpickler says when a file asks for a Python object it will not
 # build; anything else it raises means the bytes are not a (complete) PyTorch file.
@@ -94,10 +118,17 @@ def save_model(model: nn.Module, path: str | Path, *, meta: dict[str, Any]) -> P
 
 def _read_meta(json_path: Path) -> dict:
     try:
+        size = json_path.stat().st_size
+        if size > MAX_META_BYTES:
+            raise CheckpointError(f"{json_path}: {size:,} bytes is too large for model "
+                                  f"metadata (at most {MAX_META_BYTES:,}); save the model again")
         meta = json.loads(json_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{json_path}: unreadable model metadata ({err}); save the model "
-                              "again") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        # ValueError: JSON syntax, and integers too long to convert
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{json_path}: unreadable model metadata ({_detail(err)}); save "
+                              "the model again") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{json_path}: holds a JSON {type(meta).__name__}, not digitcnn "
                               "model metadata; pass the .json or .safetensors written by digitcnn")
@@ -108,6 +139,133 @@ def _read_meta(json_path: Path) -> dict:
                               f"{', '.join(missing) or 'format'}); pass the .json or "
                               ".safetensors written by digitcnn")
     return meta
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _like(value, default) -> bool:
+    """Whether ``value`` has the type of a builder option's ``default`` (a float option takes
+    any finite number)."""
+    if isinstance(default, float):
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value))
+    return type(value) is type(default)
+
+
+def _check_meta(meta: dict, json_path: Path) -> Scaler:
+    """Every field load_model uses, checked before anything is built; returns the scaler.
+
+    Raises CheckpointError naming the file, the field and the fix."""
+    def refuse(field: str, problem: str, fix: str = "save the model again") -> CheckpointError:
+        return CheckpointError(f"{json_path}: {field} {problem}; {fix}")
+
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not _whole(version) or not 1 <= version <= FORMAT_VERSION:
+        raise refuse("format_version", f"{version!r} is not one this digitcnn reads "
+                     f"(1..{FORMAT_VERSION})", "upgrade digitcnn or save the model again")
+    if not isinstance(meta["model"], str):
+        raise refuse("model", f"{meta['model']!r} is not a model name")
+    try:
+        spec = model_spec(meta["model"])
+    except ModelError as err:
+        raise CheckpointError(f"{json_path}: {err}") from None
+    shape = meta["input_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(map(_whole, shape))):
+        raise refuse("input_shape", f"{shape!r} is not [channels, height, width] of whole numbers")
+    channels, height, width = shape
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise refuse("input_shape", f"has {channels} channels; a digit model takes 1 to "
+                     f"{MAX_CHANNELS}")
+    if not (spec.min_size <= height <= MAX_SIDE and spec.min_size <= width <= MAX_SIDE):
+        raise refuse("input_shape", f"{height}x{width} is outside the sizes model "
+                     f"{spec.name!r} accepts here ({spec.min_size} to {MAX_SIDE} pixels a side)")
+    classes, count = meta["classes"], meta["num_classes"]
+    if not (isinstance(classes, list) and 1 <= len(classes) <= MAX_CLASSES
+            and all(_whole(c) or isinstance(c, str) for c in classes)):
+        raise refuse("classes", f"must be a list of 1 to {MAX_CLASSES} class labels (whole "
+                     "numbers or text)")
+    if len({repr(c) for c in classes}) != len(classes):
+        raise refuse("classes", "lists a class twice")
+    if not _whole(count) or count != len(classes):
+        raise refuse("num_classes", f"{count!r} does not match the {len(classes)} entries of "
+                     "classes", "make num_classes the number of classes, or save the model again")
+    options = meta.get("model_options", {})
+    if not isinstance(options, dict):
+        raise refuse("model_options", f"{options!r} is not an object of builder options")
+    parameters = inspect.signature(spec.builder).parameters
+    for name, value in options.items():
+        known = parameters.get(name)
+        if name in ("input_shape", "num_classes") or known is None:
+            raise refuse("model_options", f"{name!r} is not an option of model {spec.name!r}")
+        if not _like(value, known.default):
+            raise refuse("model_options", f"{name} = {value!r} is not a value like its default "
+                         f"{known.default!r}")
+    weights = meta.get("weights", json_path.stem + ".safetensors")
+    if not (isinstance(weights, str) and weights == Path(weights).name
+            and weights not in ("", ".", "..") and "\\" not in weights
+            and Path(weights).suffix in WEIGHT_SUFFIXES):
+        raise refuse("weights", f"{weights!r} is not the bare name of a weights file "
+                     "(.safetensors, .pt or .pth) in the model's folder",
+                     'name the file beside the .json, e.g. "weights": "model.safetensors"')
+    return Scaler.from_dict(meta["scaler"], channels * height * width, str(json_path))
+
+
+def _meta_model(meta: dict, json_path: Path) -> nn.Module:
+    """The model ``meta`` describes, built on the ``meta`` device: shapes, no memory."""
+    try:
+        with torch.device("meta"):
+            model = create_model(meta["model"], tuple(meta["input_shape"]), meta["num_classes"],
+                                 init="default", **meta.get("model_options", {}))
+    except ModelError as err:
+        raise CheckpointError(f"{json_path}: {err}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise CheckpointError(f"{json_path}: model_options {meta.get('model_options')!r} do not "
+                              f"build model {meta['model']!r} ({_detail(err)}); save the model "
+                              "again") from None
+    state = model.state_dict()
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    if size > MAX_MODEL_BYTES:
+        raise CheckpointError(f"{json_path}: the model it describes needs {size:,} bytes of "
+                              f"weights (at most {MAX_MODEL_BYTES:,}); save the model again")
+    return model
+
+
+def _header_of(weights_path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{name: (shape, dtype)} of a safetensors file, from its header only."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            return {name: (tuple(handle.get_slice(name).get_shape()),
+                           handle.get_slice(name).get_dtype()) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{weights_path}: corrupt safetensors file ({_detail(err)}); save "
+                              "the model again") from None
+
+
+def _names(names: list[str], shown: int = 4) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(repr(name) for name in names[:shown]) + more
+
+
+def _check_fits(found: dict[str, tuple[tuple[int, ...], str]], model: nn.Module,
+                model_name: str, weights_path: Path) -> None:
+    """The tensors ``found`` (names, shapes, dtypes) are exactly those of ``model``."""
+    expected = {name: (tuple(t.shape), _DTYPE_NAMES.get(t.dtype, str(t.dtype)))
+                for name, t in model.state_dict().items()}
+    missing = [name for name in expected if name not in found]
+    unexpected = [name for name in found if name not in expected]
+    wrong = [f"{name!r} is {list(found[name][0])} {found[name][1]}, the model needs "
+             f"{list(shape)} {dtype}" for name, (shape, dtype) in expected.items()
+             if name in found and found[name] != (shape, dtype)]
+    problems = ([f"missing tensor(s) {_names(missing)}"] if missing else []) + \
+        ([f"unexpected tensor(s) {_names(unexpected)}"] if unexpected else []) + wrong[:1]
+    if problems:
+        raise CheckpointError(f"{weights_path}: weights do not fit model {model_name!r} "
+                              f"({'; '.join(problems)}); check the .json beside it, or save the "
+                              "model again")
 
 
 def _read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
@@ -164,23 +322,6 @@ def _detail(err: Exception, limit: int = 200) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
-def _scaling(meta: dict, json_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    scaler = meta["scaler"]
-    features = int(np.prod(meta["input_shape"]))
-    try:
-        mean = torch.as_tensor(np.asarray(scaler["mean"], dtype=np.float64), dtype=torch.float32)
-        scale = torch.as_tensor(np.asarray(scaler["scale"], dtype=np.float64),
-                                dtype=torch.float32)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{json_path}: unreadable scaler ({type(err).__name__}: {err}); it "
-                              "needs 'mean' and 'scale' lists of numbers") from None
-    if mean.shape != (features,) or scale.shape != (features,):
-        raise CheckpointError(f"{json_path}: scaler has {tuple(mean.shape)} means and "
-                              f"{tuple(scale.shape)} scales for {features} pixels of input "
-                              f"{tuple(meta['input_shape'])}; save the model again")
-    return mean, scale
-
-
 def load_model(path: str | Path) -> SavedModel:
     """Rebuild a saved model from its ``.json``, its ``.safetensors``/``.pt``, or their folder."""
     path = Path(path)
@@ -197,20 +338,23 @@ def load_model(path: str | Path) -> SavedModel:
         raise CheckpointError(f"{json_path}: model metadata not found; a digitcnn model is a "
                               ".safetensors file with a .json beside it")
     meta = _read_meta(json_path)
-    weights_path = path if path.suffix in (".safetensors", ".pt", ".pth") else \
+    scaler = _check_meta(meta, json_path)
+    weights_path = path if path.suffix in WEIGHT_SUFFIXES else \
         json_path.with_name(meta.get("weights", json_path.stem + ".safetensors"))
-    mean, scale = _scaling(meta, json_path)
+    if not weights_path.resolve().is_relative_to(json_path.parent.resolve()):
+        raise CheckpointError(f"{weights_path}: the weights lead outside the model's folder "
+                              f"{json_path.parent}; keep the weights file itself beside the .json")
+    template = _meta_model(meta, json_path)
+    if weights_path.suffix == ".safetensors" and weights_path.is_file():
+        _check_fits(_header_of(weights_path), template, meta["model"], weights_path)
     state = _read_weights(weights_path)
-    try:
-        model = create_model(meta["model"], tuple(meta["input_shape"]), meta["num_classes"],
-                             init="default", **meta.get("model_options", {}))
-    except ModelError as err:
-        raise CheckpointError(f"{json_path}: {err}") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{weights_path}: weights do not fit model {meta['model']!r} "
-                              f"({_detail(err)}); check the .json beside it") from None
+    _check_fits({name: (tuple(t.shape), _DTYPE_NAMES.get(t.dtype, str(t.dtype)))
+                 for name, t in state.items()}, template, meta["model"], weights_path)
+    model = create_model(meta["model"], tuple(meta["input_shape"]), meta["num_classes"],
+                         init="default", **meta.get("model_options", {}))
+    model.load_state_dict(state)
+    mean = torch.as_tensor(scaler.mean, dtype=torch.float32)
+    scale = torch.as_tensor(scaler.scale, dtype=torch.float32)
     return SavedModel(model.eval(), meta, mean, scale)
 
 

@@ -1,5 +1,7 @@
 """Saved models: safetensors + JSON round trips, refusal of unsafe or broken files, K-fold."""
 import json
+import math
+import re
 import shutil
 
 import numpy as np
@@ -237,7 +239,9 @@ def test_weights_of_another_architecture_are_refused(saved):
     _, _, json_path = saved
     edit_meta(json_path, model="s5")
     with pytest.raises(CheckpointError, match=r"digits\.safetensors: weights do not fit model 's5' "
-                                              r"\((Missing|Unexpected) key.*\); check the \.json"):
+                                              r"\(missing tensor\(s\) '0\.bias', '2\.weight', "
+                                              r"'2\.bias', '7\.bias' and 1 more; unexpected "
+                                              r"tensor\(s\) .*\); check the \.json beside it"):
         load_model(json_path)
 
 
@@ -246,8 +250,9 @@ def test_weights_of_another_input_size_are_refused(tmp_path):
     json_path = save_model(model, tmp_path / "s5.safetensors", meta=meta_for("s5"))
     edit_meta(json_path, input_shape=[1, 16, 16],
               scaler={"kind": "none", "mean": [0.0] * 256, "scale": [1.0] * 256})
-    with pytest.raises(CheckpointError, match=r"weights do not fit model 's5' \(size mismatch for "
-                                              r"7\.weight"):
+    with pytest.raises(CheckpointError, match=r"s5\.safetensors: weights do not fit model 's5' "
+                                              r"\('7\.weight' is \[128, 1024\] F32, the model "
+                                              r"needs \[128, 4096\] F32\); check the \.json"):
         load_model(json_path)
 
 
@@ -258,11 +263,34 @@ def test_unknown_model_name_says_which_file(saved):
         load_model(json_path)
 
 
-def test_scaler_of_the_wrong_size_is_refused(saved):
+def scaler_with(**changes) -> dict:
+    return {"kind": "standard", "mean": [0.0] * 64, "scale": [1.0] * 64, **changes}
+
+
+@pytest.mark.parametrize("scaler, message", [
+    (scaler_with(mean=[0.0] * 63), r"scaler mean must be a list of 64 numbers \(one per pixel "
+                                   r"of the input\), got 63 values"),
+    (scaler_with(scale=[1.0] * 63 + [0.0]), r"scaler scale\[63\] is 0\.0; every scale must be a "
+                                            r"positive number \(pixels are divided by it\)"),
+    (scaler_with(scale=[1.0] * 10 + [-2.0] + [1.0] * 53),
+     r"scaler scale\[10\] is -2\.0; every scale must be a positive number.*"),
+    (scaler_with(scale=[math.nan] + [1.0] * 63), r"scaler scale\[0\] is nan, not a finite number"),
+    (scaler_with(mean=[0.0] * 63 + [math.inf]), r"scaler mean\[63\] is inf, not a finite number"),
+    (scaler_with(mean=[0.0] * 63 + [10 ** 400]), r"scaler mean\[63\] is 1000*, not a finite number"),
+    (scaler_with(scale=[1e-300] * 64), r"scaler scale\[0\] is 1e-300; every scale must be a "
+                                       r"positive number.*"),
+    (scaler_with(mean=[1e39] * 64), r"scaler mean\[0\] is 1e\+39, beyond float32's range"),
+    (scaler_with(scale=["1"] * 64), r"scaler scale\[0\] is '1', not a number"),
+    (scaler_with(scale=[True] * 64), r"scaler scale\[0\] is True, not a number"),
+    (scaler_with(scale=None), r"scaler scale must be a list of 64 numbers .*got NoneType"),
+    (scaler_with(kind="minmax"), r"scaler kind 'minmax' is not one of standard, global, max, "
+                                 r"none"),
+    ([0, 1], r"scaler must be an object with kind, mean and scale, not list"),
+])
+def test_bad_scaler_is_refused(saved, scaler, message):
     _, _, json_path = saved
-    edit_meta(json_path, scaler={"kind": "standard", "mean": [0.0] * 63, "scale": [1.0] * 64})
-    with pytest.raises(CheckpointError, match=r"digits\.json: scaler has \(63,\) means and \(64,\) "
-                                              r"scales for 64 pixels of input \(1, 8, 8\)"):
+    edit_meta(json_path, scaler=scaler)
+    with pytest.raises(CheckpointError, match=rf"digits\.json: {message}; save the model again$"):
         load_model(json_path)
 
 
@@ -361,3 +389,159 @@ def test_kfold_saves_nothing_unless_asked(tmp_path):
     kfold.run_kfold(dataset, RunConfig(folds=2, epochs=1, quiet=True), out_dir=tmp_path)
     assert find_saved_models(tmp_path) == []
     assert not list(tmp_path.rglob("*.safetensors"))
+
+
+# ----------------------------------------------------------------------------- model.json validation
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"num_classes": 1_000_000_000}, r"num_classes 1000000000 does not match the 10 entries of "
+                                     r"classes; make num_classes the number of classes"),
+    ({"num_classes": 9}, r"num_classes 9 does not match the 10 entries of classes"),
+    ({"num_classes": True}, r"num_classes True does not match"),
+    ({"classes": list(range(1001)), "num_classes": 1001},
+     r"classes must be a list of 1 to 1000 class labels"),
+    ({"classes": [0, 1, 1, 3, 4, 5, 6, 7, 8, 9]}, r"classes lists a class twice"),
+    ({"classes": [[0]] * 10}, r"classes must be a list of 1 to 1000 class labels"),
+    ({"input_shape": [1, 100000, 100000]}, r"input_shape 100000x100000 is outside the sizes model "
+                                           r"'digitnet' accepts here \(3 to 128 pixels a side\)"),
+    ({"input_shape": [1, 2, 8]}, r"input_shape 2x8 is outside the sizes"),
+    ({"input_shape": [1000, 8, 8]}, r"input_shape has 1000 channels; a digit model takes 1 to 4"),
+    ({"input_shape": [1, 8.0, 8]}, r"input_shape \[1, 8\.0, 8\] is not \[channels, height, "
+                                   r"width\] of whole numbers"),
+    ({"input_shape": [8, 8]}, r"input_shape \[8, 8\] is not \[channels, height, width\]"),
+    ({"model": ["s5"]}, r"model \['s5'\] is not a model name"),
+    ({"model_options": {"widht": 8}}, r"model_options 'widht' is not an option of model "
+                                      r"'digitnet'"),
+    ({"model_options": {"num_classes": 8}}, r"model_options 'num_classes' is not an option"),
+    ({"model_options": {"width": 8.5}}, r"model_options width = 8\.5 is not a value like its "
+                                        r"default 32"),
+    ({"model_options": {"dropout": float("nan")}}, r"model_options dropout = nan is not a value"),
+    ({"model_options": {"dropout": 3.0}}, r"model_options \{'dropout': 3\.0\} do not build model "
+                                          r"'digitnet' \(dropout probability has to be between 0 "
+                                          r"and 1, but got 3\.0\)"),
+    ({"model_options": {"width": 100000}}, r"the model it describes needs [\d,]+ bytes of weights "
+                                           r"\(at most 536,870,912\)"),
+    ({"model_options": [1]}, r"model_options \[1\] is not an object of builder options"),
+    ({"format_version": 2}, r"format_version 2 is not one this digitcnn reads \(1\.\.1\); upgrade "
+                            r"digitcnn"),
+])
+def test_bad_model_json_fields_are_refused(saved, changes, message):
+    _, _, json_path = saved
+    edit_meta(json_path, **changes)
+    with pytest.raises(CheckpointError, match=rf"^\S*digits\.json: {message}"):
+        load_model(json_path)
+
+
+@pytest.mark.parametrize("weights", ["../../../../etc/hostname", "/etc/hostname",
+                                     "sub/digits.safetensors", "..", "", 3, "digits.json",
+                                     "..\\digits.safetensors"])
+def test_weights_must_be_a_bare_file_name(saved, weights):
+    _, _, json_path = saved
+    edit_meta(json_path, weights=weights)
+    with pytest.raises(CheckpointError, match=r"digits\.json: weights .* is not the bare name of a "
+                                              r"weights file \(\.safetensors, \.pt or \.pth\) in "
+                                              r"the model's folder; name the file beside"):
+        load_model(json_path)
+
+
+def test_weights_symlinked_from_outside_are_refused(saved, tmp_path):
+    _, _, json_path = saved
+    outside = tmp_path / "elsewhere.safetensors"
+    json_path.with_suffix(".safetensors").rename(outside)
+    json_path.with_suffix(".safetensors").symlink_to(outside)
+    with pytest.raises(CheckpointError, match=r"digits\.safetensors: the weights lead outside the "
+                                              r"model's folder"):
+        load_model(json_path)
+
+
+def rewrite_header(weights, change) -> None:
+    """Apply ``change`` to the safetensors header (a dict) and write the file back."""
+    data = weights.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    change(header)
+    text = json.dumps(header).encode()
+    weights.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + length:])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda h: h["0.weight"].update(dtype="I32"),
+     r"'0\.weight' is \[32, 1, 3, 3\] I32, the model needs \[32, 1, 3, 3\] F32"),
+    (lambda h: h.update({"extra": h.pop("0.weight")}),
+     r"missing tensor\(s\) '0\.weight'; unexpected tensor\(s\) 'extra'"),
+    (lambda h: h["0.weight"].update(shape=[16, 2, 3, 3]),
+     r"'0\.weight' is \[16, 2, 3, 3\] F32, the model needs \[32, 1, 3, 3\] F32"),
+])
+def test_header_that_does_not_fit_is_refused_before_reading(saved, monkeypatch, change, message):
+    _, _, json_path = saved
+    weights = json_path.with_suffix(".safetensors")
+    rewrite_header(weights, change)
+    import safetensors.torch
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a tensor was read before the header was checked")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", no_reading)
+    with pytest.raises(CheckpointError, match=rf"digits\.safetensors: weights do not fit model "
+                                              rf"'digitnet' \({message}\)"):
+        load_model(json_path)
+
+
+def test_header_claiming_a_huge_tensor_is_refused(saved):
+    _, _, json_path = saved
+    weights = json_path.with_suffix(".safetensors")
+    rewrite_header(weights, lambda h: h["0.weight"].update(shape=[10 ** 12, 1, 3, 3]))
+    with pytest.raises(CheckpointError, match=r"digits\.safetensors: corrupt safetensors file"):
+        load_model(json_path)
+
+
+def test_oversized_or_deep_metadata_is_refused(saved):
+    _, _, json_path = saved
+    json_path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match=r"digits\.json: unreadable model metadata"):
+        load_model(json_path)
+    json_path.write_text('{"num_classes": ' + "9" * 5000 + "}")
+    with pytest.raises(CheckpointError, match=r"digits\.json: unreadable model metadata"):
+        load_model(json_path)
+    with open(json_path, "wb") as handle:
+        handle.truncate(40 * 1024 * 1024)  # sparse: 40 MiB of zeros
+    with pytest.raises(CheckpointError, match=r"digits\.json: 41,943,040 bytes is too large for "
+                                              r"model metadata"):
+        load_model(json_path)
+
+
+def run_with_peak_rss(argv: list[str], tmp_path) -> tuple[int, str, str, int]:
+    """(exit code, stdout, stderr, peak RSS in bytes) of a child process."""
+    import os
+    import subprocess
+    import sys
+
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        child = subprocess.Popen([sys.executable, *argv], stdout=stdout, stderr=stderr)
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, out.read_text(), err.read_text(), usage.ru_maxrss * 1024
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"num_classes": 1_000_000_000}, r"model\.json: num_classes 1000000000 does not match the 10 "
+                                     r"entries of classes"),
+    ({"weights": "../../../../etc/hostname"}, r"model\.json: weights '\.\./\.\./\.\./\.\./etc/"
+                                              r"hostname' is not the bare name"),
+])
+def test_predict_cli_refuses_a_tampered_fold_model(tmp_path, changes, message):
+    dataset = small_dataset(60)
+    config = RunConfig(folds=2, epochs=1, quiet=True, save_models=True, plots=False)
+    kfold.run_kfold(dataset, config, out_dir=tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text("{}")  # what predict looks for in a run folder
+    edit_meta(tmp_path / "run" / "folds" / "fold0" / "model.json", **changes)
+    np.save(tmp_path / "x.npy", dataset.images[:5, 0].numpy())
+    code, stdout, stderr, peak = run_with_peak_rss(
+        ["-m", "digitcnn.predict", "--model", str(tmp_path / "run"), "--input",
+         str(tmp_path / "x.npy"), "--out", str(tmp_path / "out.csv")], tmp_path)
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
+    assert re.match(rf"digitcnn\.predict: error: \S*fold0/{message}", stderr), stderr
+    assert peak < 1.5e9
+    assert not (tmp_path / "out.csv").exists()
