@@ -17,6 +17,7 @@ one (``default_out_dir``, ``make_splits``) do not pay for the trainer.
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -204,6 +205,21 @@ def check_model(config: RunConfig, dataset: DigitDataset) -> None:
                  **model_options(config))
 
 
+def check_finite_losses(config: RunConfig, fold: int, epoch: int, train_loss: float,
+                        val_loss: float, has_val: bool = True) -> None:
+    """Stop a run whose loss has turned NaN or infinite: its numbers would mean nothing.
+
+    Called once per epoch with the losses already read to the host (no extra device sync).
+    Raises ConfigError naming the fold, the epoch and the likely causes."""
+    for name, value in (("training", train_loss), ("validation", val_loss if has_val else 0.0)):
+        if not math.isfinite(value):
+            raise ConfigError(
+                f"fold {fold}, epoch {epoch + 1}: the {name} loss is {value}: training diverged, "
+                f"so the run is stopped and no results are written; lower --lr (now "
+                f"{config.lr:g}; try a tenth), or check --momentum, --scheduler and --scaler "
+                f"(now {config.momentum:g}, {config.scheduler}, {config.scaler})")
+
+
 def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np.ndarray,
              val_rows: np.ndarray, device: torch.device, global_scaler: Scaler | None = None,
              progress=None, extra: DigitDataset | None = None,
@@ -217,6 +233,8 @@ def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np
                                 extra)
 
     def report(epoch: int, history: engine.EpochRecord) -> None:
+        check_finite_losses(config, fold, epoch, history.train_loss[-1], history.val_loss[-1],
+                            len(val_rows) > 0)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(fold=fold, epoch=epoch + 1, loss=f"{history.train_loss[-1]:.4f}",
@@ -321,6 +339,9 @@ def run_folds_parallel(dataset: DigitDataset, config: RunConfig,
         scale=torch.stack([torch.as_tensor(s.scale, dtype=torch.float32) for s in scalers]).to(device))
 
     def report(epoch: int, histories) -> None:
+        for (fold, _, val_rows), history in zip(pending, histories):
+            check_finite_losses(config, fold, epoch, history.train_loss[-1],
+                                history.val_loss[-1], len(val_rows) > 0)
         if progress is not None:
             progress.update(len(pending))
             progress.set_postfix(epoch=epoch + 1,

@@ -1,4 +1,5 @@
 import math
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -154,3 +155,31 @@ def test_cli_refuses_nan_lr_with_one_line(tmp_path, how):
     where = "--lr nan" if how == "flag" else f"{path}: lr = nan"
     assert done.stderr.startswith(f"digitcnn.kfold: error: {where} is not a finite number")
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- diverging runs
+
+
+@pytest.mark.parametrize("mode", [["--workers", "1"], ["--workers", "2"], ["--fold-parallel"]],
+                         ids=["in-turn", "fold-processes", "fold-parallel"])
+def test_run_whose_loss_turns_nan_is_stopped(optdigits_dir, tmp_path, mode):
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "digitcnn.kfold", "--data-dir", str(optdigits_dir), "--no-verify",
+         "--folds", "2", "--epochs", "2", "--optimizer", "sgd", "--momentum", "0.9", "--lr",
+         "1e6", "--quiet", "--out", str(out), *mode], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert re.match(r"digitcnn\.kfold: error: fold [01], epoch 1: the (training|validation) loss is nan: "
+                    r"training diverged, so the run is stopped and no results are written; "
+                    r"lower --lr \(now 1e\+06; try a tenth\), or check --momentum, --scheduler "
+                    r"and --scaler \(now 0\.9, step, standard\)$", done.stderr), done.stderr
+    assert not (out / "metrics.json").exists()
+
+
+def test_diverging_fold_raises_from_the_python_api(optdigits_dir):
+    from digitcnn import kfold
+
+    config = RunConfig(data_dir=str(optdigits_dir), verify=False, folds=2, epochs=1, lr=1e6,
+                       optimizer="sgd", momentum=0.9, quiet=True, workers=1)
+    with pytest.raises(ConfigError, match=r"fold 0, epoch 1: the (training|validation) loss is nan"):
+        kfold.run_kfold(kfold.load_for_config(config), config)
