@@ -13,6 +13,8 @@ CLI: ``python -m digitcnn.baselines --estimator svm --data-dir ../shared/data/op
 """
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 import time
 from pathlib import Path
@@ -28,7 +30,8 @@ from .runtime import library_versions
 if TYPE_CHECKING:  # the data readers import torch: not needed for --help
     from .data import DigitDataset
 
-__all__ = ["ESTIMATORS", "make_estimator", "baseline_scores", "run_baseline", "main"]
+__all__ = ["ESTIMATORS", "make_estimator", "check_baseline_settings", "baseline_scores",
+           "run_baseline", "main"]
 
 ESTIMATORS = ("svm", "knn")
 
@@ -49,6 +52,18 @@ def make_estimator(name: str, c: float = 10.0, neighbors: int = 3):
 
         return KNeighborsClassifier(n_neighbors=neighbors)
     raise ConfigError(f"unknown estimator {name!r}; choose one of: {', '.join(ESTIMATORS)}")
+
+
+def check_baseline_settings(c: float, neighbors: int) -> None:
+    """``c`` a positive finite number, ``neighbors`` a whole number of at least 1 (the upper
+    bound, the training rows, is checked once the folds are known); else ConfigError."""
+    if isinstance(c, bool) or not isinstance(c, numbers.Real) or not (math.isfinite(c) and c > 0):
+        raise ConfigError(f"--C {c!r} must be a positive finite number (the SVC's "
+                          "regularisation strength; SPEC used 10)")
+    if isinstance(neighbors, bool) or not isinstance(neighbors, numbers.Integral) \
+            or neighbors < 1:
+        raise ConfigError(f"--neighbors {neighbors!r} must be a whole number of at least 1 "
+                          "(kNN's k; SPEC used 3)")
 
 
 def baseline_scores(estimator, features: np.ndarray, num_classes: int) -> np.ndarray:
@@ -89,7 +104,12 @@ def run_baseline(dataset: DigitDataset, config: RunConfig = RunConfig(),
     if dataset.labels is None:
         raise ConfigError(f"{dataset.name}: the dataset has no labels; a baseline needs them")
     make_estimator(estimator, c, neighbors)  # an unknown name fails before any work
+    check_baseline_settings(c, neighbors)
     splits = make_splits(dataset, config)
+    smallest = min(len(train_rows) for train_rows, _ in splits)
+    if estimator == "knn" and neighbors > smallest:
+        raise ConfigError(f"--neighbors {neighbors} is more than the {smallest} rows of the "
+                          f"smallest training fold; choose at most {smallest} (SPEC used 3)")
     features = dataset.images.reshape(len(dataset), -1).numpy().astype(np.float64)
     features /= dataset.max_value
     labels = dataset.labels.numpy()
@@ -155,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         estimator = stored.get("estimator", config.model)
         c, neighbors = stored.get("C", c), stored.get("n_neighbors", neighbors)
     config = config.replace(model=estimator)
+    check_baseline_settings(c, neighbors)  # before the data are read
     out = Path(config.out) if config.out else default_out_dir(config)
     with sigterm_as_interrupt():
         check_out_dir(out, "digitcnn.baselines", resume, extras.overwrite)

@@ -114,3 +114,49 @@ def test_compare_refuses_runs_on_other_folds(optdigits_dir, tmp_path):
 def test_compare_cli_needs_finished_runs(tmp_path, capsys):
     assert compare.main([str(tmp_path), "--against", str(tmp_path)]) == 2
     assert "no metrics.json; pass the folder of a finished run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--C", "0"], r"--C 0\.0 must be a positive finite number \(the SVC's regularisation "
+                   r"strength; SPEC used 10\)"),
+    (["--C", "nan"], r"--C nan must be a positive finite number"),
+    (["--C=-inf"], r"--C -inf must be a positive finite number"),
+    (["--estimator", "knn", "--neighbors", "0"], r"--neighbors 0 must be a whole number of at "
+                                                 r"least 1 \(kNN's k; SPEC used 3\)"),
+    (["--estimator", "knn", "--neighbors", "1000"], r"--neighbors 1000 is more than the 135 rows "
+                                                    r"of the smallest training fold; choose at "
+                                                    r"most 135 \(SPEC used 3\)"),
+])
+def test_bad_baseline_settings_exit_2_with_one_line(optdigits_dir, tmp_path, capsys, argv,
+                                                    message):
+    out = tmp_path / "svm"
+    code = baselines.main(["--data-dir", str(optdigits_dir), "--no-verify", "--quiet", "--out",
+                           str(out), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("digitcnn.baselines: error: ")
+    import re
+
+    assert re.match(rf"digitcnn\.baselines: error: {message}", err), err
+    assert not (out / "metrics.json").exists()
+
+
+def test_baselines_cli_refuses_nan_c(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "digitcnn.baselines", "--C", "nan", "--out",
+                           str(tmp_path / "svm")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr == (
+        "digitcnn.baselines: error: --C nan must be a positive finite number (the SVC's "
+        "regularisation strength; SPEC used 10)\n")
+
+
+def test_neighbors_up_to_the_training_rows_work(optdigits_dir):
+    dataset, config = uci(optdigits_dir)
+    result = baselines.run_baseline(dataset, config, "knn", neighbors=135)
+    assert result.confusion.sum() == len(dataset)
+    with pytest.raises(ConfigError, match=r"--neighbors 136 is more than the 135 rows"):
+        baselines.run_baseline(dataset, config, "knn", neighbors=136)
+    with pytest.raises(ConfigError, match=r"--C True must be a positive finite number"):
+        baselines.run_baseline(dataset, config, "svm", c=True)
