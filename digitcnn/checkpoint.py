@@ -13,6 +13,7 @@ shapes and dtypes before one tensor is read.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import sha256_of
 from .errors import CheckpointError, ModelError
 from .models import create_model, model_spec
 from .results import atomic_write_bytes, write_json
@@ -110,10 +112,11 @@ def save_model(model: nn.Module, path: str | Path, *, meta: dict[str, Any]) -> P
     # safetensors stores dense row-major tensors; channels_last weights are made contiguous.
     tensors = {name: tensor.detach().cpu().contiguous()
                for name, tensor in model.state_dict().items()}
-    atomic_write_bytes(path, save(tensors))
-    return write_json(path.with_suffix(".json"), {"format": "digitcnn-model",
-                                                  "format_version": FORMAT_VERSION,
-                                                  "weights": path.name, **meta})
+    data = save(tensors)
+    atomic_write_bytes(path, data)
+    return write_json(path.with_suffix(".json"), {
+        "format": "digitcnn-model", "format_version": FORMAT_VERSION, "weights": path.name,
+        "weights_sha256": hashlib.sha256(data).hexdigest(), **meta})
 
 
 def _read_meta(json_path: Path) -> dict:
@@ -209,6 +212,10 @@ def _check_meta(meta: dict, json_path: Path) -> Scaler:
         raise refuse("weights", f"{weights!r} is not the bare name of a weights file "
                      "(.safetensors, .pt or .pth) in the model's folder",
                      'name the file beside the .json, e.g. "weights": "model.safetensors"')
+    digest = meta.get("weights_sha256")
+    if digest is not None and not (isinstance(digest, str)
+                                   and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        raise refuse("weights_sha256", f"{digest!r} is not a SHA-256 hex digest")
     return Scaler.from_dict(meta["scaler"], channels * height * width, str(json_path))
 
 
@@ -347,6 +354,12 @@ def load_model(path: str | Path) -> SavedModel:
     template = _meta_model(meta, json_path)
     if weights_path.suffix == ".safetensors" and weights_path.is_file():
         _check_fits(_header_of(weights_path), template, meta["model"], weights_path)
+    # The digest is of the file the .json names (absent in models saved before it was kept).
+    expected = meta.get("weights_sha256") if weights_path.name == meta.get("weights") else None
+    if expected is not None and weights_path.is_file() and sha256_of(weights_path) != expected:
+        raise CheckpointError(f"{weights_path}: contents differ from the weights_sha256 in "
+                              f"{json_path.name}; the weights were changed or belong to another "
+                              "model: keep each model's files together, or save it again")
     state = _read_weights(weights_path)
     _check_fits({name: (tuple(t.shape), _DTYPE_NAMES.get(t.dtype, str(t.dtype)))
                  for name, t in state.items()}, template, meta["model"], weights_path)

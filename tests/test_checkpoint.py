@@ -1,4 +1,5 @@
 """Saved models: safetensors + JSON round trips, refusal of unsafe or broken files, K-fold."""
+import hashlib
 import json
 import math
 import re
@@ -545,3 +546,26 @@ def test_predict_cli_refuses_a_tampered_fold_model(tmp_path, changes, message):
     assert re.match(rf"digitcnn\.predict: error: \S*fold0/{message}", stderr), stderr
     assert peak < 1.5e9
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_weights_changed_after_saving_are_refused(saved):
+    model, meta, json_path = saved
+    stored = json.loads(json_path.read_text())
+    assert stored["weights_sha256"] == hashlib.sha256(
+        json_path.with_suffix(".safetensors").read_bytes()).hexdigest()
+    # same names, shapes and dtypes, other values: only the digest can tell
+    other = trained_like_model(seed=1)
+    save_model(other, json_path.parent / "other.safetensors", meta=meta)
+    json_path.with_name("other.json").unlink()
+    json_path.with_name("other.safetensors").replace(json_path.with_suffix(".safetensors"))
+    with pytest.raises(CheckpointError, match=r"digits\.safetensors: contents differ from the "
+                                              r"weights_sha256 in digits\.json; the weights were "
+                                              r"changed or belong to another model"):
+        load_model(json_path)
+    edit_meta(json_path, weights_sha256=None)  # a model saved before digests were kept
+    assert torch.equal(load_model(json_path).model.state_dict()["0.weight"],
+                       other.state_dict()["0.weight"])
+    edit_meta(json_path, weights_sha256="abc")
+    with pytest.raises(CheckpointError, match=r"digits\.json: weights_sha256 'abc' is not a "
+                                              r"SHA-256 hex digest"):
+        load_model(json_path)
