@@ -705,11 +705,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def finish_run(result: KFoldResult, out: Path, config: RunConfig, dataset: DigitDataset,
                what: str) -> None:
-    """Write the final files of a CLI run and, unless quiet, print its summary."""
-    result.write_final(out, plots=config.plots, images=dataset.images)
+    """Write the final files of a CLI run and, unless quiet, print its summary.
+
+    At a terminal the report (evaluation.json, the plots, report.html) is drawn in the
+    background after metrics.json, so the person gets the prompt back at once; elsewhere (or
+    with ``$DIGITCNN_REPORT``) see :func:`digitcnn.report.report_in_background`."""
+    from .report import REPORT_LOG, report_in_background
+
+    background = report_in_background()
+    result.write_final(out, plots=config.plots, images=dataset.images, background=background)
     if not config.quiet:
         print(result.summary())
         print(f"{what} written to {out}")
+        if background:
+            print(f"report.html{' and the plots' if config.plots else ''}: being drawn in the "
+                  f"background into {out} ({REPORT_LOG} there until done)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,11 @@
-"""Figures for a run directory, drawn with seaborn/matplotlib and written atomically."""
+"""Figures for a run directory, drawn with matplotlib's Agg backend and written atomically.
+
+Drawing is kept cheap because a person waits for it (``python -m digitcnn.bench --cases
+startup`` measures it): matplotlib alone (the heatmaps need no seaborn, whose import pulls in
+pandas and scipy), one axes for the grid of misclassified digits instead of one per digit,
+and each figure laid out once with fixed margins instead of ``bbox_inches="tight"``, which
+draws every figure twice.
+"""
 from __future__ import annotations
 
 import io
@@ -11,8 +18,8 @@ from .metrics import normalize_confusion
 from .results import atomic_write_bytes
 
 __all__ = ["plot_confusion", "plot_loss_curves", "plot_training_curves", "plot_roc",
-           "plot_precision_recall", "plot_per_class_f1", "plot_misclassified", "plot_sweep",
-           "run_title"]
+           "plot_precision_recall", "plot_per_class_f1", "plot_misclassified",
+           "misclassified_order", "plot_sweep", "run_title"]
 
 
 def _pyplot():
@@ -35,26 +42,43 @@ def run_title(result) -> str:
     return f"{head} / accuracy {100 * result.accuracy:.2f}%"
 
 
+DPI = 100
+
+
 def _save(figure, path: Path) -> Path:
+    """Render ``figure`` to PNG bytes, close it, and write them atomically to ``path``."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(figure)
+    try:
+        figure.savefig(buffer, format="png", dpi=DPI)
+    finally:
+        _pyplot().close(figure)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _heatmap(axis, values: np.ndarray, text: Sequence[str], vmax: float, colorbar: bool) -> None:
+    """A (C, C) heatmap with each cell's value written on it, rows true, columns predicted."""
+    image = axis.imshow(values, cmap="Blues", vmin=0, vmax=vmax, interpolation="nearest",
+                        aspect="auto")
+    classes = np.arange(values.shape[0])
+    dark = values > 0.6 * vmax  # white text where the cell is dark
+    for (row, column), label in zip(np.ndindex(values.shape), text):
+        axis.text(column, row, label, ha="center", va="center", fontsize=8,
+                  color="white" if dark[row, column] else "black")
+    axis.set(xticks=classes, yticks=classes, xlabel="predicted", ylabel="true")
+    if colorbar:
+        axis.figure.colorbar(image, ax=axis)
 
 
 def plot_confusion(confusion, path: str | Path, title: str = "") -> Path:
     """Two heatmaps side by side: (C, C) counts, and rates normalised per true class."""
-    import seaborn as sns
-
     plt = _pyplot()
     counts = np.asarray(confusion, dtype=np.int64)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
-    sns.heatmap(counts, annot=True, fmt="d", cmap="Blues", cbar=False, ax=left,
-                annot_kws={"size": 8})
-    left.set(title=f"counts (n = {counts.sum():,})", xlabel="predicted", ylabel="true")
-    sns.heatmap(normalize_confusion(counts), annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1,
-                ax=right, annot_kws={"size": 8})
-    right.set(title="normalised by true class", xlabel="predicted", ylabel="true")
+    rates = normalize_confusion(counts)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
+    _heatmap(left, counts, [f"{v:d}" for v in counts.flat], max(int(counts.max()), 1), False)
+    left.set(title=f"counts (n = {counts.sum():,})")
+    _heatmap(right, rates, [f"{v:.2f}" for v in rates.flat], 1.0, True)
+    right.set(title="normalised by true class")
     figure.suptitle(title)
     return _save(figure, Path(path))
 
@@ -63,7 +87,7 @@ def plot_loss_curves(train_losses: Sequence[Sequence[float]], val_losses: Sequen
                      path: str | Path, title: str = "") -> Path:
     """Train (solid) and validation (dashed) loss per epoch, one colour per fold."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(8, 5))
+    figure, axis = plt.subplots(figsize=(8, 5), layout="constrained")
     colours = plt.get_cmap("tab10")
     for fold, (train, val) in enumerate(zip(train_losses, val_losses)):
         epochs = np.arange(1, len(train) + 1)
@@ -114,7 +138,7 @@ def plot_training_curves(train_loss: Sequence[Sequence[float]],
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(13, 4.8))
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
     for axis, train, val, name in ((loss_axis, train_loss, val_loss, "NLL loss"),
                                    (accuracy_axis, train_accuracy, val_accuracy, "accuracy")):
         _mean_band(axis, train, "tab:blue", "train")
@@ -146,7 +170,7 @@ def plot_roc(curves: dict, auc: dict, path: str | Path, title: str = "") -> Path
     """
     plt = _pyplot()
     colours = plt.get_cmap("tab10")
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5.6))
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.6), layout="constrained")
     drawn = []
     for axis in axes:
         for label, curve in enumerate(curves["per_class"]):
@@ -180,7 +204,7 @@ def plot_precision_recall(curves: dict, average_precision: dict, path: str | Pat
     """
     plt = _pyplot()
     colours = plt.get_cmap("tab10")
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5.6))
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.6), layout="constrained")
     drawn = []
     for axis in axes:
         for label, curve in enumerate(curves["per_class"]):
@@ -214,7 +238,7 @@ def plot_per_class_f1(per_class: dict, macro_f1: float, path: str | Path,
     plt = _pyplot()
     f1 = np.asarray(per_class["f1"], dtype=float)
     classes = np.arange(len(f1))
-    figure, axis = plt.subplots(figsize=(10, 4.8))
+    figure, axis = plt.subplots(figsize=(10, 4.8), layout="constrained")
     axis.bar(classes, f1, color="tab:blue", alpha=0.8, label="F1")
     axis.plot(classes, per_class["precision"], "v", color="tab:red", label="precision")
     axis.plot(classes, per_class["recall"], "^", color="tab:green", label="recall")
@@ -236,38 +260,62 @@ def plot_per_class_f1(per_class: dict, macro_f1: float, path: str | Path,
     return _save(figure, Path(path))
 
 
+def misclassified_order(true, predicted, probability, limit: int = 40) -> np.ndarray:
+    """Positions of the misclassified rows to show, the most confident mistakes first (at
+    most ``limit``)."""
+    true, predicted = np.asarray(true), np.asarray(predicted)
+    probability = np.asarray(probability, dtype=float)
+    wrong = np.flatnonzero(true != predicted)
+    return wrong[np.argsort(-probability[wrong], kind="stable")][:limit]
+
+
 def plot_misclassified(images, rows, true, predicted, probability, path: str | Path,
                        title: str = "", limit: int = 40, columns: int = 8) -> Path:
     """A grid of misclassified digits, the most confident mistakes first.
 
+    The digits are tiled into one image drawn on one axes (a grid of 40 axes took most of the
+    time of all the run's figures), each labelled underneath.
+
     Args:
-        images: (N, 1, H, W) uint8 images of the whole dataset (ink bright), tensor or array.
+        images: (N, 1, H, W) uint8 images of the whole dataset (ink bright), tensor or array;
+            only the rows shown are read.
         rows, true, predicted, probability: (M,) dataset row, true class, predicted class and
             the predicted class's probability of every validation row (misclassified or not).
         limit: at most this many digits are shown.
     """
     plt = _pyplot()
-    images = np.asarray(images)
     rows, true, predicted = (np.asarray(a) for a in (rows, true, predicted))
     probability = np.asarray(probability, dtype=float)
-    wrong = np.flatnonzero(true != predicted)
-    wrong = wrong[np.argsort(-probability[wrong], kind="stable")][:limit]
-    count = max(len(wrong), 1)
+    shown = misclassified_order(true, predicted, probability, limit)
+    count = max(len(shown), 1)
     columns = min(columns, count)
     lines = -(-count // columns)
-    figure, axes = plt.subplots(lines, columns, figsize=(1.6 * columns, 1.9 * lines + 0.8),
-                                squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, index in zip(axes.flat, wrong):
-        # dark ink on white, as digits are written
-        axis.imshow(images[rows[index], 0], cmap="gray_r", interpolation="nearest")
-        axis.set_title(f"true {true[index]} \u2192 {predicted[index]}\np={probability[index]:.2f}, "
-                       f"row {rows[index]}", fontsize=7.5)
+    height, width = (np.asarray(images[int(rows[shown[0]])]).shape[-2:] if len(shown)
+                     else (8, 8))
+    # blank pixels between digits; under each digit, room for its two-line label
+    gap, label = max(1, width // 4), height // 2 + 1
+    mosaic = np.zeros((lines * (height + label), columns * (width + gap)), dtype=np.float32)
+    # square pixels: the figure's height follows the mosaic's, plus room for the title
+    width_in = 1.6 * columns
+    grid_in = width_in * mosaic.shape[0] / mosaic.shape[1]
+    figure = plt.figure(figsize=(width_in, grid_in + 0.8))
+    axis = figure.add_axes((0, 0, 1, grid_in / (grid_in + 0.8)))
+    axis.axis("off")
+    for slot, index in enumerate(shown):
+        line, column = divmod(slot, columns)
+        top, left = line * (height + label), column * (width + gap)
+        mosaic[top:top + height, left:left + width] = np.asarray(images[int(rows[index])])[0]
+        axis.text(left + width / 2 - 0.5, top + height,
+                  f"true {true[index]} \u2192 {predicted[index]}\np={probability[index]:.2f}, "
+                  f"row {rows[index]}", ha="center", va="top", fontsize=7.5)
+    # dark ink on white, as digits are written
+    axis.imshow(mosaic, cmap="gray_r", interpolation="nearest", aspect="auto")
+    axis.set(xlim=(-0.5, mosaic.shape[1] - 0.5), ylim=(mosaic.shape[0] - 0.5, -0.5))
     total = int((true != predicted).sum())
-    if not len(wrong):
-        axes.flat[0].text(0.5, 0.5, "no misclassified rows", ha="center", va="center")
-    figure.suptitle(f"{title}\n{len(wrong)} of {total} misclassified validation rows, "
+    if not len(shown):
+        axis.text(0.5, 0.5, "no misclassified rows", ha="center", va="center",
+                  transform=axis.transAxes)
+    figure.suptitle(f"{title}\n{len(shown)} of {total} misclassified validation rows, "
                     "most confident first", fontsize=9)
     return _save(figure, Path(path))
 
@@ -283,7 +331,7 @@ def plot_sweep(names: Sequence[str], fold_accuracies: Sequence[Sequence[float]],
         pooled: per cell, total correct over total rows; best: index of the best cell.
     """
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(9, 1.0 + 0.45 * len(names)))
+    figure, axis = plt.subplots(figsize=(9, 1.0 + 0.45 * len(names)), layout="constrained")
     jitter = np.random.default_rng(0)  # fixed: the figure is the same on every rerun
     for row, (accuracies, total) in enumerate(zip(fold_accuracies, pooled)):
         values = 100 * np.asarray(accuracies, dtype=float)

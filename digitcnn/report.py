@@ -3,15 +3,28 @@
 ``report.html`` is one self-contained page: the settings, the per-fold table, the pooled and
 per-fold-averaged metrics, the per-class table and every figure, embedded as base64 PNG data
 URIs. It needs no network, no JavaScript and no other file, so it can be mailed or opened from
-an archive. :func:`write_run_report` is called by
-:meth:`digitcnn.results.KFoldResult.write_final`, before ``metrics.json`` is written.
+an archive.
+
+:meth:`digitcnn.results.KFoldResult.write_final` writes ``metrics.json`` first (a finished
+run) and then the report, with :func:`write_run_report` in its own process or, for the CLIs
+at a terminal, with :func:`start_report` in a background process, so that a person gets the
+run's numbers without waiting for the figures (``evaluation.json`` needs torchmetrics, whose
+import alone took longer than torch's; see ``python -m digitcnn.bench --cases startup``).
+While a background report is being drawn the run folder holds ``report.log``; it is removed
+when ``report.html`` is in place and keeps the error if drawing failed. Every file is written
+atomically and ``report.html`` last, so a folder holding it has its whole report.
 """
 from __future__ import annotations
 
 import base64
 import html
 import math
+import os
+import pickle
+import subprocess
+import sys
 from dataclasses import fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +34,14 @@ from .errors import DataError
 from .results import atomic_write_text, write_json
 
 __all__ = ["write_run_report", "draw_evaluation_figures", "render_report", "flag_text",
-           "FIGURE_CAPTIONS"]
+           "start_report", "report_in_background", "REPORT_ENV", "REPORT_LOG", "FIGURE_CAPTIONS"]
+
+# ``background`` or ``wait``: overrides the CLIs' choice (background exactly when stdout is a
+# terminal, where a person waits; scripts, pipes and tests get the whole report on return).
+REPORT_ENV = "DIGITCNN_REPORT"
+# Present in a run folder while its report is drawn in the background; kept with the error if
+# drawing failed.
+REPORT_LOG = "report.log"
 
 # File name -> caption, in the order the page shows them.
 FIGURE_CAPTIONS = {
@@ -67,19 +87,20 @@ code { font-size: 0.9em; background: #f1f3f7; padding: 0 3px; }
 
 def write_run_report(result, directory: str | Path, oof: dict, figures: Sequence[Path] = (),
                      plots: bool = True, images=None) -> dict | None:
-    """Write ``evaluation.json`` (when there are out-of-fold rows with labels), the evaluation
-    figures (when ``plots``) and ``report.html``. Returns the evaluation, or None.
+    """Write ``evaluation.json`` (when there are out-of-fold rows with labels), the figures
+    (when ``plots``) and, last, ``report.html``. Returns the evaluation, or None.
 
     Args:
         result: the :class:`~digitcnn.results.KFoldResult`.
         oof: its ``out_of_fold()`` dict (empty for a run without validation rows).
-        figures: figures already drawn for this run (e.g. ``confusion.png``), shown too.
+        figures: further figures already drawn for this run, shown too.
         images: the dataset's (N, 1, H, W) uint8 images, indexed like ``oof["row"]``, for the
             grid of misclassified digits (left out when None).
     """
     from .evaluation import evaluate_run, without_curves
 
     directory = Path(directory)
+    _check_images(oof, images)
     evaluation = None
     if oof and "true" in oof:
         evaluation = evaluate_run(oof, curves=plots)
@@ -94,15 +115,21 @@ def write_run_report(result, directory: str | Path, oof: dict, figures: Sequence
 
 def draw_evaluation_figures(result, directory: Path, evaluation: dict | None, oof: dict,
                             images=None) -> list[Path]:
-    """training_curves.png for a run with epochs; roc, precision_recall, per_class_f1 with an
-    evaluation; misclassified.png with an evaluation and the images."""
-    from .plots import (plot_misclassified, plot_per_class_f1, plot_precision_recall, plot_roc,
-                        plot_training_curves, run_title)
+    """confusion.png for a run with validation rows; loss_curves.png and training_curves.png
+    for a run with epochs; roc, precision_recall, per_class_f1 with an evaluation;
+    misclassified.png with an evaluation and the images."""
+    from .plots import (plot_confusion, plot_loss_curves, plot_misclassified, plot_per_class_f1,
+                        plot_precision_recall, plot_roc, plot_training_curves, run_title)
 
     title = run_title(result)
     folds = result.folds
-    # a fold without validation rows records placeholder validation values: leave them out
     drawn = []
+    if result.n:  # a --full run has no validation rows to tabulate
+        drawn.append(plot_confusion(result.confusion, directory / "confusion.png", title))
+    if result.trained_by_epochs:
+        drawn.append(plot_loss_curves([f.train_loss for f in folds], [f.val_loss for f in folds],
+                                      directory / "loss_curves.png", title))
+    # a fold without validation rows records placeholder validation values: leave them out
     if result.trained_by_epochs:
         drawn.append(plot_training_curves([f.train_loss for f in folds],
                                           [f.val_loss if f.n_val else [] for f in folds],
@@ -123,16 +150,102 @@ def draw_evaluation_figures(result, directory: Path, evaluation: dict | None, oo
         directory / "precision_recall.png", title))
     drawn.append(plot_per_class_f1(per_class, macro["f1"], directory / "per_class_f1.png", title))
     if images is not None:
-        images = np.asarray(images)
-        if len(oof["row"]) and int(oof["row"].max()) >= len(images):
-            raise DataError(f"{len(images)} images given for the misclassified grid but the "
-                            f"predictions refer to row {int(oof['row'].max())}; pass the "
-                            "images of the dataset the run was trained on")
-        probability = np.exp(np.take_along_axis(oof["log_probs"], oof["predicted"][:, None],
-                                                axis=1)[:, 0])
         drawn.append(plot_misclassified(images, oof["row"], oof["true"], oof["predicted"],
-                                        probability, directory / "misclassified.png", title))
+                                        _predicted_probability(oof),
+                                        directory / "misclassified.png", title))
     return drawn
+
+
+def _predicted_probability(oof: dict) -> np.ndarray:
+    return np.exp(np.take_along_axis(oof["log_probs"], oof["predicted"][:, None], axis=1)[:, 0])
+
+
+def _check_images(oof: dict, images) -> None:
+    if images is not None and oof and len(oof["row"]) and int(oof["row"].max()) >= len(images):
+        raise DataError(f"{len(images)} images given for the misclassified grid but the "
+                        f"predictions refer to row {int(oof['row'].max())}; pass the "
+                        "images of the dataset the run was trained on")
+
+
+# ----------------------------------------------------------------------------- background
+
+
+def report_in_background() -> bool:
+    """Whether a CLI draws its report in the background: ``$DIGITCNN_REPORT`` (``background``
+    or ``wait``) when set, else exactly when stdout is a terminal."""
+    from .errors import ConfigError
+
+    chosen = os.environ.get(REPORT_ENV, "").strip().lower()
+    if chosen not in ("", "background", "wait"):
+        raise ConfigError(f"${REPORT_ENV}={chosen!r}: use 'background' or 'wait', or unset it")
+    if chosen:
+        return chosen == "background"
+    return sys.stdout.isatty()
+
+
+def start_report(result, directory: str | Path, oof: dict, plots: bool = True,
+                 images=None) -> subprocess.Popen:
+    """Draw the report of ``result`` (``metrics.json`` already written) in a background process
+    and return it at once.
+
+    The process gets the result through a pipe, with only the images the grid of misclassified
+    digits shows, runs at lower priority in its own session (Ctrl-C and closing the terminal
+    leave it alone), writes its errors to ``report.log`` and removes that log once
+    ``report.html`` is in place.
+    """
+    from .plots import misclassified_order
+
+    directory = Path(directory)
+    _check_images(oof, images)
+    shown = None
+    if images is not None and oof and "true" in oof:
+        order = misclassified_order(oof["true"], oof["predicted"], _predicted_probability(oof))
+        rows = np.asarray(oof["row"])[order]
+        shown = {"count": len(images), "rows": rows,
+                 "images": np.asarray(images[rows] if len(rows) else images[:0])}
+    payload = pickle.dumps({"result": result, "directory": str(directory), "oof": oof,
+                            "plots": plots, "images": shown}, protocol=pickle.HIGHEST_PROTOCOL)
+    log = directory / REPORT_LOG
+    with open(log, "w", encoding="utf-8") as stream:
+        process = subprocess.Popen([sys.executable, "-m", "digitcnn.report"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                   stderr=stream, start_new_session=True, close_fds=True)
+        stream.write(f"drawing the report of {directory} in process {process.pid} since "
+                     f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        stream.flush()
+    try:
+        process.stdin.write(payload)
+    finally:
+        process.stdin.close()
+    return process
+
+
+def _draw_from_stdin() -> int:
+    """The background process of :func:`start_report`."""
+    if sys.stdin.isatty():
+        print("python -m digitcnn.report: draws a run's report for digitcnn's CLIs; it reads "
+              "its input from them, not from a terminal", file=sys.stderr)
+        return 2
+    payload = pickle.load(sys.stdin.buffer)
+    try:
+        os.nice(5)  # a run started meanwhile gets the CPU first
+    except OSError:  # pragma: no cover - not permitted
+        pass
+    directory = Path(payload["directory"])
+    images, shown = None, payload["images"]
+    if shown is not None:
+        # zero pages cost no memory until written: only the rows shown are filled
+        images = np.zeros((shown["count"], *shown["images"].shape[1:]), dtype=np.uint8)
+        images[shown["rows"]] = shown["images"]
+    try:
+        write_run_report(payload["result"], directory, payload["oof"], plots=payload["plots"],
+                         images=images)
+    except BaseException as error:
+        print(f"digitcnn.report: the report of {directory} could not be drawn ({error}); "
+              "metrics.json and the other results are complete", file=sys.stderr)
+        raise
+    (directory / REPORT_LOG).unlink(missing_ok=True)
+    return 0
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -335,3 +448,7 @@ def render_report(result, evaluation: dict | None, figures: Sequence[Path] = (),
               f"<ul>{checksums}</ul>" if checksums else "",
               "</body></html>\n"]
     return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_draw_from_stdin())

@@ -1,7 +1,8 @@
 """Result objects of a run and how they are written to disk, atomically.
 
-A run directory holds ``config.json``, ``splits.json``, ``folds.csv``, the plots and, written
-last, ``metrics.json``: a directory with ``metrics.json`` is a finished run. Every file is
+A run directory holds ``config.json``, ``splits.json``, the folds, ``folds.csv`` and
+``metrics.json``: a directory with ``metrics.json`` is a finished run. Its report
+(``evaluation.json``, the plots and, last, ``report.html``) is drawn after it. Every file is
 written to a temporary name in the same directory and renamed into place, so a crash or
 Ctrl-C never leaves a half-written file behind. Which folders a run may write, and the lock
 that keeps two runs out of one folder, are in :mod:`digitcnn.rundir`.
@@ -284,12 +285,15 @@ class KFoldResult:
         return out_of_fold(self.folds, self.labels)
 
     def write_final(self, directory: str | os.PathLike, plots: bool = True,
-                    images=None) -> Path:
-        """``oof.npz``, ``folds.csv``, the plots, ``evaluation.json`` and ``report.html`` (see
-        :mod:`digitcnn.report`), then ``metrics.json`` (a finished run).
+                    images=None, background: bool = False) -> Path:
+        """``oof.npz``, ``folds.csv`` and ``metrics.json`` (a finished run), then the report:
+        ``evaluation.json``, the plots and, last, ``report.html`` (see :mod:`digitcnn.report`).
 
         ``images``: the dataset's raw uint8 (N, 1, H, W) images (tensor or array, indexed like
         the dataset rows) for the grid of misclassified digits; without them it is left out.
+        ``background``: draw the report in a background process and return at once (see
+        :func:`digitcnn.report.start_report`); the metrics are on disk before it starts, so a
+        report that fails to draw never loses them.
         """
         directory = Path(directory)
         oof = self.out_of_fold()
@@ -298,21 +302,13 @@ class KFoldResult:
             np.savez_compressed(buffer, **oof)
             atomic_write_bytes(directory / "oof.npz", buffer.getvalue())
         atomic_write_text(directory / "folds.csv", self.folds_csv())
-        figures = []
-        if plots:
-            from .plots import plot_confusion, plot_loss_curves, run_title
-
-            title = run_title(self)
-            if self.n:  # a --full run has no validation rows to tabulate
-                figures.append(plot_confusion(self.confusion, directory / "confusion.png", title))
-            if self.trained_by_epochs:
-                figures.append(plot_loss_curves([f.train_loss for f in self.folds],
-                                                [f.val_loss for f in self.folds],
-                                                directory / "loss_curves.png", title))
-        from .report import write_run_report
-
-        write_run_report(self, directory, oof, figures, plots=plots, images=images)
         write_json(directory / "metrics.json", self.metrics())
+        from .report import start_report, write_run_report
+
+        if background:
+            start_report(self, directory, oof, plots=plots, images=images)
+        else:
+            write_run_report(self, directory, oof, plots=plots, images=images)
         return directory
 
 

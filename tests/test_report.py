@@ -1,16 +1,22 @@
 """report.html, evaluation.json and the evaluation figures of a run directory."""
 import base64
+import io
 import json
 import os
 import re
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
-from digitcnn import kfold, train
+from digitcnn import kfold, report, train
 from digitcnn.errors import DataError
 from digitcnn.plots import plot_misclassified, plot_training_curves
 from digitcnn.report import FIGURE_CAPTIONS
+
+from conftest import REPO_ROOT
 
 FAST = ["--epochs", "1", "--batch-size", "32", "--threads", "1", "--no-verify", "--quiet"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,10 +48,13 @@ def test_kfold_run_writes_evaluation_figures_and_a_self_contained_report(optdigi
                "precision_recall.png", "per_class_f1.png", "misclassified.png"]
     for name in figures + ["evaluation.json", "report.html", "oof.npz"]:
         assert (out / name).is_file(), name
-    # metrics.json marks a finished run: written last, after the evaluation and the report
-    assert write_order[-1] == "metrics.json"
-    assert write_order.index("report.html") > max(write_order.index(f) for f in figures)
+    # metrics.json marks a finished run: written before the report, which cannot lose it;
+    # report.html comes last, so a folder holding it has every figure
+    assert write_order.index("metrics.json") < min(write_order.index(f) for f in figures)
+    assert write_order.index("metrics.json") < write_order.index("evaluation.json")
+    assert write_order[-1] == "report.html"
     assert write_order.index("evaluation.json") < write_order.index("report.html")
+    assert not (out / "report.log").exists()  # not a terminal: the CLI waited for the report
 
     metrics = json.loads((out / "metrics.json").read_text())
     evaluation = json.loads((out / "evaluation.json").read_text())
@@ -122,3 +131,67 @@ def test_misclassified_grid_without_mistakes_and_with_wrong_images(tmp_path, opt
     with pytest.raises(DataError, match="10 images given for the misclassified grid but the "
                                         "predictions refer to row 179"):
         result.write_final(tmp_path / "run", images=dataset.images[:10])
+
+
+def wait_for_report(out, timeout=300):
+    """Seconds until report.log is gone (the background report done), failing on its error."""
+    started = time.monotonic()
+    while (out / "report.log").exists():
+        log = (out / "report.log").read_text()
+        if "could not be drawn" in log or "Traceback" in log:
+            pytest.fail(log)
+        assert time.monotonic() - started < timeout, log
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_background_report_arrives_after_the_metrics(optdigits_dir, tmp_path):
+    """At a terminal (here forced with $DIGITCNN_REPORT) the CLI returns once metrics.json is
+    written and says where the report will appear; a background process draws it."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), report.REPORT_ENV: "background"}
+    done = subprocess.run([sys.executable, "-m", "digitcnn.kfold", "--data-dir",
+                           str(optdigits_dir), "--out", str(out), *FAST[:-1]],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (out / "metrics.json").is_file()
+    assert f"being drawn in the background into {out} (report.log there until done)" in done.stdout
+    wait_for_report(out)
+    page = (out / "report.html").read_text()
+    # the same figures as a report drawn in the foreground, the grid of mistakes included
+    assert [name for name, _ in embedded_images(page)] == list(FIGURE_CAPTIONS)
+    metrics = json.loads((out / "metrics.json").read_text())
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["pooled"]["confusion"] == metrics["confusion"]
+    assert f"{100 * metrics['accuracy']:.2f}%" in page
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_background_report_failure_keeps_metrics_and_says_why(optdigits_dir, tmp_path):
+    config = kfold.RunConfig(data_dir=str(optdigits_dir), epochs=1, quiet=True, verify=False,
+                             threads=1, folds=2)
+    dataset = kfold.load_for_config(config)
+    result = kfold.run_kfold(dataset, config)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "report.html").mkdir()  # report.html cannot be written: drawing must fail
+    process = report.start_report(result, out, result.out_of_fold(), images=dataset.images)
+    assert process.wait(timeout=300) != 0
+    log = (out / "report.log").read_text()
+    assert f"digitcnn.report: the report of {out} could not be drawn" in log
+    assert "metrics.json and the other results are complete" in log
+    assert (out / "confusion.png").is_file()  # figures drawn before the failure are whole
+
+
+def test_report_mode_from_the_environment(monkeypatch):
+    monkeypatch.setenv(report.REPORT_ENV, "wait")
+    assert report.report_in_background() is False
+    monkeypatch.setenv(report.REPORT_ENV, "background")
+    assert report.report_in_background() is True
+    monkeypatch.setenv(report.REPORT_ENV, "later")
+    with pytest.raises(kfold.ConfigError, match=r"\$DIGITCNN_REPORT='later': use 'background' or "
+                                                r"'wait', or unset it"):
+        report.report_in_background()
+    monkeypatch.delenv(report.REPORT_ENV)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # a pipe or a file: not a terminal
+    assert report.report_in_background() is False
