@@ -8,7 +8,13 @@ single process's peak RSS (``wait4``) and as the sampled peak PSS summed over th
 and its fold workers. Cases:
 
 * ``uci``: pipeline S5 on UCI optdigits, 4 folds x 10 epochs, against
-  ``../shared/bench/reference_loop.py`` (the yardstick);
+  ``../shared/bench/reference_loop.py`` (the yardstick): digitcnn's default command (plots
+  and report on, run at a terminal as a person runs it) and the same with ``--no-plots``;
+* ``startup``: what a run costs beyond its training: ``--help``, ``import digitcnn``,
+  ``import digitcnn.kfold`` against ``import torch``, and S5's default command at a terminal
+  (report drawn in the background), with ``--no-plots``, and in a script (no terminal: the
+  command waits for its report), each as whole process minus the run's own ``wall_s``, with
+  the time until ``report.html`` is in place;
 * ``mnist``: MNIST scale, Fashion-MNIST's 60,000 training images (Debian's
   ``dataset-fashion-mnist``), S2's model, 4 folds x 1 epoch (``--mnist-epochs``), against
   :func:`plain_loop`, the same work written as a tutorial would (DataLoader, one fold after
@@ -27,12 +33,18 @@ run, the steady state after the one-time warm-up (set-up, training and evaluatio
 its metrics), beside the whole process. ``--device cuda`` runs every case on the GPU.
 
 Writes ``bench.json`` and ``scaling.png`` to ``--out`` (default ``results/bench``).
+
+"At a terminal" means the command's stdout is a pseudo-terminal, exactly what a person's
+shell gives it; digitcnn then draws its report in a background process after
+``metrics.json`` (see :mod:`digitcnn.report`). The benchmark waits for that process to finish
+(``report.log`` gone) before the next command starts, so no run pays for the one before.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import pty
 import statistics
 import subprocess
 import sys
@@ -93,7 +105,7 @@ class _TreeMemorySampler(threading.Thread):
 
 
 def _run_with_rusage(command: Sequence[str], env: dict | None = None,
-                     sample_memory: bool = False) -> dict:
+                     sample_memory: bool = False, terminal: bool = False) -> dict:
     """Run ``command``: wall seconds, peak memory, exit code, stdout and stderr.
 
     Peak memory comes two ways: ``peak_rss_mib``, the largest single process's peak RSS (from
@@ -101,12 +113,24 @@ def _run_with_rusage(command: Sequence[str], env: dict | None = None,
     the figure to be the command's own), and, with ``sample_memory``, ``peak_tree_pss_mib``,
     the sampled peak of the summed PSS of the command and every process it starts (None where
     /proc is missing). Reading a large process's PSS costs 10-20 ms of CPU, so a sampled run
-    is slowed and must not be one that is timed.
+    is slowed and must not be one that is timed. With ``terminal`` the command's stdout is a
+    pseudo-terminal, as in a person's shell.
     """
+    from .report import REPORT_ENV
+
+    environment = {key: value for key, value in {**os.environ, **(env or {})}.items()
+                   if key != REPORT_ENV}  # the command decides as it would for a user
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        reader = None
+        if terminal:
+            master, replica = pty.openpty()
+            reader = _PtyReader(master)
+            reader.start()
         started = time.perf_counter()
-        process = subprocess.Popen(list(command), stdout=out, stderr=err,
-                                   env={**os.environ, **(env or {})})
+        process = subprocess.Popen(list(command), stdout=replica if terminal else out,
+                                   stderr=err, env=environment)
+        if terminal:
+            os.close(replica)  # the child holds it; EOF on the master when the child ends
         sampler = (_TreeMemorySampler(process.pid)
                    if sample_memory and Path("/proc/self/smaps_rollup").exists() else None)
         if sampler is not None:
@@ -118,53 +142,125 @@ def _run_with_rusage(command: Sequence[str], env: dict | None = None,
             sampler.join()
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0), err.seek(0)
-        return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024,
+        stdout = out.read()
+        if reader is not None:
+            reader.join()
+            stdout = reader.text()
+        return {"wall_s": wall, "started": started, "peak_rss_mib": usage.ru_maxrss / 1024,
                 "peak_tree_pss_mib": sampler.peak_mib if sampler is not None else None,
-                "returncode": process.returncode, "stdout": out.read(), "stderr": err.read()}
+                "returncode": process.returncode, "stdout": stdout, "stderr": err.read()}
 
 
-def compare(ours: Sequence[str], theirs: Sequence[str], repeats: int, label: str,
-            read_ours, read_theirs) -> dict:
-    """Alternate the two commands ``repeats`` times; medians and the pairwise ratio. Then one
-    more, untimed run of each with memory sampling, for the peak PSS of all its processes."""
+class _PtyReader(threading.Thread):
+    """Drains a pseudo-terminal's master side (a full terminal buffer would block the
+    command) and keeps what the command printed."""
+
+    def __init__(self, master: int):
+        super().__init__(daemon=True)
+        self.master, self.chunks = master, []
+
+    def run(self) -> None:
+        try:
+            while chunk := os.read(self.master, 65536):
+                self.chunks.append(chunk)
+        except OSError:  # EIO: every replica descriptor is closed
+            pass
+        finally:
+            os.close(self.master)
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def wait_for_report(out_dir: Path, started: float, timeout: float = 600) -> float | None:
+    """Seconds from ``started`` (``time.perf_counter``) until the run in ``out_dir`` has its
+    report: at once for a command that drew it before returning (None then), else when the
+    background process removes ``report.log``. A report that failed raises."""
+    from .report import REPORT_LOG
+
+    log = Path(out_dir) / REPORT_LOG
+    if not log.exists():
+        return None
+    while log.exists():
+        text = log.read_text(errors="replace")
+        if "could not be drawn" in text or "Traceback" in text:
+            raise RuntimeError(f"{out_dir}: the background report failed: {text[-2000:]}")
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError(f"{out_dir}: no report after {timeout:.0f} s: {text[-2000:]}")
+        time.sleep(0.02)
+    return time.perf_counter() - started
+
+
+def compare(ours: dict[str, dict], theirs: Sequence[str], repeats: int, label: str,
+            read_theirs) -> dict:
+    """Alternate digitcnn's commands and the reference ``repeats`` times; medians and the
+    pairwise ratios. Then one more, untimed run of the first command and the reference with
+    memory sampling, for the peak PSS of all its processes.
+
+    Args:
+        ours: name -> ``{"command": [...], "out": run folder, "terminal": bool}`` (or, for a
+            command that prints its result, ``"read"``: a reader of its run); the first is the
+            headline (keys ``digitcnn_*``, ``ratio_median``), each other one gets keys
+            named after it (``no_plots_ratio_median``, ``no_plots_wall_s_median``, ...).
+    """
     rows = []
+    sides = [(name, spec["command"], spec.get("terminal", False), spec.get("out"),
+              spec.get("read")) for name, spec in ours.items()]
+    sides.append(("reference", theirs, False, None, read_theirs))
     for repeat in range(repeats):
         pair = {}
-        for name, command, reader in (("digitcnn", ours, read_ours),
-                                      ("reference", theirs, read_theirs)):
-            run = _run_with_rusage(command)
+        for name, command, terminal, out, read in sides:
+            run = _run_with_rusage(command, terminal=terminal)
             if run["returncode"] != 0:
                 raise RuntimeError(f"{label}: {name} failed ({run['returncode']}): "
                                    f"{run['stderr'][-2000:]}")
-            pair[name] = {"wall_s": run["wall_s"], "peak_rss_mib": run["peak_rss_mib"],
-                          **reader(run)}
-        pair["ratio"] = pair["digitcnn"]["wall_s"] / pair["reference"]["wall_s"]
+            measured = {"wall_s": run["wall_s"], "peak_rss_mib": run["peak_rss_mib"]}
+            if out is None:
+                measured.update(read(run))
+            else:
+                measured.update(_read_digitcnn(out))
+                measured["report_ready_s"] = wait_for_report(out, run["started"])
+            pair[name] = measured
+        for name in ours:
+            pair[f"{name}_ratio"] = pair[name]["wall_s"] / pair["reference"]["wall_s"]
         rows.append(pair)
-        print(f"{label} {repeat + 1}/{repeats}: digitcnn {pair['digitcnn']['wall_s']:.2f} s "
-              f"({100 * pair['digitcnn']['accuracy']:.2f}%), reference "
-              f"{pair['reference']['wall_s']:.2f} s ({100 * pair['reference']['accuracy']:.2f}%),"
-              f" ratio {pair['ratio']:.3f}", flush=True)
+        print(f"{label} {repeat + 1}/{repeats}: " + ", ".join(
+            f"{name} {pair[name]['wall_s']:.2f} s ({100 * pair[name]['accuracy']:.2f}%)"
+            for name in [*ours, "reference"]) + "; ratios " + ", ".join(
+            f"{name} {pair[f'{name}_ratio']:.3f}" for name in ours), flush=True)
 
-    memory = {name: _run_with_rusage(command, sample_memory=True)["peak_tree_pss_mib"]
-              for name, command in (("digitcnn", ours), ("reference", theirs))}
+    headline = next(iter(ours))
+    memory = {"digitcnn": _run_with_rusage(ours[headline]["command"], sample_memory=True,
+                                           terminal=ours[headline].get("terminal", False)),
+              "reference": _run_with_rusage(theirs, sample_memory=True)}
+    if ours[headline].get("out") is not None:
+        wait_for_report(ours[headline]["out"], memory["digitcnn"]["started"])
 
     def median(side, key):
-        return statistics.median(r[side][key] for r in rows)
+        values = [r[side][key] for r in rows if r[side].get(key) is not None]
+        return statistics.median(values) if values else None
 
-    return {"runs": rows, "ratio_median": statistics.median(r["ratio"] for r in rows),
-            **{f"{side}_peak_tree_pss_mib": memory[side] for side in memory},
-            "train_ratio_median": statistics.median(r["digitcnn"]["train_s"]
-                                                    / r["reference"]["train_s"] for r in rows),
-            **{f"{side}_{key}_median": median(side, key) for side in ("digitcnn", "reference")
-               for key in ("wall_s", "peak_rss_mib", "accuracy", "train_s")}}
+    result = {"runs": rows, "commands": {name: " ".join(map(str, spec["command"]))
+                                         for name, spec in ours.items()},
+              **{f"{side}_peak_tree_pss_mib": memory[side]["peak_tree_pss_mib"]
+                 for side in memory}}
+    for name in ours:
+        side = "digitcnn" if name == headline else name
+        prefix = "" if name == headline else f"{name}_"
+        result[f"{prefix}ratio_median"] = statistics.median(r[f"{name}_ratio"] for r in rows)
+        result[f"{prefix}train_ratio_median"] = statistics.median(
+            r[name]["train_s"] / r["reference"]["train_s"] for r in rows)
+        for key in ("wall_s", "peak_rss_mib", "accuracy", "train_s", "report_ready_s"):
+            result[f"{side}_{key}_median"] = median(name, key)
+    for key in ("wall_s", "peak_rss_mib", "accuracy", "train_s"):
+        result[f"reference_{key}_median"] = median("reference", key)
+    return result
 
 
-def _read_digitcnn(out_dir: Path):
-    def read(run: dict) -> dict:
-        metrics = json.loads((out_dir / "metrics.json").read_text())
-        return {"accuracy": metrics["accuracy"], "train_s": metrics["wall_s"],
-                "device": metrics["device"]}
-    return read
+def _read_digitcnn(out_dir: Path) -> dict:
+    metrics = json.loads((Path(out_dir) / "metrics.json").read_text())
+    return {"accuracy": metrics["accuracy"], "train_s": metrics["wall_s"],
+            "device": metrics["device"]}
 
 
 def _read_reference(run: dict) -> dict:
@@ -218,36 +314,40 @@ def plain_loop(data_dir: str, folds: int = 4, epochs: int = 1, device: str = "cp
             "n": len(y), "device": str(dev)}
 
 
-def _digitcnn_command(out: Path, flags: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "digitcnn.kfold", "--quiet", "--no-plots", "--out", str(out),
-            *flags]
+def _digitcnn_command(out: Path, flags: Sequence[str], plots: bool = False) -> list[str]:
+    return [sys.executable, "-m", "digitcnn.kfold", "--quiet",
+            *([] if plots else ["--no-plots"]), "--out", str(out), *flags]
 
 
 def bench_uci(args, scratch: Path) -> dict:
-    out = scratch / "uci"
+    """The default command (plots and report on, at a terminal) and ``--no-plots``, each
+    against the reference loop."""
     # S5's recipe by default; --uci-config races another recipe against the same yardstick
     recipe = (["--config", args.uci_config] if args.uci_config
               else ["--dataset", "uci", "--scaler", "global"])
-    ours = _digitcnn_command(out, [*recipe, "--data-dir", args.uci_dir, "--device", args.device,
-                                   *args.extra])
+    flags = [*recipe, "--data-dir", args.uci_dir, "--device", args.device, *args.extra]
+    ours = {"default": {"command": _digitcnn_command(scratch / "uci", flags, plots=True),
+                        "out": scratch / "uci", "terminal": True},
+            "no_plots": {"command": _digitcnn_command(scratch / "uci-no-plots", flags),
+                         "out": scratch / "uci-no-plots", "terminal": True}}
     theirs = [sys.executable, args.reference, args.uci_dir, "--device", args.device]
-    result = compare(ours, theirs, args.repeats, "uci", _read_digitcnn(out), _read_reference)
-    return {**result, "steady_state": _steady_state_child(ours, "uci")}
+    result = compare(ours, theirs, args.repeats, "uci", _read_reference)
+    return {**result, "steady_state": _steady_state_child(ours["no_plots"]["command"], "uci")}
 
 
 def bench_mnist(args, scratch: Path) -> dict:
     out = scratch / "mnist"
     limit = ["--limit", str(args.mnist_limit)] if args.mnist_limit else []
-    ours = _digitcnn_command(out, ["--dataset", "mnist", "--data-dir", args.mnist_dir, "--split",
-                                   "train", "--no-verify", "--model", "s2", "--scaler", "max",
-                                   "--epochs", str(args.mnist_epochs), "--device", args.device,
-                                   *limit, *args.extra])
+    command = _digitcnn_command(out, [
+        "--dataset", "mnist", "--data-dir", args.mnist_dir, "--split", "train", "--no-verify",
+        "--model", "s2", "--scaler", "max", "--epochs", str(args.mnist_epochs), "--device",
+        args.device, *limit, *args.extra])
+    ours = {"no_plots": {"out": out, "terminal": True, "command": command}}
     theirs = [sys.executable, "-m", "digitcnn.bench", "--plain-loop", args.mnist_dir,
               "--device", args.device, "--mnist-epochs", str(args.mnist_epochs)] + (
         ["--mnist-limit", str(args.mnist_limit)] if args.mnist_limit else [])
-    result = compare(ours, theirs, args.repeats, "mnist", _read_digitcnn(out), _read_reference)
-    return {**result, "steady_state": _steady_state_child(ours, "mnist")}
-
+    result = compare(ours, theirs, args.repeats, "mnist", _read_reference)
+    return {**result, "steady_state": _steady_state_child(command, "mnist")}
 
 def steady_state(kfold_flags: Sequence[str]) -> dict:
     """The K-fold run of ``kfold_flags`` twice in this process: the first pays the one-time
@@ -475,9 +575,74 @@ def bench_skorch(args, scratch: Path) -> dict:
                 args.uci_dir, "--device", args.device, "--skorch-epochs",
                 str(args.skorch_epochs)]
 
-    result = compare(side("digitcnn"), side("skorch"), args.repeats, "skorch",
-                     _read_reference, _read_reference)
+    result = compare({"digitcnn": {"command": side("digitcnn"), "read": _read_reference}},
+                     side("skorch"), args.repeats, "skorch", _read_reference)
     return {**result, "yardstick": "skorch.NeuralNetClassifier", "epochs": args.skorch_epochs}
+
+
+# What each start-up command is: interpreter start, the imports a user pays for, the help.
+STARTUP_COMMANDS = {"python": ["-c", "pass"],
+                    "import digitcnn": ["-c", "import digitcnn"],
+                    "import torch": ["-c", "import torch"],
+                    "import digitcnn.kfold": ["-c", "import digitcnn.kfold"],
+                    "kfold --help": ["-m", "digitcnn.kfold", "--help"]}
+
+
+def bench_startup(args, scratch: Path) -> dict:
+    """What a run costs beyond its training, alternating every command in each repeat.
+
+    S5's command (``--dataset uci --folds 4 --scaler global --quiet``) runs three ways: at a
+    terminal as a person runs it (the report drawn in the background), the same with
+    ``--no-plots``, and in a script (stdout not a terminal: the command waits for its
+    report). For each: whole process, the run's own ``wall_s`` (training), the difference
+    (start-up, data, writing, and whatever of the report the command waits for) and the time
+    until ``report.html`` is in place.
+    """
+    flags = ["--dataset", "uci", "--folds", "4", "--scaler", "global", "--data-dir",
+             args.uci_dir, "--device", args.device, *args.extra]
+    runs = {"plots, at a terminal": (True, True), "--no-plots, at a terminal": (False, True),
+            "plots, in a script": (True, False)}
+    commands: dict[str, list[float]] = {name: [] for name in STARTUP_COMMANDS}
+    table: dict[str, dict[str, list]] = {
+        name: {"wall_s": [], "train_s": [], "overhead_s": [], "report_ready_s": [],
+               "accuracy": []} for name in runs}
+    for repeat in range(args.repeats):
+        for name, command in STARTUP_COMMANDS.items():
+            run = _run_with_rusage([sys.executable, *command])
+            if run["returncode"] != 0:
+                raise RuntimeError(f"startup: {name} failed: {run['stderr'][-2000:]}")
+            commands[name].append(run["wall_s"])
+        for name, (plots, terminal) in runs.items():
+            out = scratch / f"startup-{len(table[name]['wall_s'])}-{name.replace(' ', '')}"
+            run = _run_with_rusage(_digitcnn_command(out, flags, plots=plots), terminal=terminal)
+            if run["returncode"] != 0:
+                raise RuntimeError(f"startup: {name} failed: {run['stderr'][-2000:]}")
+            measured = _read_digitcnn(out)
+            ready = wait_for_report(out, run["started"])
+            row = table[name]
+            row["wall_s"].append(run["wall_s"])
+            row["train_s"].append(measured["train_s"])
+            row["overhead_s"].append(run["wall_s"] - measured["train_s"])
+            row["report_ready_s"].append(run["wall_s"] if ready is None else ready)
+            row["accuracy"].append(measured["accuracy"])
+        print(f"startup {repeat + 1}/{args.repeats}: " + ", ".join(
+            f"{name} {commands[name][-1]:.2f} s" for name in commands) + "; " + ", ".join(
+            f"{name}: {table[name]['wall_s'][-1]:.2f} s, beyond training "
+            f"{table[name]['overhead_s'][-1]:.2f} s" for name in table), flush=True)
+    medians = {name: statistics.median(times) for name, times in commands.items()}
+    result = {"commands": {name: {"seconds": commands[name], "median_s": medians[name]}
+                           for name in commands},
+              "kfold_command": " ".join(map(str, _digitcnn_command(Path("OUT"), flags,
+                                                                   plots=True))),
+              "runs": {name: {**row, **{f"{key}_median": statistics.median(row[key])
+                                        for key in row}} for name, row in table.items()}}
+    # The acceptance figures, as differences of medians (the same machine, back to back)
+    result["import_kfold_minus_torch_s"] = (medians["import digitcnn.kfold"]
+                                            - medians["import torch"])
+    for name in runs:
+        result["runs"][name]["overhead_minus_torch_s"] = (
+            result["runs"][name]["overhead_s_median"] - medians["import torch"])
+    return result
 
 
 def plot_scaling(table: dict, path: Path) -> None:
@@ -511,7 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m digitcnn.bench", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["uci", "mnist", "scaling"],
-                        choices=("uci", "mnist", "scaling", "augment", "choices", "skorch"))
+                        choices=("uci", "mnist", "scaling", "augment", "choices", "skorch",
+                                 "startup"))
     parser.add_argument("--augment-rows", type=int, default=6000,
                         help="training rows per timed epoch in the augment case")
     parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per case")
@@ -561,7 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for case in args.cases:
             runner = {"uci": bench_uci, "mnist": bench_mnist, "scaling": bench_scaling,
                       "augment": bench_augment, "choices": bench_choices,
-                      "skorch": bench_skorch}[case]
+                      "skorch": bench_skorch, "startup": bench_startup}[case]
             report["cases"][case] = runner(args, Path(scratch))
     from .results import write_json
     from .runtime import library_versions
@@ -582,6 +748,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"reference {result['reference_wall_s_median']:.2f} s, "
                   f"{100 * result['reference_accuracy_median']:.2f}%, peak "
                   f"{_mib(result['reference_peak_tree_pss_mib'])}")
+    if "uci" in report["cases"] and "no_plots_ratio_median" in report["cases"]["uci"]:
+        result = report["cases"]["uci"]
+        print(f"uci: default command (plots and report on, at a terminal) "
+              f"{result['digitcnn_wall_s_median']:.2f} s, ratio {result['ratio_median']:.3f}, "
+              f"report ready after {result['digitcnn_report_ready_s_median'] or 0:.2f} s; "
+              f"--no-plots {result['no_plots_wall_s_median']:.2f} s, ratio "
+              f"{result['no_plots_ratio_median']:.3f}")
+    if "startup" in report["cases"]:
+        result = report["cases"]["startup"]
+        print("startup: " + ", ".join(f"{name} {row['median_s']:.2f} s"
+                                      for name, row in result["commands"].items())
+              + f"; import digitcnn.kfold - import torch "
+              f"{result['import_kfold_minus_torch_s']:+.2f} s")
+        for name, row in result["runs"].items():
+            print(f"startup: S5 {name}: {row['wall_s_median']:.2f} s, training "
+                  f"{row['train_s_median']:.2f} s, beyond training {row['overhead_s_median']:.2f} s"
+                  f" (import torch {row['overhead_minus_torch_s']:+.2f} s), report ready after "
+                  f"{row['report_ready_s_median']:.2f} s, accuracy "
+                  f"{100 * row['accuracy_median']:.2f}% (medians of {args.repeats})")
     if "choices" in report["cases"]:
         for name, result in report["cases"]["choices"].items():
             print(f"choices: {name}: {result['median_s']:.2f} s for one UCI S5 fold "

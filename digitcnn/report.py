@@ -23,6 +23,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -188,10 +189,10 @@ def start_report(result, directory: str | Path, oof: dict, plots: bool = True,
     """Draw the report of ``result`` (``metrics.json`` already written) in a background process
     and return it at once.
 
-    The process gets the result through a pipe, with only the images the grid of misclassified
-    digits shows, runs at lower priority in its own session (Ctrl-C and closing the terminal
-    leave it alone), writes its errors to ``report.log`` and removes that log once
-    ``report.html`` is in place.
+    The process gets the result in a temporary file, with only the images that the grid of
+    misclassified digits shows; it runs at lower priority in its own session (Ctrl-C and
+    closing the terminal leave it alone), writes its errors to ``report.log`` and removes that
+    log once ``report.html`` is in place.
     """
     from .plots import misclassified_order
 
@@ -203,20 +204,20 @@ def start_report(result, directory: str | Path, oof: dict, plots: bool = True,
         rows = np.asarray(oof["row"])[order]
         shown = {"count": len(images), "rows": rows,
                  "images": np.asarray(images[rows] if len(rows) else images[:0])}
-    payload = pickle.dumps({"result": result, "directory": str(directory), "oof": oof,
-                            "plots": plots, "images": shown}, protocol=pickle.HIGHEST_PROTOCOL)
+    # Handed over in an unlinked temporary file, not a pipe: a pipe would hold this process
+    # until the new one has started up and read it all.
+    payload = tempfile.TemporaryFile()
+    pickle.dump({"result": result, "directory": str(directory), "oof": oof, "plots": plots,
+                 "images": shown}, payload, protocol=pickle.HIGHEST_PROTOCOL)
+    payload.seek(0)
     log = directory / REPORT_LOG
-    with open(log, "w", encoding="utf-8") as stream:
+    with payload, open(log, "w", encoding="utf-8") as stream:
         process = subprocess.Popen([sys.executable, "-m", "digitcnn.report"],
-                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                   stdin=payload, stdout=subprocess.DEVNULL,
                                    stderr=stream, start_new_session=True, close_fds=True)
         stream.write(f"drawing the report of {directory} in process {process.pid} since "
                      f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
         stream.flush()
-    try:
-        process.stdin.write(payload)
-    finally:
-        process.stdin.close()
     return process
 
 

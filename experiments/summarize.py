@@ -190,11 +190,19 @@ def speed_section(results: Path) -> list[str]:
         if not report or name not in report.get("cases", {}):
             continue
         case = report["cases"][name]
+        # since the startup case, uci measures the default command (plots and report on, at a
+        # terminal) beside --no-plots; older files measured --no-plots alone
+        default = ("no_plots_ratio_median" in case
+                   and f"the default command (plots and report on, at a terminal; report.html "
+                       f"ready after {case['digitcnn_report_ready_s_median']:.2f} s): ")
         lines += [f"**{what}** (`{folder}/bench.json`, {report['repeats']} alternating pairs, "
-                  f"medians; command in the file): whole process "
+                  f"medians; command in the file): {default or ''}whole process "
                   f"{case['digitcnn_wall_s_median']:.2f} s against "
                   f"{case['reference_wall_s_median']:.2f} s, ratio "
-                  f"**{case['ratio_median']:.3f}**; training and evaluation in-process "
+                  f"**{case['ratio_median']:.3f}**"
+                  + (f"; with `--no-plots` {case['no_plots_wall_s_median']:.2f} s, ratio "
+                     f"**{case['no_plots_ratio_median']:.3f}**" if default else "")
+                  + "; training and evaluation in-process "
                   f"{case['digitcnn_train_s_median']:.2f} s against "
                   f"{case['reference_train_s_median']:.2f} s, ratio "
                   f"**{case['train_ratio_median']:.3f}**; accuracy "
@@ -202,6 +210,7 @@ def speed_section(results: Path) -> list[str]:
                   f"{_pct(case['reference_accuracy_median'])}%; peak memory (PSS, all "
                   f"processes) {case['digitcnn_peak_tree_pss_mib']:.0f} MiB against "
                   f"{case['reference_peak_tree_pss_mib']:.0f} MiB.", ""]
+    lines += startup_lines(results)
     scaling = (_read(results / "bench" / "bench.json") or {}).get("cases", {}).get("scaling")
     if scaling:
         modes = list(dict.fromkeys(r["mode"] for r in scaling["folds"]))
@@ -220,6 +229,36 @@ def speed_section(results: Path) -> list[str]:
                   "core): " + "; ".join(f"{name} {result['median_s']:.2f} s"
                                          for name, result in choices["choices"].items()) + ".", ""]
     return lines or ["(no benchmark in results/ yet: `python -m digitcnn.bench`.)"]
+
+
+def startup_lines(results: Path) -> list[str]:
+    """The startup case of ``python -m digitcnn.bench`` (in ``bench/`` or ``bench_startup/``):
+    what a run costs beyond its training."""
+    for folder in ("bench_startup", "bench"):
+        report = _read(results / folder / "bench.json")
+        startup = (report or {}).get("cases", {}).get("startup")
+        if startup:
+            break
+    else:
+        return []
+    commands = startup["commands"]
+    lines = [f"**Start-up** (`{folder}/bench.json`, {report['repeats']} rounds, medians, "
+             "whole processes): " + ", ".join(f"`{name}` {row['median_s']:.2f} s"
+                                             for name, row in commands.items())
+             + f"; `import digitcnn.kfold` minus `import torch`: "
+               f"{startup['import_kfold_minus_torch_s']:+.2f} s.", "",
+             "| S5 command (`" + startup["kfold_command"].split(" -m ", 1)[-1] + "`) | whole "
+             "process s | training (`wall_s`) s | beyond training s | beyond training minus "
+             "`import torch` s | report.html ready after s | accuracy % |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in startup["runs"].items():
+        lines.append(f"| {name} | {row['wall_s_median']:.2f} | {row['train_s_median']:.2f} | "
+                     f"{row['overhead_s_median']:.2f} | {row['overhead_minus_torch_s']:+.2f} | "
+                     f"{row['report_ready_s_median']:.2f} | {_pct(row['accuracy_median'])} |")
+    lines += ["", "At a terminal the command returns once `metrics.json` is written and draws "
+              "`evaluation.json`, the plots and `report.html` in a background process; in a "
+              "script (stdout not a terminal) it waits for them.", ""]
+    return lines
 
 
 NOTES = """\

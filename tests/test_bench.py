@@ -92,3 +92,40 @@ def test_mnist_epochs_reach_both_sides():
     assert args.mnist_epochs == 3 and args.device == "cpu"
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["--device", "tpu"])
+
+
+@pytest.mark.slow
+def test_startup_case_measures_help_imports_and_the_three_commands(tmp_path, optdigits_dir):
+    """Tiny work (1 epoch): every figure is there and consistent; the timings come from full
+    runs, not from this test."""
+    assert bench.main(["--cases", "startup", "--repeats", "1", "--uci-dir", str(optdigits_dir),
+                       "--out", str(tmp_path), "--extra", "--epochs", "1", "--threads",
+                       "1", "--no-verify"]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())["cases"]["startup"]
+    assert set(report["commands"]) == set(bench.STARTUP_COMMANDS)
+    assert report["import_kfold_minus_torch_s"] == pytest.approx(
+        report["commands"]["import digitcnn.kfold"]["median_s"]
+        - report["commands"]["import torch"]["median_s"])
+    runs = report["runs"]
+    assert set(runs) == {"plots, at a terminal", "--no-plots, at a terminal",
+                         "plots, in a script"}
+    for row in runs.values():
+        assert row["overhead_s"][0] == pytest.approx(row["wall_s"][0] - row["train_s"][0])
+        assert row["report_ready_s"][0] >= row["wall_s"][0] * 0.999
+        assert 0 < row["accuracy"][0] <= 1
+    # in a script the command waited for its report; at a terminal it came later
+    script = runs["plots, in a script"]
+    assert script["report_ready_s"][0] == script["wall_s"][0]
+
+
+def test_a_terminal_run_returns_before_its_report(tmp_path, optdigits_dir):
+    out = tmp_path / "run"
+    command = bench._digitcnn_command(out, ["--data-dir", str(optdigits_dir), "--epochs", "1",
+                                            "--folds", "2", "--threads", "1", "--no-verify"],
+                                      plots=True)
+    run = bench._run_with_rusage(command, terminal=True)
+    assert run["returncode"] == 0, run["stderr"]
+    assert (out / "metrics.json").is_file()
+    ready = bench.wait_for_report(out, run["started"])
+    assert ready is not None and ready > run["wall_s"]  # drawn by the background process
+    assert (out / "report.html").is_file() and not (out / "report.log").exists()
