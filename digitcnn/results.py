@@ -268,7 +268,8 @@ class KFoldResult:
         return "\n".join(lines)
 
     def save(self, directory: str | os.PathLike, plots: bool = True) -> Path:
-        """Write the whole run directory; ``metrics.json`` last. Returns the directory.
+        """Write the whole run directory: the results, ``metrics.json``, then the report.
+        Returns the directory.
 
         ``directory`` must be new or empty (see :func:`digitcnn.rundir.check_out_dir`).
         """
