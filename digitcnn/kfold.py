@@ -509,7 +509,9 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
         command: the CLI recorded in ``config.json`` as the run's maker; only it resumes the run.
     """
     import torch
-    from tqdm.auto import tqdm
+    # tqdm.auto would add asyncio's import for a notebook widget that cannot appear: the bar
+    # is drawn only when stderr is a terminal, which a notebook's is not
+    from tqdm import tqdm
 
     from .parallel import supports_parallel
     from .scaling import fit_scaler

@@ -176,8 +176,11 @@ def best_against_svm(experiments: dict, results: Path) -> list[str]:
 
 def speed_section(results: Path) -> list[str]:
     lines = []
+    # `--cases uci --out results/bench_uci` refreshes the UCI race alone; it then stands for
+    # the one in bench/
+    uci_folder = "bench_uci" if _read(results / "bench_uci" / "bench.json") else "bench"
     for folder, name, what in (
-            ("bench", "uci", "UCI, S5 recipe, against `reference_loop.py` (its own work)"),
+            (uci_folder, "uci", "UCI, S5 recipe, against `reference_loop.py` (its own work)"),
             ("bench", "mnist", "MNIST scale: Fashion-MNIST's 60,000 training images, S2's "
                                "model, 4 folds x 1 epoch, against the plain DataLoader loop "
                                "`digitcnn.bench.plain_loop`"),
