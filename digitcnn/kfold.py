@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .data import DigitDataset
     from .scaling import Scaler
 
-__all__ = ["make_splits", "kfold_splits", "holdout_split", "splits_sha256", "run_kfold",
+__all__ = ["make_splits", "holdout_split", "splits_sha256", "run_kfold",
            "run_fold", "train_model", "device_tensors", "run_folds_parallel",
            "run_folds_in_processes", "load_for_config",
            "load_extra_training", "default_out_dir", "resume_config", "finish_run",
@@ -67,6 +67,8 @@ def make_splits(dataset: DigitDataset, config: RunConfig) -> list[tuple[np.ndarr
     if config.folds > n:
         raise ConfigError(f"--folds {config.folds} is more than the {n} rows of {dataset.name!r}; "
                           f"use at most {n} folds")
+    from sklearn.model_selection import KFold, StratifiedKFold
+
     random_state = config.random_state if config.shuffle else None
     if config.cv == "stratified":
         counts = np.bincount(dataset.labels.numpy(), minlength=len(dataset.classes))
@@ -74,35 +76,10 @@ def make_splits(dataset: DigitDataset, config: RunConfig) -> list[tuple[np.ndarr
         if config.folds > smallest:
             raise ConfigError(f"--cv stratified with --folds {config.folds}: the rarest class has "
                               f"only {smallest} rows; use at most {smallest} folds or --cv kfold")
-        from sklearn.model_selection import StratifiedKFold
-
         splitter = StratifiedKFold(config.folds, shuffle=config.shuffle, random_state=random_state)
         return list(splitter.split(np.zeros(n), dataset.labels.numpy()))
-    return kfold_splits(n, config.folds, config.shuffle, random_state)
-
-
-def kfold_splits(n: int, folds: int, shuffle: bool = False,
-                 random_state: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """sklearn's ``KFold(folds, shuffle=shuffle, random_state=random_state).split`` of ``n``
-    rows: the same (sorted train, sorted validation) indices, bit for bit (the tests check it
-    against sklearn).
-
-    Written out because it is the default command's only use of sklearn, whose import (scipy
-    with it) took more than half as long as torch's: ``--cv kfold`` runs never import it.
-    """
-    indices = np.arange(n)
-    if shuffle:  # sklearn's check_random_state: a seed makes a RandomState, None the global one
-        rng = np.random.RandomState(random_state) if random_state is not None else np.random
-        rng.shuffle(indices)
-    sizes = np.full(folds, n // folds, dtype=int)
-    sizes[:n % folds] += 1
-    splits, start = [], 0
-    for size in sizes:
-        validation = np.zeros(n, dtype=bool)
-        validation[indices[start:start + size]] = True
-        splits.append((np.flatnonzero(~validation), np.flatnonzero(validation)))
-        start += size
-    return splits
+    splitter = KFold(config.folds, shuffle=config.shuffle, random_state=random_state)
+    return list(splitter.split(np.zeros(n)))
 
 
 def holdout_split(labels: np.ndarray, val_fraction: float,

@@ -1,9 +1,8 @@
 """Pixel scaling fitted on a training fold and applied on the device.
 
-The statistics are sklearn ``StandardScaler``'s (float64, ddof=0, unit scale for constant
-pixels, exactly as S5 used it), computed by :func:`standard_scaler_statistics`; applying them
-is a broadcast on device tensors, so raw uint8 images can stay on the device and be scaled
-there.
+sklearn's ``StandardScaler`` computes the statistics (float64, ddof=0, unit scale for
+constant pixels, exactly as S5 used it); applying them is a broadcast on device tensors, so
+raw uint8 images can stay on the device and be scaled there.
 """
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ from .errors import CheckpointError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Scaler", "fit_scaler", "standard_scaler_statistics"]
+__all__ = ["Scaler", "fit_scaler"]
 
 
 @dataclass(frozen=True)
@@ -110,32 +109,12 @@ def fit_scaler(kind: str, fit_images: torch.Tensor, max_value: int) -> Scaler:
     features = int(np.prod(fit_images.shape[1:]))
     if kind in ("standard", "global"):
         flat = fit_images.reshape(len(fit_images), -1).cpu().numpy().astype(np.float64)
-        return Scaler(kind, *standard_scaler_statistics(flat))
+        from sklearn.preprocessing import StandardScaler
+
+        fitted = StandardScaler().fit(flat)
+        return Scaler(kind, fitted.mean_.copy(), fitted.scale_.copy())
     if kind == "max":
         return Scaler(kind, np.zeros(features), np.full(features, float(max_value)))
     if kind == "none":
         return Scaler(kind, np.zeros(features), np.ones(features))
     raise ValueError(f"unknown scaler {kind!r}")
-
-
-def standard_scaler_statistics(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``StandardScaler().fit(flat)``'s ``mean_`` and ``scale_`` for a (N, F) float64 array
-    without NaN, bit for bit (the tests check it against sklearn): sklearn's corrected
-    two-pass variance (Chan, Golub and LeVeque), ddof=0, and a scale of 1 for features
-    constant up to rounding.
-
-    Written out because a K-fold run otherwise imports sklearn for these few lines alone, and
-    sklearn's import (scipy with it) took more than half as long as torch's.
-    """
-    count = np.full(flat.shape[1], float(flat.shape[0]))
-    total = flat.sum(axis=0)
-    mean = total / count
-    centred = flat - mean
-    correction = centred.sum(axis=0)
-    centred **= 2
-    variance = (centred.sum(axis=0) - correction ** 2 / count) / count
-    eps = np.finfo(np.float64).eps
-    constant = variance <= count * eps * variance + (count * mean * eps) ** 2
-    scale = np.sqrt(variance)
-    scale[constant] = 1.0
-    return mean, scale

@@ -383,15 +383,3 @@ def test_resume_clears_the_temporary_files_of_a_killed_write(optdigits_dir, tmp_
     kfold.run_kfold(dataset, config, out_dir=out, resume=True)
     assert not debris.exists()
     assert (out / "folds" / "fold1.json").is_file()
-
-
-@pytest.mark.parametrize("n, folds, shuffle, random_state",
-                         [(5620, 4, True, 30), (1797, 5, True, 0), (10, 3, False, None),
-                          (11, 11, True, 7), (103, 4, False, None)])
-def test_kfold_splits_equal_sklearns(n, folds, shuffle, random_state):
-    ours = kfold.kfold_splits(n, folds, shuffle, random_state)
-    theirs = list(KFold(folds, shuffle=shuffle, random_state=random_state).split(np.zeros(n)))
-    assert len(ours) == len(theirs) == folds
-    for (train, val), (their_train, their_val) in zip(ours, theirs):
-        assert np.array_equal(train, their_train) and np.array_equal(val, their_val)
-        assert train.dtype == their_train.dtype
