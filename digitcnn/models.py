@@ -156,9 +156,17 @@ def count_parameters(model: nn.Module) -> int:
 
 def flat_features(features: nn.Module, input_shape: tuple[int, int, int]) -> int:
     """Length of the flattened output of ``features`` for one image of ``input_shape``."""
-    # The meta device computes shapes without allocating or touching any RNG.
-    with torch.device("meta"):
-        return math.prod(features(torch.empty(1, *input_shape)).shape[1:])
+    # One blank image through the layers in eval mode: dropout draws no random numbers and
+    # BatchNorm updates no statistics. The meta device would skip the arithmetic, but loading
+    # its kernels (torch._meta_registrations, torch._dynamo) costs about 2 s at start-up, far
+    # more than this forward pass.
+    was_training = features.training
+    features.eval()
+    try:
+        with torch.no_grad():
+            return math.prod(features(torch.zeros(1, *input_shape)).shape[1:])
+    finally:
+        features.train(was_training)
 
 
 def describe_models(sizes=((1, 8, 8), (1, 28, 28))) -> list[dict]:
