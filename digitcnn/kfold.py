@@ -20,6 +20,7 @@ import hashlib
 import math
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -44,8 +45,8 @@ if TYPE_CHECKING:
     from .data import DigitDataset
     from .scaling import Scaler
 
-__all__ = ["make_splits", "holdout_split", "splits_sha256", "run_kfold",
-           "run_fold", "train_model", "device_tensors", "run_folds_parallel",
+__all__ = ["make_splits", "holdout_split", "splits_sha256", "run_kfold", "RunPlan", "plan_run",
+           "collect_run", "run_fold", "train_model", "device_tensors", "run_folds_parallel",
            "run_folds_in_processes", "load_for_config",
            "load_extra_training", "default_out_dir", "resume_config", "finish_run",
            "check_model", "run_from_cli", "RUN_FLAGS", "main"]
@@ -472,31 +473,40 @@ def _finished_fold(out_dir: Path, fold: int, val_rows: np.ndarray) -> FoldResult
     return finished
 
 
-def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
-              out_dir: str | Path | None = None, resume: bool = False,
-              command: str = "digitcnn.kfold") -> KFoldResult:
-    """Cross-validate ``config.model`` on ``dataset``; see :class:`KFoldResult` for the metrics.
+@dataclass
+class RunPlan:
+    """What a K-fold run trains, made by :func:`plan_run` and completed by :func:`collect_run`;
+    every executor (here, fold processes, Ray tasks) trains ``pending`` with :func:`run_fold`.
 
-    Args:
-        out_dir: when given, ``config.json`` and ``splits.json`` are written first and each
-            fold is written to ``folds/fold<k>.json`` as it ends (the final files are left to
-            :meth:`KFoldResult.write_final`). It must be a new or empty folder, or with
-            ``resume`` an unfinished run's; everything is validated before it is written.
-        resume: reuse the folds already finished in ``out_dir`` instead of training them again.
-        command: the CLI recorded in ``config.json`` as the run's maker; only it resumes the run.
+    Attributes:
+        splits: (train_rows, val_rows) per fold; ``splits_sha256`` their fingerprint.
+        extra: the ``--add-train-images`` set joined to every training fold, or None.
+        global_scaler: the scaler fitted on all rows (``--scaler global``), else None.
+        finished: folds a resumed run found on disk, by fold number.
     """
-    import torch
-    # tqdm.auto would add asyncio's import for a notebook widget that cannot appear: the bar
-    # is drawn only when stderr is a terminal, which a notebook's is not
-    from tqdm import tqdm
 
-    from .parallel import supports_parallel
+    splits: list[tuple[np.ndarray, np.ndarray]]
+    splits_sha256: str
+    versions: dict
+    extra: DigitDataset | None
+    global_scaler: Scaler | None
+    finished: dict[int, FoldResult]
+
+    @property
+    def pending(self) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(fold, train_rows, val_rows) of every fold still to train."""
+        return [(fold, train, val) for fold, (train, val) in enumerate(self.splits)
+                if fold not in self.finished]
+
+
+def plan_run(dataset: DigitDataset, config: RunConfig, out_dir: str | Path | None = None,
+             resume: bool = False, command: str = "digitcnn.kfold") -> RunPlan:
+    """Split ``dataset`` and validate the run; start ``out_dir`` (when given: config.json and
+    splits.json) and, with ``resume``, collect the folds already finished there."""
     from .scaling import fit_scaler
 
     if dataset.labels is None:
         raise DataError(f"{dataset.name}: the dataset has no labels; K-fold needs labelled rows")
-    configure_determinism(config.deterministic)
-    device = select_device(config.device)
     splits = make_splits(dataset, config)
     fingerprint = splits_sha256(splits)
     versions = library_versions()
@@ -504,13 +514,10 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
     global_scaler = (fit_scaler("global", dataset.images, dataset.max_value)
                      if config.scaler == "global" else None)
     check_model(config, dataset)
+    finished: dict[int, FoldResult] = {}
     if out_dir is not None:
         out_dir = Path(out_dir)
         _start_run_folder(out_dir, config, fingerprint, versions, splits, resume, command)
-    show = not config.quiet and sys.stderr.isatty()
-    started = time.perf_counter()
-    warm_up(device)
-    finished: dict[int, FoldResult] = {}
     if resume and out_dir is not None:
         # A run killed outright (SIGKILL) while writing leaves its temporary file beside the
         # untouched final name; the atomic rename never happened, so it is only debris.
@@ -520,8 +527,58 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
             done = _finished_fold(out_dir, fold, val_rows)
             if done is not None:
                 finished[fold] = done
-    pending = [(fold, train, val) for fold, (train, val) in enumerate(splits)
-               if fold not in finished]
+    return RunPlan(splits, fingerprint, versions, extra, global_scaler, finished)
+
+
+def collect_run(dataset: DigitDataset, config: RunConfig, plan: RunPlan,
+                trained: Sequence[FoldResult], device: str, wall_s: float,
+                execution: dict, overlapping: bool = False) -> KFoldResult:
+    """The run's :class:`KFoldResult` from the folds it found finished and those it trained
+    (``overlapping``: at the same time, see :func:`run_timing`)."""
+    timing = run_timing(trained, wall_s, overlapping)
+    folds = sorted([*plan.finished.values(), *trained], key=lambda f: f.fold)
+    dataset_info = dataset.info()
+    if plan.extra is not None:
+        dataset_info["added_to_training"] = plan.extra.info()
+    return KFoldResult(config=config, dataset=dataset_info, folds=folds, device=device,
+                       versions=plan.versions, splits_sha256=plan.splits_sha256, wall_s=wall_s,
+                       num_classes=len(dataset.classes), labels=dataset.labels.numpy(),
+                       extra={"execution": execution, "timing": timing})
+
+
+def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
+              out_dir: str | Path | None = None, resume: bool = False,
+              command: str = "digitcnn.kfold", executor=None) -> KFoldResult:
+    """Cross-validate ``config.model`` on ``dataset``; see :class:`KFoldResult` for the metrics.
+
+    Args:
+        out_dir: when given, ``config.json`` and ``splits.json`` are written first and each
+            fold is written to ``folds/fold<k>.json`` as it ends (the final files are left to
+            :meth:`KFoldResult.write_final`). It must be a new or empty folder, or with
+            ``resume`` an unfinished run's; everything is validated before it is written.
+        resume: reuse the folds already finished in ``out_dir`` instead of training them again.
+        command: the CLI recorded in ``config.json`` as the run's maker; only it resumes the run.
+        executor: where the folds train: None on this machine, or a
+            :class:`digitcnn.distributed.RayExecutor` (one Ray task per fold).
+    """
+    if executor is not None:
+        return executor.run_kfold(dataset, config, out_dir, resume, command)
+    import torch
+    # tqdm.auto would add asyncio's import for a notebook widget that cannot appear: the bar
+    # is drawn only when stderr is a terminal, which a notebook's is not
+    from tqdm import tqdm
+
+    from .parallel import supports_parallel
+
+    configure_determinism(config.deterministic)
+    device = select_device(config.device)
+    plan = plan_run(dataset, config, out_dir, resume, command)
+    out_dir = None if out_dir is None else Path(out_dir)
+    splits, extra, global_scaler = plan.splits, plan.extra, plan.global_scaler
+    finished, pending = plan.finished, plan.pending
+    show = not config.quiet and sys.stderr.isatty()
+    started = time.perf_counter()
+    warm_up(device)
     # On a 2-core CPU the arithmetic, not kernel launches, bounds a step: fold-batched training
     # measured no faster than folds in turn (and fold processes use both cores). On a GPU one
     # fold-batched step replaces K steps' launches (the vmap step it replaced: 4.7 s against
@@ -559,18 +616,10 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
         if parallel and out_dir is not None:
             for result in trained:
                 write_fold(out_dir, result)
-    folds = sorted([*finished.values(), *trained], key=lambda f: f.fold)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    dataset_info = dataset.info()
-    if extra is not None:
-        dataset_info["added_to_training"] = extra.info()
-    wall = time.perf_counter() - started
-    timing = run_timing(trained, wall, overlapping=workers > 1)
-    return KFoldResult(config=config, dataset=dataset_info, folds=folds, device=str(device),
-                       versions=versions, splits_sha256=fingerprint, wall_s=wall,
-                       num_classes=len(dataset.classes), labels=dataset.labels.numpy(),
-                       extra={"execution": execution, "timing": timing})
+    return collect_run(dataset, config, plan, trained, str(device),
+                       time.perf_counter() - started, execution, overlapping=workers > 1)
 
 
 def run_timing(trained: Sequence[FoldResult], wall_s: float, overlapping: bool = False) -> dict:
@@ -657,10 +706,13 @@ def resumed_config(argv: Sequence[str] | None, prog: str, command: str, resume_d
 
 
 def run_from_cli(config: RunConfig, prog: str, command: str, resume: bool = False,
-                 overwrite: bool = False, what: str = "results") -> int:
+                 overwrite: bool = False, what: str = "results", executor=None) -> int:
     """A CLI run: check ``--out`` before loading anything, load and validate, claim the folder
-    (lock, ``--overwrite``), train, write the final files. SIGTERM and Ctrl-C leave the
-    finished folds and one line on how to resume; returns the exit status."""
+    (lock, ``--overwrite``), train (``executor``: see :func:`run_kfold`), write the final
+    files. SIGTERM and Ctrl-C leave the finished folds and one line on how to resume; returns
+    the exit status."""
+    from .distributed import connected, executor_flags
+
     out = Path(config.out) if config.out else default_out_dir(config)
     with sigterm_as_interrupt():
         check_out_dir(out, command, resume, overwrite)
@@ -669,8 +721,9 @@ def run_from_cli(config: RunConfig, prog: str, command: str, resume: bool = Fals
         try:
             with claim_out_dir(out, prog, command, resume, overwrite):
                 try:
-                    result = run_kfold(dataset, config, out_dir=out, resume=resume,
-                                       command=command)
+                    with connected(executor):
+                        result = run_kfold(dataset, config, out_dir=out, resume=resume,
+                                           command=command, executor=executor)
                     finish_run(result, out, config, dataset, what)
                 except OutputError as err:  # e.g. the disk filled up in the middle of the run
                     if not (out / "config.json").is_file():
@@ -681,7 +734,8 @@ def run_from_cli(config: RunConfig, prog: str, command: str, resume: bool = Fals
             if (out / "config.json").is_file() and not (out / "metrics.json").is_file():
                 finished = len(list((out / "folds").glob("fold*.json")))
                 print(f"{prog}: interrupted; {finished} finished fold(s) are saved in {out}; "
-                      f"continue with: python -m {command} --resume {out}", file=sys.stderr)
+                      f"continue with: python -m {command} --resume {out}"
+                      f"{executor_flags(executor)}", file=sys.stderr)
             else:
                 print(f"{prog}: interrupted before the run started; nothing was written",
                       file=sys.stderr)
@@ -692,17 +746,21 @@ def run_from_cli(config: RunConfig, prog: str, command: str, resume: bool = Fals
 @cli_entry("digitcnn.kfold")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.kfold``: a K-fold run from flags and/or a TOML config."""
+    from .distributed import EXECUTOR_ARGUMENTS, executor_from_args
+
     prog = "python -m digitcnn.kfold"
+    flags = [*RUN_FLAGS, *EXECUTOR_ARGUMENTS]
     config, extras = config_from_args(
         argv, prog,
         "K-fold cross-validation of a digit CNN; defaults are pipeline S5's recipe on UCI "
         "optdigits.",
-        extra_arguments=RUN_FLAGS)
+        extra_arguments=flags)
+    executor = executor_from_args(extras)
     if extras.resume is not None:
         config = resumed_config(argv, prog, "digitcnn.kfold", extras.resume, extras.overwrite,
-                                extra_arguments=RUN_FLAGS)
+                                extra_arguments=flags)
     return run_from_cli(config, "digitcnn.kfold", "digitcnn.kfold", extras.resume is not None,
-                        extras.overwrite)
+                        extras.overwrite, executor=executor)
 
 
 def finish_run(result: KFoldResult, out: Path, config: RunConfig, dataset: DigitDataset,

@@ -166,7 +166,10 @@ def describe_execution(device: str, execution: dict | None) -> str:
     parts = [device]
     if execution.get("precision") == "bf16":
         parts.append("bf16")
-    if execution.get("fold_parallel"):
+    if execution.get("executor") == "ray":
+        parts.append(f"Ray tasks of {execution['task_cpus']:g} CPU"
+                     + (f" and {execution['task_gpus']:g} GPU" if execution.get("task_gpus") else ""))
+    elif execution.get("fold_parallel"):
         parts.append("fold-parallel")
     elif execution.get("workers", 1) > 1:
         parts.append(f"{execution['workers']} fold processes")

@@ -57,6 +57,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import RunConfig, config_from_args, field_kind, typed_setting, typed_settings
+from .distributed import EXECUTOR_ARGUMENTS
 from .errors import ConfigError, cli_entry, interrupt_exit_code
 from .report import flag_text
 from .results import atomic_write_text, write_json
@@ -395,9 +396,14 @@ def _finished(cell: Cell) -> dict | None:
 
 
 def run_sweep(cells: Sequence[Cell], out: str | Path, resume: bool = False,
-              quiet: bool = False) -> list[dict]:
+              quiet: bool = False, executor=None) -> list[dict]:
     """Run every cell (``resume``: only those without ``metrics.json``, continuing their
-    finished folds), then write the sweep's tables and figure. Returns the cell summaries."""
+    finished folds), then write the sweep's tables and figure. Returns the cell summaries.
+
+    ``executor``: None runs the cells one after another on this machine; a
+    :class:`digitcnn.distributed.RayExecutor` runs the folds of all cells at once as Ray
+    tasks, and each cell's files are written as its last fold ends.
+    """
     from .kfold import check_model, run_kfold
 
     out = Path(out)
@@ -412,30 +418,44 @@ def run_sweep(cells: Sequence[Cell], out: str | Path, resume: bool = False,
         "splits_sha256": splits,
         "cells": [{"name": c.name, "settings": c.settings, "config": c.config.to_dict()}
                   for c in cells]})
-    summaries = []
-    for number, cell in enumerate(cells, 1):
-        metrics = _finished(cell) if resume else None
-        if metrics is None:
-            dataset = datasets[_load_key(cell.config)]
-            result = run_kfold(dataset, cell.config, out_dir=cell.config.out, resume=resume,
-                               command="digitcnn.sweep")
-            result.write_final(cell.config.out, plots=cell.config.plots, images=dataset.images)
-            metrics = result.metrics()
-            state = "ran"
-        else:
-            state = "already finished"
-        if metrics["splits_sha256"] != splits:
-            raise ConfigError(f"{cell.config.out}: this cell was run on other folds "
-                              f"(splits_sha256 {metrics['splits_sha256'][:12]}, the sweep's is "
-                              f"{splits[:12]}); remove the folder or start a new --out")
-        summaries.append(summarize_cell(cell, metrics))
-        if not quiet:
-            s = summaries[-1]
-            print(f"[{number}/{len(cells)}] {cell.name}: {100 * s['accuracy_mean']:.2f} +- "
-                  f"{100 * s['accuracy_std']:.2f}% per fold, {s['wall_s']:.1f} s ({state})",
-                  file=sys.stderr)
+    metrics: dict[str, dict] = {}
+    for cell in cells:
+        finished = _finished(cell) if resume else None
+        if finished is not None:
+            metrics[cell.name] = _checked(cell, finished, splits)
+            _progress(cell, metrics, len(cells), "already finished", quiet)
+    runs = [(cell, datasets[_load_key(cell.config)], cell.config, cell.config.out)
+            for cell in cells if cell.name not in metrics]
+    if executor is None:
+        results = ((cell, run_kfold(dataset, config, out_dir=cell_out, resume=resume,
+                                    command="digitcnn.sweep"))
+                   for cell, dataset, config, cell_out in runs)
+    else:
+        results = executor.run_many(runs, resume=resume, command="digitcnn.sweep")
+    for cell, result in results:
+        result.write_final(cell.config.out, plots=cell.config.plots,
+                           images=datasets[_load_key(cell.config)].images)
+        metrics[cell.name] = _checked(cell, result.metrics(), splits)
+        _progress(cell, metrics, len(cells), "ran", quiet)
+    summaries = [summarize_cell(cell, metrics[cell.name]) for cell in cells]
     write_sweep_outputs(out, cells, summaries, plots=cells[0].config.plots)
     return summaries
+
+
+def _checked(cell: Cell, metrics: dict, splits: str) -> dict:
+    if metrics["splits_sha256"] != splits:
+        raise ConfigError(f"{cell.config.out}: this cell was run on other folds "
+                          f"(splits_sha256 {metrics['splits_sha256'][:12]}, the sweep's is "
+                          f"{splits[:12]}); remove the folder or start a new --out")
+    return metrics
+
+
+def _progress(cell: Cell, metrics: dict, total: int, state: str, quiet: bool) -> None:
+    if not quiet:
+        s = summarize_cell(cell, metrics[cell.name])
+        print(f"[{len(metrics)}/{total}] {cell.name}: {100 * s['accuracy_mean']:.2f} +- "
+              f"{100 * s['accuracy_std']:.2f}% per fold, {s['wall_s']:.1f} s ({state})",
+              file=sys.stderr)
 
 
 def summarize_cell(cell: Cell, metrics: dict) -> dict:
@@ -647,6 +667,7 @@ GRID_ARGUMENTS = [
     (("--overwrite",), {"action": "store_true",
                         "help": "replace the sweep already in --out: it is moved to "
                                 "OUT.old-<UTC time> and deleted once the new sweep has finished"}),
+    *EXECUTOR_ARGUMENTS,
 ]
 
 
@@ -702,9 +723,12 @@ def _resumed_cells(argv: Sequence[str], out: Path, overwrite: bool,
 @cli_entry("digitcnn.sweep")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.sweep``: K-fold runs over a grid of settings, compared."""
+    from .distributed import connected, executor_flags, executor_from_argv
+
     argv = list(sys.argv[1:] if argv is None else argv)
     with sigterm_as_interrupt():
         cells, out, resume = plan_from_args(argv)
+        executor = executor_from_argv(argv)
         early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         early.add_argument("--overwrite", action="store_true")
         overwrite = early.parse_known_args(argv)[0].overwrite
@@ -713,12 +737,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"digitcnn.sweep: {len(cells)} cells into {out}", file=sys.stderr)
         started = time.perf_counter()
         try:
-            with claim_out_dir(out, "digitcnn.sweep", "digitcnn.sweep", resume, overwrite):
-                run_sweep(cells, out, resume=resume, quiet=quiet)
+            with claim_out_dir(out, "digitcnn.sweep", "digitcnn.sweep", resume, overwrite), \
+                    connected(executor):
+                run_sweep(cells, out, resume=resume, quiet=quiet, executor=executor)
         except KeyboardInterrupt as interrupt:
             if (out / "sweep.json").is_file():
                 print(f"digitcnn.sweep: interrupted; finished cells and folds are saved in {out}; "
-                      f"continue with: python -m digitcnn.sweep --resume {out}", file=sys.stderr)
+                      f"continue with: python -m digitcnn.sweep --resume {out}"
+                      f"{executor_flags(executor)}", file=sys.stderr)
             else:
                 print("digitcnn.sweep: interrupted before the sweep started; nothing was written",
                       file=sys.stderr)

@@ -1,0 +1,402 @@
+"""More than one machine: every fold of every run (or sweep cell) as one Ray task.
+
+``--executor ray`` (``python -m digitcnn.kfold`` and ``python -m digitcnn.sweep``) hands each
+fold to Ray: a task runs :func:`digitcnn.kfold.run_fold`, the very function a local run
+trains a fold with, on a worker of the cluster, and returns its :class:`FoldResult`. The
+driver (the process you started) keeps every file: it writes each fold into the run folder
+as its task ends, then ``oof.npz``, ``metrics.json``, the sweep tables, exactly as a local
+run does, so ``--out`` needs no shared storage. The dataset goes into Ray's object store once
+(``ray.put``) and reaches the workers from there.
+
+Python API::
+
+    from digitcnn.distributed import RayExecutor
+
+    with RayExecutor(address="auto", task_cpus=1) as executor:   # None: a local instance
+        result = digitcnn.run_kfold(data, config, out_dir="runs/x", executor=executor)
+
+Faults: a task whose worker dies (killed, out of memory, node lost) is retried up to
+``max_retries`` times; a fold is a pure function of its config, data and seed, so a retry
+gives the same numbers. A digitcnn error raised in a task (bad settings, bad data) is not
+retried: the driver re-raises it, and the CLI prints its one line and exits 2. Ctrl-C on the
+driver cancels the outstanding tasks; ``--resume`` then trains only the missing folds.
+
+Ray is an optional dependency (``pip install -e ".[ray]"``) and is imported only here,
+inside the functions that use it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .errors import ConfigError, DigitCNNError, one_line
+
+__all__ = ["RayExecutor", "EXECUTOR_ARGUMENTS", "executor_from_args", "executor_flags",
+           "INSTALL_COMMAND"]
+
+INSTALL_COMMAND = 'pip install -e ".[ray]"'
+
+# Test-only hook (tests/test_distributed.py): when this variable names an existing file, the
+# first fold task to find it deletes it and kills its own worker process, as a crash would.
+KILL_WORKER_MARKER = "DIGITCNN_TEST_KILL_WORKER"
+
+EXECUTOR_ARGUMENTS = [
+    (("--executor",), {"choices": ("local", "ray"), "default": "local",
+                       "help": "where the folds train: on this machine, or one Ray task per "
+                               "fold (see --address)"}),
+    (("--address",), {"default": None, "metavar": "ADDRESS",
+                      "help": "with --executor ray: the Ray cluster to join: auto (the one "
+                              "running on this machine), HOST:PORT of its head (from a node of "
+                              "the cluster) or ray://HOST:10001 (Ray Client, from elsewhere); "
+                              "default: start a local Ray instance on this machine's cores"}),
+    (("--task-cpus",), {"type": float, "default": 1.0, "metavar": "N",
+                        "help": "with --executor ray: CPUs each fold task reserves (its torch "
+                                "threads: the whole number, at least 1)"}),
+    (("--task-gpus",), {"type": float, "default": None, "metavar": "N",
+                        "help": "with --executor ray: GPUs each fold task reserves; fractions "
+                                "let folds share a GPU (0.25: four per GPU); default: 1 on a "
+                                "cluster with GPUs unless --device cpu, else 0"}),
+    (("--max-retries",), {"type": int, "default": 3, "metavar": "N",
+                          "help": "with --executor ray: times a fold task is rerun after its "
+                                  "worker process dies (never after a digitcnn error)"}),
+]
+_DESTS = ("executor", "address", "task_cpus", "task_gpus", "max_retries")
+
+
+def executor_from_args(namespace: argparse.Namespace) -> "RayExecutor | None":
+    """The executor the parsed :data:`EXECUTOR_ARGUMENTS` ask for; None for ``local``."""
+    if namespace.executor != "ray":
+        given = [f"--{name.replace('_', '-')}" for name in _DESTS[1:]
+                 if getattr(namespace, name) != _default(name)]
+        if given:
+            raise ConfigError(f"{given[0]} applies to --executor ray only; add --executor ray "
+                              f"or leave {given[0]} out")
+        return None
+    return RayExecutor(address=namespace.address, task_cpus=namespace.task_cpus,
+                       task_gpus=namespace.task_gpus, max_retries=namespace.max_retries)
+
+
+def executor_from_argv(argv: Sequence[str] | None) -> "RayExecutor | None":
+    """:func:`executor_from_args` of the executor flags among ``argv`` (others are ignored)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for args, kwargs in EXECUTOR_ARGUMENTS:
+        parser.add_argument(*args, **kwargs)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return executor_from_args(parser.parse_known_args(argv)[0])
+
+
+def _default(name: str) -> Any:
+    return next(kwargs["default"] for args, kwargs in EXECUTOR_ARGUMENTS
+                if args[0] == f"--{name.replace('_', '-')}")
+
+
+def executor_flags(executor: "RayExecutor | None") -> str:
+    """The flags that run ``executor`` again, for a resume hint (empty for a local run)."""
+    if executor is None:
+        return ""
+    flags = " --executor ray"
+    for name in _DESTS[1:]:
+        value = getattr(executor, name)
+        if value != _default(name):
+            flags += f" --{name.replace('_', '-')} {value:g}" if isinstance(value, float) \
+                else f" --{name.replace('_', '-')} {value}"
+    return flags
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"--executor ray needs Ray, which is not installed; install it with: "
+                          f"{INSTALL_COMMAND}") from None
+    return ray
+
+
+def _kill_worker_once_for_tests() -> None:
+    marker = os.environ.get(KILL_WORKER_MARKER)
+    if marker:
+        try:
+            os.remove(marker)  # only one task wins the marker
+        except FileNotFoundError:
+            return
+        os._exit(1)
+
+
+def _fold_task(dataset, extra, config, fold: int, train_rows, val_rows, global_scaler,
+               use_gpu: bool, threads: int):
+    """One fold on a Ray worker: :func:`digitcnn.kfold.run_fold`, as a local run trains it.
+
+    Returns (FoldResult, precision used, {path relative to the run folder: bytes} of the files
+    the fold wrote: its saved model with ``--save-models``), for the driver to write.
+    """
+    _kill_worker_once_for_tests()
+    import numpy as np
+    import torch
+
+    from .kfold import run_fold
+    from .runtime import configure_determinism, resolve_precision, select_device
+
+    torch.set_num_threads(threads)  # workers are reused: set it for every task
+    configure_determinism(config.deterministic)
+    # A task uses a GPU only when it reserved one; "auto" must not grab a GPU Ray gave
+    # to another task.
+    device = select_device("cuda" if use_gpu and config.device == "auto" else
+                           "cpu" if config.device == "auto" else config.device)
+    # Ray hands numpy arguments over read-only, straight from the object store.
+    train_rows, val_rows = np.array(train_rows), np.array(val_rows)
+    with tempfile.TemporaryDirectory(prefix="digitcnn-fold-") as scratch:
+        result = run_fold(dataset, config, fold, train_rows, val_rows, device, global_scaler,
+                          None, extra, Path(scratch))
+        files = {str(path.relative_to(scratch)): path.read_bytes()
+                 for path in sorted(Path(scratch).rglob("*")) if path.is_file()}
+    return result, resolve_precision(config.precision, device), files
+
+
+@dataclass
+class _Run:
+    """Bookkeeping of one run (a K-fold run or a sweep cell) while its tasks are out."""
+
+    key: Any
+    dataset: Any
+    config: Any
+    out_dir: Path | None
+    plan: Any
+    device: str
+    started: float
+    remaining: int
+    gpus: float
+    trained: list = field(default_factory=list)
+    precisions: set = field(default_factory=set)
+
+
+@dataclass
+class RayExecutor:
+    """Runs folds as Ray tasks; use it as a context manager (connects, and shuts down a Ray
+    instance it started itself).
+
+    Args:
+        address: None starts a local Ray instance (``num_cpus`` cores, default all; temporary
+            files under ``temp_dir``, default Ray's); ``"auto"``, ``"HOST:PORT"`` or
+            ``"ray://HOST:PORT"`` join a running cluster. A Ray already initialised in this
+            process (``ray.init`` by the caller) is used as it is.
+        task_cpus: CPUs each fold task reserves; its torch threads are ``config.threads`` or
+            the whole number of these (at least 1).
+        task_gpus: GPUs each fold task reserves (fractions share a GPU); None: 1 on a
+            cluster with GPUs unless the config says ``device = "cpu"``, else 0.
+        max_retries: reruns of a task whose worker process died.
+    """
+
+    address: str | None = None
+    task_cpus: float = 1.0
+    task_gpus: float | None = None
+    max_retries: int = 3
+    num_cpus: int | None = None
+    temp_dir: str | None = None
+    _ray: Any = field(default=None, init=False, repr=False)
+    _started: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.task_cpus > 0:
+            raise ConfigError(f"--task-cpus {self.task_cpus:g} must be positive (e.g. 1)")
+        if self.task_gpus is not None and self.task_gpus < 0:
+            raise ConfigError(f"--task-gpus {self.task_gpus:g} must not be negative")
+        if self.task_gpus is not None and self.task_gpus > 1 and self.task_gpus % 1:
+            raise ConfigError(f"--task-gpus {self.task_gpus:g}: more than one GPU must be a "
+                              "whole number (fractions share one GPU)")
+        if self.max_retries < 0:
+            raise ConfigError(f"--max-retries {self.max_retries} must not be negative")
+        if importlib.util.find_spec("ray") is None:  # say so before any data are loaded
+            _import_ray()
+
+    # ------------------------------------------------------------------ connection
+
+    def __enter__(self) -> "RayExecutor":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        """Join the cluster (or start the local instance); a no-op when already connected."""
+        ray = self._ray = _import_ray()
+        if ray.is_initialized():
+            return
+        options = {"logging_level": logging.WARNING, "configure_logging": True}
+        try:
+            if self.address is None:
+                # "local": never join another Ray instance that happens to run on this machine.
+                ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False,
+                         _temp_dir=self.temp_dir, **options)
+            else:
+                ray.init(address=self.address, **options)
+        except Exception as err:  # Ray raises several types (ConnectionError, auth, value)
+            where = "start a local Ray instance" if self.address is None else \
+                f"join the Ray cluster at --address {self.address}"
+            raise ConfigError(f"--executor ray: could not {where} ({one_line(err)[:300]}); "
+                              "start a cluster with `ray start --head` and pass the address "
+                              "it prints (on a cluster with token authentication, set "
+                              "RAY_AUTH_MODE=token and give this machine the cluster's token)"
+                              ) from None
+        self._started = True
+
+    def close(self) -> None:
+        """Shut down the Ray instance this executor started (not one it joined)."""
+        if self._started and self._ray is not None:
+            self._ray.shutdown()
+        self._started = False
+
+    # ------------------------------------------------------------------ resources
+
+    def _gpus(self, config) -> float:
+        cluster = self._ray.cluster_resources()
+        gpus = self.task_gpus
+        if gpus is None:
+            gpus = 1.0 if cluster.get("GPU", 0) > 0 and config.device != "cpu" else 0.0
+        if gpus > 0 and config.device == "cpu":
+            raise ConfigError(f"--task-gpus {gpus:g} with --device cpu: leave --task-gpus out "
+                              "or use --device auto")
+        if gpus == 0 and config.device == "cuda":
+            raise ConfigError("--device cuda with --executor ray needs GPUs per task: give "
+                              "--task-gpus (e.g. 0.25: four folds share a GPU)")
+        if config.device == "mps":
+            raise ConfigError("--device mps is not available to Ray tasks; use --device auto")
+        nodes = [node.get("Resources", {}) for node in self._ray.nodes() if node.get("Alive")]
+        # A task that no node can hold would wait forever: refuse it now.
+        for name, amount, flag in (("CPU", self.task_cpus, "--task-cpus"),
+                                   ("GPU", gpus, "--task-gpus")):
+            largest = max((node.get(name, 0.0) for node in nodes), default=0.0)
+            if amount > largest:
+                raise ConfigError(f"{flag} {amount:g}: no node of the Ray cluster has that many "
+                                  f"{name}s (the largest has {largest:g}); ask for at most "
+                                  f"{largest:g}")
+        return gpus
+
+    def _threads(self, config) -> int:
+        return config.threads or max(1, int(self.task_cpus))
+
+    def _execution(self, config, gpus: float, precisions: set) -> dict:
+        if not precisions:  # every fold was already on disk: what this machine would use
+            import torch
+
+            from .runtime import resolve_precision
+
+            precisions = {resolve_precision(config.precision,
+                                            torch.device("cuda" if gpus > 0 else "cpu"))}
+        cpus = self._ray.cluster_resources().get("CPU", 0.0)
+        return {"executor": "ray", "address": self.address or "local",
+                "precision": "+".join(sorted(precisions)),
+                "fold_parallel": False, "workers": max(1, int(cpus // self.task_cpus)),
+                "threads_per_worker": self._threads(config), "task_cpus": self.task_cpus,
+                "task_gpus": gpus, "max_retries": self.max_retries}
+
+    # ------------------------------------------------------------------ running
+
+    def run_kfold(self, dataset, config, out_dir=None, resume: bool = False,
+                  command: str = "digitcnn.kfold"):
+        """:func:`digitcnn.kfold.run_kfold` with one Ray task per fold."""
+        ((_, result),) = list(self.run_many([(None, dataset, config, out_dir)], resume,
+                                            command))
+        return result
+
+    def run_many(self, runs: Sequence[tuple[Any, Any, Any, Any]], resume: bool = False,
+                 command: str = "digitcnn.kfold") -> Iterator[tuple[Any, Any]]:
+        """Train the folds of all ``runs`` ((key, dataset, config, out_dir) each) as Ray tasks
+        at once; yield (key, :class:`KFoldResult`) as each run's last fold ends.
+
+        Each fold is written to its run's ``out_dir`` as its task ends (``--resume`` needs no
+        more); each dataset is put into the object store once. Leaving early (Ctrl-C, an
+        error, closing the iterator) cancels the tasks still out.
+        """
+        from .kfold import collect_run, plan_run
+
+        if self._ray is None or not self._ray.is_initialized():
+            self.connect()
+        ray = self._ray
+        remote = ray.remote(_fold_task)
+        stored: dict[int, Any] = {}  # id(dataset) -> its object reference
+
+        def put(value):
+            if value is None:
+                return None
+            if id(value) not in stored:
+                stored[id(value)] = ray.put(value)
+            return stored[id(value)]
+
+        states: list[_Run] = []
+        jobs: dict[Any, tuple[_Run, int]] = {}
+        try:
+            for key, dataset, config, out_dir in runs:
+                gpus = self._gpus(config)
+                plan = plan_run(dataset, config, out_dir, resume, command)
+                state = _Run(key, dataset, config, None if out_dir is None else Path(out_dir),
+                             plan, "cuda" if gpus > 0 else "cpu", time.perf_counter(),
+                             len(plan.pending), gpus)
+                states.append(state)
+                task = remote.options(num_cpus=self.task_cpus, num_gpus=gpus,
+                                      max_retries=self.max_retries, retry_exceptions=False)
+                for fold, train_rows, val_rows in plan.pending:
+                    ref = task.remote(put(dataset), put(plan.extra), config, fold, train_rows,
+                                      val_rows, plan.global_scaler, gpus > 0,
+                                      self._threads(config))
+                    jobs[ref] = (state, fold)
+            for state in states:
+                if state.remaining == 0:  # a resumed run whose folds were all finished
+                    yield state.key, self._collect(collect_run, state)
+            while jobs:
+                done, _ = ray.wait(list(jobs), num_returns=1, timeout=1.0)
+                for ref in done:
+                    state, fold = jobs.pop(ref)
+                    result, precision, files = self._get(ref)
+                    state.trained.append(result)
+                    state.precisions.add(precision)
+                    state.remaining -= 1
+                    if state.out_dir is not None:
+                        self._write_fold(state.out_dir, result, files)
+                    if state.remaining == 0:
+                        yield state.key, self._collect(collect_run, state)
+        finally:
+            for ref in jobs:  # Ctrl-C, an error, or the caller stopped early
+                ray.cancel(ref, force=True)
+
+    def _get(self, ref):
+        try:
+            return self._ray.get(ref)
+        except self._ray.exceptions.RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, DigitCNNError):  # bad input: the same line as a local run
+                raise cause from None
+            raise
+
+    @staticmethod
+    def _write_fold(out_dir: Path, result, files: dict[str, bytes]) -> None:
+        from .results import atomic_write_bytes, write_fold
+
+        for relative, data in files.items():  # the fold's saved model, where a local run puts it
+            atomic_write_bytes(out_dir / relative, data)
+        write_fold(out_dir, result)
+
+    def _collect(self, collect_run, state: _Run):
+        execution = self._execution(state.config, state.gpus, state.precisions)
+        return collect_run(state.dataset, state.config, state.plan, state.trained, state.device,
+                           time.perf_counter() - state.started, execution, overlapping=True)
+
+
+@contextlib.contextmanager
+def connected(executor: RayExecutor | None) -> Iterator[RayExecutor | None]:
+    """``with connected(executor):`` connects a Ray executor and closes it after; None (a
+    local run) passes through."""
+    if executor is None:
+        yield None
+        return
+    with executor:
+        yield executor

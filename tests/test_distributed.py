@@ -1,0 +1,318 @@
+"""--executor ray: folds as Ray tasks give the local executor's numbers and files; faults.
+
+Two Ray instances serve the whole module, because starting one takes several seconds on two
+cores: a local instance inside this process (what ``--executor ray`` starts when no
+``--address`` is given), and a separate head started with ``ray start --head`` on 127.0.0.1,
+which CLI runs join with ``--address`` (the real client path). Each is stopped by its own
+process, never by ``ray stop`` (which would stop every Ray instance on the machine). Ports and
+temporary folders are this module's own, so that other Ray users of the machine are safe.
+"""
+import csv
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from digitcnn import kfold, sweep  # noqa: E402
+from digitcnn.config import RunConfig  # noqa: E402
+from digitcnn.distributed import KILL_WORKER_MARKER, RayExecutor  # noqa: E402
+from digitcnn.errors import ConfigError, ModelError  # noqa: E402
+
+from conftest import REPO_ROOT, synthetic_optdigits, write_table  # noqa: E402
+from test_kfold import without_timings  # noqa: E402
+
+START_TIMEOUT = 180  # seconds: Ray starts slowly on a busy 2-core machine
+RUN_TIMEOUT = 300
+FAST = dict(epochs=2, batch_size=32, threads=1, quiet=True, verify=False, plots=False)
+# Slow enough per fold that a run is still going when the test interrupts it.
+SLOW = ["--threads", "1", "--no-verify", "--epochs", "15", "--batch-size", "8", "--folds", "3",
+        "--quiet", "--no-plots"]
+
+
+# Token authentication of the separate head: its processes and the drivers that join it.
+CLUSTER_ENV: dict = {}
+
+
+def _cluster_env() -> dict:
+    return {**os.environ, **CLUSTER_ENV}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_root():
+    """A short private folder (Ray's socket paths must stay under 107 characters), and the
+    environment every Ray process of this module shares: one token (token authentication,
+    nothing written to ~/.ray) and the worker-kill marker's path."""
+    root = Path(tempfile.mkdtemp(prefix="dcray-"))
+    CLUSTER_ENV.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    saved = dict(os.environ)
+    # The local instance lives and dies with this process: no token. The head and its
+    # drivers (subprocesses) use token authentication with a token of their own (CLUSTER_ENV).
+    os.environ.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                       KILL_WORKER_MARKER: str(root / "kill-worker"),
+                       "PYTHONPATH": os.pathsep.join(
+                           p for p in [str(REPO_ROOT), saved.get("PYTHONPATH")] if p)})
+    yield root
+    os.environ.clear()
+    os.environ.update(saved)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_root):
+    """A local 2-CPU Ray instance in this process, as ``--executor ray`` starts one."""
+    executor = RayExecutor(num_cpus=2, temp_dir=str(ray_root / "local"))
+    executor.connect()
+    yield executor
+    executor.close()
+
+
+@pytest.fixture(scope="module")
+def head(ray_root):
+    """``ray start --head`` on 127.0.0.1 with free ports; yields its address."""
+    port = _free_port()
+    ports = {f"--{name}": str(_free_port()) for name in (
+        "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "runtime-env-agent-port", "metrics-export-port", "node-manager-port",
+        "object-manager-port")}
+    log = (ray_root / "head.log").open("w")
+    process = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--port", str(port), "--node-ip-address",
+         "127.0.0.1", "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats",
+         "--temp-dir", str(ray_root / "head"), *[v for pair in ports.items() for v in pair]],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=_cluster_env())
+    deadline = time.monotonic() + START_TIMEOUT
+    while "Ray runtime started" not in (ray_root / "head.log").read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"ray start --head failed: {(ray_root / 'head.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield f"127.0.0.1:{port}"
+    process.terminate()  # --block: stops the processes this head started, and only those
+    try:
+        process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def data_dir(ray_root):
+    folder = ray_root / "optdigits"
+    folder.mkdir()
+    write_table(folder / "optdigits.tra", synthetic_optdigits(120, seed=1))
+    write_table(folder / "optdigits.tes", synthetic_optdigits(60, seed=2))
+    return folder
+
+
+def _config(data_dir, **changes):
+    return RunConfig(data_dir=str(data_dir), **{**FAST, **changes})
+
+
+@pytest.fixture(scope="module")
+def local_reference(data_dir, ray_root):
+    """The local executor's run (one process), its folder and metrics."""
+    config = _config(data_dir, workers=1, save_models=True)
+    out = ray_root / "local-reference"
+    kfold.run_kfold(kfold.load_for_config(config), config, out_dir=out).write_final(out, False)
+    return out, _metrics(out)
+
+
+def _metrics(out: Path) -> dict:
+    return without_timings(json.loads((out / "metrics.json").read_text()))
+
+
+def _cli(*args, timeout=RUN_TIMEOUT, **popen):
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout, **popen)
+
+
+# ----------------------------------------------------------------------------- local instance
+
+
+def test_ray_run_equals_the_local_run_file_for_file(local_ray, data_dir, local_reference,
+                                                    tmp_path):
+    reference_dir, reference = local_reference
+    config = _config(data_dir, save_models=True)
+    out = tmp_path / "ray"
+    result = kfold.run_kfold(kfold.load_for_config(config), config, out_dir=out,
+                             executor=local_ray)
+    result.write_final(out, plots=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert without_timings(metrics) == reference
+    assert metrics["execution"]["executor"] == "ray"
+    assert metrics["execution"]["task_cpus"] == 1.0 and metrics["execution"]["task_gpus"] == 0
+    assert "Ray tasks of 1 CPU" in result.summary()
+    # the driver wrote every fold file and saved model where a local run puts them
+    for k in range(4):
+        for name in (f"folds/fold{k}.npz", f"folds/fold{k}/model.safetensors"):
+            assert (out / name).read_bytes() == (reference_dir / name).read_bytes(), name
+        assert json.loads((out / f"folds/fold{k}/model.json").read_text())["metrics"] == \
+            json.loads((reference_dir / f"folds/fold{k}/model.json").read_text())["metrics"]
+    assert (out / "oof.npz").read_bytes() == (reference_dir / "oof.npz").read_bytes()
+
+
+def test_a_killed_worker_is_retried_with_identical_results(local_ray, data_dir,
+                                                           local_reference, tmp_path):
+    marker = Path(os.environ[KILL_WORKER_MARKER])
+    marker.touch()  # arms the test-only hook: the first fold task to see it kills its worker
+    config = _config(data_dir, save_models=True)
+    out = tmp_path / "ray"
+    kfold.run_kfold(kfold.load_for_config(config), config, out_dir=out,
+                    executor=local_ray).write_final(out, plots=False)
+    assert not marker.exists()  # a worker did die in the middle of this run
+    assert _metrics(out) == local_reference[1]
+
+
+def test_a_digitcnn_error_in_a_task_is_one_line_exit_2(local_ray, data_dir, tmp_path, capsys):
+    # s1 needs 24x24 images: the error is raised inside each fold task, on the worker
+    argv = ["--data-dir", str(data_dir), "--model", "s1", "--quiet", "--no-verify",
+            "--epochs", "1"]
+    with pytest.raises(ModelError, match="needs images of at least 24x24"):
+        config = _config(data_dir, model="s1")
+        kfold.run_kfold(kfold.load_for_config(config), config, executor=local_ray)
+    assert kfold.main([*argv, "--workers", "1", "--out", str(tmp_path / "local")]) == 2
+    local_err = capsys.readouterr().err
+    started = time.monotonic()
+    assert kfold.main([*argv, "--executor", "ray", "--out", str(tmp_path / "ray")]) == 2
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == local_err.strip().splitlines()[-1]
+    assert err.strip().splitlines()[-1].startswith("digitcnn.kfold: error: model 's1' needs")
+    assert "Traceback" not in err and elapsed < 120
+    assert not list((tmp_path / "ray").glob("folds/fold*.json"))
+
+
+def test_sweep_through_ray_gives_the_local_tables(local_ray, data_dir, tmp_path):
+    grid = ["--data-dir", str(data_dir), "--epochs", "1", "--batch-size", "32", "--threads",
+            "1", "--no-verify", "--quiet", "--no-plots", "--grid", "dropout=0.2,0.6",
+            "lr=0.001,0.003"]
+    assert sweep.main([*grid, "--workers", "1", "--out", str(tmp_path / "local")]) == 0
+    assert sweep.main([*grid, "--executor", "ray", "--out", str(tmp_path / "ray")]) == 0
+    local = list(csv.DictReader((tmp_path / "local" / "sweep.csv").open()))
+    remote = list(csv.DictReader((tmp_path / "ray" / "sweep.csv").open()))
+    assert len(remote) == 4
+    for a, b in zip(local, remote):
+        assert {k: v for k, v in a.items() if k != "wall_s"} == \
+            {k: v for k, v in b.items() if k != "wall_s"}
+    assert (tmp_path / "ray" / "comparisons.csv").read_text() == \
+        (tmp_path / "local" / "comparisons.csv").read_text()
+    for cell in (tmp_path / "ray" / "cells").iterdir():
+        assert json.loads((cell / "metrics.json").read_text())["execution"]["executor"] == "ray"
+
+
+def test_impossible_resources_are_refused_instead_of_waiting_forever(local_ray, data_dir):
+    config = _config(data_dir)
+    dataset = kfold.load_for_config(config)
+    for executor, message in [(RayExecutor(task_cpus=64), "--task-cpus 64: no node"),
+                              (RayExecutor(task_gpus=0.5), "--task-gpus 0.5: no node")]:
+        with pytest.raises(ConfigError, match=message):
+            kfold.run_kfold(dataset, config, executor=executor)
+
+
+# ----------------------------------------------------------------------------- bad usage
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task-cpus", "2"], "--task-cpus applies to --executor ray only"),
+    (["--executor", "ray", "--task-cpus", "0"], "--task-cpus 0 must be positive"),
+    (["--executor", "ray", "--task-gpus", "1.5"], "more than one GPU must be a whole number"),
+])
+def test_executor_flag_errors(argv, message, data_dir, capsys):
+    assert kfold.main(["--data-dir", str(data_dir), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_without_ray_the_cli_names_the_install_command(data_dir, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ray" else real_find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    common = ["--data-dir", str(data_dir), "--executor", "ray", "--quiet"]
+    for main, argv in [(kfold.main, common + ["--out", str(tmp_path / "run")]),
+                       (sweep.main, common + ["--out", str(tmp_path / "sweep"), "--grid",
+                                              "dropout=0.2,0.3"])]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.strip().endswith('install it with: pip install -e ".[ray]"')
+        assert len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_help_imports_neither_ray_nor_torch_for_the_sweep():
+    code = ("import sys, runpy\nsys.argv = ['x', '--help']\ntry:\n"
+            "    runpy.run_module('digitcnn.sweep', run_name='__main__')\nexcept SystemExit:\n"
+            "    pass\nprint('RAY' if 'ray' in sys.modules else '', 'TORCH' if 'torch' in "
+            "sys.modules else '', file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert "--executor {local,ray}" in done.stdout and "--task-gpus" in done.stdout
+    assert done.stderr.split() == []
+
+
+# ----------------------------------------------------------------------------- a separate head
+
+
+def _default_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("how", ["kill", "ctrl-c"])
+def test_driver_interrupted_on_a_cluster_then_resumed(head, data_dir, tmp_path, how):
+    """The CLI joins the head with --address (the real client path); the driver dies or is
+    interrupted after its first fold; --resume trains only the missing folds."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "digitcnn.kfold", "--data-dir", str(data_dir), *SLOW,
+               "--executor", "ray", "--address", head]
+    process = subprocess.Popen([*command, "--out", str(out)], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_default_ctrl_c, env=_cluster_env())
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not list((out / "folds").glob("fold*.json")):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no fold finished: {process.communicate()[1][-3000:]}")
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert not (out / "metrics.json").exists()
+    finished = {path.name: path.read_bytes() for path in (out / "folds").glob("fold*.json")}
+    assert 1 <= len(finished) < 3
+    if how == "ctrl-c":
+        assert process.returncode == 130, err
+        assert (f"continue with: python -m digitcnn.kfold --resume {out} --executor ray "
+                f"--address {head}") in err
+        assert "Traceback" not in err
+
+    resumed = _cli("digitcnn.kfold", "--resume", str(out), "--quiet", "--executor", "ray",
+                   "--address", head, env=_cluster_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not list(out.rglob("*.tmp"))
+    for name, content in finished.items():  # only the missing folds were trained
+        assert (out / "folds" / name).read_bytes() == content
+    config = RunConfig(data_dir=str(data_dir), threads=1, verify=False, epochs=15, batch_size=8,
+                       folds=3, quiet=True, plots=False, workers=1)
+    reference = tmp_path / "local"
+    kfold.run_kfold(kfold.load_for_config(config), config, out_dir=reference).write_final(
+        reference, plots=False)
+    assert _metrics(out) == _metrics(reference)
