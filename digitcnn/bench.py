@@ -26,7 +26,11 @@ and its fold workers. Cases:
 * ``skorch``: scikit-learn's ``cross_val_score`` (4 shuffled folds) of
   :class:`digitcnn.DigitClassifier` against skorch's ``NeuralNetClassifier`` on the same
   model (S5's), folds, epochs, batch size, optimizer, schedule and device, UCI
-  (:func:`sklearn_side`; skorch is needed for this case only).
+  (:func:`sklearn_side`; skorch is needed for this case only);
+* ``ray``: S2's optimizer sweep (``experiments/s2_optimizers.toml``, 6 cells x 4 folds, with
+  ``--epochs 1 --limit 2000``) through ``--executor ray`` on a local Ray instance against the
+  local executor: Ray's overhead as a ratio, and whether ``sweep.csv`` (accuracies, t, p) and
+  ``comparisons.csv`` came out equal.
 
 ``uci`` and ``mnist`` also run digitcnn's side twice in one fresh process and report the second
 run, the steady state after the one-time warm-up (set-up, training and evaluation seconds from
@@ -42,9 +46,11 @@ shell gives it; digitcnn then draws its report in a background process after
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import pty
+import shlex
 import statistics
 import subprocess
 import sys
@@ -427,6 +433,46 @@ CPU_CHOICES = {"fp32, NCHW, 2 threads": ("fp32", False, 2),
                "bf16, channels_last, 1 thread": ("bf16", True, 1)}
 
 
+def _sweep_command(out: Path, flags: Sequence[str]) -> list[str]:
+    # a sweep never overwrites another: each repeat starts from an empty --out
+    command = [sys.executable, "-m", "digitcnn.sweep", "--quiet", "--out", str(out), *flags]
+    return ["sh", "-c", f"rm -rf {shlex.quote(str(out))} && exec {shlex.join(command)}"]
+
+
+def _sweep_rows(out: Path) -> list[dict]:
+    return list(csv.DictReader((out / "sweep.csv").open()))
+
+
+def _read_sweep(out: Path):
+    def read(run: dict) -> dict:
+        rows = _sweep_rows(out)
+        return {"accuracy": statistics.mean(float(r["accuracy_mean"]) for r in rows),
+                "train_s": sum(float(r["wall_s"]) for r in rows)}
+    return read
+
+
+def bench_ray(args, scratch: Path) -> dict:
+    """S2's optimizer sweep through ``--executor ray`` (a local Ray instance on this machine's
+    cores, one task of 1 CPU per fold) against the local executor (cells in turn, folds in
+    fold processes); "train_s" of a side is the sum of its cells' wall times."""
+    flags = ["--grid-file", args.ray_grid, "--epochs", "1", "--limit", "2000", *args.extra]
+    ray_out, local_out = scratch / "ray-sweep", scratch / "local-sweep"
+    result = compare(_sweep_command(ray_out, [*flags, "--executor", "ray"]),
+                     _sweep_command(local_out, flags), args.repeats, "ray",
+                     _read_sweep(ray_out), _read_sweep(local_out))
+
+    def table(out: Path) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "wall_s"} for row in _sweep_rows(out)]
+
+    result["sweep_csv_equal"] = table(ray_out) == table(local_out)
+    result["comparisons_csv_equal"] = ((ray_out / "comparisons.csv").read_text()
+                                       == (local_out / "comparisons.csv").read_text())
+    result["commands"] = {"ray": shlex.join(["python", "-m", "digitcnn.sweep", *flags,
+                                             "--executor", "ray"]),
+                          "local": shlex.join(["python", "-m", "digitcnn.sweep", *flags])}
+    return result
+
+
 def bench_choices(args, scratch: Path) -> dict:
     """In-process time of one fold of S5 on UCI (10 epochs, evaluation included) under each
     of :data:`CPU_CHOICES`, alternating so that drift hits all; medians. Two folds run at once
@@ -677,7 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["uci", "mnist", "scaling"],
                         choices=("uci", "mnist", "scaling", "augment", "choices", "skorch",
-                                 "startup"))
+                                 "startup", "ray"))
     parser.add_argument("--augment-rows", type=int, default=6000,
                         help="training rows per timed epoch in the augment case")
     parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per case")
@@ -691,6 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mnist-limit", type=int, default=None, help="use fewer MNIST rows")
     parser.add_argument("--mnist-epochs", type=int, default=1,
                         help="epochs per fold in the mnist case, for both sides")
+    parser.add_argument("--ray-grid", default="experiments/s2_optimizers.toml",
+                        help="the sweep of the ray case (run with --epochs 1 --limit 2000)")
     parser.add_argument("--reference", default="../shared/bench/reference_loop.py")
     parser.add_argument("--out", default="results/bench")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
@@ -727,7 +775,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for case in args.cases:
             runner = {"uci": bench_uci, "mnist": bench_mnist, "scaling": bench_scaling,
                       "augment": bench_augment, "choices": bench_choices,
-                      "skorch": bench_skorch, "startup": bench_startup}[case]
+                      "skorch": bench_skorch, "startup": bench_startup,
+                      "ray": bench_ray}[case]
             report["cases"][case] = runner(args, Path(scratch))
     from .results import write_json
     from .runtime import library_versions
@@ -767,6 +816,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f" (import torch {row['overhead_minus_torch_s']:+.2f} s), report ready after "
                   f"{row['report_ready_s_median']:.2f} s, accuracy "
                   f"{100 * row['accuracy_median']:.2f}% (medians of {args.repeats})")
+    if "ray" in report["cases"]:
+        result = report["cases"]["ray"]
+        print(f"ray: --executor ray / local wall time ratio {result['ratio_median']:.3f} (whole "
+              f"processes, median of {args.repeats}): ray "
+              f"{result['digitcnn_wall_s_median']:.2f} s, local "
+              f"{result['reference_wall_s_median']:.2f} s; sweep.csv equal apart from wall_s: "
+              f"{result['sweep_csv_equal']}, comparisons.csv equal: "
+              f"{result['comparisons_csv_equal']}")
     if "choices" in report["cases"]:
         for name, result in report["cases"]["choices"].items():
             print(f"choices: {name}: {result['median_s']:.2f} s for one UCI S5 fold "

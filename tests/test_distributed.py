@@ -88,7 +88,7 @@ def head(ray_root):
     """``ray start --head`` on 127.0.0.1 with free ports; yields its address."""
     port = _free_port()
     ports = {f"--{name}": str(_free_port()) for name in (
-        "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
         "runtime-env-agent-port", "metrics-export-port", "node-manager-port",
         "object-manager-port")}
     log = (ray_root / "head.log").open("w")
@@ -273,12 +273,23 @@ def test_help_imports_neither_ray_nor_torch_for_the_sweep():
 # ----------------------------------------------------------------------------- a separate head
 
 
+@pytest.fixture(scope="module")
+def slow_reference(data_dir, ray_root):
+    """metrics.json of the local executor's uninterrupted run with the SLOW settings."""
+    config = RunConfig(data_dir=str(data_dir), threads=1, verify=False, epochs=15, batch_size=8,
+                       folds=3, quiet=True, plots=False, workers=1)
+    out = ray_root / "slow-reference"
+    kfold.run_kfold(kfold.load_for_config(config), config, out_dir=out).write_final(out, False)
+    return _metrics(out)
+
+
 def _default_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("how", ["kill", "ctrl-c"])
-def test_driver_interrupted_on_a_cluster_then_resumed(head, data_dir, tmp_path, how):
+def test_driver_interrupted_on_a_cluster_then_resumed(head, data_dir, slow_reference, tmp_path,
+                                                     how):
     """The CLI joins the head with --address (the real client path); the driver dies or is
     interrupted after its first fold; --resume trains only the missing folds."""
     out = tmp_path / "run"
@@ -310,9 +321,4 @@ def test_driver_interrupted_on_a_cluster_then_resumed(head, data_dir, tmp_path, 
     assert not list(out.rglob("*.tmp"))
     for name, content in finished.items():  # only the missing folds were trained
         assert (out / "folds" / name).read_bytes() == content
-    config = RunConfig(data_dir=str(data_dir), threads=1, verify=False, epochs=15, batch_size=8,
-                       folds=3, quiet=True, plots=False, workers=1)
-    reference = tmp_path / "local"
-    kfold.run_kfold(kfold.load_for_config(config), config, out_dir=reference).write_final(
-        reference, plots=False)
-    assert _metrics(out) == _metrics(reference)
+    assert _metrics(out) == slow_reference
