@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # What `import digitcnn.kfold` must not import: the plotting, reporting and statistics stacks.
-HEAVY = ("torchmetrics", "torchvision", "matplotlib", "seaborn", "pandas", "scipy")
+HEAVY = ("torchmetrics", "torchvision", "matplotlib", "seaborn", "pandas", "scipy", "ray")
 CLIS = ("kfold", "train", "predict", "sweep", "baselines", "compare", "bench", "models")
 
 
