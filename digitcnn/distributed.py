@@ -31,8 +31,10 @@ import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +234,9 @@ class RayExecutor:
         if ray.is_initialized():
             return
         options = {"logging_level": logging.WARNING, "configure_logging": True}
+        # ray.init replaces the SIGTERM handler with sys.exit; the CLI's own (SIGTERM ends a
+        # run as Ctrl-C does, with the resume hint) must stay.
+        sigterm = signal.getsignal(signal.SIGTERM)
         try:
             if self.address is None:
                 # "local": never join another Ray instance that happens to run on this machine.
@@ -247,6 +252,9 @@ class RayExecutor:
                               "it prints (on a cluster with token authentication, set "
                               "RAY_AUTH_MODE=token and give this machine the cluster's token)"
                               ) from None
+        finally:
+            if threading.current_thread() is threading.main_thread() and sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
         self._started = True
 
     def close(self) -> None:

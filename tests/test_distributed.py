@@ -287,9 +287,9 @@ def _default_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize("how", ["kill", "ctrl-c"])
+@pytest.mark.parametrize("how, exit_code", [("kill", None), ("ctrl-c", 130), ("sigterm", 143)])
 def test_driver_interrupted_on_a_cluster_then_resumed(head, data_dir, slow_reference, tmp_path,
-                                                     how):
+                                                     how, exit_code):
     """The CLI joins the head with --address (the real client path); the driver dies or is
     interrupted after its first fold; --resume trains only the missing folds."""
     out = tmp_path / "run"
@@ -304,13 +304,14 @@ def test_driver_interrupted_on_a_cluster_then_resumed(head, data_dir, slow_refer
             process.kill()
             pytest.fail(f"no fold finished: {process.communicate()[1][-3000:]}")
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
+    process.send_signal({"kill": signal.SIGKILL, "ctrl-c": signal.SIGINT,
+                         "sigterm": signal.SIGTERM}[how])
     _, err = process.communicate(timeout=120)
     assert not (out / "metrics.json").exists()
     finished = {path.name: path.read_bytes() for path in (out / "folds").glob("fold*.json")}
     assert 1 <= len(finished) < 3
-    if how == "ctrl-c":
-        assert process.returncode == 130, err
+    if exit_code is not None:  # Ctrl-C and SIGTERM: tasks cancelled, the resume command shown
+        assert process.returncode == exit_code, err
         assert (f"continue with: python -m digitcnn.kfold --resume {out} --executor ray "
                 f"--address {head}") in err
         assert "Traceback" not in err
