@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .config import RunConfig, config_from_args
-from .errors import ConfigError, cli_entry, interrupt_exit_code
+from .errors import ConfigError, cli_entry
 from .results import FoldResult, KFoldResult, write_run_start
 from .runtime import library_versions
 
@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config.replace(model=estimator)
     check_baseline_settings(c, neighbors)  # before the data are read
     out = Path(config.out) if config.out else default_out_dir(config)
-    with sigterm_as_interrupt():
+    with sigterm_as_interrupt() as received:
         check_out_dir(out, "digitcnn.baselines", resume, extras.overwrite)
         make_estimator(estimator, c, neighbors)  # an unknown name fails before any work
         dataset = load_quietly(config, "digitcnn.baselines")
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if (out / "config.json").is_file() and not (out / "metrics.json").is_file()
                     else "")
             print(f"digitcnn.baselines: interrupted{hint}", file=sys.stderr)
-            return interrupt_exit_code(interrupt)
+            return received.exit_code(interrupt)
     return 0
 
 

@@ -322,8 +322,9 @@ class RayExecutor:
         at once; yield (key, :class:`KFoldResult`) as each run's last fold ends.
 
         Each fold is written to its run's ``out_dir`` as its task ends (``--resume`` needs no
-        more); each dataset is put into the object store once. Leaving early (Ctrl-C, an
-        error, closing the iterator) cancels the tasks still out.
+        more); each dataset is put into the object store once. Leaving early ends the tasks
+        still out: an error or closing the iterator cancels them; Ctrl-C or SIGTERM disconnects
+        from the Ray instance this executor connected to (which ends them), then re-raises.
         """
         from .kfold import collect_run, plan_run
 
@@ -372,8 +373,18 @@ class RayExecutor:
                         self._write_fold(state.out_dir, result, files)
                     if state.remaining == 0:
                         yield state.key, self._collect(collect_run, state)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM: leave the cluster rather than cancel. ray.cancel of a task that
+            # is finishing at that moment can abort the driver inside Ray ("Tried to complete
+            # task that was not pending", ray-project/ray#54798, seen with Ray 2.60), and the
+            # interrupt handler must still print the resume line. A driver that disconnects
+            # ends the tasks it owns.
+            if self._started:
+                self.close()
+                jobs.clear()
+            raise
         finally:
-            for ref in jobs:  # Ctrl-C, an error, or the caller stopped early
+            for ref in jobs:  # an error, or the caller stopped early (or joined its own Ray)
                 ray.cancel(ref, force=True)
 
     def _get(self, ref):

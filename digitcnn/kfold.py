@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .config import RunConfig, config_from_args
-from .errors import (ConfigError, DataError, OutputError, cli_entry, interrupt_exit_code,
-                     warnings_as_lines)
+from .errors import ConfigError, DataError, OutputError, cli_entry, warnings_as_lines
 from .results import (FoldResult, KFoldResult, fold_path, read_fold, write_fold,
                       write_run_start)
 from .rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings,
@@ -714,7 +713,7 @@ def run_from_cli(config: RunConfig, prog: str, command: str, resume: bool = Fals
     from .distributed import connected, executor_flags
 
     out = Path(config.out) if config.out else default_out_dir(config)
-    with sigterm_as_interrupt():
+    with sigterm_as_interrupt() as received:
         check_out_dir(out, command, resume, overwrite)
         dataset = load_quietly(config, prog)
         check_model(config, dataset)
@@ -739,7 +738,7 @@ def run_from_cli(config: RunConfig, prog: str, command: str, resume: bool = Fals
             else:
                 print(f"{prog}: interrupted before the run started; nothing was written",
                       file=sys.stderr)
-            return interrupt_exit_code(interrupt)
+            return received.exit_code(interrupt)
     return 0
 
 

@@ -34,10 +34,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .errors import ConfigError, OutputError, Terminated
+from .errors import ConfigError, OutputError, Terminated, interrupt_exit_code
 
 __all__ = ["LOCK_NAME", "PRESENTATION_KEYS", "FolderState", "inspect_folder", "check_out_dir",
-           "RunLock", "claim_out_dir", "sigterm_as_interrupt", "given_settings",
+           "RunLock", "claim_out_dir", "ReceivedSignal", "sigterm_as_interrupt", "given_settings",
            "refuse_changed_settings", "read_json", "os_error_text", "check_resumable"]
 
 LOCK_NAME = ".digitcnn.lock"
@@ -389,22 +389,41 @@ def claim_out_dir(path: str | os.PathLike, prog: str, command: str | None = None
             shutil.rmtree(moved, ignore_errors=True)
 
 
+@dataclass
+class ReceivedSignal:
+    """What :func:`sigterm_as_interrupt` saw: ``signum`` is SIGTERM's number once it arrived."""
+
+    signum: int | None = None
+
+    def exit_code(self, interrupt: BaseException) -> int:
+        """The shell's status for ``interrupt``: 143 once SIGTERM arrived, even when the
+        exception reaching the caller is a plain KeyboardInterrupt (Ray turns an exception
+        that a signal handler raises inside its waits into one), else 128 + its signal."""
+        if self.signum is not None and not isinstance(interrupt, Terminated):
+            return interrupt_exit_code(Terminated(self.signum))
+        return interrupt_exit_code(interrupt)
+
+
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[ReceivedSignal]:
     """Within the block SIGTERM raises :class:`~digitcnn.errors.Terminated` (a
     KeyboardInterrupt) in the main thread, so that a run stopped by ``timeout``, SLURM or
     ``kill`` ends as after Ctrl-C: finished folds kept, fold processes ended, one line on how
-    to resume, exit status 143. Outside the main thread it does nothing."""
+    to resume, exit status 143 (from the yielded :class:`ReceivedSignal`). Outside the main
+    thread it does nothing."""
+    received = ReceivedSignal()
+
     def terminate(signum, frame):
+        received.signum = signum
         raise Terminated(signum)
 
     try:
         previous = signal.signal(signal.SIGTERM, terminate)
     except ValueError:  # not the main thread: signals cannot be handled here
-        yield
+        yield received
         return
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -58,7 +58,7 @@ import numpy as np
 
 from .config import RunConfig, config_from_args, field_kind, typed_setting, typed_settings
 from .distributed import EXECUTOR_ARGUMENTS
-from .errors import ConfigError, cli_entry, interrupt_exit_code
+from .errors import ConfigError, cli_entry
 from .report import flag_text
 from .results import atomic_write_text, write_json
 from .rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings, read_json,
@@ -388,7 +388,7 @@ def _finished(cell: Cell) -> dict | None:
     path = Path(cell.config.out) / "metrics.json"
     if not path.is_file():
         return None
-    metrics = read_json(path, f"delete it and resume again to rebuild it from the cell's folds")
+    metrics = read_json(path, "delete it and resume again to rebuild it from the cell's folds")
     if not isinstance(metrics, dict) or "splits_sha256" not in metrics:
         raise ConfigError(f"{path}: not a run's metrics; delete it and resume again to rebuild "
                           "it from the cell's folds")
@@ -726,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .distributed import connected, executor_flags, executor_from_argv
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    with sigterm_as_interrupt():
+    with sigterm_as_interrupt() as received:
         cells, out, resume = plan_from_args(argv)
         executor = executor_from_argv(argv)
         early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -748,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print("digitcnn.sweep: interrupted before the sweep started; nothing was written",
                       file=sys.stderr)
-            return interrupt_exit_code(interrupt)
+            return received.exit_code(interrupt)
     if not quiet:
         print((out / "sweep.md").read_text())
         print(f"sweep written to {out} in {time.perf_counter() - started:.1f} s")

@@ -283,6 +283,22 @@ def slow_reference(data_dir, ray_root):
     return _metrics(out)
 
 
+def _free_cpus_after_driver(head: str, timeout: float = 60.0) -> float:
+    """The head's free CPUs once no task holds one (or when ``timeout`` runs out), read by a
+    new driver: 2.0 when the interrupted driver's tasks ended with it."""
+    code = ("import sys, time, ray\n"
+            f"ray.init(address={head!r}, logging_level='ERROR')\n"
+            f"deadline = time.monotonic() + {timeout}\n"
+            "while ray.available_resources().get('CPU', 0.0) < 2.0 and "
+            "time.monotonic() < deadline:\n"
+            "    time.sleep(0.5)\n"
+            "print(ray.available_resources().get('CPU', 0.0))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout + 60, env=_cluster_env(), cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return float(done.stdout.split()[-1])
+
+
 def _default_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
@@ -315,6 +331,7 @@ def test_driver_interrupted_on_a_cluster_then_resumed(head, data_dir, slow_refer
         assert (f"continue with: python -m digitcnn.kfold --resume {out} --executor ray "
                 f"--address {head}") in err
         assert "Traceback" not in err
+    assert _free_cpus_after_driver(head) == 2.0  # its tasks ended with the driver
 
     resumed = _cli("digitcnn.kfold", "--resume", str(out), "--quiet", "--executor", "ray",
                    "--address", head, env=_cluster_env())

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -14,9 +15,9 @@ import pytest
 
 from conftest import REPO_ROOT
 from digitcnn import baselines, compare, kfold, sweep, train
-from digitcnn.errors import ConfigError, ModelError, OutputError
-from digitcnn.rundir import (LOCK_NAME, RunLock, check_out_dir, claim_out_dir, inspect_folder,
-                             read_json)
+from digitcnn.errors import ConfigError, ModelError, OutputError, Terminated
+from digitcnn.rundir import (LOCK_NAME, ReceivedSignal, RunLock, check_out_dir, claim_out_dir,
+                             inspect_folder, read_json, sigterm_as_interrupt)
 
 FAST = ["--epochs", "1", "--folds", "2", "--batch-size", "32", "--threads", "1", "--workers", "1",
         "--no-verify", "--quiet", "--no-plots"]
@@ -485,3 +486,21 @@ def test_inspect_folder_kinds(finished_run, tmp_path):
     (tmp_path / "e" / LOCK_NAME).write_text("")
     (tmp_path / "e" / ".config.json.abc.tmp").write_text("")
     assert inspect_folder(tmp_path / "e").kind == "empty"
+
+
+def test_sigterm_exit_status_survives_a_library_that_replaces_the_exception():
+    """Ray's waits turn the Terminated raised by the SIGTERM handler into a plain
+    KeyboardInterrupt; the exit status must still say SIGTERM (143), not Ctrl-C (130)."""
+    with sigterm_as_interrupt() as received:
+        try:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises here
+            except Terminated:
+                raise KeyboardInterrupt from None  # what Ray does
+        except KeyboardInterrupt as interrupt:
+            assert type(interrupt) is KeyboardInterrupt
+            assert received.exit_code(interrupt) == 143
+    assert received.signum == signal.SIGTERM
+    assert ReceivedSignal().exit_code(KeyboardInterrupt()) == 130
+    assert ReceivedSignal().exit_code(Terminated(signal.SIGTERM)) == 143
