@@ -1,11 +1,11 @@
 """Classification metrics as pure functions, plus a small accumulator for confusion counts.
 
 Confusion matrices are (C, C) int64 counts with rows = true class and columns = predicted
-class, as sklearn and torchmetrics lay them out. Across folds they are summed as counts and
+class, as sklearn lays them out. Across folds they are summed as counts and
 normalised only afterwards, and accuracy is total correct over total rows, never a mean of
 per-fold rates.
 
-This module imports neither torch nor torchmetrics: the training loop counts its confusion
+This module imports neither torch nor sklearn: the training loop counts its confusion
 matrix with one ``bincount`` on the tensors it already holds, and everything else works on
 NumPy arrays (``python -m digitcnn.bench --cases startup`` measures what imports cost).
 """
@@ -23,9 +23,8 @@ def confusion_counts(predictions, targets, num_classes: int):
     """(C, C) int64 counts from (N,) predicted and (N,) true integer labels in 0..C-1, as a
     tensor on their device (rows true, columns predicted).
 
-    One ``bincount`` of ``true * C + predicted``, as torchmetrics computes it, without
-    importing torchmetrics (whose import pulls in torchvision and took longer than torch
-    itself). Without weights ``bincount`` is deterministic on CUDA too.
+    One ``bincount`` of ``true * C + predicted`` on the tensors' device, with no host copy
+    and no metrics library. Without weights ``bincount`` is deterministic on CUDA too.
     """
     pairs = targets.long() * num_classes + predictions.long()
     return pairs.bincount(minlength=num_classes * num_classes).reshape(num_classes, num_classes)

@@ -8,8 +8,9 @@ an archive.
 :meth:`digitcnn.results.KFoldResult.write_final` writes ``metrics.json`` first (a finished
 run) and then the report, with :func:`write_run_report` in its own process or, for the CLIs
 at a terminal, with :func:`start_report` in a background process, so that a person gets the
-run's numbers without waiting for the figures (``evaluation.json`` needs torchmetrics, whose
-import alone took longer than torch's; see ``python -m digitcnn.bench --cases startup``).
+run's numbers without waiting for the figures (matplotlib's import and the drawing take
+seconds; see ``python -m digitcnn.bench --cases startup``). ``evaluation.json`` is computed
+with ``sklearn.metrics``, which the run has already imported.
 While a background report is being drawn the run folder holds ``report.log``; it is removed
 when ``report.html`` is in place and keeps the error if drawing failed. Every file is written
 atomically and ``report.html`` last, so a folder holding it has its whole report.

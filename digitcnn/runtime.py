@@ -162,7 +162,7 @@ def library_versions() -> dict[str, str]:
     import torch
 
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("digitcnn", "torchmetrics", "torchvision", "scikit-learn", "numpy"):
+    for package in ("digitcnn", "torchvision", "scikit-learn", "numpy"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -1,5 +1,6 @@
 """digitcnn.evaluation against scikit-learn, number by number, on random and trained predictions."""
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -239,3 +240,121 @@ def test_bad_inputs_say_what_is_missing(tmp_path):
         evaluate_run(tmp_path / "oof.npz")
     with pytest.raises(DataError, match="cannot evaluate a list"):
         evaluate_run([1, 2])
+
+
+def tm_recall_steps(precision, recall):
+    precision, recall = precision.double().numpy(), recall.double().numpy()
+    return recall_steps(precision, recall) if len(recall) > 2 else (precision, recall)
+
+
+def assert_roc_points_are_the_bends_of(ours, fpr, tpr, thresholds=None):
+    """``ours`` keeps, in order, the points of torchmetrics' full curve (fpr, tpr) where it
+    bends, and every point it leaves out lies on the segment between its kept neighbours."""
+    fpr, tpr = fpr.double().numpy(), tpr.double().numpy()
+    if thresholds is None:  # no thresholds to match on: match the points themselves
+        index = [int(np.flatnonzero((np.abs(fpr - f) < 1e-6) & (np.abs(tpr - t) < 1e-6))[0])
+                 for f, t in zip(ours["fpr"], ours["tpr"])]
+    else:
+        thresholds = thresholds.double().numpy()
+        index = [int(np.flatnonzero(thresholds == h)[0]) for h in ours["thresholds"]]
+    assert index[0] == 0 and index[-1] == len(fpr) - 1 and np.all(np.diff(index) > 0)
+    assert np.allclose(ours["fpr"], fpr[index], rtol=0, atol=1e-6)
+    assert np.allclose(ours["tpr"], tpr[index], rtol=0, atol=1e-6)
+    for start, stop in zip(index[:-1], index[1:]):
+        between = np.arange(start + 1, stop)
+        along = np.interp(fpr[between], fpr[[start, stop]], tpr[[start, stop]])
+        if fpr[start] != fpr[stop]:
+            assert np.allclose(tpr[between], along, atol=1e-6)
+        else:  # a vertical stretch: the points between lie on it
+            assert np.all(fpr[between] == fpr[start])
+    assert len(index) < len(fpr) or len(fpr) <= 3
+
+
+def assert_matches_torchmetrics(scores, true, log_probs, curves=False):
+    """One evaluate_predictions() group against torchmetrics.functional, which computed the
+    evaluation before it moved to sklearn: same definitions, same edge-case rules (torchmetrics
+    counts in float32, hence the tolerances)."""
+    F = pytest.importorskip("torchmetrics.functional.classification")
+    probs = probabilities(log_probs)
+    target = torch.as_tensor(true, dtype=torch.int64)
+    predicted = probs.argmax(1)
+    counts = torch.bincount(target, minlength=C)
+    defined = ((counts > 0) & (counts < len(target))).numpy()
+    options = {"num_classes": C, "validate_args": False}
+    for name, metric in (("precision", F.multiclass_precision), ("recall", F.multiclass_recall),
+                         ("f1", F.multiclass_f1_score)):
+        assert scores["per_class"][name] == pytest.approx(
+            metric(predicted, target, average="none", **options).double().numpy(), abs=1e-6)
+        for average in ("macro", "weighted"):
+            assert scores[average][name] == pytest.approx(
+                float(metric(predicted, target, average=average, **options)), abs=1e-6)
+    assert scores["accuracy"] == pytest.approx(
+        float(F.multiclass_accuracy(predicted, target, average="micro", **options)), abs=1e-6)
+    one_hot = torch.nn.functional.one_hot(target, C)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torchmetrics: classes without positives
+        auc = F.multiclass_auroc(probs, target, average="none", **options).double().numpy()
+        ap = F.multiclass_average_precision(probs, target, average="none",
+                                            **options).double().numpy()
+        micro_auc = F.multilabel_auroc(probs, one_hot, C, average="micro", validate_args=False)
+        micro_ap = F.multilabel_average_precision(probs, one_hot, C, average="micro",
+                                                  validate_args=False)
+        roc = F.multiclass_roc(probs, target, **options)
+        pr = F.multiclass_precision_recall_curve(probs, target, **options)
+        micro_roc = F.binary_roc(probs.reshape(-1), one_hot.reshape(-1), validate_args=False)
+        micro_pr = F.binary_precision_recall_curve(probs.reshape(-1), one_hot.reshape(-1),
+                                                   validate_args=False)
+    ours = np.asarray(scores["per_class"]["roc_auc"])
+    assert np.isnan(ours[~defined]).all()
+    assert ours[defined] == pytest.approx(auc[defined], abs=1e-6)
+    assert scores["macro"]["roc_auc"] == pytest.approx(auc[defined].mean(), abs=1e-6)
+    assert scores["micro"]["roc_auc"] == pytest.approx(float(micro_auc), abs=1e-6)
+    ours = np.asarray(scores["per_class"]["average_precision"])
+    positive = counts.numpy() > 0
+    assert np.isnan(ours[~positive]).all()
+    assert ours[positive] == pytest.approx(ap[positive], abs=1e-6)
+    assert scores["macro"]["average_precision"] == pytest.approx(ap[positive].mean(), abs=1e-6)
+    assert scores["micro"]["average_precision"] == pytest.approx(float(micro_ap), abs=1e-6)
+    if not curves:
+        return
+    ours = scores["curves"]
+    for c in range(C):
+        fpr, tpr, thresholds = (values[c] for values in roc)
+        assert ours["roc"]["per_class"][c]["thresholds"][0] == 1.0 == float(thresholds[0])
+        assert_roc_points_are_the_bends_of(ours["roc"]["per_class"][c], fpr, tpr, thresholds)
+        precision, recall = tm_recall_steps(pr[0][c], pr[1][c])
+        assert np.allclose(ours["pr"]["per_class"][c]["precision"], precision, atol=1e-6)
+        # a class without positives (7) has no recall: NaN, the curve's end point aside
+        assert np.allclose(ours["pr"]["per_class"][c]["recall"], recall, atol=1e-6,
+                           equal_nan=True)
+    assert_roc_points_are_the_bends_of(ours["roc"]["micro"], *micro_roc[:2])
+    precision, recall = tm_recall_steps(*micro_pr[:2])
+    assert np.allclose(ours["pr"]["micro"]["precision"], precision, atol=1e-6)
+    assert np.allclose(ours["pr"]["micro"]["recall"], recall, atol=1e-6)
+    # the macro curve: the mean of the defined classes' TPRs on the union of their FPRs
+    grid = torch.unique(torch.cat([roc[0][c] for c in range(C) if defined[c]])).double().numpy()
+    mean_tpr = np.mean([np.interp(grid, roc[0][c].double().numpy(), roc[1][c].double().numpy())
+                        for c in range(C) if defined[c]], axis=0)
+    macro = ours["roc"]["macro"]
+    assert macro["fpr"][0] == 0.0 and macro["fpr"][-1] == 1.0 and len(macro["fpr"]) <= len(grid)
+    assert np.allclose(np.interp(grid, macro["fpr"], macro["tpr"]), mean_tpr, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed, decimals", [(6, None), (7, 1)])  # 1 decimal: many ties
+def test_every_number_matches_torchmetrics(seed, decimals):
+    """The conventions kept from torchmetrics, on edge cases: class 7 is in no row and never
+    predicted, class 3 is in rows but never predicted, and (seed 7) scores tie."""
+    pytest.importorskip("torchmetrics")
+    oof = random_oof(n=500, seed=seed, decimals=decimals)
+    keep = oof["true"] != 7
+    oof = {key: values[keep] for key, values in oof.items()}
+    oof["log_probs"][:, [3, 7]] = -30.0
+    evaluation = evaluate_run(oof, curves=True)
+    pooled = evaluation["pooled"]
+    assert pooled["per_class"]["support"][7] == 0 and pooled["per_class"]["support"][3] > 0
+    assert pooled["per_class"]["precision"][3] == 0.0 and pooled["per_class"]["recall"][3] == 0.0
+    assert np.isnan(pooled["per_class"]["roc_auc"][7])
+    assert_matches_torchmetrics(pooled, oof["true"], oof["log_probs"], curves=True)
+    for fold in evaluation["folds"]:
+        rows = oof["fold"] == fold["fold"]
+        assert_matches_torchmetrics(fold, oof["true"][rows], oof["log_probs"][rows])
