@@ -51,6 +51,7 @@ import json
 import os
 import pty
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -187,14 +188,23 @@ def wait_for_report(out_dir: Path, started: float, timeout: float = 600) -> floa
     log = Path(out_dir) / REPORT_LOG
     if not log.exists():
         return None
-    while log.exists():
-        text = log.read_text(errors="replace")
+    while True:
+        try:
+            text = log.read_text(errors="replace")
+        except FileNotFoundError:  # removed (even between two looks): the report is in place
+            break
         if "could not be drawn" in text or "Traceback" in text:
             raise RuntimeError(f"{out_dir}: the background report failed: {text[-2000:]}")
         if time.perf_counter() - started > timeout:
             raise RuntimeError(f"{out_dir}: no report after {timeout:.0f} s: {text[-2000:]}")
         time.sleep(0.02)
     return time.perf_counter() - started
+
+
+def _clear(out: Path | None) -> None:
+    # every run starts from an empty --out: a run never overwrites a finished one
+    if out is not None:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def compare(ours: dict[str, dict], theirs: Sequence[str], repeats: int, label: str,
@@ -216,6 +226,7 @@ def compare(ours: dict[str, dict], theirs: Sequence[str], repeats: int, label: s
     for repeat in range(repeats):
         pair = {}
         for name, command, terminal, out, read in sides:
+            _clear(out)
             run = _run_with_rusage(command, terminal=terminal)
             if run["returncode"] != 0:
                 raise RuntimeError(f"{label}: {name} failed ({run['returncode']}): "
@@ -236,9 +247,14 @@ def compare(ours: dict[str, dict], theirs: Sequence[str], repeats: int, label: s
             f"{name} {pair[f'{name}_ratio']:.3f}" for name in ours), flush=True)
 
     headline = next(iter(ours))
+    _clear(ours[headline].get("out"))
     memory = {"digitcnn": _run_with_rusage(ours[headline]["command"], sample_memory=True,
                                            terminal=ours[headline].get("terminal", False)),
               "reference": _run_with_rusage(theirs, sample_memory=True)}
+    for side, run in memory.items():
+        if run["returncode"] != 0:  # a refused or failed run's peak would be meaningless
+            raise RuntimeError(f"{label}: {side} failed in the memory run "
+                               f"({run['returncode']}): {run['stderr'][-2000:]}")
     if ours[headline].get("out") is not None:
         wait_for_report(ours[headline]["out"], memory["digitcnn"]["started"])
 
@@ -457,9 +473,10 @@ def bench_ray(args, scratch: Path) -> dict:
     fold processes); "train_s" of a side is the sum of its cells' wall times."""
     flags = ["--grid-file", args.ray_grid, "--epochs", "1", "--limit", "2000", *args.extra]
     ray_out, local_out = scratch / "ray-sweep", scratch / "local-sweep"
-    result = compare(_sweep_command(ray_out, [*flags, "--executor", "ray"]),
+    result = compare({"ray": {"command": _sweep_command(ray_out, [*flags, "--executor", "ray"]),
+                              "read": _read_sweep(ray_out)}},
                      _sweep_command(local_out, flags), args.repeats, "ray",
-                     _read_sweep(ray_out), _read_sweep(local_out))
+                     _read_sweep(local_out))
 
     def table(out: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "wall_s"} for row in _sweep_rows(out)]

@@ -213,6 +213,7 @@ def speed_section(results: Path) -> list[str]:
                   f"{_pct(case['reference_accuracy_median'])}%; peak memory (PSS, all "
                   f"processes) {case['digitcnn_peak_tree_pss_mib']:.0f} MiB against "
                   f"{case['reference_peak_tree_pss_mib']:.0f} MiB.", ""]
+    lines += ray_lines(results)
     lines += startup_lines(results)
     scaling = (_read(results / "bench" / "bench.json") or {}).get("cases", {}).get("scaling")
     if scaling:
@@ -232,6 +233,24 @@ def speed_section(results: Path) -> list[str]:
                   "core): " + "; ".join(f"{name} {result['median_s']:.2f} s"
                                          for name, result in choices["choices"].items()) + ".", ""]
     return lines or ["(no benchmark in results/ yet: `python -m digitcnn.bench`.)"]
+
+
+def ray_lines(results: Path) -> list[str]:
+    """The ray case of ``python -m digitcnn.bench``: ``--executor ray`` against the local
+    executor on S2's optimizer sweep."""
+    report = _read(results / "bench_ray" / "bench.json")
+    case = (report or {}).get("cases", {}).get("ray")
+    if not case:
+        return []
+    equal = {True: "equal", False: "**not equal**"}
+    return [f"**Ray against the local executor** (`bench_ray/bench.json`, {report['repeats']} "
+            f"alternating pairs, medians): `{case['commands']['ray']}` "
+            f"{case['digitcnn_wall_s_median']:.2f} s against the same without `--executor ray` "
+            f"{case['reference_wall_s_median']:.2f} s, ratio **{case['ratio_median']:.3f}**; "
+            f"sweep.csv {equal[case['sweep_csv_equal']]} apart from wall_s, comparisons.csv "
+            f"{equal[case['comparisons_csv_equal']]}; peak memory (PSS, all processes) "
+            f"{case['digitcnn_peak_tree_pss_mib']:.0f} MiB against "
+            f"{case['reference_peak_tree_pss_mib']:.0f} MiB.", ""]
 
 
 def startup_lines(results: Path) -> list[str]:

@@ -129,3 +129,19 @@ def test_a_terminal_run_returns_before_its_report(tmp_path, optdigits_dir):
     ready = bench.wait_for_report(out, run["started"])
     assert ready is not None and ready > run["wall_s"]  # drawn by the background process
     assert (out / "report.html").is_file() and not (out / "report.log").exists()
+
+
+@pytest.mark.slow  # a local Ray instance and four sweeps, each importing torch
+def test_ray_case_races_both_executors_and_compares_their_tables(tmp_path, optdigits_dir):
+    """Tiny work: the ray case runs both sides, every run from an empty folder, and records
+    that their sweep.csv and comparisons.csv agree."""
+    pytest.importorskip("ray")
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'dataset = "uci"\ndata-dir = "{optdigits_dir}"\nmodel = "s5"\n'
+                    'folds = 2\nverify = false\n[grid]\nlr = [0.001, 0.002]\n')
+    assert bench.main(["--cases", "ray", "--repeats", "1", "--ray-grid", str(grid),
+                       "--out", str(tmp_path / "out")]) == 0
+    case = json.loads((tmp_path / "out" / "bench.json").read_text())["cases"]["ray"]
+    assert case["sweep_csv_equal"] and case["comparisons_csv_equal"]
+    assert case["ratio_median"] > 0 and case["digitcnn_peak_tree_pss_mib"] > 0
+    assert case["digitcnn_accuracy_median"] == case["reference_accuracy_median"]
