@@ -796,8 +796,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "ray": bench_ray}[case]
             report["cases"][case] = runner(args, Path(scratch))
     from .results import write_json
-    from .runtime import library_versions
+    from .runtime import cpu_description, library_versions
 
+    report["cpu"] = cpu_description()
     report["versions"] = library_versions()
     write_json(out / "bench.json", report)
     if "scaling" in report["cases"]:

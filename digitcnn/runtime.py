@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["select_device", "seed_everything", "configure_determinism", "library_versions",
-           "fold_seed", "fold_generator", "warm_up", "resolve_precision", "autocast_dtype", "cpu_cores", "fold_workers"]
+           "fold_seed", "fold_generator", "warm_up", "resolve_precision", "autocast_dtype",
+           "cpu_cores", "fold_workers", "cpu_description"]
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -45,6 +46,22 @@ def _cpu_has_amx() -> bool:
         return bool(probe()) if probe is not None else False
     except Exception:  # pragma: no cover - a torch build that cannot tell
         return False
+
+
+def cpu_description() -> dict:
+    """``{"model": name, "amx": bool}``: the CPU that CPU timings (and ``--precision auto``)
+    depend on. The name is Linux's ``/proc/cpuinfo`` model name, else ``platform.processor()``.
+    """
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:  # not Linux
+        pass
+    return {"model": model, "amx": _cpu_has_amx()}
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

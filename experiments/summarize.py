@@ -199,7 +199,7 @@ def speed_section(results: Path) -> list[str]:
                    and f"the default command (plots and report on, at a terminal; report.html "
                        f"ready after {case['digitcnn_report_ready_s_median']:.2f} s): ")
         lines += [f"**{what}** (`{folder}/bench.json`, {report['repeats']} alternating pairs, "
-                  f"medians; command in the file): {default or ''}whole process "
+                  f"medians{_cpu(report)}; command in the file): {default or ''}whole process "
                   f"{case['digitcnn_wall_s_median']:.2f} s against "
                   f"{case['reference_wall_s_median']:.2f} s, ratio "
                   f"**{case['ratio_median']:.3f}**"
@@ -235,6 +235,15 @@ def speed_section(results: Path) -> list[str]:
     return lines or ["(no benchmark in results/ yet: `python -m digitcnn.bench`.)"]
 
 
+def _cpu(report: dict) -> str:
+    """", on CPU_MODEL (AMX|no AMX)" for a bench.json that records its CPU (older ones do
+    not): ratios compare within one machine only."""
+    cpu = report.get("cpu")
+    if not cpu:
+        return ""
+    return f", on {cpu['model']} ({'AMX' if cpu['amx'] else 'no AMX'})"
+
+
 def ray_lines(results: Path) -> list[str]:
     """The ray case of ``python -m digitcnn.bench``: ``--executor ray`` against the local
     executor on S2's optimizer sweep."""
@@ -244,7 +253,7 @@ def ray_lines(results: Path) -> list[str]:
         return []
     equal = {True: "equal", False: "**not equal**"}
     return [f"**Ray against the local executor** (`bench_ray/bench.json`, {report['repeats']} "
-            f"alternating pairs, medians): `{case['commands']['ray']}` "
+            f"alternating pairs, medians{_cpu(report)}): `{case['commands']['ray']}` "
             f"{case['digitcnn_wall_s_median']:.2f} s against the same without `--executor ray` "
             f"{case['reference_wall_s_median']:.2f} s, ratio **{case['ratio_median']:.3f}**; "
             f"sweep.csv {equal[case['sweep_csv_equal']]} apart from wall_s, comparisons.csv "
@@ -264,8 +273,8 @@ def startup_lines(results: Path) -> list[str]:
     else:
         return []
     commands = startup["commands"]
-    lines = [f"**Start-up** (`{folder}/bench.json`, {report['repeats']} rounds, medians, "
-             "whole processes): " + ", ".join(f"`{name}` {row['median_s']:.2f} s"
+    lines = [f"**Start-up** (`{folder}/bench.json`, {report['repeats']} rounds, "
+             f"medians{_cpu(report)}, whole processes): " + ", ".join(f"`{name}` {row['median_s']:.2f} s"
                                              for name, row in commands.items())
              + f"; `import digitcnn.kfold` minus `import torch`: "
                f"{startup['import_kfold_minus_torch_s']:+.2f} s.", "",

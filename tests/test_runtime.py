@@ -43,3 +43,12 @@ def test_fold_workers(monkeypatch):
 
 def test_cpu_cores_is_positive():
     assert runtime.cpu_cores() >= 1
+
+
+def test_cpu_description_names_the_cpu_and_its_amx():
+    """What bench.json records next to CPU timings (they compare within one machine only)."""
+    described = runtime.cpu_description()
+    assert set(described) == {"model", "amx"}
+    assert isinstance(described["model"], str) and described["model"].strip()
+    assert isinstance(described["amx"], bool)
+    assert described["amx"] == (runtime.resolve_precision("auto", torch.device("cpu")) == "bf16")
