@@ -259,17 +259,6 @@ def test_without_ray_the_cli_names_the_install_command(data_dir, tmp_path, monke
         assert not (tmp_path / "run" / "config.json").exists()
 
 
-def test_help_imports_neither_ray_nor_torch_for_the_sweep():
-    code = ("import sys, runpy\nsys.argv = ['x', '--help']\ntry:\n"
-            "    runpy.run_module('digitcnn.sweep', run_name='__main__')\nexcept SystemExit:\n"
-            "    pass\nprint('RAY' if 'ray' in sys.modules else '', 'TORCH' if 'torch' in "
-            "sys.modules else '', file=sys.stderr)")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=120)
-    assert "--executor {local,ray}" in done.stdout and "--task-gpus" in done.stdout
-    assert done.stderr.split() == []
-
-
 # ----------------------------------------------------------------------------- a separate head
 
 

@@ -19,15 +19,22 @@ HEAVY = ("torchmetrics", "torchvision", "matplotlib", "seaborn", "pandas", "scip
 CLIS = ("kfold", "train", "predict", "sweep", "baselines", "compare", "bench", "models")
 
 
-def modules_after(code: str) -> set[str]:
-    """Every module name in ``sys.modules`` after running ``code`` in a new interpreter."""
+def printed_and_modules_after(code: str) -> tuple[str, set[str]]:
+    """What running ``code`` in a new interpreter printed, and every module name in its
+    ``sys.modules`` afterwards."""
     probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
-    return set(json.loads(done.stdout.splitlines()[-1]))
+    *printed, modules = done.stdout.splitlines()
+    return "\n".join(printed), set(json.loads(modules))
+
+
+def modules_after(code: str) -> set[str]:
+    """Every module name in ``sys.modules`` after running ``code`` in a new interpreter."""
+    return printed_and_modules_after(code)[1]
 
 
 def imported_after(code: str) -> set[str]:
@@ -53,17 +60,28 @@ def test_building_a_config_does_not_import_torch():
     assert "torch" not in loaded
 
 
-@pytest.mark.parametrize("cli", CLIS)
+# Per CLI: flags its help must show, and packages it must not import besides torch and HEAVY
+# (the board's help needs neither numpy, PIL nor its web stack).
+HELP_EXPECTATIONS = {**{cli: ((), ()) for cli in CLIS},
+                     "sweep": (("--executor {local,ray}", "--task-gpus"), ()),
+                     "board": (("--model", "--save-dir"),
+                               ("numpy", "PIL", "starlette", "uvicorn"))}
+
+
+@pytest.mark.parametrize("cli", HELP_EXPECTATIONS)
 def test_cli_help_does_not_import_torch(cli):
+    flags, forbidden = HELP_EXPECTATIONS[cli]
     code = ("import runpy, sys\n"
             f"sys.argv = ['python -m digitcnn.{cli}', '--help']\n"
             "try:\n"
             f"    runpy.run_module('digitcnn.{cli}', run_name='__main__', alter_sys=True)\n"
             "except SystemExit as stop:\n"
             "    assert stop.code in (0, None), stop.code\n")
-    loaded = imported_after(code)
+    printed, modules = printed_and_modules_after(code)
+    loaded = {name.split(".")[0] for name in modules}
     assert "torch" not in loaded, f"python -m digitcnn.{cli} --help imported torch"
-    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+    assert not loaded & {*HEAVY, *forbidden}, sorted(loaded & {*HEAVY, *forbidden})
+    assert all(flag in printed for flag in flags), printed
 
 
 def test_help_is_printed_in_full():
