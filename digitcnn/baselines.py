@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .config import RunConfig, config_from_args
-from .errors import ConfigError, cli_entry
-from .results import FoldResult, KFoldResult, write_run_start
-from .runtime import library_versions
+from digitcnn.config import RunConfig, config_from_args
+from digitcnn.errors import ConfigError, cli_entry
+from digitcnn.results import FoldResult, KFoldResult, write_run_start
+from digitcnn.training.runtime import library_versions
 
 if TYPE_CHECKING:  # the data readers import torch: not needed for --help
-    from .data import DigitDataset
+    from digitcnn.datasets.base import DigitDataset
 
 __all__ = ["ESTIMATORS", "make_estimator", "check_baseline_settings", "baseline_scores",
            "run_baseline", "main"]
@@ -99,7 +99,7 @@ def run_baseline(dataset: DigitDataset, config: RunConfig = RunConfig(),
     """Fit ``estimator`` on each training fold of ``config``'s splits; pixels divided by the
     dataset's maximum (features/16 on UCI, /255 on MNIST). Returns a :class:`KFoldResult`
     with the same folds, counts and out-of-fold scores as a CNN run on the same config."""
-    from .kfold import make_splits, splits_sha256
+    from digitcnn.kfold import make_splits, splits_sha256
 
     if dataset.labels is None:
         raise ConfigError(f"{dataset.name}: the dataset has no labels; a baseline needs them")
@@ -143,8 +143,8 @@ def run_baseline(dataset: DigitDataset, config: RunConfig = RunConfig(),
 @cli_entry("digitcnn.baselines")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.baselines``: an sklearn baseline on a K-fold run's folds."""
-    from .kfold import RUN_FLAGS, default_out_dir, finish_run, load_quietly, resumed_config
-    from .rundir import (check_out_dir, claim_out_dir, given_settings, read_json,
+    from digitcnn.kfold import RUN_FLAGS, default_out_dir, finish_run, load_quietly, resumed_config
+    from digitcnn.reporting.rundir import (check_out_dir, claim_out_dir, given_settings, read_json,
                          refuse_changed_settings, sigterm_as_interrupt)
 
     prog = "python -m digitcnn.baselines"

@@ -40,7 +40,7 @@ Writes ``bench.json`` and ``scaling.png`` to ``--out`` (default ``results/bench`
 
 "At a terminal" means the command's stdout is a pseudo-terminal, exactly what a person's
 shell gives it; digitcnn then draws its report in a background process after
-``metrics.json`` (see :mod:`digitcnn.report`). The benchmark waits for that process to finish
+``metrics.json`` (see :mod:`digitcnn.reporting.report`). The benchmark waits for that process to finish
 (``report.log`` gone) before the next command starts, so no run pays for the one before.
 """
 from __future__ import annotations
@@ -123,7 +123,7 @@ def _run_with_rusage(command: Sequence[str], env: dict | None = None,
     is slowed and must not be one that is timed. With ``terminal`` the command's stdout is a
     pseudo-terminal, as in a person's shell.
     """
-    from .report import REPORT_ENV
+    from digitcnn.reporting.report import REPORT_ENV
 
     environment = {key: value for key, value in {**os.environ, **(env or {})}.items()
                    if key != REPORT_ENV}  # the command decides as it would for a user
@@ -183,7 +183,7 @@ def wait_for_report(out_dir: Path, started: float, timeout: float = 600) -> floa
     """Seconds from ``started`` (``time.perf_counter``) until the run in ``out_dir`` has its
     report: at once for a command that drew it before returning (None then), else when the
     background process removes ``report.log``. A report that failed raises."""
-    from .report import REPORT_LOG
+    from digitcnn.reporting.report import REPORT_LOG
 
     log = Path(out_dir) / REPORT_LOG
     if not log.exists():
@@ -301,7 +301,7 @@ def plain_loop(data_dir: str, folds: int = 4, epochs: int = 1, device: str = "cp
     from sklearn.model_selection import KFold
     from torch.utils.data import DataLoader, TensorDataset
 
-    from .mnist import load_mnist
+    from digitcnn.datasets.mnist import load_mnist
 
     torch.manual_seed(0)
     data = load_mnist(Path(data_dir), split=split, verify=False)
@@ -375,8 +375,8 @@ def steady_state(kfold_flags: Sequence[str]) -> dict:
     """The K-fold run of ``kfold_flags`` twice in this process: the first pays the one-time
     costs (CUDA context, library handles, lazily loaded kernels, allocator growth), the
     second is the steady state a sweep or a notebook sees. Each with its metrics' timing."""
-    from .config import config_from_args
-    from .kfold import load_for_config, run_kfold
+    from digitcnn.config import config_from_args
+    from digitcnn.kfold import load_for_config, run_kfold
 
     config = config_from_args(list(kfold_flags), "python -m digitcnn.bench --steady-state",
                               "steady state")
@@ -496,9 +496,9 @@ def bench_choices(args, scratch: Path) -> dict:
     in two one-thread processes, so "1 thread" is what each fold process gets."""
     import torch
 
-    from .config import RunConfig
-    from .data import load
-    from .kfold import make_splits, run_fold
+    from digitcnn.config import RunConfig
+    from digitcnn.datasets.base import load
+    from digitcnn.kfold import make_splits, run_fold
 
     dataset = load("uci", args.uci_dir)
     base = RunConfig(scaler="global", quiet=True)
@@ -527,11 +527,11 @@ def bench_augment(args, scratch: Path) -> dict:
     """
     import torch
 
-    from . import engine
-    from .augment import PRESETS
-    from .config import RunConfig
-    from .mnist import load_mnist
-    from .models import create_model
+    from digitcnn.training import loop as engine
+    from digitcnn.training.augment import PRESETS
+    from digitcnn.config import RunConfig
+    from digitcnn.datasets.mnist import load_mnist
+    from digitcnn.models import create_model
 
     data = load_mnist(Path(args.mnist_dir), verify=False)
     rows = args.augment_rows
@@ -571,7 +571,7 @@ def sklearn_side(side: str, uci_dir: str, device: str = "cpu", epochs: int = 10,
     import torch
     from sklearn.model_selection import KFold, cross_val_score
 
-    from .data import load
+    from digitcnn.datasets.base import load
 
     dataset = load("uci", uci_dir, verify=verify)
     rows = len(dataset) if limit is None else min(limit, len(dataset))
@@ -588,7 +588,7 @@ def sklearn_side(side: str, uci_dir: str, device: str = "cpu", epochs: int = 10,
 
 
 def _digitcnn_estimator(device: str, epochs: int):
-    from .estimator import DigitClassifier
+    from digitcnn.estimator import DigitClassifier
 
     return DigitClassifier("s5", epochs=epochs, batch_size=64, lr=1e-3, optimizer="adam",
                            scheduler="step", gamma=0.7, device=device)
@@ -607,7 +607,7 @@ def _skorch_estimator(device: str, epochs: int):
         raise SystemExit("digitcnn.bench --cases skorch compares against skorch, which "
                          "digitcnn does not depend on; install it with: pip install skorch") \
             from None
-    from .models import create_model
+    from digitcnn.models import create_model
 
     class S5(torch.nn.Module):
         """S5's model from digitcnn's registry (its kaiming-xavier init), for skorch."""
@@ -726,7 +726,7 @@ def plot_scaling(table: dict, path: Path) -> None:
     for axis in (left, right):
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    from .plots import _save
+    from digitcnn.reporting.plots import _save
 
     _save(figure, path)
 
@@ -795,8 +795,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "skorch": bench_skorch, "startup": bench_startup,
                       "ray": bench_ray}[case]
             report["cases"][case] = runner(args, Path(scratch))
-    from .results import write_json
-    from .runtime import cpu_description, library_versions
+    from digitcnn.results import write_json
+    from digitcnn.training.runtime import cpu_description, library_versions
 
     report["cpu"] = cpu_description()
     report["versions"] = library_versions()

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import sha256_of
-from .errors import CheckpointError, ModelError
-from .models import create_model, model_spec
-from .results import atomic_write_bytes, write_json
-from .scaling import Scaler
+from digitcnn.datasets.base import sha256_of
+from digitcnn.errors import CheckpointError, ModelError
+from digitcnn.models import create_model, model_spec
+from digitcnn.results import atomic_write_bytes, write_json
+from digitcnn.training.scaling import Scaler
 
 __all__ = ["SavedModel", "save_model", "load_model", "find_saved_models"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ConfigError, one_line
+from digitcnn.errors import ConfigError, one_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -181,8 +181,8 @@ class RunConfig:
                               "one after another)")
 
     def augmentation(self):
-        """The training :class:`~digitcnn.augment.Augmentation` these settings describe."""
-        from .augment import augmentation_from_preset
+        """The training :class:`~digitcnn.training.augment.Augmentation` these settings describe."""
+        from digitcnn.training.augment import augmentation_from_preset
 
         return augmentation_from_preset(self.augment, rotation=self.rotation, zoom=self.zoom,
                                         shift_x=self.shift_x, shift_y=self.shift_y,

@@ -28,8 +28,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from .config import RunConfig
-from .errors import ConfigError
+from digitcnn.config import RunConfig
+from digitcnn.errors import ConfigError
 
 __all__ = ["DigitClassifier"]
 
@@ -82,7 +82,7 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         feature_names_in_: column names when ``X`` was a frame with string column names.
         image_shape_: (1, H, W), the model's input shape.
         model_: the trained ``nn.Sequential`` (outputs log-probabilities).
-        scaler_: the :class:`~digitcnn.scaling.Scaler` fitted on the training rows.
+        scaler_: the :class:`~digitcnn.training.scaling.Scaler` fitted on the training rows.
         history_: one dict per epoch trained: ``epoch``, ``train_loss``, ``train_accuracy``,
             ``lr``, and with a validation split ``valid_loss``, ``valid_accuracy``.
         n_epochs_: epochs run by the last fit; ``best_epoch_`` (0-based) with early stopping.
@@ -268,9 +268,9 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         return self._fit(X, y, continuing=continuing, epochs=1, classes=classes)
 
     def _fit(self, X, y, *, continuing: bool, epochs: int | None = None, classes=None):
-        from .kfold import device_tensors, holdout_split, train_model
-        from .runtime import configure_determinism, select_device
-        from .scaling import fit_scaler
+        from digitcnn.kfold import device_tensors, holdout_split, train_model
+        from digitcnn.training.runtime import configure_determinism, select_device
+        from digitcnn.training.scaling import fit_scaler
 
         config = self.run_config(**({"epochs": epochs} if epochs else {}))
         seed = self._seed()
@@ -323,9 +323,9 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_log_proba(self, X) -> np.ndarray:
         """(n, k) float64 log-probabilities of the classes ``classes_``."""
-        from . import engine
-        from .kfold import device_tensors
-        from .runtime import select_device
+        from digitcnn.training import loop as engine
+        from digitcnn.kfold import device_tensors
+        from digitcnn.training.runtime import select_device
 
         check_is_fitted(self, "model_")
         images, _ = self._images(X, reset=False, with_y=False)
@@ -361,7 +361,7 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
     def save(self, path) -> Path:
         """Write the fitted model as ``path`` (``.safetensors``) and its ``.json``: weights,
         scaling, classes and parameters, no pickle. Returns the JSON path."""
-        from .checkpoint import save_model
+        from digitcnn.checkpoint import save_model
 
         check_is_fitted(self, "model_")
         classes = self.classes_
@@ -378,9 +378,9 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
     @classmethod
     def load(cls, path) -> "DigitClassifier":
         """A fitted classifier from the files :meth:`save` wrote (refuses pickled weights)."""
-        from .checkpoint import load_model
-        from .errors import CheckpointError
-        from .scaling import Scaler
+        from digitcnn.checkpoint import load_model
+        from digitcnn.errors import CheckpointError
+        from digitcnn.training.scaling import Scaler
 
         saved = load_model(path)
         meta = saved.meta

@@ -27,22 +27,22 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .config import RunConfig, config_from_args
-from .errors import ConfigError, DataError, OutputError, cli_entry, warnings_as_lines
-from .results import (FoldResult, KFoldResult, fold_path, read_fold, write_fold,
+from digitcnn.config import RunConfig, config_from_args
+from digitcnn.errors import ConfigError, DataError, OutputError, cli_entry, warnings_as_lines
+from digitcnn.results import (FoldResult, KFoldResult, fold_path, read_fold, write_fold,
                       write_run_start)
-from .rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings,
+from digitcnn.reporting.rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings,
                      inspect_folder, read_json, refuse_changed_settings, sigterm_as_interrupt)
-from .runtime import (autocast_dtype, configure_determinism, cpu_cores, fold_generator,
+from digitcnn.training.runtime import (autocast_dtype, configure_determinism, cpu_cores, fold_generator,
                       fold_seed, fold_workers, library_versions, resolve_precision,
                       seed_everything, select_device, warm_up)
 
 if TYPE_CHECKING:
     import torch
 
-    from . import engine
-    from .data import DigitDataset
-    from .scaling import Scaler
+    from digitcnn.training import loop as engine
+    from digitcnn.datasets.base import DigitDataset
+    from digitcnn.training.scaling import Scaler
 
 __all__ = ["make_splits", "holdout_split", "splits_sha256", "run_kfold", "RunPlan", "plan_run",
            "collect_run", "run_fold", "train_model", "device_tensors", "run_folds_parallel",
@@ -113,7 +113,7 @@ def splits_sha256(splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> str:
 
 def load_for_config(config: RunConfig) -> DigitDataset:
     """The dataset a config names, cut to ``config.limit`` rows when asked."""
-    from .data import load
+    from digitcnn.datasets.base import load
 
     dataset = load(config.dataset, config.data_dir, split=config.split, verify=config.verify)
     if dataset.labels is None:
@@ -129,7 +129,7 @@ def load_for_config(config: RunConfig) -> DigitDataset:
 
 def load_extra_training(config: RunConfig, dataset: DigitDataset) -> DigitDataset | None:
     """The ``--add-train-images`` set, checked to fit ``dataset``; None when not asked for."""
-    from .data import load
+    from digitcnn.datasets.base import load
 
     if config.add_train_images is None:
         return None
@@ -151,7 +151,7 @@ def load_extra_training(config: RunConfig, dataset: DigitDataset) -> DigitDatase
 def _fold_scaler(config: RunConfig, train_images: torch.Tensor, max_value: int,
                  global_scaler: Scaler | None) -> Scaler:
     # Statistics come from this fold's training rows only, unless S5's leak is asked for.
-    from .scaling import fit_scaler
+    from digitcnn.training.scaling import fit_scaler
 
     return global_scaler or fit_scaler(config.scaler, train_images, max_value)
 
@@ -181,7 +181,7 @@ def device_tensors(config: RunConfig, scaler: Scaler, train_images: torch.Tensor
     statistics, in the memory format ``config`` asks for."""
     import torch
 
-    from . import engine
+    from digitcnn.training import loop as engine
 
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     return engine.FoldTensors(
@@ -199,7 +199,7 @@ def model_options(config: RunConfig) -> dict:
 def check_model(config: RunConfig, dataset: DigitDataset) -> None:
     """Build the run's model once, so that an unknown name, a bad option or an input too small
     for it fails before anything is written."""
-    from .models import create_model
+    from digitcnn.models import create_model
 
     create_model(config.model, dataset.input_shape, len(dataset.classes), init=config.init,
                  **model_options(config))
@@ -265,10 +265,10 @@ def train_model(config: RunConfig, data: engine.FoldTensors, input_shape: tuple[
                 model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, engine.FitOutcome]:
     """One fold's training, as :func:`run_fold` does it: seed ``seed``, build a fresh
     ``config.model`` for ``input_shape`` (C, H, W) (or train ``model`` further), then
-    :func:`digitcnn.engine.fit` under the precision ``config`` resolves to on ``device``.
+    :func:`digitcnn.training.loop.fit` under the precision ``config`` resolves to on ``device``.
     Returns the trained model and the fit's outcome."""
-    from . import engine
-    from .models import create_model
+    from digitcnn.training import loop as engine
+    from digitcnn.models import create_model
 
     seed_everything(seed)  # initialisation and dropout
     generator = fold_generator(seed, device)  # batch order and augmentation
@@ -284,7 +284,7 @@ def train_model(config: RunConfig, data: engine.FoldTensors, input_shape: tuple[
 
 def save_fold_model(model, out_dir: Path, dataset: DigitDataset, config: RunConfig,
                     scaler: Scaler, result: FoldResult) -> Path:
-    from .checkpoint import save_model
+    from digitcnn.checkpoint import save_model
 
     meta = {"model": config.model, "input_shape": list(dataset.input_shape),
             "num_classes": len(dataset.classes), "classes": list(dataset.classes),
@@ -303,7 +303,7 @@ def run_folds_parallel(dataset: DigitDataset, config: RunConfig,
                        extra: DigitDataset | None = None,
                        out_dir: Path | None = None) -> list[FoldResult]:
     """Train the ``pending`` (fold, train_rows, val_rows) together as one fold-batched model
-    (see digitcnn.parallel).
+    (see digitcnn.training.parallel).
 
     Each fold's model is built from its own seed exactly as in sequential mode, and its
     batches come in the same order; what differs is that dropout and augmentation draws come
@@ -312,8 +312,8 @@ def run_folds_parallel(dataset: DigitDataset, config: RunConfig,
     """
     import torch
 
-    from .models import create_model
-    from .parallel import StackedFolds, fit_parallel
+    from digitcnn.models import create_model
+    from digitcnn.training.parallel import StackedFolds, fit_parallel
 
     started = time.perf_counter()
     images, labels = dataset.images, dataset.labels
@@ -441,7 +441,7 @@ def run_folds_in_processes(dataset: DigitDataset, config: RunConfig,
 
 def _start_run_folder(out_dir: Path, config: RunConfig, fingerprint: str, versions: dict,
                       splits, resume: bool, command: str) -> None:
-    """Check ``out_dir`` (see :func:`digitcnn.rundir.check_out_dir`) and write config.json and
+    """Check ``out_dir`` (see :func:`digitcnn.reporting.rundir.check_out_dir`) and write config.json and
     splits.json; a resumed run keeps its own, which must describe the same folds."""
     # a sweep resumed before some of its cells began: those start afresh
     resume = resume and inspect_folder(out_dir).kind not in ("absent", "empty")
@@ -502,7 +502,7 @@ def plan_run(dataset: DigitDataset, config: RunConfig, out_dir: str | Path | Non
              resume: bool = False, command: str = "digitcnn.kfold") -> RunPlan:
     """Split ``dataset`` and validate the run; start ``out_dir`` (when given: config.json and
     splits.json) and, with ``resume``, collect the folds already finished there."""
-    from .scaling import fit_scaler
+    from digitcnn.training.scaling import fit_scaler
 
     if dataset.labels is None:
         raise DataError(f"{dataset.name}: the dataset has no labels; K-fold needs labelled rows")
@@ -558,7 +558,7 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
         resume: reuse the folds already finished in ``out_dir`` instead of training them again.
         command: the CLI recorded in ``config.json`` as the run's maker; only it resumes the run.
         executor: where the folds train: None on this machine, or a
-            :class:`digitcnn.distributed.RayExecutor` (one Ray task per fold).
+            :class:`digitcnn.cv.distributed.RayExecutor` (one Ray task per fold).
     """
     if executor is not None:
         return executor.run_kfold(dataset, config, out_dir, resume, command)
@@ -567,7 +567,7 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
     # is drawn only when stderr is a terminal, which a notebook's is not
     from tqdm import tqdm
 
-    from .parallel import supports_parallel
+    from digitcnn.training.parallel import supports_parallel
 
     configure_determinism(config.deterministic)
     device = select_device(config.device)
@@ -648,7 +648,7 @@ def resume_config(run_dir: str | Path, given: RunConfig | dict | None = None) ->
     """The config stored in ``run_dir/config.json``, with ``out`` pointing at ``run_dir``.
 
     ``given``: the settings of the resuming command line (see
-    :func:`digitcnn.rundir.given_settings`). Those that change only how the run is shown
+    :func:`digitcnn.reporting.rundir.given_settings`). Those that change only how the run is shown
     (``PRESENTATION_KEYS``) replace the stored ones; any other that differs is refused. A
     RunConfig passes on only its ``quiet``.
     """
@@ -710,7 +710,7 @@ def run_from_cli(config: RunConfig, prog: str, command: str, resume: bool = Fals
     (lock, ``--overwrite``), train (``executor``: see :func:`run_kfold`), write the final
     files. SIGTERM and Ctrl-C leave the finished folds and one line on how to resume; returns
     the exit status."""
-    from .distributed import connected, executor_flags
+    from digitcnn.cv.distributed import connected, executor_flags
 
     out = Path(config.out) if config.out else default_out_dir(config)
     with sigterm_as_interrupt() as received:
@@ -745,7 +745,7 @@ def run_from_cli(config: RunConfig, prog: str, command: str, resume: bool = Fals
 @cli_entry("digitcnn.kfold")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.kfold``: a K-fold run from flags and/or a TOML config."""
-    from .distributed import EXECUTOR_ARGUMENTS, executor_from_args
+    from digitcnn.cv.distributed import EXECUTOR_ARGUMENTS, executor_from_args
 
     prog = "python -m digitcnn.kfold"
     flags = [*RUN_FLAGS, *EXECUTOR_ARGUMENTS]
@@ -768,8 +768,8 @@ def finish_run(result: KFoldResult, out: Path, config: RunConfig, dataset: Digit
 
     At a terminal the report (evaluation.json, the plots, report.html) is drawn in the
     background after metrics.json, so the person gets the prompt back at once; elsewhere (or
-    with ``$DIGITCNN_REPORT``) see :func:`digitcnn.report.report_in_background`."""
-    from .report import REPORT_LOG, report_in_background
+    with ``$DIGITCNN_REPORT``) see :func:`digitcnn.reporting.report.report_in_background`."""
+    from digitcnn.reporting.report import REPORT_LOG, report_in_background
 
     background = report_in_background()
     result.write_final(out, plots=config.plots, images=dataset.images, background=background)

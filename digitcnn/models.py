@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import ModelError
+from digitcnn.errors import ModelError
 
 
 def main(argv=None) -> int:
@@ -506,7 +506,7 @@ def digitnet(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.2,
             layers += _conv_bn_relu(channels, out_channels)
             channels = out_channels
     # Global average pooling as a plain AvgPool2d over the whole final map, a layer that
-    # fold-batched training (digitcnn.parallel) runs unchanged on K folds' channels.
+    # fold-batched training (digitcnn.training.parallel) runs unchanged on K folds' channels.
     layers += [nn.AvgPool2d((map_height, map_width)), nn.Flatten(), Dropout(dropout),
                nn.Linear(channels, num_classes), nn.LogSoftmax(dim=1)]
     return nn.Sequential(*layers).to(memory_format=torch.channels_last)

@@ -13,7 +13,7 @@ directory run with ``--save-models``, whose fold models' probabilities are avera
   these give ``file,label,probability`` rows.
 
 A model trained on UCI optdigits (8x8 inputs) reads 28x28 digits (pictures, MNIST, Kaggle; not
-a .npy array, taken as it is) in optdigits' form (:func:`digitcnn.images.optdigits_images`), as
+a .npy array, taken as it is) in optdigits' form (:func:`digitcnn.datasets.images.optdigits_images`), as
 ``python -m digitcnn.board`` does.
 
 ``--labels FILE`` (a CSV with a ``Label`` column, or ``.npy``) supplies true labels for an
@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .config import OneLineParser
-from .errors import CheckpointError, ConfigError, DataError, cli_entry, warnings_as_lines
-from .results import atomic_write_text
-from .runtime import select_device
+from digitcnn.config import OneLineParser
+from digitcnn.errors import CheckpointError, ConfigError, DataError, cli_entry, warnings_as_lines
+from digitcnn.results import atomic_write_text
+from digitcnn.training.runtime import select_device
 
 if TYPE_CHECKING:  # torch is imported where it is used: --help answers without it
     import torch
 
-    from .checkpoint import SavedModel
+    from digitcnn.checkpoint import SavedModel
 
 __all__ = ["PredictionInput", "read_input", "read_labels", "load_models",
            "ensemble_probabilities", "Predictions", "predict", "model_images", "main",
@@ -166,7 +166,7 @@ def _from_array(array: np.ndarray, path: Path) -> torch.Tensor:
 def _unlabelled_images(paths: list[Path], names: list[str]) -> PredictionInput:
     import torch
 
-    from .images import mnist_style, open_image
+    from digitcnn.datasets.images import mnist_style, open_image
 
     pictures = []
     for path in paths:
@@ -181,14 +181,14 @@ def _unlabelled_images(paths: list[Path], names: list[str]) -> PredictionInput:
 
 def read_input(path: str | Path) -> PredictionInput:
     """Read what ``--input`` names; see the module docstring for the accepted kinds."""
-    from .images import IMAGE_SUFFIXES
+    from digitcnn.datasets.images import IMAGE_SUFFIXES
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder; pass a Kaggle CSV, an image folder, an "
                         "image or a .npy file to --input")
     if path.is_file() and path.suffix.lower() == ".csv":
-        from .kaggle import load_kaggle
+        from digitcnn.datasets.kaggle import load_kaggle
 
         dataset = load_kaggle(path)
         return PredictionInput(dataset.images, dataset.labels,
@@ -201,10 +201,10 @@ def read_input(path: str | Path) -> PredictionInput:
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         return _unlabelled_images([path], [path.name])
     if path.is_dir():
-        from .mnist import _locate_idx_files
+        from digitcnn.datasets.mnist import _locate_idx_files
 
         if _locate_idx_files(path) is not None:
-            from .mnist import load_mnist
+            from digitcnn.datasets.mnist import load_mnist
 
             dataset = load_mnist(path)
             return PredictionInput(dataset.images, dataset.labels,
@@ -212,7 +212,7 @@ def read_input(path: str | Path) -> PredictionInput:
         top_level = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if top_level and not (path / "labels.csv").exists():
             return _unlabelled_images(top_level, [p.name for p in top_level])
-        from .images import load_images
+        from digitcnn.datasets.images import load_images
 
         dataset = load_images(path)
         return PredictionInput(dataset.images, dataset.labels, list(dataset.files))
@@ -260,7 +260,7 @@ def _npy_labels(path: Path, count: int) -> np.ndarray:
 
 
 def _csv_labels(path: Path) -> np.ndarray:
-    from .data import read_first_line
+    from digitcnn.datasets.base import read_first_line
 
     size = path.stat().st_size
     if size == 0:
@@ -302,7 +302,7 @@ def _csv_labels(path: Path) -> np.ndarray:
 
 def load_models(path: str | Path) -> list[SavedModel]:
     """One saved model, or every fold model of a K-fold run directory."""
-    from .checkpoint import find_saved_models, load_model
+    from digitcnn.checkpoint import find_saved_models, load_model
 
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
@@ -321,7 +321,7 @@ def ensemble_probabilities(models: Sequence[SavedModel], images: torch.Tensor, *
     mixture the ensemble stands for."""
     import torch
 
-    from .augment import PRESETS
+    from digitcnn.training.augment import PRESETS
 
     check_tta(tta)
     generator = torch.Generator().manual_seed(seed)
@@ -351,11 +351,11 @@ def check_tta(tta: int) -> None:
 
 def model_images(inputs: PredictionInput, input_shape: Sequence[int]) -> torch.Tensor:
     """The inputs' images as models of ``input_shape`` read them: 28x28 digits in UCI optdigits'
-    form (:func:`digitcnn.images.optdigits_images`) for an 8x8 model, unless they came as an
+    form (:func:`digitcnn.datasets.images.optdigits_images`) for an 8x8 model, unless they came as an
     array (``as_given``); else unchanged."""
     if tuple(input_shape) == (1, 8, 8) and tuple(inputs.images.shape[1:]) == (1, 28, 28) \
             and not inputs.as_given:
-        from .images import optdigits_images
+        from digitcnn.datasets.images import optdigits_images
 
         return optdigits_images(inputs.images)
     return inputs.images

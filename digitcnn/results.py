@@ -5,7 +5,7 @@ A run directory holds ``config.json``, ``splits.json``, the folds, ``folds.csv``
 (``evaluation.json``, the plots and, last, ``report.html``) is drawn after it. Every file is
 written to a temporary name in the same directory and renamed into place, so a crash or
 Ctrl-C never leaves a half-written file behind. Which folders a run may write, and the lock
-that keeps two runs out of one folder, are in :mod:`digitcnn.rundir`.
+that keeps two runs out of one folder, are in :mod:`digitcnn.reporting.rundir`.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, OutputError
-from .metrics import ConfusionAccumulator, mean_std
-from .rundir import check_out_dir, os_error_text, read_json
+from digitcnn.errors import ConfigError, OutputError
+from digitcnn.metrics import ConfusionAccumulator, mean_std
+from digitcnn.reporting.rundir import check_out_dir, os_error_text, read_json
 
 __all__ = ["FoldResult", "KFoldResult", "atomic_write_text", "atomic_write_bytes",
            "write_json", "write_run_start", "write_fold", "read_fold", "fold_path", "out_of_fold",
@@ -274,7 +274,7 @@ class KFoldResult:
         """Write the whole run directory: the results, ``metrics.json``, then the report.
         Returns the directory.
 
-        ``directory`` must be new or empty (see :func:`digitcnn.rundir.check_out_dir`).
+        ``directory`` must be new or empty (see :func:`digitcnn.reporting.rundir.check_out_dir`).
         """
         directory = Path(directory)
         check_out_dir(directory)
@@ -291,12 +291,12 @@ class KFoldResult:
     def write_final(self, directory: str | os.PathLike, plots: bool = True,
                     images=None, background: bool = False) -> Path:
         """``oof.npz``, ``folds.csv`` and ``metrics.json`` (a finished run), then the report:
-        ``evaluation.json``, the plots and, last, ``report.html`` (see :mod:`digitcnn.report`).
+        ``evaluation.json``, the plots and, last, ``report.html`` (see :mod:`digitcnn.reporting.report`).
 
         ``images``: the dataset's raw uint8 (N, 1, H, W) images (tensor or array, indexed like
         the dataset rows) for the grid of misclassified digits; without them it is left out.
         ``background``: draw the report in a background process and return at once (see
-        :func:`digitcnn.report.start_report`); the metrics are on disk before it starts, so a
+        :func:`digitcnn.reporting.report.start_report`); the metrics are on disk before it starts, so a
         report that fails to draw never loses them.
         """
         directory = Path(directory)
@@ -307,7 +307,7 @@ class KFoldResult:
             atomic_write_bytes(directory / "oof.npz", buffer.getvalue())
         atomic_write_text(directory / "folds.csv", self.folds_csv())
         write_json(directory / "metrics.json", self.metrics())
-        from .report import start_report, write_run_report
+        from digitcnn.reporting.report import start_report, write_run_report
 
         if background:
             start_report(self, directory, oof, plots=plots, images=images)

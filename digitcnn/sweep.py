@@ -56,12 +56,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import RunConfig, config_from_args, field_kind, typed_setting, typed_settings
-from .distributed import EXECUTOR_ARGUMENTS
-from .errors import ConfigError, cli_entry
-from .report import flag_text
-from .results import atomic_write_text, write_json
-from .rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings, read_json,
+from digitcnn.config import RunConfig, config_from_args, field_kind, typed_setting, typed_settings
+from digitcnn.cv.distributed import EXECUTOR_ARGUMENTS
+from digitcnn.errors import ConfigError, cli_entry
+from digitcnn.reporting.report import flag_text
+from digitcnn.results import atomic_write_text, write_json
+from digitcnn.reporting.rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings, read_json,
                      refuse_changed_settings, sigterm_as_interrupt)
 
 if sys.version_info >= (3, 11):
@@ -347,7 +347,7 @@ def _load_key(config: RunConfig) -> tuple:
 
 
 def _datasets(cells: Sequence[Cell]) -> dict:
-    from .kfold import load_quietly
+    from digitcnn.kfold import load_quietly
 
     loaded: dict = {}
     for cell in cells:
@@ -368,7 +368,7 @@ def _rows_sha256(dataset) -> str:
 def _common_splits(cells: Sequence[Cell], datasets: dict) -> str:
     """The one splits_sha256 of all cells, or a ConfigError naming two cells that differ in
     their folds or in the rows those folds index."""
-    from .kfold import make_splits, splits_sha256
+    from digitcnn.kfold import make_splits, splits_sha256
 
     first = None
     for cell in cells:
@@ -401,10 +401,10 @@ def run_sweep(cells: Sequence[Cell], out: str | Path, resume: bool = False,
     finished folds), then write the sweep's tables and figure. Returns the cell summaries.
 
     ``executor``: None runs the cells one after another on this machine; a
-    :class:`digitcnn.distributed.RayExecutor` runs the folds of all cells at once as Ray
+    :class:`digitcnn.cv.distributed.RayExecutor` runs the folds of all cells at once as Ray
     tasks, and each cell's files are written as its last fold ends.
     """
-    from .kfold import check_model, run_kfold
+    from digitcnn.kfold import check_model, run_kfold
 
     out = Path(out)
     datasets = _datasets(cells)
@@ -584,12 +584,12 @@ def write_sweep_outputs(out: Path, cells: Sequence[Cell], summaries: Sequence[di
                                 _number(c["p"]), _number(c["n_train"]), _number(c["n_test"])])
     atomic_write_text(out / "comparisons.csv", _csv(comparison_rows))
     if plots:
-        from .plots import plot_sweep
+        from digitcnn.reporting.plots import plot_sweep
 
         plot_sweep([c.name for c in cells], [s["fold_accuracy"] for s in summaries],
                    [s["accuracy"] for s in summaries], best, out / "sweep.png",
                    _title(cells, folds))
-    # written last: a sweep folder with sweep.md is a finished sweep (see digitcnn.rundir)
+    # written last: a sweep folder with sweep.md is a finished sweep (see digitcnn.reporting.rundir)
     atomic_write_text(out / "sweep.md", _markdown(cells, summaries, best, comparisons))
 
 
@@ -625,14 +625,14 @@ def _markdown(cells, summaries, best, comparisons) -> str:
 
 def default_sweep_dir(config: RunConfig, root: str | Path = "results") -> Path:
     """``results/sweep-<dataset>-<model>-<UTC timestamp>``, never an existing folder."""
-    from .kfold import default_out_dir
+    from digitcnn.kfold import default_out_dir
 
     return default_out_dir(config, root, prefix="sweep-")
 
 
 def stored_cells(out: str | Path, quiet: bool | None = None, **shown) -> list[Cell]:
     """The cells of the sweep in ``out`` (its ``sweep.json``), for ``--resume``; ``quiet`` and
-    ``shown`` (presentation settings, see :data:`digitcnn.rundir.PRESENTATION_KEYS`) replace
+    ``shown`` (presentation settings, see :data:`digitcnn.reporting.rundir.PRESENTATION_KEYS`) replace
     the stored ones."""
     path = Path(out) / "sweep.json"
     if not path.is_file():
@@ -723,7 +723,7 @@ def _resumed_cells(argv: Sequence[str], out: Path, overwrite: bool,
 @cli_entry("digitcnn.sweep")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.sweep``: K-fold runs over a grid of settings, compared."""
-    from .distributed import connected, executor_flags, executor_from_argv
+    from digitcnn.cv.distributed import connected, executor_flags, executor_from_argv
 
     argv = list(sys.argv[1:] if argv is None else argv)
     with sigterm_as_interrupt() as received:

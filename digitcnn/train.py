@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from .config import config_from_args
-from .errors import cli_entry
-from .kfold import RUN_FLAGS, resumed_config, run_from_cli
+from digitcnn.config import config_from_args
+from digitcnn.errors import cli_entry
+from digitcnn.kfold import RUN_FLAGS, resumed_config, run_from_cli
 
 __all__ = ["main"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 # cuBLAS reads this when CUDA starts; tests that ask for --deterministic may not be the first
-# to touch the GPU in the session (digitcnn.runtime.configure_determinism sets it for a run).
+# to touch the GPU in the session (digitcnn.training.runtime.configure_determinism sets it for a run).
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from digitcnn import engine
-from digitcnn.augment import PRESETS, Augmentation, augmentation_from_preset
+from digitcnn.training import loop as engine
+from digitcnn.training.augment import PRESETS, Augmentation, augmentation_from_preset
 from digitcnn.config import RunConfig
 from digitcnn.errors import ConfigError
 from digitcnn.models import create_model
-from digitcnn.scaling import fit_scaler
+from digitcnn.training.scaling import fit_scaler
 
 from conftest import synthetic_optdigits
 

@@ -134,7 +134,7 @@ def test_every_asset_is_package_data():
 
 
 def test_predict_answers_with_probabilities_and_the_image_seen(board):
-    from digitcnn.images import mnist_style
+    from digitcnn.datasets.images import mnist_style
 
     answer = client_for(board).post("/api/predict", content=drawing_png(a_digit()), headers=PNG)
     assert answer.status_code == 200
@@ -194,7 +194,7 @@ def test_save_refuses_a_digit_that_is_not_a_class(board, digit):
 
 
 def test_save_writes_a_png_the_images_adapter_reads_back(board):
-    from digitcnn.images import load_images
+    from digitcnn.datasets.images import load_images
 
     client = client_for(board)
     png = drawing_png(a_digit())
@@ -468,7 +468,7 @@ def test_drawing_in_chromium(mnist_model, tmp_path):
     playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     from PIL import Image
 
-    from digitcnn.images import load_images
+    from digitcnn.datasets.images import load_images
 
     model, images, labels = mnist_model
     save_dir = tmp_path / "my-digits"

@@ -12,10 +12,10 @@ import torch
 from digitcnn import kfold
 from digitcnn.checkpoint import find_saved_models, load_model, save_model
 from digitcnn.config import RunConfig
-from digitcnn.data import DigitDataset
+from digitcnn.datasets.base import DigitDataset
 from digitcnn.errors import CheckpointError
 from digitcnn.models import create_model
-from digitcnn.scaling import fit_scaler
+from digitcnn.training.scaling import fit_scaler
 
 from conftest import synthetic_optdigits
 

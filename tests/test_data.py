@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import digitcnn
-from digitcnn import data
+from digitcnn.datasets import base as data
 from digitcnn.errors import DataError
 
 from conftest import real_data, synthetic_optdigits, write_table

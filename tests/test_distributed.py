@@ -26,7 +26,7 @@ ray = pytest.importorskip("ray")
 
 from digitcnn import kfold, sweep  # noqa: E402
 from digitcnn.config import RunConfig  # noqa: E402
-from digitcnn.distributed import KILL_WORKER_MARKER, RayExecutor  # noqa: E402
+from digitcnn.cv.distributed import KILL_WORKER_MARKER, RayExecutor  # noqa: E402
 from digitcnn.errors import ConfigError, ModelError  # noqa: E402
 
 from conftest import REPO_ROOT, synthetic_optdigits, write_table  # noqa: E402

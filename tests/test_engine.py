@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from digitcnn import engine
+from digitcnn.training import loop as engine
 from digitcnn.config import RunConfig
 from digitcnn.models import create_model
-from digitcnn.scaling import fit_scaler
+from digitcnn.training.scaling import fit_scaler
 
 from conftest import synthetic_optdigits
 

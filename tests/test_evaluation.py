@@ -1,4 +1,4 @@
-"""digitcnn.evaluation against scikit-learn, number by number, on random and trained predictions."""
+"""digitcnn.reporting.evaluation against scikit-learn, number by number, on random and trained predictions."""
 import json
 import warnings
 
@@ -13,7 +13,7 @@ from sklearn.preprocessing import label_binarize
 import digitcnn
 from digitcnn import kfold
 from digitcnn.errors import DataError
-from digitcnn.evaluation import evaluate_predictions, evaluate_run, probabilities, without_curves
+from digitcnn.reporting.evaluation import evaluate_predictions, evaluate_run, probabilities, without_curves
 from digitcnn.results import write_json
 
 C = 10

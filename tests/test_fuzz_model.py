@@ -61,7 +61,7 @@ def _fuzz(folder: Path) -> dict:
     from digitcnn.checkpoint import load_model, save_model
     from digitcnn.errors import DigitCNNError
     from digitcnn.models import create_model
-    from digitcnn.scaling import fit_scaler
+    from digitcnn.training.scaling import fit_scaler
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

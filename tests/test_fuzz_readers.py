@@ -159,7 +159,7 @@ def kaggle_lines(rows: int = 3) -> list[str]:
 @examples(120)
 @given(st.data())
 def test_fuzzed_kaggle_csv(data):
-    from digitcnn.kaggle import load_kaggle
+    from digitcnn.datasets.kaggle import load_kaggle
 
     lines = data.draw(text_edits(kaggle_lines(), 1, ["256", "300", "999", "-1", "10", "-0"]))
     raw = data.draw(byte_edits(("\n".join(lines) + "\n").encode()))
@@ -185,7 +185,7 @@ def uci_lines(rows: int = 6) -> list[str]:
 @examples(120)
 @given(st.data())
 def test_fuzzed_uci_file(data):
-    from digitcnn.data import load_uci
+    from digitcnn.datasets.base import load_uci
 
     lines = data.draw(text_edits(uci_lines(), 0, ["17", "99", "-1", "10", "255", "256"]))
     raw = data.draw(byte_edits(("\n".join(lines) + "\n").encode()))
@@ -227,7 +227,7 @@ def reference_idx(stored: bytes, magic: int) -> np.ndarray | None:
 @examples(80)
 @given(st.data())
 def test_fuzzed_idx_files(data):
-    from digitcnn.mnist import load_mnist
+    from digitcnn.datasets.mnist import load_mnist
 
     rng = np.random.default_rng(2)
     count = 4
@@ -264,7 +264,7 @@ def image_folder(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
     """Three drawn digits, and each one's MNIST-style array."""
     from PIL import Image, ImageDraw
 
-    from digitcnn.images import mnist_style
+    from digitcnn.datasets.images import mnist_style
 
     folder = tmp_path_factory.mktemp("labelled")
     expected = {}
@@ -304,7 +304,7 @@ def reference_labels_csv(raw: bytes) -> list[tuple[str, int]] | None:
 @examples(60)
 @given(data=st.data())
 def test_fuzzed_labels_csv(image_folder, data):
-    from digitcnn.images import load_images
+    from digitcnn.datasets.images import load_images
 
     folder, expected = image_folder
     base = ["file,label", "a.png,3", "b.png,1", "sub/c.png,7"]

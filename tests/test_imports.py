@@ -98,7 +98,7 @@ def test_evaluating_a_run_imports_neither_torchmetrics_nor_dynamo():
     # torch._dynamo and its exit hooks) would cost seconds of a run that trained for seconds
     loaded = modules_after(
         "import numpy as np\n"
-        "from digitcnn.evaluation import evaluate_run\n"
+        "from digitcnn.reporting.evaluation import evaluate_run\n"
         "rng = np.random.default_rng(0)\n"
         "logits = rng.normal(size=(60, 10))\n"
         "log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))\n"

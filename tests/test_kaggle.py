@@ -12,8 +12,8 @@ import torch
 
 import digitcnn
 from conftest import real_data
-from digitcnn import kaggle
-from digitcnn.data import cache_dir
+from digitcnn.datasets import kaggle
+from digitcnn.datasets.base import cache_dir
 from digitcnn.errors import DataError
 
 # Built here from the format's description rather than taken from the module under test.
@@ -364,7 +364,7 @@ def test_gzip_named_csv_is_one_line_on_the_command_line(tmp_path):
 
 def test_a_bad_value_far_into_a_large_file_names_its_line(tmp_path):
     """The file is read in blocks: line numbers and values must carry across them."""
-    from digitcnn import data as data_module
+    from digitcnn.datasets import base as data_module
 
     pixels, labels = synthetic_rows(3000, seed=6)
     lines = csv_lines(pixels, labels)

@@ -9,10 +9,11 @@ import torch
 from sklearn.model_selection import KFold
 
 import digitcnn
-from digitcnn import engine, kfold, scaling
+from digitcnn import kfold
+from digitcnn.training import loop as engine, scaling
 from digitcnn.errors import ConfigError
 from digitcnn.results import TIMING_KEYS
-from digitcnn.runtime import select_device
+from digitcnn.training.runtime import select_device
 
 from conftest import REPO_ROOT, real_data, write_table, synthetic_optdigits
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import digitcnn
-from digitcnn import data
+from digitcnn.datasets import base as data
 from digitcnn.errors import DataError
-from digitcnn.mnist import IMAGES_MAGIC, LABELS_MAGIC, load_mnist
+from digitcnn.datasets.mnist import IMAGES_MAGIC, LABELS_MAGIC, load_mnist
 
 from conftest import real_data
 

@@ -277,7 +277,7 @@ def test_digitnet_channels_last_changes_speed_not_results():
 
 @pytest.mark.parametrize("name", LIBRARY_MODELS)
 def test_fold_batched_model_is_its_folds_side_by_side(name):
-    """digitcnn.parallel trains K folds as one model of grouped convolutions and batched
+    """digitcnn.training.parallel trains K folds as one model of grouped convolutions and batched
     matrix products: forward, gradients and BatchNorm statistics are each fold's own."""
     from digitcnn.models import fold_state, load_fold_state, stack_folds
 

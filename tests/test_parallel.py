@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import digitcnn
-from digitcnn import kfold, scaling
-from digitcnn.parallel import StackedFolds, epoch_plan
+from digitcnn import kfold
+from digitcnn.training import scaling
+from digitcnn.training.parallel import StackedFolds, epoch_plan
 
 from conftest import real_data
 

@@ -235,7 +235,7 @@ def test_huge_tta_is_refused_at_once(tmp_path):
 
 def test_tta_views_are_averaged_one_at_a_time(tmp_path):
     """The running sum equals the mean of the views made up front (the old way)."""
-    from digitcnn.augment import PRESETS
+    from digitcnn.training.augment import PRESETS
 
     save_mnist_sized_model(tmp_path / "m.safetensors")
     model = load_model(tmp_path / "m.json")

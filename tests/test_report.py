@@ -11,10 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from digitcnn import kfold, report, train
+from digitcnn import kfold, train
+from digitcnn.reporting import report
 from digitcnn.errors import DataError
-from digitcnn.plots import plot_misclassified, plot_training_curves
-from digitcnn.report import FIGURE_CAPTIONS
+from digitcnn.reporting.plots import plot_misclassified, plot_training_curves
+from digitcnn.reporting.report import FIGURE_CAPTIONS
 
 from conftest import REPO_ROOT
 
@@ -178,7 +179,7 @@ def test_background_report_failure_keeps_metrics_and_says_why(optdigits_dir, tmp
     process = report.start_report(result, out, result.out_of_fold(), images=dataset.images)
     assert process.wait(timeout=300) != 0
     log = (out / "report.log").read_text()
-    assert f"digitcnn.report: the report of {out} could not be drawn" in log
+    assert f"digitcnn.reporting.report: the report of {out} could not be drawn" in log
     assert "metrics.json and the other results are complete" in log
     assert (out / "confusion.png").is_file()  # figures drawn before the failure are whole
 

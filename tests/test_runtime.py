@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from digitcnn import runtime
+from digitcnn.training import runtime
 from digitcnn.errors import ConfigError
 
 CPU = torch.device("cpu")

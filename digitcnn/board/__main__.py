@@ -1,5 +1,5 @@
 import sys
 
-from .server import main
+from digitcnn.board.server import main
 
 sys.exit(main())

@@ -17,12 +17,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from ..config import OneLineParser
-from ..errors import CheckpointError, ConfigError, DataError, DigitCNNError, cli_entry, one_line
+from digitcnn.config import OneLineParser
+from digitcnn.errors import CheckpointError, ConfigError, DataError, DigitCNNError, cli_entry, one_line
 
 if TYPE_CHECKING:
-    from ..checkpoint import SavedModel
-    from ..predict import PredictionInput
+    from digitcnn.checkpoint import SavedModel
+    from digitcnn.predict import PredictionInput
 
 __all__ = ["Board", "BoardRequestError", "create_app", "main", "MAX_BODY_BYTES", "MAX_SIDE",
            "DEFAULT_SAVE_DIR", "INSTALL_HINT"]
@@ -62,11 +62,11 @@ def check_png(body: bytes) -> None:
 
 def decode_png(body: bytes):
     """The drawing as a PIL image, decoded as ``digitcnn.predict`` decodes an image file
-    (:func:`digitcnn.images.open_image`), once the header says it is a PNG of at most MAX_SIDE
+    (:func:`digitcnn.datasets.images.open_image`), once the header says it is a PNG of at most MAX_SIDE
     pixels a side."""
     from PIL import Image, UnidentifiedImageError
 
-    from ..images import open_image
+    from digitcnn.datasets.images import open_image
 
     check_png(body)
     try:
@@ -116,8 +116,8 @@ class Board:
     def from_path(cls, model: str | Path, save_dir: str | Path = DEFAULT_SAVE_DIR,
                   device: str = "cpu") -> "Board":
         """Load a saved model or a K-fold run (its fold ensemble), refusing a missing path."""
-        from ..predict import load_models
-        from ..runtime import select_device
+        from digitcnn.predict import load_models
+        from digitcnn.training.runtime import select_device
 
         path = Path(model)
         if not path.exists():
@@ -139,11 +139,11 @@ class Board:
 
     def read(self, body: bytes) -> PredictionInput:
         """The PNG ``body`` as ``digitcnn.predict`` reads an image file: decoded, then
-        :func:`~digitcnn.images.mnist_style` (uint8 (1, 1, 28, 28))."""
+        :func:`~digitcnn.datasets.images.mnist_style` (uint8 (1, 1, 28, 28))."""
         import torch
 
-        from ..images import mnist_style
-        from ..predict import PredictionInput
+        from digitcnn.datasets.images import mnist_style
+        from digitcnn.predict import PredictionInput
 
         picture = decode_png(body)
         try:
@@ -155,7 +155,7 @@ class Board:
     def classify(self, body: bytes) -> dict:
         """The answer the page shows: the probabilities ``digitcnn.predict`` gives the same PNG,
         the top class, and the image the model saw (28x28, or 8x8 for a UCI model)."""
-        from ..predict import model_images, predict
+        from digitcnn.predict import model_images, predict
 
         inputs = self.read(body)
         try:
@@ -187,7 +187,7 @@ class Board:
         The name is the server's (UTC time and a random suffix), never the request's; the bytes
         are the drawing as sent, once it decodes as a PNG with ink on it.
         """
-        from ..results import atomic_write_bytes
+        from digitcnn.results import atomic_write_bytes
 
         if digit not in self.classes:
             raise BoardRequestError(400, f"digit {digit!r} is not one of the model's classes "

@@ -3,7 +3,7 @@
 Kaggle's files are MNIST's 28x28 digits as CSV: ``train.csv`` has a header ``label,pixel0,...,
 pixel783`` and 42,000 rows, ``test.csv`` the same without ``label`` and 28,000 rows. Column
 ``pixelX`` with X = i*28 + j is row i, column j of the image; values are 0..255, ink high, so
-they map onto :class:`~digitcnn.data.DigitDataset`'s convention unchanged.
+they map onto :class:`~digitcnn.datasets.base.DigitDataset`'s convention unchanged.
 
 Kaggle serves the files only to a logged-in user who accepted the competition's rules, so
 there is no download here: the files come from ``data_dir`` or the cache.
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import SPLITS, DigitDataset, cache_dir, read_first_line, read_int_csv, sha256_of
-from .errors import DataError
+from digitcnn.datasets.base import SPLITS, DigitDataset, cache_dir, read_first_line, read_int_csv, sha256_of
+from digitcnn.errors import DataError
 
 __all__ = ["load_kaggle", "KAGGLE_FILES", "KAGGLE_SIDE", "KAGGLE_MAX", "PIXEL_COLUMNS",
            "TRAIN_COLUMNS", "KAGGLE_HOW_TO_GET", "CONTAMINATION_WARNING"]

@@ -5,7 +5,7 @@ launches and Python) and a CPU's cores no better (tiny matrix products). Here th
 models, each built from its own seed as in sequential mode, are stacked into one model
 (:func:`digitcnn.models.stack_folds`): grouped convolutions with K groups, BatchNorm over K*C
 channels, batched matrix products for the linear layers. One step trains all folds with the
-kernels of one model, and :func:`digitcnn.engine.fit_folds`, the epoch loop sequential mode
+kernels of one model, and :func:`digitcnn.training.loop.fit_folds`, the epoch loop sequential mode
 uses too, drives it.
 
 What stays per fold:
@@ -15,7 +15,7 @@ What stays per fold:
 * initialisation: each fold's model is built with its seed, then its weights are stacked;
 * optimizer state: one (fused) optimizer over the stacked tensors is K independent
   optimizers, because Adam, AdamW, SGD and RMSprop act elementwise;
-* learning rate, schedule and early stopping: see :func:`digitcnn.engine.fit_folds`;
+* learning rate, schedule and early stopping: see :func:`digitcnn.training.loop.fit_folds`;
 * BatchNorm statistics and dropout masks: per channel, hence per fold, and per element.
 
 Batches have static shapes: every step but an epoch's last has (K, batch) rows; the last has
@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import Augmentation
-from .engine import (EpochRecord, Evaluation, FitOutcome, epoch_order, fit_folds,
+from digitcnn.training.augment import Augmentation
+from digitcnn.training.loop import (EpochRecord, Evaluation, FitOutcome, epoch_order, fit_folds,
                      training_forward)
-from .metrics import confusion_counts
-from .models import fold_state, load_fold_state, stack_folds
+from digitcnn.metrics import confusion_counts
+from digitcnn.models import fold_state, load_fold_state, stack_folds
 
 __all__ = ["StackedFolds", "FoldBatch", "fit_parallel", "supports_parallel", "epoch_plan"]
 
@@ -107,7 +107,7 @@ def epoch_plan(row_sets: Sequence[torch.Tensor], generators: Sequence[torch.Gene
 
 class FoldBatch:
     """K folds as one fold-batched model over :class:`StackedFolds`: the trainer that
-    :func:`digitcnn.engine.fit_folds` drives (see :class:`digitcnn.engine.SingleModel`)."""
+    :func:`digitcnn.training.loop.fit_folds` drives (see :class:`digitcnn.training.loop.SingleModel`)."""
 
     def __init__(self, models: Sequence[nn.Module], data: StackedFolds,
                  generators: Sequence[torch.Generator], augment_generator: torch.Generator, *,
@@ -184,8 +184,8 @@ def fit_parallel(models: Sequence[nn.Module], stacked: StackedFolds, config, *, 
 
     ``generators`` give each fold's batch order; ``augment_generator`` draws the augmentation
     of the stacked batch; ``autocast_dtype`` (e.g. bf16) is the training steps' autocast, as
-    in :func:`digitcnn.engine.fit`. Returns one :class:`FitOutcome` per fold, like
-    :func:`digitcnn.engine.fit`.
+    in :func:`digitcnn.training.loop.fit`. Returns one :class:`FitOutcome` per fold, like
+    :func:`digitcnn.training.loop.fit`.
     """
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     trainer = FoldBatch(models, stacked, generators, augment_generator,

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError
+from digitcnn.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch

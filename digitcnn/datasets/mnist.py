@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import (FETCH_TIMEOUT_ENV, OFFLINE_ENV, SPLITS, DigitDataset, _call_with_timeout,
+from digitcnn.datasets.base import (FETCH_TIMEOUT_ENV, OFFLINE_ENV, SPLITS, DigitDataset, _call_with_timeout,
                    cache_dir)
-from .errors import DataError
+from digitcnn.errors import DataError
 
 __all__ = ["load_mnist", "parse_idx_images", "parse_idx_labels", "MNIST_CHECKSUMS",
            "OFFICIAL_SIZES", "IMAGES_MAGIC", "LABELS_MAGIC", "MNIST_HOW_TO_GET"]

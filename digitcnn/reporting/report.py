@@ -32,8 +32,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import DataError
-from .results import atomic_write_text, write_json
+from digitcnn.errors import DataError
+from digitcnn.results import atomic_write_text, write_json
 
 __all__ = ["write_run_report", "draw_evaluation_figures", "render_report", "flag_text",
            "start_report", "report_in_background", "REPORT_ENV", "REPORT_LOG", "FIGURE_CAPTIONS"]
@@ -99,7 +99,7 @@ def write_run_report(result, directory: str | Path, oof: dict, figures: Sequence
         images: the dataset's (N, 1, H, W) uint8 images, indexed like ``oof["row"]``, for the
             grid of misclassified digits (left out when None).
     """
-    from .evaluation import evaluate_run, without_curves
+    from digitcnn.reporting.evaluation import evaluate_run, without_curves
 
     directory = Path(directory)
     _check_images(oof, images)
@@ -120,7 +120,7 @@ def draw_evaluation_figures(result, directory: Path, evaluation: dict | None, oo
     """confusion.png for a run with validation rows; loss_curves.png and training_curves.png
     for a run with epochs; roc, precision_recall, per_class_f1 with an evaluation;
     misclassified.png with an evaluation and the images."""
-    from .plots import (plot_confusion, plot_loss_curves, plot_misclassified, plot_per_class_f1,
+    from digitcnn.reporting.plots import (plot_confusion, plot_loss_curves, plot_misclassified, plot_per_class_f1,
                         plot_precision_recall, plot_roc, plot_training_curves, run_title)
 
     title = run_title(result)
@@ -175,7 +175,7 @@ def _check_images(oof: dict, images) -> None:
 def report_in_background() -> bool:
     """Whether a CLI draws its report in the background: ``$DIGITCNN_REPORT`` (``background``
     or ``wait``) when set, else exactly when stdout is a terminal."""
-    from .errors import ConfigError
+    from digitcnn.errors import ConfigError
 
     chosen = os.environ.get(REPORT_ENV, "").strip().lower()
     if chosen not in ("", "background", "wait"):
@@ -195,7 +195,7 @@ def start_report(result, directory: str | Path, oof: dict, plots: bool = True,
     closing the terminal leave it alone), writes its errors to ``report.log`` and removes that
     log once ``report.html`` is in place.
     """
-    from .plots import misclassified_order
+    from digitcnn.reporting.plots import misclassified_order
 
     directory = Path(directory)
     _check_images(oof, images)
@@ -213,7 +213,7 @@ def start_report(result, directory: str | Path, oof: dict, plots: bool = True,
     payload.seek(0)
     log = directory / REPORT_LOG
     with payload, open(log, "w", encoding="utf-8") as stream:
-        process = subprocess.Popen([sys.executable, "-m", "digitcnn.report"],
+        process = subprocess.Popen([sys.executable, "-m", "digitcnn.reporting.report"],
                                    stdin=payload, stdout=subprocess.DEVNULL,
                                    stderr=stream, start_new_session=True, close_fds=True)
         stream.write(f"drawing the report of {directory} in process {process.pid} since "
@@ -225,7 +225,7 @@ def start_report(result, directory: str | Path, oof: dict, plots: bool = True,
 def _draw_from_stdin() -> int:
     """The background process of :func:`start_report`."""
     if sys.stdin.isatty():
-        print("python -m digitcnn.report: draws a run's report for digitcnn's CLIs; it reads "
+        print("python -m digitcnn.reporting.report: draws a run's report for digitcnn's CLIs; it reads "
               "its input from them, not from a terminal", file=sys.stderr)
         return 2
     payload = pickle.load(sys.stdin.buffer)
@@ -243,7 +243,7 @@ def _draw_from_stdin() -> int:
         write_run_report(payload["result"], directory, payload["oof"], plots=payload["plots"],
                          images=images)
     except BaseException as error:
-        print(f"digitcnn.report: the report of {directory} could not be drawn ({error}); "
+        print(f"digitcnn.reporting.report: the report of {directory} could not be drawn ({error}); "
               "metrics.json and the other results are complete", file=sys.stderr)
         raise
     (directory / REPORT_LOG).unlink(missing_ok=True)
@@ -400,7 +400,7 @@ def _figures_section(figures: Sequence[Path], plots: bool) -> str:
 def render_report(result, evaluation: dict | None, figures: Sequence[Path] = (),
                   plots: bool = True) -> str:
     """The HTML text of ``report.html`` (see the module docstring)."""
-    from .plots import run_title
+    from digitcnn.reporting.plots import run_title
 
     title = run_title(result)
     config = result.config

@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .errors import DataError
+from digitcnn.errors import DataError
 
 __all__ = ["DigitDataset", "load", "list_datasets", "register_dataset", "cache_dir", "sha256_of",
            "read_int_csv", "read_first_line", "resolve_data_dir", "UCI_RESOURCES", "load_uci",
@@ -118,10 +118,10 @@ class DigitDataset:
 # Adapters are registered by dotted path and imported on first use, so that ``import
 # digitcnn`` stays quick and an adapter's optional dependencies load only when it is used.
 _ADAPTERS: dict[str, str | Callable[..., DigitDataset]] = {
-    "uci": "digitcnn.data:load_uci",
-    "mnist": "digitcnn.mnist:load_mnist",
-    "kaggle": "digitcnn.kaggle:load_kaggle",
-    "images": "digitcnn.images:load_images",
+    "uci": "digitcnn.datasets.base:load_uci",
+    "mnist": "digitcnn.datasets.mnist:load_mnist",
+    "kaggle": "digitcnn.datasets.kaggle:load_kaggle",
+    "images": "digitcnn.datasets.images:load_images",
 }
 
 
@@ -581,7 +581,7 @@ def _uci_from_ucimlrepo(split: str, timeout: float | None) -> DigitDataset:
                         "expected 5,620 rows of Attribute1..Attribute64 and class")
     # ucimlrepo fetches on every call; keep what it returned so that later runs are offline.
     target = cache_dir("uci") / UCI_CSV_NAMES[0]
-    from .results import atomic_write_text
+    from digitcnn.results import atomic_write_text
     atomic_write_text(target, frame[list(UCI_CSV_HEADER)].to_csv(index=False))
     return _uci_from_csv(target, split)
 

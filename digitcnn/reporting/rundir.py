@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .errors import ConfigError, OutputError, Terminated, interrupt_exit_code
+from digitcnn.errors import ConfigError, OutputError, Terminated, interrupt_exit_code
 
 __all__ = ["LOCK_NAME", "PRESENTATION_KEYS", "FolderState", "inspect_folder", "check_out_dir",
            "RunLock", "claim_out_dir", "ReceivedSignal", "sigterm_as_interrupt", "given_settings",
@@ -434,7 +434,7 @@ def given_settings(argv: Sequence[str] | None, prog: str, exclude: Sequence[str]
     """The run settings a command line sets explicitly: its flags and its ``--config`` file's
     keys (not the defaults), for checking them against a run being resumed. Of the CLI's own
     ``extra_arguments`` only those named in ``keep`` (by their dest) are included."""
-    from .config import build_parser, load_toml
+    from digitcnn.config import build_parser, load_toml
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # the CLI's own flags, with their defaults suppressed too: only those given remain

@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .metrics import normalize_confusion
-from .results import atomic_write_bytes
+from digitcnn.metrics import normalize_confusion
+from digitcnn.results import atomic_write_bytes
 
 __all__ = ["plot_confusion", "plot_loss_curves", "plot_training_curves", "plot_roc",
            "plot_precision_recall", "plot_per_class_f1", "plot_misclassified",

@@ -10,7 +10,7 @@ run does, so ``--out`` needs no shared storage. The dataset goes into Ray's obje
 
 Python API::
 
-    from digitcnn.distributed import RayExecutor
+    from digitcnn.cv.distributed import RayExecutor
 
     with RayExecutor(address="auto", task_cpus=1) as executor:   # None: a local instance
         result = digitcnn.run_kfold(data, config, out_dir="runs/x", executor=executor)
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .errors import ConfigError, DigitCNNError, one_line
+from digitcnn.errors import ConfigError, DigitCNNError, one_line
 
 __all__ = ["RayExecutor", "EXECUTOR_ARGUMENTS", "executor_from_args", "executor_flags",
            "INSTALL_COMMAND"]
@@ -144,8 +144,8 @@ def _fold_task(dataset, extra, config, fold: int, train_rows, val_rows, global_s
     import numpy as np
     import torch
 
-    from .kfold import run_fold
-    from .runtime import configure_determinism, resolve_precision, select_device
+    from digitcnn.kfold import run_fold
+    from digitcnn.training.runtime import configure_determinism, resolve_precision, select_device
 
     torch.set_num_threads(threads)  # workers are reused: set it for every task
     configure_determinism(config.deterministic)
@@ -296,7 +296,7 @@ class RayExecutor:
         if not precisions:  # every fold was already on disk: what this machine would use
             import torch
 
-            from .runtime import resolve_precision
+            from digitcnn.training.runtime import resolve_precision
 
             precisions = {resolve_precision(config.precision,
                                             torch.device("cuda" if gpus > 0 else "cpu"))}
@@ -326,7 +326,7 @@ class RayExecutor:
         still out: an error or closing the iterator cancels them; Ctrl-C or SIGTERM disconnects
         from the Ray instance this executor connected to (which ends them), then re-raises.
         """
-        from .kfold import collect_run, plan_run
+        from digitcnn.kfold import collect_run, plan_run
 
         if self._ray is None or not self._ray.is_initialized():
             self.connect()
@@ -398,7 +398,7 @@ class RayExecutor:
 
     @staticmethod
     def _write_fold(out_dir: Path, result, files: dict[str, bytes]) -> None:
-        from .results import atomic_write_bytes, write_fold
+        from digitcnn.results import atomic_write_bytes, write_fold
 
         for relative, data in files.items():  # the fold's saved model, where a local run puts it
             atomic_write_bytes(out_dir / relative, data)

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import SCALERS
-from .errors import CheckpointError
+from digitcnn.config import SCALERS
+from digitcnn.errors import CheckpointError
 
 if TYPE_CHECKING:
     import torch

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import Augmentation
-from .metrics import confusion_counts
+from digitcnn.training.augment import Augmentation
+from digitcnn.metrics import confusion_counts
 
 __all__ = ["Evaluation", "EpochRecord", "FoldTensors", "EarlyStopping", "FitOutcome",
            "make_optimizer", "make_scheduler", "smoothed_nll", "autocast", "training_forward",
@@ -247,7 +247,7 @@ def epoch_order(count: int, generator: torch.Generator, device: torch.device) ->
 
 class SingleModel:
     """One model on one fold's :class:`FoldTensors`: the K = 1 case of the folds that
-    :func:`fit_folds` trains (:class:`digitcnn.parallel.FoldBatch` is the K-fold one).
+    :func:`fit_folds` trains (:class:`digitcnn.training.parallel.FoldBatch` is the K-fold one).
 
     A trainer gives :func:`run_epoch` and :func:`fit_folds` what they need: ``folds``,
     ``train_counts``, ``parameters()``, ``start_epoch(batch_size) -> steps``,

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .data import SPLITS, DigitDataset
-from .errors import DataError
+from digitcnn.datasets.base import SPLITS, DigitDataset
+from digitcnn.errors import DataError
 
 __all__ = ["load_images", "mnist_style", "optdigits_style",
            "optdigits_images", "open_image", "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES",

@@ -18,13 +18,13 @@ choice made here is written next to the code. The conventions are those of torch
 which computed this report before: ``tests/test_evaluation.py`` checks every number against
 sklearn and, where it is installed, against torchmetrics. sklearn.metrics is imported inside
 the functions: a run has already imported it (``digitcnn.kfold`` makes its splits with
-``sklearn.model_selection``), while ``import digitcnn.evaluation`` stays cheap. Everything
+``sklearn.model_selection``), while ``import digitcnn.reporting.evaluation`` stays cheap. Everything
 returned is plain Python (lists, floats, ints), ready for JSON; undefined values are NaN
 (``write_json`` stores them as null).
 
 Example::
 
-    from digitcnn.evaluation import evaluate_run
+    from digitcnn.reporting.evaluation import evaluate_run
     report = evaluate_run(np.load("results/run/oof.npz"))   # or a KFoldResult
     report["pooled"]["macro"]["f1"], report["pooled"]["micro"]["roc_auc"]
 """
@@ -39,8 +39,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .errors import DataError
-from .metrics import confusion_counts, mean_std, normalize_confusion
+from digitcnn.errors import DataError
+from digitcnn.metrics import confusion_counts, mean_std, normalize_confusion
 
 __all__ = ["probabilities", "classification_scores", "roc_scores", "precision_recall_scores",
            "confusion_scores", "evaluate_predictions", "oof_arrays", "evaluate_run",

@@ -1,0 +1,1 @@
+"""Reporting: the run folder, evaluation scores, plots and report.html."""
