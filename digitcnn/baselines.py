@@ -144,8 +144,8 @@ def run_baseline(dataset: DigitDataset, config: RunConfig = RunConfig(),
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.baselines``: an sklearn baseline on a K-fold run's folds."""
     from digitcnn.kfold import RUN_FLAGS, default_out_dir, finish_run, load_quietly, resumed_config
-    from digitcnn.reporting.rundir import (check_out_dir, claim_out_dir, given_settings, read_json,
-                         refuse_changed_settings, sigterm_as_interrupt)
+    from digitcnn.reporting.rundir import (check_out_dir, claim_out_dir, given_settings, refuse_changed_settings, sigterm_as_interrupt)
+    from digitcnn._io import read_json
 
     prog = "python -m digitcnn.baselines"
     excluded = [name for name in RunConfig.__dataclass_fields__ if name not in BASELINE_SETTINGS]

@@ -795,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "skorch": bench_skorch, "startup": bench_startup,
                       "ray": bench_ray}[case]
             report["cases"][case] = runner(args, Path(scratch))
-    from digitcnn.results import write_json
+    from digitcnn._io import write_json
     from digitcnn.training.runtime import cpu_description, library_versions
 
     report["cpu"] = cpu_description()

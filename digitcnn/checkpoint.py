@@ -27,10 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from digitcnn.datasets.base import sha256_of
 from digitcnn.errors import CheckpointError, ModelError
 from digitcnn.models import create_model, model_spec
-from digitcnn.results import atomic_write_bytes, write_json
+from digitcnn._io import atomic_write_bytes, sha256_of, write_json
 from digitcnn.training.scaling import Scaler
 
 __all__ = ["SavedModel", "save_model", "load_model", "find_saved_models"]

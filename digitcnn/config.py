@@ -13,17 +13,12 @@ import json
 import math
 import numbers
 import os
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+from digitcnn._io import read_toml
 from digitcnn.errors import ConfigError, one_line
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 __all__ = ["RunConfig", "build_parser", "config_from_args", "load_toml", "OneLineParser",
            "field_kind", "typed_setting", "typed_settings",
@@ -328,12 +323,7 @@ def load_toml(path: str | Path, config_type=None) -> dict[str, Any]:
     (default :class:`RunConfig`), so that a wrong value is reported with its file even when a
     flag overrides it."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; check the path given to --config")
-    try:
-        values = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid TOML ({err}); fix the file") from None
+    values = read_toml(path, "config file", "--config")
     run = values.pop("run", {})
     if not isinstance(run, dict):
         raise ConfigError(f"{path}: run = {run!r} is not a table; put settings at the top level "

@@ -31,8 +31,8 @@ from digitcnn.config import RunConfig, config_from_args
 from digitcnn.errors import ConfigError, DataError, OutputError, cli_entry, warnings_as_lines
 from digitcnn.results import (FoldResult, KFoldResult, fold_path, read_fold, write_fold,
                       write_run_start)
-from digitcnn.reporting.rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings,
-                     inspect_folder, read_json, refuse_changed_settings, sigterm_as_interrupt)
+from digitcnn.reporting.rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings, inspect_folder, refuse_changed_settings, sigterm_as_interrupt)
+from digitcnn._io import read_json
 from digitcnn.training.runtime import (autocast_dtype, configure_determinism, cpu_cores, fold_generator,
                       fold_seed, fold_workers, library_versions, resolve_precision,
                       seed_everything, select_device, warm_up)

@@ -33,7 +33,7 @@ import numpy as np
 
 from digitcnn.config import OneLineParser
 from digitcnn.errors import CheckpointError, ConfigError, DataError, cli_entry, warnings_as_lines
-from digitcnn.results import atomic_write_text
+from digitcnn._io import atomic_write_text
 from digitcnn.training.runtime import select_device
 
 if TYPE_CHECKING:  # torch is imported where it is used: --help answers without it

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,70 +20,18 @@ from typing import Any
 
 import numpy as np
 
-from digitcnn.errors import ConfigError, OutputError
+from digitcnn._io import atomic_write_bytes, atomic_write_text, read_json, write_json
+from digitcnn.errors import ConfigError
 from digitcnn.metrics import ConfusionAccumulator, mean_std
-from digitcnn.reporting.rundir import check_out_dir, os_error_text, read_json
+from digitcnn.reporting.rundir import check_out_dir
 
-__all__ = ["FoldResult", "KFoldResult", "atomic_write_text", "atomic_write_bytes",
-           "write_json", "write_run_start", "write_fold", "read_fold", "fold_path", "out_of_fold",
-           "TIMING_KEYS", "describe_execution"]
+__all__ = ["FoldResult", "KFoldResult", "write_run_start", "write_fold", "read_fold", "fold_path",
+           "out_of_fold", "TIMING_KEYS", "describe_execution"]
 
 # Keys whose values are wall-clock measurements: everything else in metrics.json is a
 # deterministic function of the config and the data.
 # Seconds, which differ between identical reruns: everything else in the results may not.
 TIMING_KEYS = ("wall_s", "created_utc", "setup_s", "train_s", "eval_s", "timing")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``.
-
-    An OS error (no space left, no permission, a read-only disk) is raised as
-    :class:`~digitcnn.errors.OutputError` naming ``path``; the temporary file is removed.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                             suffix=".tmp")
-    except OSError as err:
-        raise OutputError(f"cannot write {path} ({os_error_text(err)})") from None
-    try:
-        # mkstemp creates 0600 files; results are for sharing, so honour the umask instead.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except OSError as err:
-        Path(temporary).unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path} ({os_error_text(err)})") from None
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities become null: JSON has no such numbers (e.g. the loss of no rows)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
-def write_json(path: str | os.PathLike, value: Any) -> Path:
-    """Atomically write ``value`` as indented JSON (non-finite numbers as null)."""
-    return atomic_write_text(path, json.dumps(_finite(value), indent=2, allow_nan=False) + "\n")
 
 
 @dataclass

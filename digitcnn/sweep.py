@@ -60,14 +60,9 @@ from digitcnn.config import RunConfig, config_from_args, field_kind, typed_setti
 from digitcnn.cv.distributed import EXECUTOR_ARGUMENTS
 from digitcnn.errors import ConfigError, cli_entry
 from digitcnn.reporting.report import flag_text
-from digitcnn.results import atomic_write_text, write_json
-from digitcnn.reporting.rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings, read_json,
-                     refuse_changed_settings, sigterm_as_interrupt)
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from digitcnn._io import atomic_write_text, read_json, read_toml, write_json
+from digitcnn.reporting.rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings,
+                                       refuse_changed_settings, sigterm_as_interrupt)
 
 __all__ = ["GridAxis", "Cell", "TTest", "corrected_resampled_ttest", "parse_grid", "parse_value",
            "toml_value", "load_grid_file", "grid_from_table", "expand_grid", "run_sweep",
@@ -283,12 +278,7 @@ def load_grid_file(path: str | Path) -> tuple[dict, list[GridAxis]]:
     """(base settings, axes) of a grid file: a ``[grid]`` table, and settings as in
     ``--config`` (top level or a ``[run]`` table)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: grid file not found; check the path given to --grid-file")
-    try:
-        values = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid TOML ({err}); fix the file") from None
+    values = read_toml(path, "grid file", "--grid-file")
     grid = values.pop("grid", None)
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{path}: no [grid] table; add one, e.g. [grid] dropout = [0.2, 0.3]")

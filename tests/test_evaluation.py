@@ -14,7 +14,7 @@ import digitcnn
 from digitcnn import kfold
 from digitcnn.errors import DataError
 from digitcnn.reporting.evaluation import evaluate_predictions, evaluate_run, probabilities, without_curves
-from digitcnn.results import write_json
+from digitcnn._io import write_json
 
 C = 10
 

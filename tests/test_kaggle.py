@@ -13,7 +13,7 @@ import torch
 import digitcnn
 from conftest import real_data
 from digitcnn.datasets import kaggle
-from digitcnn.datasets.base import cache_dir
+from digitcnn._io import cache_dir
 from digitcnn.errors import DataError
 
 # Built here from the format's description rather than taken from the module under test.

@@ -187,7 +187,7 @@ class Board:
         The name is the server's (UTC time and a random suffix), never the request's; the bytes
         are the drawing as sent, once it decodes as a PNG with ink on it.
         """
-        from digitcnn.results import atomic_write_bytes
+        from digitcnn._io import atomic_write_bytes
 
         if digit not in self.classes:
             raise BoardRequestError(400, f"digit {digit!r} is not one of the model's classes "

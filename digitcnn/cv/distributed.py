@@ -398,7 +398,8 @@ class RayExecutor:
 
     @staticmethod
     def _write_fold(out_dir: Path, result, files: dict[str, bytes]) -> None:
-        from digitcnn.results import atomic_write_bytes, write_fold
+        from digitcnn.results import write_fold
+        from digitcnn._io import atomic_write_bytes
 
         for relative, data in files.items():  # the fold's saved model, where a local run puts it
             atomic_write_bytes(out_dir / relative, data)

@@ -7,7 +7,6 @@ fitted on a training fold alone and a GPU can hold the raw data compactly.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
 import os
@@ -22,10 +21,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from digitcnn._io import cache_dir, sha256_of
 from digitcnn.errors import DataError
 
-__all__ = ["DigitDataset", "load", "list_datasets", "register_dataset", "cache_dir", "sha256_of",
-           "read_int_csv", "read_first_line", "resolve_data_dir", "UCI_RESOURCES", "load_uci",
+__all__ = ["DigitDataset", "load", "list_datasets", "register_dataset", "read_int_csv", "read_first_line", "resolve_data_dir", "UCI_RESOURCES", "load_uci",
            "DATA_DIR_ENV", "OFFLINE_ENV", "FETCH_TIMEOUT_ENV"]
 
 DATA_DIR_ENV = "DIGITCNN_DATA_DIR"
@@ -179,22 +178,6 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
         raise DataError(f"data folder {path} ({origin}) does not exist; "
                         "pass the folder that holds the dataset's files")
     return path
-
-
-def cache_dir(*parts: str) -> Path:
-    """``$XDG_CACHE_HOME/digitcnn/...`` (default ``~/.cache/digitcnn/...``), created."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    path = base.joinpath("digitcnn", *parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_checksum(path: Path, expected: str | None, digest: str, verify: bool) -> None:
@@ -581,7 +564,7 @@ def _uci_from_ucimlrepo(split: str, timeout: float | None) -> DigitDataset:
                         "expected 5,620 rows of Attribute1..Attribute64 and class")
     # ucimlrepo fetches on every call; keep what it returned so that later runs are offline.
     target = cache_dir("uci") / UCI_CSV_NAMES[0]
-    from digitcnn.results import atomic_write_text
+    from digitcnn._io import atomic_write_text
     atomic_write_text(target, frame[list(UCI_CSV_HEADER)].to_csv(index=False))
     return _uci_from_csv(target, split)
 

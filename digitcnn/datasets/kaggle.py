@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digitcnn.datasets.base import SPLITS, DigitDataset, cache_dir, read_first_line, read_int_csv, sha256_of
+from digitcnn.datasets.base import SPLITS, DigitDataset, read_first_line, read_int_csv
+from digitcnn._io import cache_dir, sha256_of
 from digitcnn.errors import DataError
 
 __all__ = ["load_kaggle", "KAGGLE_FILES", "KAGGLE_SIDE", "KAGGLE_MAX", "PIXEL_COLUMNS",

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digitcnn.datasets.base import (FETCH_TIMEOUT_ENV, OFFLINE_ENV, SPLITS, DigitDataset, _call_with_timeout,
-                   cache_dir)
+from digitcnn.datasets.base import (FETCH_TIMEOUT_ENV, OFFLINE_ENV, SPLITS, DigitDataset, _call_with_timeout)
+from digitcnn._io import cache_dir
 from digitcnn.errors import DataError
 
 __all__ = ["load_mnist", "parse_idx_images", "parse_idx_labels", "MNIST_CHECKSUMS",

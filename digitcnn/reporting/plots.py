@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from digitcnn.metrics import normalize_confusion
-from digitcnn.results import atomic_write_bytes
+from digitcnn._io import atomic_write_bytes
 
 __all__ = ["plot_confusion", "plot_loss_curves", "plot_training_curves", "plot_roc",
            "plot_precision_recall", "plot_per_class_f1", "plot_misclassified",

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from digitcnn.errors import DataError
-from digitcnn.results import atomic_write_text, write_json
+from digitcnn._io import atomic_write_text, write_json
 
 __all__ = ["write_run_report", "draw_evaluation_figures", "render_report", "flag_text",
            "start_report", "report_in_background", "REPORT_ENV", "REPORT_LOG", "FIGURE_CAPTIONS"]

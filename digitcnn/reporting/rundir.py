@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -34,11 +33,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from digitcnn._io import os_error_text
 from digitcnn.errors import ConfigError, OutputError, Terminated, interrupt_exit_code
 
 __all__ = ["LOCK_NAME", "PRESENTATION_KEYS", "FolderState", "inspect_folder", "check_out_dir",
            "RunLock", "claim_out_dir", "ReceivedSignal", "sigterm_as_interrupt", "given_settings",
-           "refuse_changed_settings", "read_json", "os_error_text", "check_resumable"]
+           "refuse_changed_settings", "check_resumable"]
 
 LOCK_NAME = ".digitcnn.lock"
 # Settings that change how a run is shown or where it goes, not what it computes: a run may
@@ -47,18 +47,6 @@ PRESENTATION_KEYS = ("out", "quiet", "plots", "threads", "workers", "save_models
 # A lock file found empty was created by a run that has not yet written its pid into it;
 # only one older than this is taken to be left over from a crash at that moment.
 _EMPTY_LOCK_GRACE_S = 10.0
-
-
-def os_error_text(err: OSError) -> str:
-    """``strerror`` plus the fix a user can act on."""
-    reason = err.strerror or str(err)
-    if err.errno == errno.ENOSPC or err.errno == errno.EDQUOT:
-        return f"{reason}; free some space"
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{reason}; choose a folder you can write to"
-    if err.errno == errno.ENOTDIR:
-        return f"{reason}; a part of the path is a file, not a folder"
-    return reason
 
 
 @dataclass(frozen=True)
@@ -474,18 +462,3 @@ def refuse_changed_settings(stored: dict[str, Any], given: dict[str, Any], where
                               f"drop --{flag}, or start a new run with a fresh --out")
 
 
-def read_json(path: str | os.PathLike, fix: str) -> Any:
-    """A JSON file digitcnn wrote, or one line naming it and ``fix`` when it is missing,
-    truncated or not JSON."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found; {fix}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot be read ({err}); {fix}") from None
-    try:
-        return json.loads(text)
-    except ValueError as err:
-        state = "is empty" if not text.strip() else f"is truncated or not valid JSON ({err})"
-        raise ConfigError(f"{path} {state}; {fix}") from None
