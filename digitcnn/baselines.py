@@ -143,7 +143,9 @@ def run_baseline(dataset: DigitDataset, config: RunConfig = RunConfig(),
 @cli_entry("digitcnn.baselines")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.baselines``: an sklearn baseline on a K-fold run's folds."""
-    from digitcnn.kfold import RUN_FLAGS, default_out_dir, finish_run, load_quietly, resumed_config
+    from digitcnn.cli import RUN_FLAGS, default_out_dir, resumed_config
+    from digitcnn.cv.command import load_quietly
+    from digitcnn.reporting.runfolder import finish_run
     from digitcnn.reporting.rundir import (check_out_dir, claim_out_dir, given_settings, refuse_changed_settings, sigterm_as_interrupt)
     from digitcnn._io import read_json
 

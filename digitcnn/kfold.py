@@ -21,17 +21,20 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from digitcnn.cli import RUN_FLAGS, default_out_dir, resumed_config
 from digitcnn.config import RunConfig, config_from_args
-from digitcnn.errors import ConfigError, DataError, OutputError, cli_entry, warnings_as_lines
+from digitcnn.cv.command import load_quietly
+from digitcnn.errors import ConfigError, DataError, OutputError, cli_entry
 from digitcnn.results import (FoldResult, KFoldResult, fold_path, read_fold, write_fold,
                       write_run_start)
-from digitcnn.reporting.rundir import (PRESENTATION_KEYS, check_out_dir, claim_out_dir, given_settings, inspect_folder, refuse_changed_settings, sigterm_as_interrupt)
+from digitcnn.reporting.runfolder import finish_run
+from digitcnn.reporting.rundir import (check_out_dir, claim_out_dir, inspect_folder,
+                                       sigterm_as_interrupt)
 from digitcnn._io import read_json
 from digitcnn.training.runtime import (autocast_dtype, configure_determinism, cpu_cores, fold_generator,
                       fold_seed, fold_workers, library_versions, resolve_precision,
@@ -47,8 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["make_splits", "holdout_split", "splits_sha256", "run_kfold", "RunPlan", "plan_run",
            "collect_run", "run_fold", "train_model", "device_tensors", "run_folds_parallel",
            "run_folds_in_processes", "load_for_config",
-           "load_extra_training", "default_out_dir", "resume_config", "finish_run",
-           "check_model", "run_from_cli", "RUN_FLAGS", "main"]
+           "load_extra_training", "check_model", "run_from_cli", "main"]
 
 
 def make_splits(dataset: DigitDataset, config: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -634,76 +636,6 @@ def run_timing(trained: Sequence[FoldResult], wall_s: float, overlapping: bool =
     return {"setup_s": setup, "train_s": train, "eval_s": evaluation, "wall_s": wall_s}
 
 
-def default_out_dir(config: RunConfig, root: str | Path = "results", prefix: str = "") -> Path:
-    """``results/<prefix><dataset>-<model>-<UTC timestamp>``, never an existing folder."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = Path(root) / f"{prefix}{config.dataset}-{config.model}-{stamp}"
-    candidate, suffix = base, 1
-    while candidate.exists():
-        candidate, suffix = Path(f"{base}-{suffix}"), suffix + 1
-    return candidate
-
-
-def resume_config(run_dir: str | Path, given: RunConfig | dict | None = None) -> RunConfig:
-    """The config stored in ``run_dir/config.json``, with ``out`` pointing at ``run_dir``.
-
-    ``given``: the settings of the resuming command line (see
-    :func:`digitcnn.reporting.rundir.given_settings`). Those that change only how the run is shown
-    (``PRESENTATION_KEYS``) replace the stored ones; any other that differs is refused. A
-    RunConfig passes on only its ``quiet``.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: no config.json, so there is no run to resume there; pass "
-                          "the folder a K-fold run wrote (its --out)")
-    stored = read_json(path, "the run's settings are lost, so it cannot be resumed: start it "
-                             "again with --overwrite")
-    if not isinstance(stored, dict):
-        raise ConfigError(f"{path}: not a run's settings (a JSON object); start the run again "
-                          "with --overwrite")
-    known = set(RunConfig.__dataclass_fields__)
-    config = RunConfig.from_dict({k: v for k, v in stored.items() if k in known}, str(path))
-    if isinstance(given, RunConfig):
-        given = {"quiet": given.quiet}
-    given = dict(given or {})
-    refuse_changed_settings(stored, given, run_dir)
-    shown = {k: v for k, v in given.items() if k in PRESENTATION_KEYS and k != "out"}
-    return config.replace(out=str(run_dir), **shown)
-
-
-def load_quietly(config: RunConfig, prog: str) -> DigitDataset:
-    """Load the run's data; adapter warnings (e.g. the UCI fallback) become one plain line."""
-    with warnings_as_lines(prog):
-        return load_for_config(config)
-
-
-# The run-folder flags of every CLI that writes a run (kfold, train, sweep, baselines).
-RUN_FLAGS = [
-    (("--resume",), {"metavar": "DIR", "default": None,
-                     "help": "continue the interrupted run in DIR with its stored settings; "
-                             "finished folds are kept"}),
-    (("--overwrite",), {"action": "store_true",
-                        "help": "replace the run already in --out: it is moved to "
-                                "OUT.old-<UTC time> and deleted once the new run has finished"}),
-]
-
-
-def resumed_config(argv: Sequence[str] | None, prog: str, command: str, resume_dir: str,
-                   overwrite: bool, exclude: Sequence[str] = (),
-                   extra_arguments: Sequence[tuple[tuple, dict]] = (),
-                   given: dict | None = None) -> RunConfig:
-    """The stored config of the run ``command`` continues in ``resume_dir``, with the command
-    line's presentation settings; refused when the folder is not such a run or a setting
-    given on the command line differs from the run's (``given`` adds settings to check)."""
-    if overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other: --resume continues the "
-                          "run in its folder, --overwrite replaces it")
-    check_out_dir(resume_dir, command, resume=True)
-    settings = given_settings(argv, f"python -m {command}", exclude, extra_arguments)
-    return resume_config(resume_dir, {**settings, **(given or {})})
-
-
 def run_from_cli(config: RunConfig, prog: str, command: str, resume: bool = False,
                  overwrite: bool = False, what: str = "results", executor=None) -> int:
     """A CLI run: check ``--out`` before loading anything, load and validate, claim the folder
@@ -760,25 +692,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 extra_arguments=flags)
     return run_from_cli(config, "digitcnn.kfold", "digitcnn.kfold", extras.resume is not None,
                         extras.overwrite, executor=executor)
-
-
-def finish_run(result: KFoldResult, out: Path, config: RunConfig, dataset: DigitDataset,
-               what: str) -> None:
-    """Write the final files of a CLI run and, unless quiet, print its summary.
-
-    At a terminal the report (evaluation.json, the plots, report.html) is drawn in the
-    background after metrics.json, so the person gets the prompt back at once; elsewhere (or
-    with ``$DIGITCNN_REPORT``) see :func:`digitcnn.reporting.report.report_in_background`."""
-    from digitcnn.reporting.report import REPORT_LOG, report_in_background
-
-    background = report_in_background()
-    result.write_final(out, plots=config.plots, images=dataset.images, background=background)
-    if not config.quiet:
-        print(result.summary())
-        print(f"{what} written to {out}")
-        if background:
-            print(f"report.html{' and the plots' if config.plots else ''}: being drawn in the "
-                  f"background into {out} ({REPORT_LOG} there until done)")
 
 
 if __name__ == "__main__":

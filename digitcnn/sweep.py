@@ -337,7 +337,7 @@ def _load_key(config: RunConfig) -> tuple:
 
 
 def _datasets(cells: Sequence[Cell]) -> dict:
-    from digitcnn.kfold import load_quietly
+    from digitcnn.cv.command import load_quietly
 
     loaded: dict = {}
     for cell in cells:
@@ -615,7 +615,7 @@ def _markdown(cells, summaries, best, comparisons) -> str:
 
 def default_sweep_dir(config: RunConfig, root: str | Path = "results") -> Path:
     """``results/sweep-<dataset>-<model>-<UTC timestamp>``, never an existing folder."""
-    from digitcnn.kfold import default_out_dir
+    from digitcnn.cli import default_out_dir
 
     return default_out_dir(config, root, prefix="sweep-")
 
