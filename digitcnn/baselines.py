@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from digitcnn.config import RunConfig, config_from_args
+from digitcnn.config import BASELINE_SETTINGS, RunConfig, config_from_args
 from digitcnn.errors import ConfigError, cli_entry
 from digitcnn.results import FoldResult, KFoldResult, write_run_start
 from digitcnn.training.runtime import library_versions
@@ -35,9 +35,6 @@ __all__ = ["ESTIMATORS", "make_estimator", "check_baseline_settings", "baseline_
 
 ESTIMATORS = ("svm", "knn")
 
-# Only these RunConfig settings mean something to a baseline: the data and the folds.
-BASELINE_SETTINGS = ("dataset", "data_dir", "split", "verify", "limit", "cv", "val_fraction",
-                     "folds", "shuffle", "random_state", "seed", "out", "plots", "quiet")
 
 
 def make_estimator(name: str, c: float = 10.0, neighbors: int = 3):

@@ -1,27 +1,30 @@
-"""The frozen run configuration, its validation, and the CLI/TOML layer built from it.
+"""The frozen run configuration: its settings and their roles, validation, and CLI/TOML layer.
 
 One :class:`RunConfig` describes a whole run. Its fields are the CLI flags (pytorch/examples'
-names: ``--epochs --batch-size --lr --gamma --seed``); ``--config FILE.toml`` supplies values
-and flags given on the command line override them. The resolved config is saved with every
-run so that the run can be repeated exactly.
+names: ``--epochs --batch-size --lr --gamma --seed``), each tagged with its role (:data:`ROLES`);
+``--config FILE.toml`` supplies values and flags given on the command line override them. The
+resolved config is saved with every run so that the run can be repeated exactly.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import numbers
 import os
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 from digitcnn._io import read_toml
 from digitcnn.errors import ConfigError, one_line
+# torch-free (its torch is imported where images are warped): building a config stays light
+from digitcnn.training.augment import augmentation_from_preset
 
 __all__ = ["RunConfig", "build_parser", "config_from_args", "load_toml", "OneLineParser",
-           "field_kind", "typed_setting", "typed_settings",
+           "field_kind", "typed_setting", "typed_settings", "flag_name", "settings_with_role",
+           "ROLES", "SPLIT_KEYS", "PRESENTATION_KEYS", "NOT_SWEEPABLE", "BASELINE_SETTINGS",
            "SCALERS", "CV_SCHEMES", "DEVICES", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS",
            "MONITORS", "AUGMENTATIONS"]
 
@@ -34,114 +37,131 @@ CV_SCHEMES = ("kfold", "stratified", "writers", "holdout", "full")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 
+# What each setting is for (``field.metadata["role"]``). The lists other modules need are
+# derived from these roles below, so that a new setting is classified once, where it is declared.
+ROLES = {
+    "data": "which rows form which folds (the cells of a sweep share them; a baseline uses them)",
+    "seed": "the seed of everything random (initialisation, shuffling, dropout, --limit's rows)",
+    "train": "what is trained and how: a different value gives different numbers",
+    "resources": "how many threads and processes do the work: the numbers stay the same",
+    "files": "which extra files a run keeps",
+    "output": "where a run is written and how it is shown",
+}
 
-def _opt(default, help: str, choices: Sequence[str] | None = None, flag: bool = True, **extra):
-    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, **extra})
+
+def _setting(role: str, default, help: str, choices: Sequence[str] | None = None):
+    return field(default=default, metadata={"role": role, "help": help, "choices": choices})
+
+
+# one declaration helper per role, in ROLES' order: ``_data("uci", "dataset name")``
+_data, _seed, _train, _resources, _files, _output = (partial(_setting, role) for role in ROLES)
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of a K-fold (or single) run. Defaults are pipeline S5's recipe."""
 
-    dataset: str = _opt("uci", "dataset name (see digitcnn.list_datasets())")
-    data_dir: str | None = _opt(None, "folder holding the dataset's files "
-                                      "(default: $DIGITCNN_DATA_DIR, then cache, then network)")
-    split: str = _opt("all", "which of the dataset's original splits to use",
-                      ("train", "test", "all"))
-    verify: bool = _opt(True, "check the SHA-256 of official data files")
-    limit: int | None = _opt(None, "use a seeded random subset of this many rows (quick trials)")
-    model: str = _opt("s5", "model name (python -m digitcnn.models lists them)")
-    init: str = _opt("kaiming-xavier", "weight initialisation", ("kaiming-xavier", "default"))
-    dropout: float | None = _opt(None, "dropout probability (default: the model's own)")
-    cv: str = _opt("kfold", "fold scheme: sklearn KFold, StratifiedKFold, the original "
-                            "writer-disjoint split (train on optdigits.tra, evaluate on .tes), "
-                            "one stratified holdout split (--val-fraction), or full (train on "
-                            "every row, no validation)", CV_SCHEMES)
-    val_fraction: float = _opt(0.1, "validation share of the holdout split (S1: 0.1, S3: 0.3)")
-    folds: int = _opt(4, "number of folds")
-    shuffle: bool = _opt(True, "shuffle rows before splitting into folds")
-    random_state: int = _opt(30, "random_state of the fold splitter")
-    scaler: str = _opt("standard", "pixel scaling: per-pixel StandardScaler fitted on each "
-                                   "training fold (standard), fitted on all rows before "
-                                   "splitting as S5 did, leaking test statistics (global), "
-                                   "divide by the maximum value (max), or none", SCALERS)
-    epochs: int = _opt(10, "epochs per fold (the most, with early stopping)")
-    batch_size: int = _opt(64, "training batch size")
-    test_batch_size: int = _opt(1000, "evaluation batch size")
-    optimizer: str = _opt("adam", "optimizer", OPTIMIZERS)
-    lr: float = _opt(1e-3, "learning rate (OneCycle: the peak rate)")
-    momentum: float = _opt(0.0, "momentum of SGD and RMSprop")
-    nesterov: bool = _opt(False, "Nesterov momentum (SGD)")
-    weight_decay: float | None = _opt(None, "weight decay (default: the optimizer's own; "
-                                            "AdamW 0.01, others 0)")
-    scheduler: str = _opt("step", "learning-rate schedule: StepLR, ReduceLROnPlateau, "
-                                  "OneCycleLR (per batch), cosine annealing, or none", SCHEDULERS)
-    gamma: float = _opt(0.7, "StepLR decay factor")
-    step_size: int = _opt(1, "StepLR period in epochs")
-    plateau_monitor: str = _opt("val_accuracy", "metric ReduceLROnPlateau watches", MONITORS)
-    plateau_patience: int = _opt(3, "ReduceLROnPlateau patience in epochs")
-    plateau_factor: float = _opt(0.5, "ReduceLROnPlateau factor")
-    min_lr: float = _opt(1e-5, "ReduceLROnPlateau's lowest learning rate")
-    label_smoothing: float = _opt(0.0, "label smoothing of the training loss")
-    augment: str = _opt("none", "training augmentation preset: s1 is S1's settings (with its "
-                                "horizontal flip), digits the same without flips", AUGMENTATIONS)
-    rotation: float | None = _opt(None, "override the preset's maximum rotation (degrees)")
-    zoom: float | None = _opt(None, "override the preset's zoom range")
-    shift_x: float | None = _opt(None, "override the preset's width shift (fraction)")
-    shift_y: float | None = _opt(None, "override the preset's height shift (fraction)")
-    hflip: bool | None = _opt(None, "override the preset's horizontal flip")
-    vflip: bool | None = _opt(None, "override the preset's vertical flip")
-    early_stopping: bool = _opt(False, "stop a fold when the monitored metric stops improving")
-    monitor: str = _opt("val_accuracy", "metric for early stopping and the best checkpoint",
-                        MONITORS)
-    min_delta: float = _opt(0.0, "smallest change of the monitored metric that counts")
-    patience: int = _opt(4, "epochs without improvement before early stopping")
-    restore_best: bool = _opt(True, "with early stopping, end each fold with its best weights")
-    seed: int = _opt(0, "seed of initialisation, shuffling and dropout (fold k uses seed + k)")
-    device: str = _opt("auto", "device (auto: CUDA when present, else CPU)", DEVICES)
-    deterministic: bool = _opt(False, "use deterministic algorithms (sets CUBLAS_WORKSPACE_CONFIG)")
-    threads: int | None = _opt(None, "CPU threads for torch, per fold process with --workers "
-                                     "(default: torch's choice; one per worker)")
-    fold_parallel: bool | None = _opt(None, "train all folds at once as one fold-batched "
-                                            "model (K-fold and stratified); default: on CUDA, "
-                                            "and off on the CPU, where it measured no faster; off trains folds in --workers "
-                                            "processes, each fold saved as it ends")
-    workers: int | None = _opt(None, "on the CPU, train this many folds at once, each in its "
-                                     "own forked process with --threads threads (default: one "
-                                     "process per core, up to the number of folds, one thread "
-                                     "each; 1 trains the folds one after another in this process)")
-    precision: str = _opt("auto", "training arithmetic: bf16 autocast of convolutions and matrix "
-                                  "products (weights, optimizer state, loss and evaluation stay "
-                                  "float32), fp32, or auto: bf16 on CPUs with AMX, where it "
-                                  "measured faster, else fp32 (CUDA included: not yet "
-                                  "measured there)", PRECISIONS)
-    channels_last: bool = _opt(True, "keep activations in channels_last memory format "
-                                     "(faster pooling on CPU and tensor cores on GPU)")
-    add_train_images: str | None = _opt(None, "folder of your own digit images (see --dataset "
-                                              "images) appended to every training fold, never "
-                                              "to a validation fold")
-    out: str | None = _opt(None, "results folder (default results/<dataset>-<model>-<UTC time>)")
-    save_models: bool = _opt(False, "keep each fold's final (or best) model in the results "
-                                    "folder: a K-fold run is then a K-model ensemble")
-    plots: bool = _opt(True, "write confusion.png and loss_curves.png")
-    quiet: bool = _opt(False, "no progress bars or tables")
+    dataset: str = _data("uci", "dataset name (see digitcnn.list_datasets())")
+    data_dir: str | None = _data(None, "folder holding the dataset's files "
+                                       "(default: $DIGITCNN_DATA_DIR, then cache, then network)")
+    split: str = _data("all", "which of the dataset's original splits to use",
+                       ("train", "test", "all"))
+    verify: bool = _data(True, "check the SHA-256 of official data files")
+    limit: int | None = _data(None, "use a seeded random subset of this many rows (quick trials)")
+    model: str = _train("s5", "model name (python -m digitcnn.models lists them)")
+    init: str = _train("kaiming-xavier", "weight initialisation", ("kaiming-xavier", "default"))
+    dropout: float | None = _train(None, "dropout probability (default: the model's own)")
+    cv: str = _data("kfold", "fold scheme: sklearn KFold, StratifiedKFold, the original "
+                             "writer-disjoint split (train on optdigits.tra, evaluate on .tes), "
+                             "one stratified holdout split (--val-fraction), or full (train on "
+                             "every row, no validation)", CV_SCHEMES)
+    val_fraction: float = _data(0.1, "validation share of the holdout split (S1: 0.1, S3: 0.3)")
+    folds: int = _data(4, "number of folds")
+    shuffle: bool = _data(True, "shuffle rows before splitting into folds")
+    random_state: int = _data(30, "random_state of the fold splitter")
+    scaler: str = _train("standard", "pixel scaling: per-pixel StandardScaler fitted on each "
+                                     "training fold (standard), fitted on all rows before "
+                                     "splitting as S5 did, leaking test statistics (global), "
+                                     "divide by the maximum value (max), or none", SCALERS)
+    epochs: int = _train(10, "epochs per fold (the most, with early stopping)")
+    batch_size: int = _train(64, "training batch size")
+    test_batch_size: int = _train(1000, "evaluation batch size")
+    optimizer: str = _train("adam", "optimizer", OPTIMIZERS)
+    lr: float = _train(1e-3, "learning rate (OneCycle: the peak rate)")
+    momentum: float = _train(0.0, "momentum of SGD and RMSprop")
+    nesterov: bool = _train(False, "Nesterov momentum (SGD)")
+    weight_decay: float | None = _train(None, "weight decay (default: the optimizer's own; "
+                                              "AdamW 0.01, others 0)")
+    scheduler: str = _train("step", "learning-rate schedule: StepLR, ReduceLROnPlateau, "
+                                    "OneCycleLR (per batch), cosine annealing, or none", SCHEDULERS)
+    gamma: float = _train(0.7, "StepLR decay factor")
+    step_size: int = _train(1, "StepLR period in epochs")
+    plateau_monitor: str = _train("val_accuracy", "metric ReduceLROnPlateau watches", MONITORS)
+    plateau_patience: int = _train(3, "ReduceLROnPlateau patience in epochs")
+    plateau_factor: float = _train(0.5, "ReduceLROnPlateau factor")
+    min_lr: float = _train(1e-5, "ReduceLROnPlateau's lowest learning rate")
+    label_smoothing: float = _train(0.0, "label smoothing of the training loss")
+    augment: str = _train("none", "training augmentation preset: s1 is S1's settings (with its "
+                                  "horizontal flip), digits the same without flips", AUGMENTATIONS)
+    rotation: float | None = _train(None, "override the preset's maximum rotation (degrees)")
+    zoom: float | None = _train(None, "override the preset's zoom range")
+    shift_x: float | None = _train(None, "override the preset's width shift (fraction)")
+    shift_y: float | None = _train(None, "override the preset's height shift (fraction)")
+    hflip: bool | None = _train(None, "override the preset's horizontal flip")
+    vflip: bool | None = _train(None, "override the preset's vertical flip")
+    early_stopping: bool = _train(False, "stop a fold when the monitored metric stops improving")
+    monitor: str = _train("val_accuracy", "metric for early stopping and the best checkpoint",
+                          MONITORS)
+    min_delta: float = _train(0.0, "smallest change of the monitored metric that counts")
+    patience: int = _train(4, "epochs without improvement before early stopping")
+    restore_best: bool = _train(True, "with early stopping, end each fold with its best weights")
+    seed: int = _seed(0, "seed of initialisation, shuffling and dropout (fold k uses seed + k)")
+    device: str = _train("auto", "device (auto: CUDA when present, else CPU)", DEVICES)
+    deterministic: bool = _train(False, "use deterministic algorithms "
+                                        "(sets CUBLAS_WORKSPACE_CONFIG)")
+    threads: int | None = _resources(None, "CPU threads for torch, per fold process with "
+                                           "--workers (default: torch's choice; one per worker)")
+    fold_parallel: bool | None = _train(None, "train all folds at once as one fold-batched "
+                                              "model (K-fold and stratified); default: on CUDA, "
+                                              "and off on the CPU, where it measured no faster; "
+                                              "off trains folds in --workers processes, each "
+                                              "fold saved as it ends")
+    workers: int | None = _resources(None, "on the CPU, train this many folds at once, each in "
+                                           "its own forked process with --threads threads "
+                                           "(default: one process per core, up to the number "
+                                           "of folds, one thread each; 1 trains the folds one "
+                                           "after another in this process)")
+    precision: str = _train("auto", "training arithmetic: bf16 autocast of convolutions and matrix "
+                                    "products (weights, optimizer state, loss and evaluation stay "
+                                    "float32), fp32, or auto: bf16 on CPUs with AMX, where it "
+                                    "measured faster, else fp32 (CUDA included: not yet "
+                                    "measured there)", PRECISIONS)
+    channels_last: bool = _train(True, "keep activations in channels_last memory format "
+                                       "(faster pooling on CPU and tensor cores on GPU)")
+    add_train_images: str | None = _train(None, "folder of your own digit images (see --dataset "
+                                                "images) appended to every training fold, never "
+                                                "to a validation fold")
+    out: str | None = _output(None, "results folder (default results/<dataset>-<model>-<UTC time>)")
+    save_models: bool = _files(False, "keep each fold's final (or best) model in the results "
+                                      "folder: a K-fold run is then a K-model ensemble")
+    plots: bool = _output(True, "write confusion.png and loss_curves.png")
+    quiet: bool = _output(False, "no progress bars or tables")
 
     def __post_init__(self) -> None:
         for f in fields(self):
             # frozen: the checked value (an int widened to float, a Path as text) is set here
             object.__setattr__(self, f.name, typed_setting(f, getattr(self, f.name),
-                                                           f"--{_flag(f.name)}"))
+                                                           f"--{flag_name(f.name)}"))
         for f in fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:
-                raise ConfigError(f"--{_flag(f.name)} {value!r} is not valid; choose one of: "
+                raise ConfigError(f"--{flag_name(f.name)} {value!r} is not valid; choose one of: "
                                   f"{', '.join(choices)}")
-        positive = {"folds": 2, "epochs": 1, "batch_size": 1, "test_batch_size": 1,
-                    "step_size": 1}
+        positive = {"folds": 2, "epochs": 1, "batch_size": 1, "test_batch_size": 1, "step_size": 1}
         for name, low in positive.items():
             if getattr(self, name) < low:
-                raise ConfigError(f"--{_flag(name)} {getattr(self, name)} is too small; "
+                raise ConfigError(f"--{flag_name(name)} {getattr(self, name)} is too small; "
                                   f"it must be at least {low}"
                                   + (" (K-fold needs two folds or more; use --cv writers for one "
                                      "train/test split)" if name == "folds" else ""))
@@ -177,8 +197,6 @@ class RunConfig:
 
     def augmentation(self):
         """The training :class:`~digitcnn.training.augment.Augmentation` these settings describe."""
-        from digitcnn.training.augment import augmentation_from_preset
-
         return augmentation_from_preset(self.augment, rotation=self.rotation, zoom=self.zoom,
                                         shift_x=self.shift_x, shift_y=self.shift_y,
                                         hflip=self.hflip, vflip=self.vflip)
@@ -191,15 +209,33 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], origin: str = "config") -> "RunConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"{origin}: unknown setting(s) {', '.join(unknown)}; valid settings "
                               f"are the flags of --help with dashes as underscores")
         return cls(**values)
 
 
-def _flag(name: str) -> str:
+def settings_with_role(*roles: str, config_type=None) -> tuple[str, ...]:
+    """The names of ``config_type``'s (default :class:`RunConfig`) settings whose role is one
+    of ``roles`` (see :data:`ROLES`), in declaration order."""
+    if not set(roles) <= set(ROLES):
+        raise ValueError(f"unknown role in {roles}; the roles are {', '.join(ROLES)}")
+    return tuple(f.name for f in fields(config_type or RunConfig) if f.metadata["role"] in roles)
+
+
+# The settings that decide which rows form the folds (the cells of a sweep must share them);
+# those that change neither the folds nor the numbers (a resumed run may be given new values);
+# those a sweep may not vary (the folds, and where and how the sweep is written); and those
+# that mean something to a classical baseline (the data, the folds, the seed, the output).
+SPLIT_KEYS = settings_with_role("data")
+PRESENTATION_KEYS = settings_with_role("resources", "files", "output")
+NOT_SWEEPABLE = settings_with_role("data", "output")
+BASELINE_SETTINGS = settings_with_role("data", "seed", "output")
+
+
+def flag_name(name: str) -> str:
+    """Setting ``name``'s command-line flag without its dashes: ``batch_size`` -> ``batch-size``."""
     return name.replace("_", "-")
 
 
@@ -218,20 +254,18 @@ def field_kind(f: dataclasses.Field) -> tuple[type, bool]:
     return kind, "None" in parts
 
 
-_KIND_TEXT = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+# Per kind: how an error names it, and the fix it suggests.
+_KIND_TEXT = {bool: ("true or false", "give true or false (in TOML without quotes)"),
+              int: ("a whole number", "give a whole number such as 3"),
+              float: ("a number", "give a number such as 0.5"),
+              str: ("text", 'give text (in TOML in quotes, such as "adam")')}
 
 
 def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, numbers.Integral):
-        return "a whole number"
-    if isinstance(value, numbers.Real):
-        return "a number"
-    if isinstance(value, str):
-        return "text"
-    if value is None:
-        return "empty"
+    for kind, text in ((bool, "a boolean"), (numbers.Integral, "a whole number"),
+                       (numbers.Real, "a number"), (str, "text"), (type(None), "empty")):
+        if isinstance(value, kind):
+            return text
     return f"a {type(value).__name__}"
 
 
@@ -254,11 +288,8 @@ def typed_setting(f: dataclasses.Field, value: Any, where: str) -> Any:
             float: isinstance(value, numbers.Real) and not isinstance(value, bool),
             str: False}[kind]
     if not fits:
-        fix = {bool: "give true or false (in TOML without quotes)",
-               int: "give a whole number such as 3", float: "give a number such as 0.5",
-               str: 'give text (in TOML in quotes, such as "adam")'}[kind]
-        raise ConfigError(f"{where} {value!r} is not {_KIND_TEXT[kind]} but "
-                          f"{_describe(value)}; {fix}")
+        text, fix = _KIND_TEXT[kind]
+        raise ConfigError(f"{where} {value!r} is not {text} but {_describe(value)}; {fix}")
     if kind is int:
         return int(value)
     if kind is float:
@@ -302,17 +333,17 @@ def build_parser(prog: str, description: str, config_type=RunConfig,
     for args, kwargs in extra_arguments:
         parser.add_argument(*args, **kwargs)
     for f in fields(config_type):
-        if not f.metadata.get("flag", True) or f.name in exclude:
+        if f.name in exclude:
             continue
         kind = field_kind(f)[0]
         default = argparse.SUPPRESS if suppress_defaults else defaults.get(f.name, f.default)
         common = {"help": f.metadata.get("help", ""), "dest": f.name, "default": default}
+        flag, choices = f"--{flag_name(f.name)}", f.metadata.get("choices")
         if kind is bool:
-            parser.add_argument(f"--{_flag(f.name)}", action=argparse.BooleanOptionalAction, **common)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         else:
-            parser.add_argument(f"--{_flag(f.name)}", type=kind, choices=f.metadata.get("choices"),
-                                metavar=None if f.metadata.get("choices") else f.name.upper(),
-                                **common)
+            parser.add_argument(flag, type=kind, choices=choices,
+                                metavar=None if choices else f.name.upper(), **common)
     return parser
 
 
@@ -366,6 +397,3 @@ def config_from_args(argv: Sequence[str] | None, prog: str, description: str,
         return config
     return config, argparse.Namespace(**{name: getattr(parsed, name) for name in extra_names})
 
-
-def config_json(config) -> str:
-    return json.dumps(config.to_dict(), indent=2, sort_keys=True)

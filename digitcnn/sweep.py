@@ -56,7 +56,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from digitcnn.config import RunConfig, config_from_args, field_kind, typed_setting, typed_settings
+from digitcnn.config import (NOT_SWEEPABLE, SPLIT_KEYS, RunConfig, config_from_args, field_kind,
+                             flag_name, typed_setting, typed_settings)
 from digitcnn.cv.distributed import EXECUTOR_ARGUMENTS
 from digitcnn.errors import ConfigError, cli_entry
 from digitcnn.reporting.report import flag_text
@@ -69,11 +70,6 @@ __all__ = ["GridAxis", "Cell", "TTest", "corrected_resampled_ttest", "parse_grid
            "summarize_cell", "compare_cells", "sweep_table", "write_sweep_outputs",
            "plan_from_args", "stored_cells", "default_sweep_dir", "main", "SPLIT_KEYS"]
 
-# Settings that decide which rows form the folds: the cells of a sweep must share them.
-SPLIT_KEYS = ("dataset", "data_dir", "split", "verify", "limit", "cv", "val_fraction", "folds",
-              "shuffle", "random_state")
-# Settings of where and how a sweep is written, not of what a cell computes.
-NOT_SWEEPABLE = SPLIT_KEYS + ("out", "quiet", "plots")
 FIELDS = {f.name: f for f in fields(RunConfig)}
 CELL_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._=+-]")
 
@@ -148,10 +144,6 @@ def corrected_resampled_ttest(differences: Sequence[float], n_train: float,
 # ----------------------------------------------------------------------------- grid parsing
 
 
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
 def _setting(name: str, origin: str) -> str:
     """The config field a grid key names (dashes or underscores), or a ConfigError."""
     field_name = name.strip().replace("-", "_")
@@ -162,7 +154,7 @@ def _setting(name: str, origin: str) -> str:
         reason = ("the cells of a sweep must share one split of the data to be compared fold "
                   "by fold; run one sweep per value" if field_name in SPLIT_KEYS else
                   "it says where and how the sweep is written; set it once for the sweep")
-        raise ConfigError(f"{origin}: {_flag(field_name)} cannot be swept: {reason}")
+        raise ConfigError(f"{origin}: {flag_name(field_name)} cannot be swept: {reason}")
     return field_name
 
 
@@ -175,7 +167,7 @@ def parse_value(name: str, value: Any, origin: str = "--grid") -> Any:
     finite. Raises ConfigError naming the setting and the value.
     """
     kind, optional = field_kind(FIELDS[name])
-    flag = _flag(name)
+    flag = flag_name(name)
     if isinstance(value, str) and kind is not str:
         text = value.strip()
         if optional and text.lower() == "none":
@@ -197,7 +189,7 @@ def parse_value(name: str, value: Any, origin: str = "--grid") -> Any:
 def toml_value(name: str, value: Any, origin: str) -> Any:
     """A TOML (or already parsed) ``value`` of setting ``name``, type-checked: the text
     ``"false"`` is not a switch's false, ``"0.2"`` not a number."""
-    return typed_setting(FIELDS[name], value, f"{origin}: {_flag(name)} value")
+    return typed_setting(FIELDS[name], value, f"{origin}: {flag_name(name)} value")
 
 
 def _article(kind: type) -> str:
@@ -315,7 +307,7 @@ def expand_grid(base: RunConfig, axes: Sequence[GridAxis], out: str | Path) -> l
         for axis, (_, values) in zip(axes, combination):
             twice = sorted(set(settings) & set(values))
             if twice:
-                raise ConfigError(f"--grid: {_flag(twice[0])} is set by two axes; set each "
+                raise ConfigError(f"--grid: {flag_name(twice[0])} is set by two axes; set each "
                                   "setting in one axis only")
             settings.update(values)
         name = _cell_name([(axis.name, label) for axis, (label, _) in zip(axes, combination)])
@@ -517,7 +509,7 @@ def sweep_table(cells: Sequence[Cell], summaries: Sequence[dict], best: int,
     by_other = {c["other"]: c for c in comparisons}
     axes = _axes_of(cells)
     folds = len(summaries[0]["fold_accuracy"])
-    header = (["cell"] + [_flag(a) for a in axes]
+    header = (["cell"] + [flag_name(a) for a in axes]
               + [f"val acc % (mean ± std, {folds} folds)", "val acc % (pooled)",
                  "train acc % (last epoch)", "wall s", "best − cell (pp)", "t", "p"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -183,3 +183,18 @@ def test_diverging_fold_raises_from_the_python_api(optdigits_dir):
                        optimizer="sgd", momentum=0.9, quiet=True, workers=1)
     with pytest.raises(ConfigError, match=r"fold 0, epoch 1: the (training|validation) loss is nan"):
         kfold.run_kfold(kfold.load_for_config(config), config)
+
+
+def test_every_setting_has_a_role_and_the_lists_follow_from_them():
+    from digitcnn import config
+
+    assert {f.metadata["role"] for f in fields(RunConfig)} <= set(config.ROLES)
+    assert set(config.PRESENTATION_KEYS) == {"out", "quiet", "plots", "threads", "workers",
+                                             "save_models"}
+    assert config.SPLIT_KEYS == ("dataset", "data_dir", "split", "verify", "limit", "cv",
+                                 "val_fraction", "folds", "shuffle", "random_state")
+    assert set(config.NOT_SWEEPABLE) == {*config.SPLIT_KEYS, "out", "quiet", "plots"}
+    assert set(config.BASELINE_SETTINGS) == {*config.SPLIT_KEYS, "seed", "out", "plots", "quiet"}
+    with pytest.raises(ValueError, match="unknown role"):
+        config.settings_with_role("presentation")
+    assert config.flag_name("test_batch_size") == "test-batch-size"

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from digitcnn._io import os_error_text
+from digitcnn.config import PRESENTATION_KEYS
 from digitcnn.errors import ConfigError, OutputError, Terminated, interrupt_exit_code
 
 __all__ = ["LOCK_NAME", "PRESENTATION_KEYS", "FolderState", "inspect_folder", "check_out_dir",
@@ -41,9 +42,6 @@ __all__ = ["LOCK_NAME", "PRESENTATION_KEYS", "FolderState", "inspect_folder", "c
            "refuse_changed_settings", "check_resumable"]
 
 LOCK_NAME = ".digitcnn.lock"
-# Settings that change how a run is shown or where it goes, not what it computes: a run may
-# be resumed with other values of these.
-PRESENTATION_KEYS = ("out", "quiet", "plots", "threads", "workers", "save_models")
 # A lock file found empty was created by a run that has not yet written its pid into it;
 # only one older than this is taken to be left over from a crash at that moment.
 _EMPTY_LOCK_GRACE_S = 10.0
