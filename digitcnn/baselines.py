@@ -22,8 +22,15 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from digitcnn._io import read_json
+from digitcnn.cli import RUN_FLAGS, default_out_dir, resumed_config
 from digitcnn.config import BASELINE_SETTINGS, RunConfig, config_from_args
+from digitcnn.cv.command import load_quietly
 from digitcnn.errors import ConfigError, cli_entry
+from digitcnn.kfold import make_splits, splits_sha256
+from digitcnn.reporting.rundir import (check_out_dir, claim_out_dir, given_settings,
+                                       refuse_changed_settings, sigterm_as_interrupt)
+from digitcnn.reporting.runfolder import finish_run
 from digitcnn.results import FoldResult, KFoldResult, write_run_start
 from digitcnn.training.runtime import library_versions
 
@@ -96,8 +103,6 @@ def run_baseline(dataset: DigitDataset, config: RunConfig = RunConfig(),
     """Fit ``estimator`` on each training fold of ``config``'s splits; pixels divided by the
     dataset's maximum (features/16 on UCI, /255 on MNIST). Returns a :class:`KFoldResult`
     with the same folds, counts and out-of-fold scores as a CNN run on the same config."""
-    from digitcnn.kfold import make_splits, splits_sha256
-
     if dataset.labels is None:
         raise ConfigError(f"{dataset.name}: the dataset has no labels; a baseline needs them")
     make_estimator(estimator, c, neighbors)  # an unknown name fails before any work
@@ -137,42 +142,49 @@ def run_baseline(dataset: DigitDataset, config: RunConfig = RunConfig(),
                        labels=labels, extra={"baseline": settings})
 
 
+PROG = "python -m digitcnn.baselines"
+# The baseline's own flags, besides the run settings of BASELINE_SETTINGS and RUN_FLAGS.
+ESTIMATOR_ARGUMENTS = [
+    (("--estimator",), {"choices": ESTIMATORS, "default": "svm",
+                        "help": "svm: SVC with an RBF kernel; knn: k nearest neighbours"}),
+    (("--C",), {"dest": "c", "type": float, "default": 10.0, "help": "the SVC's C"}),
+    (("--neighbors",), {"type": int, "default": 3, "help": "kNN's k"}),
+    *RUN_FLAGS]
+# the stored name (in config.json) of each of those flags' settings
+_STORED_NAMES = {"estimator": "estimator", "c": "C", "neighbors": "n_neighbors"}
+
+
+def _excluded() -> list[str]:
+    return [name for name in RunConfig.__dataclass_fields__ if name not in BASELINE_SETTINGS]
+
+
+def _resumed(argv: Sequence[str] | None, extras) -> tuple[RunConfig, str, float, int]:
+    """(config, estimator, C, k) of the baseline run being resumed in ``extras.resume``; a
+    setting given on the command line that differs from the run's is refused."""
+    config = resumed_config(argv, PROG, "digitcnn.baselines", extras.resume, extras.overwrite,
+                            exclude=_excluded(), extra_arguments=ESTIMATOR_ARGUMENTS)
+    stored = read_json(Path(extras.resume) / "config.json", "start the run again with "
+                       "--overwrite")
+    given = given_settings(argv, PROG, _excluded(), ESTIMATOR_ARGUMENTS,
+                           keep=tuple(_STORED_NAMES))
+    refuse_changed_settings({key: stored.get(key) for key in _STORED_NAMES.values()},
+                            {_STORED_NAMES[k]: v for k, v in given.items() if k in _STORED_NAMES},
+                            Path(extras.resume))
+    return (config, stored.get("estimator", config.model), stored.get("C", extras.c),
+            stored.get("n_neighbors", extras.neighbors))
+
+
 @cli_entry("digitcnn.baselines")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.baselines``: an sklearn baseline on a K-fold run's folds."""
-    from digitcnn.cli import RUN_FLAGS, default_out_dir, resumed_config
-    from digitcnn.cv.command import load_quietly
-    from digitcnn.reporting.runfolder import finish_run
-    from digitcnn.reporting.rundir import (check_out_dir, claim_out_dir, given_settings, refuse_changed_settings, sigterm_as_interrupt)
-    from digitcnn._io import read_json
-
-    prog = "python -m digitcnn.baselines"
-    excluded = [name for name in RunConfig.__dataclass_fields__ if name not in BASELINE_SETTINGS]
-    arguments = [
-        (("--estimator",), {"choices": ESTIMATORS, "default": "svm",
-                            "help": "svm: SVC with an RBF kernel; knn: k nearest neighbours"}),
-        (("--C",), {"dest": "c", "type": float, "default": 10.0, "help": "the SVC's C"}),
-        (("--neighbors",), {"type": int, "default": 3, "help": "kNN's k"}),
-        *RUN_FLAGS]
     config, extras = config_from_args(
-        argv, prog,
+        argv, PROG,
         "Cross-validate an sklearn baseline (SVC or kNN) on the folds digitcnn.kfold uses.",
-        exclude=excluded, extra_arguments=arguments)
+        exclude=_excluded(), extra_arguments=ESTIMATOR_ARGUMENTS)
     estimator, c, neighbors = extras.estimator, extras.c, extras.neighbors
     resume = extras.resume is not None
     if resume:
-        config = resumed_config(argv, prog, "digitcnn.baselines", extras.resume,
-                                extras.overwrite, exclude=excluded, extra_arguments=arguments)
-        stored = read_json(Path(extras.resume) / "config.json", "start the run again with "
-                           "--overwrite")
-        given = given_settings(argv, prog, excluded, arguments, keep=("estimator", "c",
-                                                                        "neighbors"))
-        names = {"estimator": "estimator", "c": "C", "neighbors": "n_neighbors"}
-        refuse_changed_settings({key: stored.get(key) for key in names.values()},
-                                {names[k]: v for k, v in given.items() if k in names},
-                                Path(extras.resume))
-        estimator = stored.get("estimator", config.model)
-        c, neighbors = stored.get("C", c), stored.get("n_neighbors", neighbors)
+        config, estimator, c, neighbors = _resumed(argv, extras)
     config = config.replace(model=estimator)
     check_baseline_settings(c, neighbors)  # before the data are read
     out = Path(config.out) if config.out else default_out_dir(config)
@@ -189,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 command="digitcnn.baselines", extra=result.extra["baseline"])
                 finish_run(result, out, config, dataset, "results")
         except KeyboardInterrupt as interrupt:
-            hint = (f"; start it again with: python -m digitcnn.baselines --resume {out}"
+            hint = (f"; start it again with: {PROG} --resume {out}"
                     if (out / "config.json").is_file() and not (out / "metrics.json").is_file()
                     else "")
             print(f"digitcnn.baselines: interrupted{hint}", file=sys.stderr)

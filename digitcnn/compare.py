@@ -19,9 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
+from digitcnn._io import read_json, write_json
 from digitcnn.errors import ConfigError, cli_entry
-from digitcnn._io import read_json
-from digitcnn.sweep import corrected_resampled_ttest
+from digitcnn.metrics import corrected_resampled_ttest
 
 __all__ = ["read_run", "compare_runs", "format_comparison", "main"]
 
@@ -117,8 +117,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     comparison = compare_runs(args.runs, args.against)
     if args.out:
-        from digitcnn._io import write_json
-
         write_json(args.out, comparison)
     print(format_comparison(comparison))
     return 0

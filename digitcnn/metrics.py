@@ -1,4 +1,5 @@
-"""Classification metrics as pure functions, plus a small accumulator for confusion counts.
+"""Classification metrics as pure functions, a small accumulator for confusion counts, and the
+corrected resampled t-test that compares two recipes on the same folds.
 
 Confusion matrices are (C, C) int64 counts with rows = true class and columns = predicted
 class, as sklearn lays them out. Across folds they are summed as counts and
@@ -11,12 +12,14 @@ NumPy arrays (``python -m digitcnn.bench --cases startup`` measures what imports
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 
 __all__ = ["confusion_counts", "accuracy_from_confusion", "normalize_confusion",
-           "ConfusionAccumulator", "mean_std"]
+           "ConfusionAccumulator", "mean_std", "TTest", "corrected_resampled_ttest"]
 
 
 def confusion_counts(predictions, targets, num_classes: int):
@@ -79,3 +82,51 @@ class ConfusionAccumulator:
 
     def normalized(self) -> np.ndarray:
         return normalize_confusion(self.counts)
+
+
+@dataclass(frozen=True)
+class TTest:
+    """Result of :func:`corrected_resampled_ttest`: the mean and standard deviation (ddof=1)
+    of the differences, t, the degrees of freedom and the two-sided p."""
+
+    mean: float
+    std: float
+    t: float
+    df: int
+    p: float
+
+
+def corrected_resampled_ttest(differences: Sequence[float], n_train: float,
+                              n_test: float) -> TTest:
+    """Nadeau and Bengio's (2003) corrected resampled t-test of paired per-fold differences.
+
+    With the k differences d_j (here: accuracy of one cell minus another's on fold j),
+    ``t = mean(d) / sqrt((1/k + n_test/n_train) * var(d, ddof=1))`` with k - 1 degrees of
+    freedom, and a two-sided p from Student's t. The ``n_test/n_train`` term corrects the
+    plain paired t-test, which treats the folds as independent although their training sets
+    overlap and so badly understates the variance.
+
+    Degenerate cases: when every difference is equal the variance is 0; if they are all 0
+    (e.g. two cells with identical settings) there is no evidence of a difference and
+    t = 0, p = 1.0; if they are all the same non-zero number, t = +-inf and p = 0.0. With a
+    single split (k = 1, ``--cv holdout``) there is no variance estimate: t and p are NaN.
+
+    Args:
+        differences: (k,) per-fold differences.
+        n_train, n_test: rows trained on and tested on per fold (means over folds).
+    """
+    d = np.asarray(differences, dtype=np.float64)
+    k = len(d)
+    mean = float(d.mean()) if k else float("nan")
+    if k < 2:
+        return TTest(mean, float("nan"), float("nan"), max(k - 1, 0), float("nan"))
+    variance = float(d.var(ddof=1))
+    if variance == 0.0:
+        if mean == 0.0:
+            return TTest(mean, 0.0, 0.0, k - 1, 1.0)
+        return TTest(mean, 0.0, math.copysign(math.inf, mean), k - 1, 0.0)
+    # scipy only where a p is computed: every run imports this module, few compute a p
+    from scipy import stats
+
+    t = mean / math.sqrt((1.0 / k + n_test / n_train) * variance)
+    return TTest(mean, math.sqrt(variance), t, k - 1, float(2.0 * stats.t.sf(abs(t), k - 1)))

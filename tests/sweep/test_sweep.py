@@ -10,8 +10,8 @@ from scipy import stats
 from digitcnn import kfold, sweep
 from digitcnn.errors import ConfigError
 from digitcnn.models import list_models
-from digitcnn.sweep import (corrected_resampled_ttest, load_grid_file, parse_grid, parse_value,
-                            plan_from_args)
+from digitcnn.metrics import corrected_resampled_ttest
+from digitcnn.sweep import load_grid_file, parse_grid, parse_value, plan_from_args
 
 from conftest import REPO_ROOT, real_data
 from test_kfold import without_timings

@@ -1,0 +1,130 @@
+"""``python -m digitcnn.sweep``: the command line of a sweep (see :mod:`digitcnn.sweep`).
+
+This module reads the command line and plans the cells without importing torch or NumPy;
+:func:`main` imports the runner only once the plan is made, so that ``--help`` and every
+error in the grid or the settings answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from digitcnn.cli import default_out_dir
+from digitcnn.config import PRESENTATION_KEYS, RunConfig, config_from_args, flag_name
+from digitcnn.cv.distributed import (EXECUTOR_ARGUMENTS, connected, executor_flags,
+                                     executor_from_argv)
+from digitcnn.errors import ConfigError, cli_entry
+from digitcnn.reporting.rundir import (check_out_dir, claim_out_dir, given_settings,
+                                       refuse_changed_settings, sigterm_as_interrupt)
+from digitcnn.sweep.grid import Cell, expand_grid, load_grid_file, parse_grid, stored_cells
+
+__all__ = ["GRID_ARGUMENTS", "default_sweep_dir", "plan_from_args", "main"]
+
+
+def default_sweep_dir(config: RunConfig, root: str | Path = "results") -> Path:
+    """``results/sweep-<dataset>-<model>-<UTC timestamp>``, never an existing folder."""
+    return default_out_dir(config, root, prefix="sweep-")
+
+
+GRID_ARGUMENTS = [
+    (("--grid",), {"nargs": "+", "action": "extend", "metavar": "NAME=V1,V2", "default": None,
+                   "help": "an axis of the grid: a setting and its values (tie settings with "
+                           "':', e.g. optimizer:lr=sgd:0.01,adam:0.001)"}),
+    (("--grid-file",), {"metavar": "FILE.toml", "default": None,
+                        "help": "TOML file with a [grid] table of lists; its other keys are "
+                                "base settings as in --config"}),
+    (("--resume",), {"metavar": "DIR", "default": None,
+                     "help": "finish the sweep in DIR: run its cells without metrics.json"}),
+    (("--overwrite",), {"action": "store_true",
+                        "help": "replace the sweep already in --out: it is moved to "
+                                "OUT.old-<UTC time> and deleted once the new sweep has finished"}),
+    *EXECUTOR_ARGUMENTS,
+]
+
+
+def plan_from_args(argv: Sequence[str] | None = None) -> tuple[list[Cell], Path, bool]:
+    """(cells, sweep folder, resume?) from the command line, without running anything."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    early.add_argument("--grid-file", default=None)
+    grid_file = early.parse_known_args(argv)[0].grid_file
+    base_settings, file_axes = load_grid_file(grid_file) if grid_file else ({}, [])
+    config, extras = config_from_args(
+        argv, "python -m digitcnn.sweep",
+        "K-fold runs of every cell of a grid of settings on the same folds, with a paired "
+        "comparison of the best cell against the others.",
+        extra_arguments=GRID_ARGUMENTS, defaults=base_settings)
+    if extras.resume is not None:
+        return _resumed_cells(argv, Path(extras.resume), extras.overwrite, base_settings), \
+            Path(extras.resume), True
+    cli_axes = parse_grid(extras.grid or [])
+    names = {axis.name for axis in cli_axes}
+    axes = [axis for axis in file_axes if axis.name not in names] + cli_axes
+    out = Path(config.out) if config.out else default_sweep_dir(config)
+    if config.cv == "full":
+        raise ConfigError("--cv full has no validation rows, so there is nothing to compare; "
+                          "use --cv kfold, stratified, writers or holdout")
+    cells = expand_grid(config.replace(out=str(out)), axes, out)
+    check_out_dir(out, "digitcnn.sweep", overwrite=extras.overwrite)
+    return cells, out, False
+
+
+def _resumed_cells(argv: Sequence[str], out: Path, overwrite: bool,
+                   file_settings: dict) -> list[Cell]:
+    """The stored cells of the sweep in ``out``; a grid, or a setting that differs from the
+    cells' own, given on the command line is refused (presentation settings are applied)."""
+    if overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: --resume continues the "
+                          "sweep in its folder, --overwrite replaces it")
+    check_out_dir(out, "digitcnn.sweep", resume=True)
+    given = given_settings(argv, "python -m digitcnn.sweep", extra_arguments=GRID_ARGUMENTS,
+                           keep=("grid", "grid_file"))
+    for flag in ("grid", "grid_file"):
+        if given.pop(flag, None) is not None:
+            raise ConfigError(f"--{flag_name(flag)} with --resume {out}: a resumed sweep "
+                              "runs its own grid; drop it, or start a new sweep with a fresh --out")
+    given = {**file_settings, **given}
+    cells = stored_cells(out, **{k: v for k, v in given.items()
+                                 if k in PRESENTATION_KEYS and k != "out"})
+    for cell in cells:
+        refuse_changed_settings(cell.config.to_dict(), given, out)
+    return cells
+
+
+@cli_entry("digitcnn.sweep")
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m digitcnn.sweep``: K-fold runs over a grid of settings, compared."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with sigterm_as_interrupt() as received:
+        cells, out, resume = plan_from_args(argv)
+        # why: here, once the plan is read: --help and a wrong grid must not import torch
+        from digitcnn.sweep.runner import run_sweep
+
+        executor = executor_from_argv(argv)
+        early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        early.add_argument("--overwrite", action="store_true")
+        overwrite = early.parse_known_args(argv)[0].overwrite
+        quiet = cells[0].config.quiet
+        if not quiet:
+            print(f"digitcnn.sweep: {len(cells)} cells into {out}", file=sys.stderr)
+        started = time.perf_counter()
+        try:
+            with claim_out_dir(out, "digitcnn.sweep", "digitcnn.sweep", resume, overwrite), \
+                    connected(executor):
+                run_sweep(cells, out, resume=resume, quiet=quiet, executor=executor)
+        except KeyboardInterrupt as interrupt:
+            if (out / "sweep.json").is_file():
+                print(f"digitcnn.sweep: interrupted; finished cells and folds are saved in {out}; "
+                      f"continue with: python -m digitcnn.sweep --resume {out}"
+                      f"{executor_flags(executor)}", file=sys.stderr)
+            else:
+                print("digitcnn.sweep: interrupted before the sweep started; nothing was written",
+                      file=sys.stderr)
+            return received.exit_code(interrupt)
+    if not quiet:
+        print((out / "sweep.md").read_text())
+        print(f"sweep written to {out} in {time.perf_counter() - started:.1f} s")
+    return 0
