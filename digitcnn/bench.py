@@ -726,9 +726,9 @@ def plot_scaling(table: dict, path: Path) -> None:
     for axis in (left, right):
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    from digitcnn.reporting.plots import _save
+    from digitcnn.reporting.plots import save_figure
 
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _mib(value: float | None) -> str:

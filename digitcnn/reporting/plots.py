@@ -19,7 +19,7 @@ from digitcnn._io import atomic_write_bytes
 
 __all__ = ["plot_confusion", "plot_loss_curves", "plot_training_curves", "plot_roc",
            "plot_precision_recall", "plot_per_class_f1", "plot_misclassified",
-           "misclassified_order", "plot_sweep", "run_title"]
+           "misclassified_order", "plot_sweep", "run_title", "save_figure"]
 
 
 def _pyplot():
@@ -45,7 +45,7 @@ def run_title(result) -> str:
 DPI = 100
 
 
-def _save(figure, path: Path) -> Path:
+def save_figure(figure, path: Path) -> Path:
     """Render ``figure`` to PNG bytes, close it, and write them atomically to ``path``."""
     buffer = io.BytesIO()
     try:
@@ -80,7 +80,7 @@ def plot_confusion(confusion, path: str | Path, title: str = "") -> Path:
     _heatmap(right, rates, [f"{v:.2f}" for v in rates.flat], 1.0, True)
     right.set(title="normalised by true class")
     figure.suptitle(title)
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))
 
 
 def plot_loss_curves(train_losses: Sequence[Sequence[float]], val_losses: Sequence[Sequence[float]],
@@ -97,7 +97,7 @@ def plot_loss_curves(train_losses: Sequence[Sequence[float]], val_losses: Sequen
     axis.set(xlabel="epoch", ylabel="NLL loss", title=title)
     axis.grid(alpha=0.3)
     axis.legend(ncol=2, fontsize=8)
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))
 
 
 def _ragged(curves: Sequence[Sequence[float]]) -> np.ndarray:
@@ -150,7 +150,7 @@ def plot_training_curves(train_loss: Sequence[Sequence[float]],
             axis.legend(fontsize=8)
     accuracy_axis.yaxis.set_major_formatter(lambda value, _: f"{100 * value:.1f}%")
     figure.suptitle(title)
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))
 
 
 def _zoom_limits(curves: Sequence[tuple[np.ndarray, np.ndarray]], x_to: float) -> float:
@@ -158,6 +158,28 @@ def _zoom_limits(curves: Sequence[tuple[np.ndarray, np.ndarray]], x_to: float) -
     lows = [float(np.interp(x_to, x, y)) for x, y in curves if len(x)]
     low = min(lows, default=0.0)
     return max(0.0, low - 0.02)
+
+
+def _full_and_corner(draw, full_title: str, corner_title: str, corner_x: tuple[float, float],
+                     corner_from: float, legend_at: str, title: str, path: str | Path) -> Path:
+    """The same curves in two panels: the full range left, a corner enlarged right.
+
+    ``draw(axis, colours)`` plots the curves onto ``axis`` and returns the (x, y) arrays of the
+    per-class ones (x rising); the enlarged panel spans ``corner_x`` and starts its y axis just
+    below the lowest curve at x = ``corner_from``.
+    """
+    plt = _pyplot()
+    colours = plt.get_cmap("tab10")
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.6), layout="constrained")
+    for axis in axes:
+        drawn = draw(axis, colours)
+        axis.grid(alpha=0.3)
+    axes[0].set(title=full_title, xlim=(0, 1), ylim=(0, 1.01))
+    axes[1].set(title=corner_title, xlim=corner_x,
+                ylim=(_zoom_limits(drawn, corner_from), 1.002))
+    axes[1].legend(fontsize=8, loc=legend_at)
+    figure.suptitle(title)
+    return save_figure(figure, Path(path))
 
 
 def plot_roc(curves: dict, auc: dict, path: str | Path, title: str = "") -> Path:
@@ -168,11 +190,8 @@ def plot_roc(curves: dict, auc: dict, path: str | Path, title: str = "") -> Path
         curves: ``evaluate_run(..., curves=True)["pooled"]["curves"]["roc"]``.
         auc: ``{"per_class": [C], "micro": float, "macro": float}`` AUCs for the legend.
     """
-    plt = _pyplot()
-    colours = plt.get_cmap("tab10")
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5.6), layout="constrained")
-    drawn = []
-    for axis in axes:
+    def draw(axis, colours) -> list[tuple[np.ndarray, np.ndarray]]:
+        drawn = []
         for label, curve in enumerate(curves["per_class"]):
             x, y = np.asarray(curve["fpr"]), np.asarray(curve["tpr"])
             axis.plot(x, y, color=colours(label % 10), linewidth=1,
@@ -185,12 +204,10 @@ def plot_roc(curves: dict, auc: dict, path: str | Path, title: str = "") -> Path
                       label=f"macro: AUC {auc['macro']:.4f} (mean of classes)")
         axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle="-.")
         axis.set(xlabel="false positive rate", ylabel="true positive rate")
-        axis.grid(alpha=0.3)
-    axes[0].set(title="ROC, one class vs rest", xlim=(0, 1), ylim=(0, 1.01))
-    axes[1].set(title="top-left corner", xlim=(0, 0.1), ylim=(_zoom_limits(drawn, 0.1), 1.002))
-    axes[1].legend(fontsize=8, loc="lower right")
-    figure.suptitle(title)
-    return _save(figure, Path(path))
+        return drawn
+
+    return _full_and_corner(draw, "ROC, one class vs rest", "top-left corner", (0, 0.1), 0.1,
+                            "lower right", title, path)
 
 
 def plot_precision_recall(curves: dict, average_precision: dict, path: str | Path,
@@ -202,11 +219,8 @@ def plot_precision_recall(curves: dict, average_precision: dict, path: str | Pat
         curves: ``evaluate_run(..., curves=True)["pooled"]["curves"]["pr"]``.
         average_precision: ``{"per_class": [C], "micro": float, "macro": float}``.
     """
-    plt = _pyplot()
-    colours = plt.get_cmap("tab10")
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5.6), layout="constrained")
-    drawn = []
-    for axis in axes:
+    def draw(axis, colours) -> list[tuple[np.ndarray, np.ndarray]]:
+        drawn = []
         for label, curve in enumerate(curves["per_class"]):
             recall, precision = np.asarray(curve["recall"]), np.asarray(curve["precision"])
             axis.step(recall, precision, where="post", color=colours(label % 10), linewidth=1,
@@ -217,13 +231,10 @@ def plot_precision_recall(curves: dict, average_precision: dict, path: str | Pat
                   label=f"micro: AP {average_precision['micro']:.4f} "
                         f"(macro {average_precision['macro']:.4f})")
         axis.set(xlabel="recall", ylabel="precision")
-        axis.grid(alpha=0.3)
-    axes[0].set(title="precision-recall, one class vs rest", xlim=(0, 1), ylim=(0, 1.01))
-    axes[1].set(title="top-right corner", xlim=(0.9, 1.0),
-                ylim=(_zoom_limits(drawn, 0.9), 1.002))
-    axes[1].legend(fontsize=8, loc="lower left")
-    figure.suptitle(title)
-    return _save(figure, Path(path))
+        return drawn
+
+    return _full_and_corner(draw, "precision-recall, one class vs rest", "top-right corner",
+                            (0.9, 1.0), 0.9, "lower left", title, path)
 
 
 def plot_per_class_f1(per_class: dict, macro_f1: float, path: str | Path,
@@ -257,7 +268,7 @@ def plot_per_class_f1(per_class: dict, macro_f1: float, path: str | Path,
              title=f"{title}\nper-class F1 (y axis from {low:.2f})")
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4)
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))
 
 
 def misclassified_order(true, predicted, probability, limit: int = 40) -> np.ndarray:
@@ -317,7 +328,7 @@ def plot_misclassified(images, rows, true, predicted, probability, path: str | P
                   transform=axis.transAxes)
     figure.suptitle(f"{title}\n{len(shown)} of {total} misclassified validation rows, "
                     "most confident first", fontsize=9)
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))
 
 
 def plot_sweep(names: Sequence[str], fold_accuracies: Sequence[Sequence[float]],
@@ -348,4 +359,4 @@ def plot_sweep(names: Sequence[str], fold_accuracies: Sequence[Sequence[float]],
     axis.set_yticklabels(names, fontsize=8)
     axis.grid(axis="x", alpha=0.3)
     axis.legend(fontsize=8, loc="best")
-    return _save(figure, Path(path))
+    return save_figure(figure, Path(path))
