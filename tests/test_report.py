@@ -15,7 +15,7 @@ from digitcnn import kfold, train
 from digitcnn.reporting import report
 from digitcnn.errors import DataError
 from digitcnn.reporting.plots import plot_misclassified, plot_training_curves
-from digitcnn.reporting.report import FIGURE_CAPTIONS
+from digitcnn.reporting.page import FIGURE_CAPTIONS
 
 from conftest import REPO_ROOT
 

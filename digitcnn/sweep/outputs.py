@@ -20,7 +20,7 @@ from digitcnn.config import flag_name
 from digitcnn.errors import ConfigError
 from digitcnn.metrics import corrected_resampled_ttest
 from digitcnn.reporting.plots import plot_sweep
-from digitcnn.reporting.report import flag_text
+from digitcnn.reporting.page import flag_text
 from digitcnn.sweep.grid import Cell, value_label
 
 __all__ = ["summarize_cell", "compare_cells", "sweep_table", "write_sweep_outputs"]
