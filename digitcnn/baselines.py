@@ -28,8 +28,9 @@ from digitcnn.config import BASELINE_SETTINGS, RunConfig, config_from_args
 from digitcnn.cv.command import load_quietly
 from digitcnn.errors import ConfigError, cli_entry
 from digitcnn.kfold import make_splits, splits_sha256
-from digitcnn.reporting.rundir import (check_out_dir, claim_out_dir, given_settings,
-                                       refuse_changed_settings, sigterm_as_interrupt)
+from digitcnn.reporting.rundir import check_out_dir, claim_out_dir
+from digitcnn.reporting.runcontrol import (given_settings, refuse_changed_settings,
+                                           sigterm_as_interrupt)
 from digitcnn.reporting.runfolder import finish_run
 from digitcnn.results import FoldResult, KFoldResult, write_run_start
 from digitcnn.training.runtime import library_versions

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Sequence
 
 from digitcnn._io import read_json
-from digitcnn.config import RunConfig
+from digitcnn.config import PRESENTATION_KEYS, RunConfig
 from digitcnn.errors import ConfigError
-from digitcnn.reporting.rundir import (PRESENTATION_KEYS, check_out_dir, given_settings,
-                                       refuse_changed_settings)
+from digitcnn.reporting.rundir import check_out_dir
+from digitcnn.reporting.runcontrol import given_settings, refuse_changed_settings
 
 __all__ = ["RUN_FLAGS", "default_out_dir", "resume_config", "resumed_config"]
 # The run-folder flags of every CLI that writes a run (kfold, train, sweep, baselines).
@@ -42,7 +42,7 @@ def resume_config(run_dir: str | Path, given: RunConfig | dict | None = None) ->
     """The config stored in ``run_dir/config.json``, with ``out`` pointing at ``run_dir``.
 
     ``given``: the settings of the resuming command line (see
-    :func:`digitcnn.reporting.rundir.given_settings`). Those that change only how the run is shown
+    :func:`digitcnn.reporting.runcontrol.given_settings`). Those that change only how the run is shown
     (``PRESENTATION_KEYS``) replace the stored ones; any other that differs is refused. A
     RunConfig passes on only its ``quiet``.
     """

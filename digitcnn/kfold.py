@@ -33,8 +33,8 @@ from digitcnn.errors import ConfigError, DataError, OutputError, cli_entry
 from digitcnn.results import (FoldResult, KFoldResult, fold_path, read_fold, write_fold,
                       write_run_start)
 from digitcnn.reporting.runfolder import finish_run
-from digitcnn.reporting.rundir import (check_out_dir, claim_out_dir, inspect_folder,
-                                       sigterm_as_interrupt)
+from digitcnn.reporting.rundir import check_out_dir, claim_out_dir, inspect_folder
+from digitcnn.reporting.runcontrol import sigterm_as_interrupt
 from digitcnn._io import read_json
 from digitcnn.training.runtime import (autocast_dtype, configure_determinism, cpu_cores, fold_generator,
                       fold_seed, fold_workers, library_versions, resolve_precision,

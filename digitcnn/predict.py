@@ -18,371 +18,21 @@ a .npy array, taken as it is) in optdigits' form (:func:`digitcnn.datasets.image
 
 ``--labels FILE`` (a CSV with a ``Label`` column, or ``.npy``) supplies true labels for an
 unlabelled input, so that accuracy is reported.
+
+This module is the command line; the Python API is :mod:`digitcnn.inference`.
 """
+from __future__ import annotations
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-import numpy as np
-
-from digitcnn.config import OneLineParser
-from digitcnn.errors import CheckpointError, ConfigError, DataError, cli_entry, warnings_as_lines
 from digitcnn._io import atomic_write_text
-from digitcnn.training.runtime import select_device
+from digitcnn.config import OneLineParser
+from digitcnn.errors import DataError, cli_entry, warnings_as_lines
 
-if TYPE_CHECKING:  # torch is imported where it is used: --help answers without it
-    import torch
-
-    from digitcnn.checkpoint import SavedModel
-
-__all__ = ["PredictionInput", "read_input", "read_labels", "load_models",
-           "ensemble_probabilities", "Predictions", "predict", "model_images", "main",
-           "MAX_TTA", "MAX_INPUT_VALUES"]
-
-# Test-time augmentation costs one full pass over the inputs per copy, and past a few dozen
-# copies the average no longer changes: a larger --tta is a typo, refused at once.
-MAX_TTA = 100
-# The most pixel values a .npy input may hold (268 million: 340,000 images of 28x28), checked
-# from its header before anything is read, so that a corrupt header cannot exhaust memory.
-MAX_INPUT_VALUES = 1 << 28
-# Arrays are checked and converted this many values at a time (bounded temporaries).
-CHUNK_VALUES = 1 << 22
-MAX_LABELS_CSV_BYTES = 64 << 20
-
-
-@dataclass
-class PredictionInput:
-    """Images to predict: uint8 (N, 1, H, W), optional int64 (N,) labels, a name per row."""
-
-    images: torch.Tensor
-    labels: torch.Tensor | None
-    names: list[str]
-    kaggle_test: bool = False
-    as_given: bool = False  # an array (.npy): never converted to another input form
-
-
-@dataclass
-class Predictions:
-    """Averaged class probabilities (N, C) and, per model, (N, C) probabilities."""
-
-    probabilities: torch.Tensor
-    per_model: list[torch.Tensor]
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self.probabilities.argmax(dim=1)
-
-    def accuracy(self, truth: torch.Tensor) -> float:
-        return float((self.labels == truth).double().mean())
-
-    def model_accuracies(self, truth: torch.Tensor) -> list[float]:
-        return [float((p.argmax(dim=1) == truth).double().mean()) for p in self.per_model]
-
-
-def _load_npy(path: Path, max_values: int, what: str) -> np.ndarray:
-    """A .npy file, memory-mapped after its header (shape, dtype, length) has been checked."""
-    try:
-        with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                      else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = reader(handle)
-            offset = handle.tell()
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"{path}: not a readable .npy file ({_first_line(err)}); save the "
-                        f"{what} with numpy.save") from None
-    if dtype.kind == "b":
-        raise DataError(f"{path}: a boolean array; save the {what} as numbers (uint8 pixel "
-                        "values 0..255, or integer labels)")
-    if dtype.kind not in "iuf":
-        raise DataError(f"{path}: dtype {dtype} is not a plain integer or float type; save the "
-                        f"{what} as uint8 or float32 with numpy.save")
-    values = int(np.prod(shape, dtype=object))
-    if values > max_values:
-        raise DataError(f"{path}: its header announces an array of shape {shape} ({values:,} "
-                        f"values), more than the {max_values:,} read here; the file is corrupt, "
-                        "or split the input into smaller files")
-    if values == 0:
-        raise DataError(f"{path}: an empty array of shape {shape}; save at least one row")
-    length = path.stat().st_size
-    if length < offset + values * dtype.itemsize:
-        raise DataError(f"{path}: its header announces shape {shape} of {dtype} "
-                        f"({offset + values * dtype.itemsize} bytes) but the file holds {length} "
-                        "bytes; it is truncated: save it again")
-    return np.load(path, mmap_mode="r", allow_pickle=False)
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-
-
-def _from_array(array: np.ndarray, path: Path) -> torch.Tensor:
-    """Pixel values (integers 0..255, or floats 0..1 or 0..255) as uint8 (N, 1, H, W)."""
-    if array.dtype.kind not in "iuf":
-        raise DataError(f"{path}: dtype {array.dtype} is not a pixel type; save pixel values "
-                        "0..255 as uint8 (or 0..1 floats)")
-    if array.ndim == 2:
-        side = int(round(array.shape[1] ** 0.5))
-        if side * side != array.shape[1]:
-            raise DataError(f"{path}: rows of {array.shape[1]} values are not square images; "
-                            "save an array of shape (N, H, W)")
-        array = array.reshape(-1, side, side)
-    if array.ndim == 3:
-        array = array[:, None]
-    if array.ndim != 4 or array.shape[1] != 1 or array.size == 0:
-        raise DataError(f"{path}: array of shape {array.shape}; expected (N, H, W), (N, 1, H, W) "
-                        "or (N, H*W)")
-    step = max(1, CHUNK_VALUES // int(np.prod(array.shape[1:])))
-    floating = array.dtype.kind == "f"
-    low, high = np.inf, -np.inf
-    for start in range(0, len(array), step):  # checked a chunk at a time: no full-size copies
-        chunk = np.asarray(array[start:start + step])
-        if floating and not np.isfinite(chunk).all():
-            bad = np.argwhere(~np.isfinite(chunk))[0]
-            index = (start + int(bad[0]),) + tuple(int(i) for i in bad[1:])
-            raise DataError(f"{path}: value {chunk[tuple(bad)]} at index {index} is not a "
-                            "number; save finite pixel values 0..255 (or 0..1 floats)")
-        low, high = min(low, chunk.min()), max(high, chunk.max())
-    # 0..1 floats, as many tutorials store them, are scaled to 0..255.
-    scale = 255.0 if floating and high <= 1.0 else 1.0
-    if low * scale < 0 or high * scale > 255:
-        raise DataError(f"{path}: values {low}..{high} are outside 0..255; save pixel values "
-                        "0..255 (or 0..1 floats)")
-    images = np.empty(array.shape, dtype=np.uint8)
-    for start in range(0, len(array), step):
-        chunk = np.asarray(array[start:start + step])
-        images[start:start + step] = np.rint(chunk * scale) if floating else chunk
-    import torch
-
-    return torch.from_numpy(images)
-
-
-def _unlabelled_images(paths: list[Path], names: list[str]) -> PredictionInput:
-    import torch
-
-    from digitcnn.datasets.images import mnist_style, open_image
-
-    pictures = []
-    for path in paths:
-        try:
-            pictures.append(mnist_style(open_image(path)))
-        except DataError as err:
-            message = str(err)
-            raise DataError(message if message.startswith(str(path)) else f"{path}: {message}; "
-                            "remove the file or redraw the digit") from None
-    return PredictionInput(torch.from_numpy(np.stack(pictures))[:, None], None, names)
-
-
-def read_input(path: str | Path) -> PredictionInput:
-    """Read what ``--input`` names; see the module docstring for the accepted kinds."""
-    from digitcnn.datasets.images import IMAGE_SUFFIXES
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder; pass a Kaggle CSV, an image folder, an "
-                        "image or a .npy file to --input")
-    if path.is_file() and path.suffix.lower() == ".csv":
-        from digitcnn.datasets.kaggle import load_kaggle
-
-        dataset = load_kaggle(path)
-        return PredictionInput(dataset.images, dataset.labels,
-                               [str(i) for i in range(1, len(dataset) + 1)],
-                               kaggle_test=dataset.labels is None)
-    if path.is_file() and path.suffix.lower() == ".npy":
-        images = _from_array(_load_npy(path, MAX_INPUT_VALUES, "images"), path)
-        return PredictionInput(images, None, [str(i) for i in range(len(images))],
-                               as_given=True)
-    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        return _unlabelled_images([path], [path.name])
-    if path.is_dir():
-        from digitcnn.datasets.mnist import _locate_idx_files
-
-        if _locate_idx_files(path) is not None:
-            from digitcnn.datasets.mnist import load_mnist
-
-            dataset = load_mnist(path)
-            return PredictionInput(dataset.images, dataset.labels,
-                                   [str(i) for i in range(len(dataset))])
-        top_level = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if top_level and not (path / "labels.csv").exists():
-            return _unlabelled_images(top_level, [p.name for p in top_level])
-        from digitcnn.datasets.images import load_images
-
-        dataset = load_images(path)
-        return PredictionInput(dataset.images, dataset.labels, list(dataset.files))
-    raise DataError(f"{path}: unsupported input; pass a .csv, .npy, image file or folder")
-
-
-def read_labels(path: str | Path, count: int, num_classes: int = 10) -> torch.Tensor:
-    """True labels for an unlabelled input, int64 (count,) of values 0..num_classes-1.
-
-    ``path``: a CSV with a ``Label``/``label`` column (e.g. Kaggle's ``ImageId,Label``), or a
-    .npy of integers. Every label is checked: a missing, non-integer or out-of-range one is
-    refused with its line (and column).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: labels file not found; check --labels")
-    if path.suffix.lower() == ".npy":
-        labels = _npy_labels(path, count)
-    else:
-        labels = _csv_labels(path)
-    if len(labels) != count:
-        raise DataError(f"{path}: {len(labels)} labels for {count} inputs; give one label per "
-                        "input row, in input order")
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        bad = int(np.flatnonzero((labels < 0) | (labels >= num_classes))[0])
-        raise DataError(f"{path}: label {labels[bad]} of row {bad + 1} is out of range "
-                        f"0..{num_classes - 1}; fix that label")
-    import torch
-
-    return torch.from_numpy(labels)
-
-
-def _npy_labels(path: Path, count: int) -> np.ndarray:
-    array = _load_npy(path, MAX_INPUT_VALUES, "labels")
-    if array.size != count:  # before reading: the header alone says how many there are
-        raise DataError(f"{path}: {array.size} labels for {count} inputs; give one label per "
-                        "input row, in input order")
-    array = np.asarray(array).reshape(-1)
-    if array.dtype.kind == "f":
-        bad = np.flatnonzero(~np.isfinite(array) | (array != np.round(array)))
-        if bad.size:
-            raise DataError(f"{path}: label {array[bad[0]]} of row {bad[0] + 1} is not a whole "
-                            "number; save integer labels")
-    return array.astype(np.int64)
-
-
-def _csv_labels(path: Path) -> np.ndarray:
-    from digitcnn.datasets.base import read_first_line
-
-    size = path.stat().st_size
-    if size == 0:
-        raise DataError(f"{path}: the labels file is empty; give a CSV with a Label column (e.g. "
-                        "ImageId,Label) or a .npy of labels")
-    if size > MAX_LABELS_CSV_BYTES:
-        raise DataError(f"{path}: {size >> 20} MiB is too large for a labels CSV; check --labels")
-    read_first_line(path)  # refuses compressed and binary files, with the reason
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: is not UTF-8 text; save the labels as a UTF-8 CSV") from None
-    try:
-        rows = list(csv.reader(lines))
-    except csv.Error as err:
-        raise DataError(f"{path}: not a readable CSV ({err}); save the labels as a plain "
-                        "CSV") from None
-    header = [name.strip() for name in rows[0]] if rows else []
-    column = next((i for i, name in enumerate(header) if name.lower() == "label"), None)
-    if column is None:
-        raise DataError(f"{path}: no Label column; give a CSV with a Label column (e.g. "
-                        "ImageId,Label) or a .npy of labels")
-    labels = []
-    for line_number, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        text = row[column].strip() if column < len(row) else ""
-        where = f"{path}: line {line_number}, column {column + 1}"
-        if not text:
-            raise DataError(f"{where}: missing label; fill it in or delete that line")
-        if not (text.isascii() and text.isdigit()) or len(text) > 9:
-            raise DataError(f"{where}: label {text[:20]!r} is not a class number; fix that "
-                            "label")
-        labels.append(int(text))
-    if not labels:
-        raise DataError(f"{path}: has a header but no labels; give one label per input row")
-    return np.array(labels, dtype=np.int64)
-
-
-def load_models(path: str | Path) -> list[SavedModel]:
-    """One saved model, or every fold model of a K-fold run directory."""
-    from digitcnn.checkpoint import find_saved_models, load_model
-
-    path = Path(path)
-    if path.is_dir() and (path / "config.json").is_file():
-        found = find_saved_models(path)
-        if not found:
-            raise CheckpointError(f"{path}: this run kept no models; rerun it with --save-models "
-                                  "(python -m digitcnn.train saves its model)")
-        return [load_model(p) for p in found]
-    return [load_model(path)]
-
-
-def ensemble_probabilities(models: Sequence[SavedModel], images: torch.Tensor, *,
-                           tta: int = 0, seed: int = 0, batch_size: int = 1000) -> Predictions:
-    """Mean class probabilities over models and (with ``tta`` > 0) over ``tta`` augmented
-    copies plus the original. Probabilities are averaged, not log-probabilities: that is the
-    mixture the ensemble stands for."""
-    import torch
-
-    from digitcnn.training.augment import PRESETS
-
-    check_tta(tta)
-    generator = torch.Generator().manual_seed(seed)
-    sums: list[torch.Tensor] = []
-    # One augmented view at a time, used by every model and dropped: memory does not grow
-    # with tta. The views are drawn in the same order as when all were made up front.
-    with torch.no_grad():
-        for index in range(tta + 1):
-            view = images.float() if index == 0 else PRESETS["light"](images.float(), generator)
-            for k, model in enumerate(models):
-                probabilities = model.predict_log_probs(view, batch_size).exp()
-                if index == 0:
-                    sums.append(probabilities)
-                else:
-                    sums[k] += probabilities
-    per_model = [total / (tta + 1) for total in sums]
-    return Predictions(torch.stack(per_model).mean(dim=0), per_model)
-
-
-def check_tta(tta: int) -> None:
-    """Refuse a number of test-time augmented copies outside 0..MAX_TTA."""
-    if not 0 <= tta <= MAX_TTA:
-        raise ConfigError(f"--tta {tta} must be 0 or more, at most {MAX_TTA} (each copy is one "
-                          "more pass over every input, and the average settles after a few "
-                          "dozen)")
-
-
-def model_images(inputs: PredictionInput, input_shape: Sequence[int]) -> torch.Tensor:
-    """The inputs' images as models of ``input_shape`` read them: 28x28 digits in UCI optdigits'
-    form (:func:`digitcnn.datasets.images.optdigits_images`) for an 8x8 model, unless they came as an
-    array (``as_given``); else unchanged."""
-    if tuple(input_shape) == (1, 8, 8) and tuple(inputs.images.shape[1:]) == (1, 28, 28) \
-            and not inputs.as_given:
-        from digitcnn.datasets.images import optdigits_images
-
-        return optdigits_images(inputs.images)
-    return inputs.images
-
-
-def predict(models: Sequence[SavedModel], inputs: PredictionInput, tta: int = 0) -> Predictions:
-    shapes = {m.input_shape for m in models}
-    if len(shapes) != 1:
-        raise CheckpointError(f"the models take different input shapes {sorted(shapes)}; "
-                              "ensemble models trained on the same data only")
-    return ensemble_probabilities(models, model_images(inputs, shapes.pop()), tta=tta)
-
-
-def output_csv(inputs: PredictionInput, predictions: Predictions) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    labels = predictions.labels.tolist()
-    if inputs.kaggle_test:
-        writer.writerow(["ImageId", "Label"])
-        writer.writerows((i, label) for i, label in enumerate(labels, start=1))
-    else:
-        confidence = predictions.probabilities.max(dim=1).values.tolist()
-        truth = inputs.labels.tolist() if inputs.labels is not None else None
-        writer.writerow(["file", "label", "probability"] + (["true_label"] if truth else []))
-        for row, (name, label, probability) in enumerate(zip(inputs.names, labels, confidence)):
-            writer.writerow([name, label, f"{probability:.6f}"] + ([truth[row]] if truth else []))
-    return buffer.getvalue()
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,9 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry("digitcnn.predict")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Imported here, not at the top: `--help` must answer without importing torch.
+    from digitcnn.inference import (check_tta, load_models, model_images, output_csv, predict,
+                                    read_input, read_labels)
+
     check_tta(args.tta)
-    device = select_device(args.device)
-    models = [m.to(device) for m in load_models(args.model)]
+    models = load_models(args.model, args.device)
     with warnings_as_lines("digitcnn.predict"):
         inputs = read_input(args.input)
     if args.labels is not None:
@@ -422,16 +75,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     predictions = predict(models, inputs, args.tta)
     atomic_write_text(args.out, output_csv(inputs, predictions))
     if not args.quiet:
-        print(f"{len(inputs.images)} predictions from {len(models)} model(s) written to {args.out}")
-        if inputs.labels is not None:
-            truth = inputs.labels
-            for fold, accuracy in enumerate(predictions.model_accuracies(truth)):
-                if len(models) > 1:
-                    print(f"model {fold}: accuracy {100 * accuracy:.2f}%")
-            correct = int((predictions.labels == truth).sum())
-            print(f"{'ensemble' if len(models) > 1 else 'model'} accuracy "
-                  f"{100 * predictions.accuracy(truth):.2f}% ({correct}/{len(truth)})")
+        _print_summary(args.out, len(models), inputs.labels, predictions)
     return 0
+
+
+def _print_summary(out: str, model_count: int, truth, predictions) -> None:
+    """How many predictions went where and, with labels, each model's and the ensemble's
+    accuracy."""
+    print(f"{len(predictions.labels)} predictions from {model_count} model(s) written to {out}")
+    if truth is None:
+        return
+    if model_count > 1:
+        for fold, accuracy in enumerate(predictions.model_accuracies(truth)):
+            print(f"model {fold}: accuracy {100 * accuracy:.2f}%")
+    correct = int((predictions.labels == truth).sum())
+    print(f"{'ensemble' if model_count > 1 else 'model'} accuracy "
+          f"{100 * predictions.accuracy(truth):.2f}% ({correct}/{len(truth)})")
 
 
 if __name__ == "__main__":

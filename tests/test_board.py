@@ -84,14 +84,14 @@ def a_digit() -> np.ndarray:
 def client_for(board):
     from starlette.testclient import TestClient
 
-    from digitcnn.board import create_app
+    from digitcnn.board.server import create_app
 
     return TestClient(create_app(board))
 
 
 @pytest.fixture
 def board(tmp_path):
-    from digitcnn.board import Board
+    from digitcnn.board.server import Board
 
     return Board.from_path(fake_run(tmp_path / "run"), tmp_path / "saved")
 
@@ -212,7 +212,7 @@ def test_save_writes_a_png_the_images_adapter_reads_back(board):
 def test_local_server_refuses_foreign_host_headers(board):
     from starlette.testclient import TestClient
 
-    from digitcnn.board import create_app
+    from digitcnn.board.server import create_app
 
     client = TestClient(create_app(board, allowed_hosts=["127.0.0.1", "localhost"]),
                         base_url="http://127.0.0.1:8765")
@@ -233,7 +233,7 @@ def predict_cli(model: Path, picture: Path, out: Path) -> tuple[str, float]:
 
 
 def predict_api(model: Path, picture: Path) -> list[float]:
-    from digitcnn.predict import load_models, predict, read_input
+    from digitcnn.inference import load_models, predict, read_input
 
     return predict(load_models(model), read_input(picture)).probabilities[0].tolist()
 
@@ -242,7 +242,7 @@ def predict_api(model: Path, picture: Path) -> list[float]:
 @pytest.mark.parametrize("mode", ["RGBA", "L"])
 def test_board_and_predict_give_the_same_probabilities(tmp_path, shape, mode):
     """The PNG the page sends, and the same file given to digitcnn.predict: same numbers."""
-    from digitcnn.board import Board
+    from digitcnn.board.server import Board
 
     run = fake_run(tmp_path / "run", models=2, shape=shape)
     png = drawing_png(a_digit(), mode=mode)
@@ -451,7 +451,7 @@ def first_clear(images, labels, digit: int, model: Path) -> np.ndarray:
     """The first held-out image of ``digit`` that the model recognises with p > 0.9."""
     import torch
 
-    from digitcnn.predict import ensemble_probabilities, load_models
+    from digitcnn.inference import ensemble_probabilities, load_models
 
     models = load_models(model)
     for index in np.flatnonzero(labels == digit):

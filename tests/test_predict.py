@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from digitcnn import kfold, predict, train
+from digitcnn import inference, kfold, predict, train
 from digitcnn.checkpoint import load_model
 from digitcnn.errors import DataError
 
@@ -71,7 +71,7 @@ def test_ensemble_on_npy_with_labels(kfold_run, optdigits_dir, tmp_path, capsys)
     rows = read_rows(out)
     assert rows[0] == ["file", "label", "probability", "true_label"] and len(rows) == 41
     # the ensemble is the mean of the fold models' probabilities
-    models = predict.load_models(kfold_run)
+    models = inference.load_models(kfold_run)
     images = torch.from_numpy(np.load(tmp_path / "x.npy"))[:, None]
     mean = torch.stack([m.predict_log_probs(images).exp() for m in models]).mean(0)
     assert [int(r[1]) for r in rows[1:]] == mean.argmax(1).tolist()
@@ -185,16 +185,16 @@ def run_predict(tmp_path, *extra):
 def test_npy_inputs_are_checked(tmp_path, array, message):
     np.save(tmp_path / "x.npy", array)
     with pytest.raises(DataError, match=message):
-        predict.read_input(tmp_path / "x.npy")
+        inference.read_input(tmp_path / "x.npy")
 
 
 def test_npy_values_are_scaled_and_rounded(tmp_path):
     np.save(tmp_path / "x.npy", np.array([[[0.0, 0.5], [1.0, 0.2]]]))
-    assert predict.read_input(tmp_path / "x.npy").images.flatten().tolist() == [0, 128, 255, 51]
+    assert inference.read_input(tmp_path / "x.npy").images.flatten().tolist() == [0, 128, 255, 51]
     np.save(tmp_path / "y.npy", np.array([[[0.0, 12.6], [255.0, 3.0]]]))
-    assert predict.read_input(tmp_path / "y.npy").images.flatten().tolist() == [0, 13, 255, 3]
+    assert inference.read_input(tmp_path / "y.npy").images.flatten().tolist() == [0, 13, 255, 3]
     np.save(tmp_path / "z.npy", np.arange(64, dtype=np.int32).reshape(1, 64))
-    assert predict.read_input(tmp_path / "z.npy").images.shape == (1, 1, 8, 8)
+    assert inference.read_input(tmp_path / "z.npy").images.shape == (1, 1, 8, 8)
 
 
 def test_npy_claiming_730_gib_is_refused_from_its_header(tmp_path):
@@ -205,12 +205,12 @@ def test_npy_claiming_730_gib_is_refused_from_its_header(tmp_path):
                        match=r"x.npy: its header announces an array of shape \(1000000000, 28, "
                              r"28\) \(784,000,000,000 values\), more than the 268,435,456 read "
                              r"here; the file is corrupt"):
-        predict.read_input(tmp_path / "x.npy")
+        inference.read_input(tmp_path / "x.npy")
     npy_header_only(tmp_path / "short.npy", (1000, 28, 28))
     with pytest.raises(DataError,
                        match=r"short.npy: its header announces shape \(1000, 28, 28\) of uint8 "
                              r"\(784128 bytes\) but the file holds 192 bytes; it is truncated"):
-        predict.read_input(tmp_path / "short.npy")
+        inference.read_input(tmp_path / "short.npy")
     save_mnist_sized_model(tmp_path / "m.safetensors")
     code, err, peak = run_measured(["-m", "digitcnn.predict", "--model", str(tmp_path / "m.json"),
                                     "--input", str(tmp_path / "x.npy"),
@@ -244,7 +244,7 @@ def test_tta_views_are_averaged_one_at_a_time(tmp_path):
     generator = torch.Generator().manual_seed(0)
     views = [images.float()] + [PRESETS["light"](images.float(), generator) for _ in range(3)]
     expected = torch.stack([model.predict_log_probs(v).exp() for v in views]).mean(0)
-    got = predict.ensemble_probabilities([model], images, tta=3)
+    got = inference.ensemble_probabilities([model], images, tta=3)
     assert torch.allclose(got.probabilities, expected, atol=1e-6)
 
 
@@ -265,7 +265,7 @@ def test_tta_views_are_averaged_one_at_a_time(tmp_path):
 def test_labels_csv_is_checked(tmp_path, text, message):
     (tmp_path / "labels.csv").write_text(text)
     with pytest.raises(DataError, match=message):
-        predict.read_labels(tmp_path / "labels.csv", 3)
+        inference.read_labels(tmp_path / "labels.csv", 3)
 
 
 def test_labels_files_that_are_not_text_or_not_integers(tmp_path):
@@ -273,18 +273,18 @@ def test_labels_files_that_are_not_text_or_not_integers(tmp_path):
 
     (tmp_path / "labels.csv").write_bytes(gzip.compress(b"Label\n1\n2\n3\n"))
     with pytest.raises(DataError, match=r"labels.csv: is gzip-compressed"):
-        predict.read_labels(tmp_path / "labels.csv", 3)
+        inference.read_labels(tmp_path / "labels.csv", 3)
     for array, message in [(np.array([1.0, np.nan, 2.0]), r"label nan of row 2 is not a whole"),
                            (np.array([1, 12, 2]), r"label 12 of row 2 is out of range 0..9"),
                            (np.array([True, False, True]), r"a boolean array"),
                            (np.array([1, 2]), r"2 labels for 3 inputs")]:
         np.save(tmp_path / "y.npy", array)
         with pytest.raises(DataError, match=message):
-            predict.read_labels(tmp_path / "y.npy", 3)
+            inference.read_labels(tmp_path / "y.npy", 3)
     np.save(tmp_path / "y.npy", np.array([1.0, 0.0, 9.0]))
-    assert predict.read_labels(tmp_path / "y.npy", 3).tolist() == [1, 0, 9]
+    assert inference.read_labels(tmp_path / "y.npy", 3).tolist() == [1, 0, 9]
     (tmp_path / "l.csv").write_text("ImageId,Label\n1,3\n\n2, 0 \n3,9\n")
-    assert predict.read_labels(tmp_path / "l.csv", 3).tolist() == [3, 0, 9]
+    assert inference.read_labels(tmp_path / "l.csv", 3).tolist() == [3, 0, 9]
 
 
 def test_empty_labels_file_is_one_line_on_the_command_line(tmp_path):

@@ -16,7 +16,9 @@ import pytest
 from conftest import REPO_ROOT
 from digitcnn import baselines, compare, kfold, sweep, train
 from digitcnn.errors import ConfigError, ModelError, OutputError, Terminated
-from digitcnn.reporting.rundir import (LOCK_NAME, ReceivedSignal, RunLock, check_out_dir, claim_out_dir, inspect_folder, sigterm_as_interrupt)
+from digitcnn.reporting.rundir import (LOCK_NAME, RunLock, check_out_dir, claim_out_dir,
+                                       inspect_folder)
+from digitcnn.reporting.runcontrol import ReceivedSignal, sigterm_as_interrupt
 from digitcnn._io import read_json
 
 FAST = ["--epochs", "1", "--folds", "2", "--batch-size", "32", "--threads", "1", "--workers", "1",

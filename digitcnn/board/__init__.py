@@ -12,7 +12,11 @@ probabilities and the image the model saw. "Save as" stores the drawing under
 ``--add-train-images`` read.
 
 Needs the optional extra: ``pip install "digitcnn[board]"`` (Starlette and uvicorn).
-"""
-from digitcnn.board.server import Board, BoardRequestError, create_app, main
 
-__all__ = ["Board", "BoardRequestError", "create_app", "main"]
+The command line is :mod:`digitcnn.board.cli`; the server (:class:`~digitcnn.board.server.Board`,
+:func:`~digitcnn.board.server.create_app`) is :mod:`digitcnn.board.server`, imported only when
+the board starts: ``python -m digitcnn.board --help`` imports neither torch nor the web stack.
+"""
+from digitcnn.board.cli import main
+
+__all__ = ["main"]

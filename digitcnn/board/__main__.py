@@ -1,5 +1,5 @@
 import sys
 
-from digitcnn.board.server import main
+from digitcnn.board.cli import main
 
 sys.exit(main())

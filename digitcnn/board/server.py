@@ -1,45 +1,41 @@
 """The drawing board's server: a :class:`Board` (models, preprocessing, saving) behind a small
-Starlette app, run by uvicorn on a socket bound to 127.0.0.1 unless ``--host`` says otherwise.
+Starlette app, run by uvicorn on the socket :mod:`digitcnn.board.cli` bound (127.0.0.1 unless
+``--host`` says otherwise).
 
-torch, Pillow, Starlette and uvicorn are imported inside the functions that use them, so that
-``python -m digitcnn.board --help`` answers at once.
+The board predicts as ``python -m digitcnn.predict`` does (:mod:`digitcnn.inference`). Pillow,
+Starlette and uvicorn, optional dependencies, are imported inside the functions that use them.
 """
 from __future__ import annotations
 
-import argparse
 import io
-import ipaddress
 import socket
-import sys
 import threading
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-from digitcnn.config import OneLineParser
-from digitcnn.errors import CheckpointError, ConfigError, DataError, DigitCNNError, cli_entry, one_line
+import torch
 
-if TYPE_CHECKING:
-    from digitcnn.checkpoint import SavedModel
-    from digitcnn.predict import PredictionInput
+from digitcnn._io import atomic_write_bytes
+from digitcnn.board.cli import DEFAULT_SAVE_DIR, PROG
+from digitcnn.checkpoint import SavedModel
+from digitcnn.datasets.images import mnist_style, open_image
+from digitcnn.errors import CheckpointError, DataError, DigitCNNError, one_line
+from digitcnn.inference import PredictionInput, load_models, model_images, predict
 
-__all__ = ["Board", "BoardRequestError", "create_app", "main", "MAX_BODY_BYTES", "MAX_SIDE",
-           "DEFAULT_SAVE_DIR", "INSTALL_HINT"]
+__all__ = ["Board", "BoardRequestError", "create_app", "serve", "check_png", "decode_png",
+           "MAX_BODY_BYTES", "MAX_SIDE"]
 
-PROG = "digitcnn.board"
 # A 280x280 drawing is a few kB of PNG; 1 MB leaves room for a large canvas and refuses floods.
 MAX_BODY_BYTES = 1 << 20
 # The page's canvas is 280 px; a larger side is not a drawing from it (and would cost memory).
 MAX_SIDE = 2048
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-DEFAULT_SAVE_DIR = "my-digits"
-INSTALL_HINT = 'pip install "digitcnn[board]"'
 STATIC = Path(__file__).with_name("static")
 # The input sizes the board can draw for: MNIST-style 28x28 and UCI optdigits 8x8.
 MNIST_SHAPE = (1, 28, 28)
 OPTDIGITS_SHAPE = (1, 8, 8)
-LOOPBACK_NAMES = ("localhost",)
 
 
 class BoardRequestError(DigitCNNError):
@@ -66,7 +62,6 @@ def decode_png(body: bytes):
     pixels a side."""
     from PIL import Image, UnidentifiedImageError
 
-    from digitcnn.datasets.images import open_image
 
     check_png(body)
     try:
@@ -116,8 +111,6 @@ class Board:
     def from_path(cls, model: str | Path, save_dir: str | Path = DEFAULT_SAVE_DIR,
                   device: str = "cpu") -> "Board":
         """Load a saved model or a K-fold run (its fold ensemble), refusing a missing path."""
-        from digitcnn.predict import load_models
-        from digitcnn.training.runtime import select_device
 
         path = Path(model)
         if not path.exists():
@@ -128,8 +121,7 @@ class Board:
             raise CheckpointError(f"{path}: neither a digitcnn run (no config.json) nor a saved "
                                   "model (no .json); pass a run folder saved with --save-models "
                                   "or a model's .json")
-        target = select_device(device)
-        return cls([m.to(target) for m in load_models(path)], save_dir, str(path))
+        return cls(load_models(path, device), save_dir, str(path))
 
     def info(self) -> dict:
         meta = self.models[0].meta
@@ -140,10 +132,6 @@ class Board:
     def read(self, body: bytes) -> PredictionInput:
         """The PNG ``body`` as ``digitcnn.predict`` reads an image file: decoded, then
         :func:`~digitcnn.datasets.images.mnist_style` (uint8 (1, 1, 28, 28))."""
-        import torch
-
-        from digitcnn.datasets.images import mnist_style
-        from digitcnn.predict import PredictionInput
 
         picture = decode_png(body)
         try:
@@ -155,7 +143,6 @@ class Board:
     def classify(self, body: bytes) -> dict:
         """The answer the page shows: the probabilities ``digitcnn.predict`` gives the same PNG,
         the top class, and the image the model saw (28x28, or 8x8 for a UCI model)."""
-        from digitcnn.predict import model_images, predict
 
         inputs = self.read(body)
         try:
@@ -187,7 +174,6 @@ class Board:
         The name is the server's (UTC time and a random suffix), never the request's; the bytes
         are the drawing as sent, once it decodes as a PNG with ink on it.
         """
-        from digitcnn._io import atomic_write_bytes
 
         if digit not in self.classes:
             raise BoardRequestError(400, f"digit {digit!r} is not one of the model's classes "
@@ -286,87 +272,8 @@ def create_app(board: Board, allowed_hosts: Sequence[str] | None = None):
     return Starlette(routes=routes, middleware=middleware)
 
 
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host``:``port`` (port 0: a free one), or one ConfigError."""
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--port {port} is not a TCP port; give 0..65535 (0: any free port)")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        listener = socket.socket(family, kind, proto)
-    except (OSError, UnicodeError) as err:
-        raise ConfigError(f"--host {host}: not an address of this machine ({err}); use the "
-                          "default 127.0.0.1") from None
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(address)
-        listener.listen(64)
-    except OSError as err:
-        listener.close()
-        raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror or err}); pick another "
-                          "--port (0 picks a free one) or --host") from None
-    return listener
-
-
-def require_extra() -> None:
-    """Refuse, in one line, when Starlette or uvicorn is not installed."""
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as err:
-        raise ConfigError(f"the drawing board needs {err.name or 'starlette and uvicorn'}, which "
-                          f"is not installed; run: {INSTALL_HINT}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m digitcnn.board",
-                           description="Draw a digit in the browser and see the model's answer "
-                                       "as you draw.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True,
-                        help="saved model (.json/.safetensors) or K-fold run saved with "
-                             "--save-models (its fold ensemble)")
-    parser.add_argument("--port", type=int, default=8765, help="TCP port (0: any free port)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on; anything but loopback lets other machines "
-                             "draw and save")
-    parser.add_argument("--save-dir", default=DEFAULT_SAVE_DIR,
-                        help="'Save as' writes DIR/<digit>/*.png (read by --dataset images and "
-                             "--add-train-images)")
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"),
-                        help="device for the model (one drawing at a time: the CPU is quick)")
-    return parser
-
-
-@cli_entry(PROG)
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    require_extra()
-    board = Board.from_path(args.model, args.save_dir, args.device)
-    local = is_loopback(args.host)
-    if not local:
-        print(f"{PROG}: warning: listening on {args.host}, not on 127.0.0.1: anyone who can reach "
-              f"this machine can use the board and save files into {board.save_dir}; leave out "
-              "--host to keep it local", file=sys.stderr, flush=True)
-    listener = bind(args.host, args.port)
-    # A local server answers only requests addressed to it by a local name: a web page that
-    # points its own domain name at 127.0.0.1 (DNS rebinding) gets 400.
-    hosts = sorted({args.host.lower(), "127.0.0.1", "localhost", "::1"}) if local else None
-    return serve(board, listener, allowed_hosts=hosts)
-
-
 def serve(board: Board, listener: socket.socket, allowed_hosts: Sequence[str] | None) -> int:
     """Run the app on ``listener`` until Ctrl-C or SIGTERM."""
-    import torch
     import uvicorn
 
     # One drawing at a time: a second thread only waits on the first for a 28x28 image, and

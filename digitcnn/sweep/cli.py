@@ -17,8 +17,9 @@ from digitcnn.config import PRESENTATION_KEYS, RunConfig, config_from_args, flag
 from digitcnn.cv.distributed import (EXECUTOR_ARGUMENTS, connected, executor_flags,
                                      executor_from_argv)
 from digitcnn.errors import ConfigError, cli_entry
-from digitcnn.reporting.rundir import (check_out_dir, claim_out_dir, given_settings,
-                                       refuse_changed_settings, sigterm_as_interrupt)
+from digitcnn.reporting.rundir import check_out_dir, claim_out_dir
+from digitcnn.reporting.runcontrol import (given_settings, refuse_changed_settings,
+                                           sigterm_as_interrupt)
 from digitcnn.sweep.grid import Cell, expand_grid, load_grid_file, parse_grid, stored_cells
 
 __all__ = ["GRID_ARGUMENTS", "default_sweep_dir", "plan_from_args", "main"]
