@@ -126,8 +126,11 @@ def test_every_asset_is_package_data():
 
     from digitcnn.board.server import STATIC
 
+    from setuptools import find_namespace_packages
+
     config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "digitcnn.board" in config["packages"]
+    # the packages pyproject ships: setuptools finds them by its include patterns
+    assert "digitcnn.board" in find_namespace_packages(REPO_ROOT, **config["packages"]["find"])
     patterns = config["package-data"]["digitcnn.board"]
     shipped = {path for pattern in patterns for path in STATIC.parent.glob(pattern)}
     assert shipped == set(STATIC.iterdir()) and len(shipped) == 3
