@@ -86,7 +86,7 @@ class Board:
     """Saved models (one, or a K-fold run's fold ensemble) and the folder drawings go to.
 
     Args:
-        models: the saved models (:func:`digitcnn.predict.load_models`), all of one input shape
+        models: the saved models (:func:`digitcnn.inference.load_models`), all of one input shape
             (1, 28, 28) or (1, 8, 8).
         save_dir: "Save as" writes ``save_dir/<digit>/<server-chosen name>.png``.
         source: what the models were loaded from, shown on the page.

@@ -174,8 +174,8 @@ def start_report(result, directory: str | Path, oof: dict, plots: bool = True,
 def _draw_from_stdin() -> int:
     """The background process of :func:`start_report`."""
     if sys.stdin.isatty():
-        print("python -m digitcnn.reporting.report: draws a run's report for digitcnn's CLIs; it reads "
-              "its input from them, not from a terminal", file=sys.stderr)
+        print("python -m digitcnn.reporting.report: draws a run's report for digitcnn's CLIs; it "
+              "reads its input from them, not from a terminal", file=sys.stderr)
         return 2
     payload = pickle.load(sys.stdin.buffer)
     try:
@@ -197,7 +197,6 @@ def _draw_from_stdin() -> int:
         raise
     (directory / REPORT_LOG).unlink(missing_ok=True)
     return 0
-
 
 
 if __name__ == "__main__":
