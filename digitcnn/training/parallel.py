@@ -3,7 +3,7 @@
 K small models trained one after another use a GPU poorly (each step is dominated by kernel
 launches and Python) and a CPU's cores no better (tiny matrix products). Here the folds'
 models, each built from its own seed as in sequential mode, are stacked into one model
-(:func:`digitcnn.models.stack_folds`): grouped convolutions with K groups, BatchNorm over K*C
+(:func:`digitcnn.models.stacked.stack_folds`): grouped convolutions with K groups, BatchNorm over K*C
 channels, batched matrix products for the linear layers. One step trains all folds with the
 kernels of one model, and :func:`digitcnn.training.loop.fit_folds`, the epoch loop sequential mode
 uses too, drives it.
@@ -37,7 +37,7 @@ from digitcnn.training.augment import Augmentation
 from digitcnn.training.loop import (EpochRecord, Evaluation, FitOutcome, epoch_order, fit_folds,
                      training_forward)
 from digitcnn.metrics import confusion_counts
-from digitcnn.models import fold_state, load_fold_state, stack_folds
+from digitcnn.models.stacked import fold_state, load_fold_state, stack_folds
 
 __all__ = ["StackedFolds", "FoldBatch", "fit_parallel", "supports_parallel", "epoch_plan"]
 
