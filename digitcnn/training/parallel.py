@@ -3,10 +3,11 @@
 K small models trained one after another use a GPU poorly (each step is dominated by kernel
 launches and Python) and a CPU's cores no better (tiny matrix products). Here the folds'
 models, each built from its own seed as in sequential mode, are stacked into one model
-(:func:`digitcnn.models.stacked.stack_folds`): grouped convolutions with K groups, BatchNorm over K*C
-channels, batched matrix products for the linear layers. One step trains all folds with the
-kernels of one model, and :func:`digitcnn.training.loop.fit_folds`, the epoch loop sequential mode
-uses too, drives it.
+(:func:`digitcnn.models.stacked.stack_folds`): grouped convolutions with K groups, BatchNorm
+over K*C channels, batched matrix products for the linear layers. One step trains all folds
+with the kernels of one model, and :func:`digitcnn.training.loop.fit_folds`, the epoch loop
+sequential mode uses too, drives it: :class:`FoldBatch` is its fold-batched
+:class:`~digitcnn.training.steps.Trainer`.
 
 What stays per fold:
 * rows: fold k's batch is drawn from fold k's training rows only, with its own permutation
@@ -15,7 +16,7 @@ What stays per fold:
 * initialisation: each fold's model is built with its seed, then its weights are stacked;
 * optimizer state: one (fused) optimizer over the stacked tensors is K independent
   optimizers, because Adam, AdamW, SGD and RMSprop act elementwise;
-* learning rate, schedule and early stopping: see :func:`digitcnn.training.loop.fit_folds`;
+* learning rate, schedule and early stopping: see :class:`digitcnn.training.loop.FitLoop`;
 * BatchNorm statistics and dropout masks: per channel, hence per fold, and per element.
 
 Batches have static shapes: every step but an epoch's last has (K, batch) rows; the last has
@@ -30,14 +31,14 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from digitcnn.training.augment import Augmentation
-from digitcnn.training.loop import (EpochRecord, Evaluation, FitOutcome, epoch_order, fit_folds,
-                     training_forward)
-from digitcnn.metrics import confusion_counts
+from digitcnn.config import RunConfig
 from digitcnn.models.stacked import fold_state, load_fold_state, stack_folds
+from digitcnn.training.augment import Augmentation
+from digitcnn.training.loop import EpochRecord, FitOutcome, fit_folds
+from digitcnn.training.steps import (Evaluation, epoch_order, evaluation_of, smoothed_nll,
+                                     training_forward)
 
 __all__ = ["StackedFolds", "FoldBatch", "fit_parallel", "supports_parallel", "epoch_plan"]
 
@@ -79,7 +80,7 @@ class StackedFolds:
             memory_format=memory_format)
 
 
-def supports_parallel(config) -> bool:
+def supports_parallel(config: RunConfig) -> bool:
     """Fold-parallel mode covers every optimizer and schedule; it needs 2+ folds."""
     return config.cv in ("kfold", "stratified")
 
@@ -106,8 +107,8 @@ def epoch_plan(row_sets: Sequence[torch.Tensor], generators: Sequence[torch.Gene
 
 
 class FoldBatch:
-    """K folds as one fold-batched model over :class:`StackedFolds`: the trainer that
-    :func:`digitcnn.training.loop.fit_folds` drives (see :class:`digitcnn.training.loop.SingleModel`)."""
+    """K folds as one fold-batched model over :class:`StackedFolds`: the
+    :class:`~digitcnn.training.steps.Trainer` of fold-parallel training."""
 
     def __init__(self, models: Sequence[nn.Module], data: StackedFolds,
                  generators: Sequence[torch.Generator], augment_generator: torch.Generator, *,
@@ -135,24 +136,21 @@ class FoldBatch:
                        for start in range(0, length, batch_size)]
         return len(self.bounds)
 
-    def step(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def train_step(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         start, end = self.bounds[index]
         rows, weights = self.plan[:, start:end], self.weights[:, start:end]
         labels = self.data.labels[rows]  # (K, B)
         inputs = self.data.inputs(rows, self.augmentation, self.augment_generator,
                                   self.memory_format)
         log_probs = self.forward(inputs)  # (K, B, classes), float32
-        nll = F.nll_loss(log_probs.flatten(0, 1), labels.reshape(-1),
-                         reduction="none").view_as(labels)
-        if self.label_smoothing:
-            nll = (1 - self.label_smoothing) * nll - self.label_smoothing * log_probs.mean(dim=2)
+        nll = smoothed_nll(log_probs, labels, self.label_smoothing, reduction="none")  # (K, B)
         counts = weights.sum(dim=1)
         fold_losses = (nll * weights).sum(dim=1) / counts.clamp(min=1)
         correct = ((log_probs.detach().argmax(dim=2) == labels) & (weights > 0)).sum(dim=1)
         return fold_losses.sum(), fold_losses.detach() * counts, correct
 
     @torch.no_grad()
-    def evaluate(self, batch_size: int, num_classes: int) -> list[Evaluation]:
+    def validation_step(self, batch_size: int, num_classes: int) -> list[Evaluation]:
         """Every fold on its validation rows, in eval mode and float32, all folds at once."""
         self.model.eval()
         plan, _ = epoch_plan(self.data.val_rows, None)
@@ -160,14 +158,8 @@ class FoldBatch:
                                                memory_format=self.memory_format)).float()
                    for start in range(0, plan.shape[1], batch_size)]
         log_probs = torch.cat(outputs, dim=1)  # (K, V, classes)
-        evaluations = []
-        for fold, rows in enumerate(self.data.val_rows):
-            fold_log_probs, labels = log_probs[fold, :len(rows)], self.data.labels[rows]
-            loss_sum = F.nll_loss(fold_log_probs, labels, reduction="sum")
-            confusion = confusion_counts(fold_log_probs.argmax(dim=1), labels, num_classes)
-            evaluations.append(Evaluation(float(loss_sum), len(rows), confusion.cpu(),
-                                          fold_log_probs.cpu()))
-        return evaluations
+        return [evaluation_of(log_probs[fold, :len(rows)], self.data.labels[rows], num_classes)
+                for fold, rows in enumerate(self.data.val_rows)]
 
     def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
         return fold_state(self.model, self.folds, fold)
@@ -176,7 +168,8 @@ class FoldBatch:
         load_fold_state(self.model, self.folds, fold, state)
 
 
-def fit_parallel(models: Sequence[nn.Module], stacked: StackedFolds, config, *, num_classes: int,
+def fit_parallel(models: Sequence[nn.Module], stacked: StackedFolds, config: RunConfig, *,
+                 num_classes: int,
                  generators: Sequence[torch.Generator], augment_generator: torch.Generator,
                  on_epoch: Callable[[int, list[EpochRecord]], None] | None = None,
                  autocast_dtype: torch.dtype | None = None) -> list[FitOutcome]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from digitcnn.training import loop as engine
+from digitcnn.training import loop as engine, steps
 from digitcnn.config import RunConfig
 from digitcnn.models import create_model
 from digitcnn.training.scaling import fit_scaler
@@ -138,7 +138,7 @@ def constant_evaluation(loss: float = 1.0, correct: int = 20):
 
 @pytest.mark.parametrize("monitor", ["val_accuracy", "val_loss"])
 def test_plateau_halves_after_patience_and_stops_at_min_lr(monkeypatch, monitor):
-    monkeypatch.setattr(engine, "evaluate", lambda *args, **kwargs: constant_evaluation())
+    monkeypatch.setattr(steps, "evaluate", lambda *args, **kwargs: constant_evaluation())
     cfg = config(scheduler="plateau", plateau_monitor=monitor, plateau_patience=1,
                  plateau_factor=0.5, lr=1e-3, min_lr=3e-4, epochs=8)
     _, outcome = fit(cfg)
@@ -149,7 +149,7 @@ def test_plateau_halves_after_patience_and_stops_at_min_lr(monkeypatch, monitor)
 
 def test_plateau_keeps_the_rate_while_the_metric_improves(monkeypatch):
     accuracies = iter(range(5, 40, 4))
-    monkeypatch.setattr(engine, "evaluate",
+    monkeypatch.setattr(steps, "evaluate",
                         lambda *args, **kwargs: constant_evaluation(correct=next(accuracies)))
     _, outcome = fit(config(scheduler="plateau", plateau_patience=0, epochs=5))
     assert outcome.history.lr == [1e-3] * 5
@@ -165,6 +165,24 @@ def test_smoothed_nll_equals_cross_entropy(smoothing):
     ours = engine.smoothed_nll(torch.log_softmax(logits, dim=1), targets, smoothing)
     theirs = F.cross_entropy(logits, targets, label_smoothing=smoothing)
     assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_smoothed_nll_per_row_is_cross_entropy_per_row(smoothing):
+    # the fold-batched step's loss: (K, B, C) log-probabilities, one loss per row
+    logits = torch.randn(3, 5, 10, generator=torch.Generator().manual_seed(3)) * 3
+    targets = torch.randint(0, 10, (3, 5), generator=torch.Generator().manual_seed(4))
+    ours = engine.smoothed_nll(torch.log_softmax(logits, dim=-1), targets, smoothing,
+                               reduction="none")
+    theirs = F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), reduction="none",
+                             label_smoothing=smoothing).view(3, 5)
+    assert ours.shape == (3, 5)
+    assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_smoothed_nll_refuses_an_unknown_reduction():
+    with pytest.raises(ValueError, match="unknown reduction 'sum'; choose 'mean' or 'none'"):
+        engine.smoothed_nll(torch.zeros(2, 10), torch.zeros(2, dtype=torch.int64), 0.1, "sum")
 
 
 # ----------------------------------------------------------------------------- early stopping
