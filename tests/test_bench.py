@@ -2,10 +2,12 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from digitcnn import bench
+from digitcnn.bench import inprocess, measure, processes
+from digitcnn.bench.__main__ import build_parser, main
 
 from conftest import real_data
 
@@ -15,9 +17,9 @@ def test_run_with_rusage_reports_the_childs_own_peak():
     # of its parent it starts as, and this pytest process holds torch.
     probe = (
         "import json, sys\n"
-        "from digitcnn.bench import _run_with_rusage\n"
-        "small = _run_with_rusage([sys.executable, '-c', \"print('ok')\"])\n"
-        "big = _run_with_rusage([sys.executable, '-c', 'x = bytearray(200 * 2**20)'])\n"
+        "from digitcnn.bench.measure import run_with_rusage\n"
+        "small = run_with_rusage([sys.executable, '-c', \"print('ok')\"])\n"
+        "big = run_with_rusage([sys.executable, '-c', 'x = bytearray(200 * 2**20)'])\n"
         "print(json.dumps([small['peak_rss_mib'], big['peak_rss_mib'], small['stdout']]))\n")
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                                timeout=120, check=True)
@@ -28,7 +30,7 @@ def test_run_with_rusage_reports_the_childs_own_peak():
 
 def test_augment_case_times_both_settings(tmp_path):
     mnist = real_data("mnist")
-    assert bench.main(["--cases", "augment", "--repeats", "1", "--augment-rows", "256",
+    assert main(["--cases", "augment", "--repeats", "1", "--augment-rows", "256",
                        "--mnist-dir", str(mnist), "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())["cases"]["augment"]
     assert len(report["plain_s"]) == len(report["augmented_s"]) == 1
@@ -37,11 +39,11 @@ def test_augment_case_times_both_settings(tmp_path):
 
 def test_plain_loop_yardstick_runs(tmp_path):
     mnist = real_data("mnist")
-    result = bench.plain_loop(str(mnist), folds=2, epochs=1, limit=400, split="test")
+    result = inprocess.plain_loop(str(mnist), folds=2, epochs=1, limit=400, split="test")
     assert result["n"] == 400 and 0 <= result["accuracy"] <= 100
 
 
-@pytest.mark.skipif(not bench.Path("/proc/self/smaps_rollup").exists(), reason="needs Linux /proc")
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux /proc")
 def test_tree_memory_counts_forked_workers_that_wait4_misses():
     # A parent of ~20 MiB forks two workers that each touch 150 MiB of their own: the largest
     # single process stays near 170 MiB, while the tree holds over 300 MiB.
@@ -56,8 +58,8 @@ def test_tree_memory_counts_forked_workers_that_wait4_misses():
         "for pid in pids:\n"
         "    os.waitpid(pid, 0)\n")
     probe = ("import json, sys\n"
-             "from digitcnn.bench import _run_with_rusage\n"
-             f"run = _run_with_rusage([sys.executable, '-c', {workers!r}], sample_memory=True)\n"
+             "from digitcnn.bench.measure import run_with_rusage\n"
+             f"run = run_with_rusage([sys.executable, '-c', {workers!r}], sample_memory=True)\n"
              "print(json.dumps([run['peak_rss_mib'], run['peak_tree_pss_mib']]))\n")
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                                timeout=120, check=True)
@@ -73,7 +75,7 @@ def test_uci_case_reports_the_steady_state_beside_the_whole_process(optdigits_di
     reference = tmp_path / "reference_loop.py"
     reference.write_text(  # a stand-in yardstick that prints what the real one prints
         "import json\nprint(json.dumps({'accuracy': 50.0, 'wall_s': 0.5, 'device': 'cpu'}))\n")
-    assert bench.main(["--cases", "uci", "--device", "cpu", "--repeats", "1",
+    assert main(["--cases", "uci", "--device", "cpu", "--repeats", "1",
                        "--uci-dir", str(optdigits_dir), "--reference", str(reference),
                        "--out", str(tmp_path / "out"), "--extra", "--epochs", "1",
                        "--no-verify", "--workers", "1", "--threads", "1"]) == 0
@@ -88,21 +90,21 @@ def test_uci_case_reports_the_steady_state_beside_the_whole_process(optdigits_di
 
 
 def test_mnist_epochs_reach_both_sides():
-    args = bench.build_parser().parse_args(["--mnist-epochs", "3"])
+    args = build_parser().parse_args(["--mnist-epochs", "3"])
     assert args.mnist_epochs == 3 and args.device == "cpu"
     with pytest.raises(SystemExit):
-        bench.build_parser().parse_args(["--device", "tpu"])
+        build_parser().parse_args(["--device", "tpu"])
 
 
 @pytest.mark.slow
 def test_startup_case_measures_help_imports_and_the_three_commands(tmp_path, optdigits_dir):
     """Tiny work (1 epoch): every figure is there and consistent; the timings come from full
     runs, not from this test."""
-    assert bench.main(["--cases", "startup", "--repeats", "1", "--uci-dir", str(optdigits_dir),
+    assert main(["--cases", "startup", "--repeats", "1", "--uci-dir", str(optdigits_dir),
                        "--out", str(tmp_path), "--extra", "--epochs", "1", "--threads",
                        "1", "--no-verify"]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())["cases"]["startup"]
-    assert set(report["commands"]) == set(bench.STARTUP_COMMANDS)
+    assert set(report["commands"]) == set(processes.STARTUP_COMMANDS)
     assert report["import_kfold_minus_torch_s"] == pytest.approx(
         report["commands"]["import digitcnn.kfold"]["median_s"]
         - report["commands"]["import torch"]["median_s"])
@@ -120,13 +122,13 @@ def test_startup_case_measures_help_imports_and_the_three_commands(tmp_path, opt
 
 def test_a_terminal_run_returns_before_its_report(tmp_path, optdigits_dir):
     out = tmp_path / "run"
-    command = bench._digitcnn_command(out, ["--data-dir", str(optdigits_dir), "--epochs", "1",
+    command = processes.digitcnn_command(out, ["--data-dir", str(optdigits_dir), "--epochs", "1",
                                             "--folds", "2", "--threads", "1", "--no-verify"],
                                       plots=True)
-    run = bench._run_with_rusage(command, terminal=True)
+    run = measure.run_with_rusage(command, terminal=True)
     assert run["returncode"] == 0, run["stderr"]
     assert (out / "metrics.json").is_file()
-    ready = bench.wait_for_report(out, run["started"])
+    ready = measure.wait_for_report(out, run["started"])
     assert ready is not None and ready > run["wall_s"]  # drawn by the background process
     assert (out / "report.html").is_file() and not (out / "report.log").exists()
 
@@ -139,7 +141,7 @@ def test_ray_case_races_both_executors_and_compares_their_tables(tmp_path, optdi
     grid = tmp_path / "grid.toml"
     grid.write_text(f'dataset = "uci"\ndata-dir = "{optdigits_dir}"\nmodel = "s5"\n'
                     'folds = 2\nverify = false\n[grid]\nlr = [0.001, 0.002]\n')
-    assert bench.main(["--cases", "ray", "--repeats", "1", "--ray-grid", str(grid),
+    assert main(["--cases", "ray", "--repeats", "1", "--ray-grid", str(grid),
                        "--out", str(tmp_path / "out")]) == 0
     case = json.loads((tmp_path / "out" / "bench.json").read_text())["cases"]["ray"]
     assert case["sweep_csv_equal"] and case["comparisons_csv_equal"]
