@@ -183,7 +183,7 @@ def speed_section(results: Path) -> list[str]:
             (uci_folder, "uci", "UCI, S5 recipe, against `reference_loop.py` (its own work)"),
             ("bench", "mnist", "MNIST scale: Fashion-MNIST's 60,000 training images, S2's "
                                "model, 4 folds x 1 epoch, against the plain DataLoader loop "
-                               "`digitcnn.bench.plain_loop`"),
+                               "`digitcnn.bench.inprocess.plain_loop`"),
             ("bench_fast", "uci", "the fast UCI recipe against the S5 reference loop"),
             ("bench_skorch", "skorch", "scikit-learn's `cross_val_score` of `DigitClassifier` "
                                        "against skorch's `NeuralNetClassifier` (UCI, S5's "
