@@ -27,8 +27,10 @@ from digitcnn.datasets.mnist import load_mnist
 from digitcnn.estimator import DigitClassifier
 from digitcnn.kfold import load_for_config, make_splits, run_fold, run_kfold
 from digitcnn.models import create_model
-from digitcnn.training import loop as engine
 from digitcnn.training.augment import PRESETS
+from digitcnn.training.loop import train_epoch
+from digitcnn.training.recipe import make_optimizer
+from digitcnn.training.steps import FoldTensors
 
 __all__ = ["plain_loop", "steady_state", "CPU_CHOICES", "bench_choices", "bench_augment",
            "sklearn_side", "digitcnn_estimator", "skorch_estimator", "CASES"]
@@ -128,20 +130,18 @@ def bench_augment(args, scratch: Path) -> dict:
     data = load_mnist(Path(args.mnist_dir), verify=False)
     rows = args.augment_rows
     images, labels = data.images[:rows], data.labels[:rows]
-    tensors = engine.FoldTensors(images, labels, images[:1], labels[:1],
-                                 torch.zeros(784), torch.full((784,), 255.0),
-                                 torch.channels_last)
+    tensors = FoldTensors(images, labels, images[:1], labels[:1], torch.zeros(784),
+                          torch.full((784,), 255.0), torch.channels_last)
     config = RunConfig(model="s1", batch_size=128)
     timings = {"none": [], "s1": []}
     for repeat in range(args.repeats):
         for preset in ("none", "s1"):
             torch.manual_seed(repeat)
             model = create_model("s1", (1, 28, 28)).to(memory_format=torch.channels_last)
-            optimizer = engine.make_optimizer(model.parameters(), config)
+            optimizer = make_optimizer(model.parameters(), config)
             started = time.perf_counter()
-            engine.train_epoch(model, optimizer, tensors, config.batch_size,
-                               torch.Generator().manual_seed(repeat),
-                               augmentation=PRESETS[preset])
+            train_epoch(model, optimizer, tensors, config.batch_size,
+                        torch.Generator().manual_seed(repeat), augmentation=PRESETS[preset])
             timings[preset].append(time.perf_counter() - started)
         print(f"augment {repeat + 1}/{args.repeats}: plain {timings['none'][-1]:.2f} s, "
               f"s1 {timings['s1'][-1]:.2f} s", flush=True)
