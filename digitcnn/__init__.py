@@ -15,12 +15,12 @@ _EXPORTS = {
     "ConfigError": "errors", "DataError": "errors", "DigitCNNError": "errors",
     "ModelError": "errors",
     "DigitClassifier": "estimator",
-    "make_splits": "kfold", "run_kfold": "kfold", "run_baseline": "baselines",
+    "make_splits": "cv.splits", "run_kfold": "cv.runner", "run_baseline": "baselines",
     "ConfusionAccumulator": "metrics", "accuracy_from_confusion": "metrics",
     "normalize_confusion": "metrics",
     "count_parameters": "models", "create_model": "models", "list_models": "models",
     "register_model": "models",
-    "FoldResult": "results", "KFoldResult": "results",
+    "FoldResult": "results", "KFoldResult": "results", "save_run": "reporting.runfolder",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

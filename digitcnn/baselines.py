@@ -25,14 +25,13 @@ import numpy as np
 from digitcnn._io import read_json
 from digitcnn.cli import RUN_FLAGS, default_out_dir, resumed_config
 from digitcnn.config import BASELINE_SETTINGS, RunConfig, config_from_args
-from digitcnn.cv.command import load_quietly
 from digitcnn.errors import ConfigError, cli_entry
-from digitcnn.kfold import make_splits, splits_sha256
+from digitcnn.cv.splits import make_splits, splits_sha256
 from digitcnn.reporting.rundir import check_out_dir, claim_out_dir
 from digitcnn.reporting.runcontrol import (given_settings, refuse_changed_settings,
                                            sigterm_as_interrupt)
-from digitcnn.reporting.runfolder import finish_run
-from digitcnn.results import FoldResult, KFoldResult, write_run_start
+from digitcnn.reporting.runfolder import finish_run, write_run_start
+from digitcnn.results import FoldResult, KFoldResult
 from digitcnn.training.runtime import library_versions
 
 if TYPE_CHECKING:  # the data readers import torch: not needed for --help
@@ -192,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with sigterm_as_interrupt() as received:
         check_out_dir(out, "digitcnn.baselines", resume, extras.overwrite)
         make_estimator(estimator, c, neighbors)  # an unknown name fails before any work
+        # Imported here, not at the top: the data readers import torch, which --help must not.
+        from digitcnn.cv.command import load_quietly
+
         dataset = load_quietly(config, "digitcnn.baselines")
         try:
             with claim_out_dir(out, "digitcnn.baselines", "digitcnn.baselines", resume,

@@ -7,7 +7,7 @@
                              cv=KFold(4, shuffle=True, random_state=30))
 
 A fit is one fold of :func:`digitcnn.run_kfold`: the same scaling (fitted on the rows given
-to ``fit``), seeding, model creation and training engine (:func:`digitcnn.kfold.train_model`),
+to ``fit``), seeding, model creation and training engine (:func:`digitcnn.cv.folds.train_model`),
 on CUDA when there is one. On the CPU (same torch thread count), ``DigitClassifier
 (random_state=s)`` fitted on fold k's training rows predicts fold k's validation rows exactly
 as ``run_kfold`` with ``seed = s - k`` does (run_kfold seeds fold k with ``seed + k``, while
@@ -28,8 +28,14 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from digitcnn.checkpoint import load_model, save_model
 from digitcnn.config import RunConfig
-from digitcnn.errors import ConfigError
+from digitcnn.cv.folds import device_tensors, train_model
+from digitcnn.cv.splits import holdout_split
+from digitcnn.errors import CheckpointError, ConfigError
+from digitcnn.training.loop import predict_log_probs
+from digitcnn.training.runtime import configure_determinism, select_device
+from digitcnn.training.scaling import Scaler, fit_scaler
 
 __all__ = ["DigitClassifier"]
 
@@ -102,37 +108,18 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
                  patience=_D.patience, restore_best=_D.restore_best, device=_D.device,
                  precision=_D.precision, channels_last=_D.channels_last,
                  deterministic=_D.deterministic, random_state=_D.seed, warm_start=False):
-        self.model = model
-        self.init = init
-        self.dropout = dropout
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.test_batch_size = test_batch_size
-        self.optimizer = optimizer
-        self.lr = lr
-        self.momentum = momentum
-        self.nesterov = nesterov
-        self.weight_decay = weight_decay
-        self.scheduler = scheduler
-        self.gamma = gamma
-        self.step_size = step_size
-        self.label_smoothing = label_smoothing
-        self.augment = augment
-        self.scaler = scaler
-        self.max_value = max_value
-        self.image_shape = image_shape
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.monitor = monitor
-        self.min_delta = min_delta
-        self.patience = patience
-        self.restore_best = restore_best
-        self.device = device
-        self.precision = precision
-        self.channels_last = channels_last
-        self.deterministic = deterministic
-        self.random_state = random_state
-        self.warm_start = warm_start
+        self.model, self.init, self.dropout = model, init, dropout
+        self.epochs, self.batch_size, self.test_batch_size = epochs, batch_size, test_batch_size
+        self.optimizer, self.lr, self.momentum = optimizer, lr, momentum
+        self.nesterov, self.weight_decay = nesterov, weight_decay
+        self.scheduler, self.gamma, self.step_size = scheduler, gamma, step_size
+        self.label_smoothing, self.augment = label_smoothing, augment
+        self.scaler, self.max_value, self.image_shape = scaler, max_value, image_shape
+        self.validation_fraction, self.early_stopping = validation_fraction, early_stopping
+        self.monitor, self.min_delta, self.patience = monitor, min_delta, patience
+        self.restore_best, self.device, self.precision = restore_best, device, precision
+        self.channels_last, self.deterministic = channels_last, deterministic
+        self.random_state, self.warm_start = random_state, warm_start
 
     # ------------------------------------------------------------------ settings
 
@@ -143,12 +130,9 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
                              "set and has no meaning for one fit; use 'standard' (fitted on the "
                              "rows given to fit), 'max' or 'none'")
         holdout = self.validation_fraction is not None
-        settings = {name: getattr(self, name) for name in (
-            "model", "init", "dropout", "epochs", "batch_size", "test_batch_size", "optimizer",
-            "lr", "momentum", "nesterov", "weight_decay", "scheduler", "gamma", "step_size",
-            "label_smoothing", "augment", "scaler", "early_stopping", "monitor", "min_delta",
-            "patience", "restore_best", "device", "precision", "channels_last",
-            "deterministic")}
+        # parameters named as RunConfig's settings (random_state seeds training: not RunConfig's)
+        settings = {name: value for name, value in self.get_params().items()
+                    if name in RunConfig.__dataclass_fields__ and name != "random_state"}
         settings.update(cv="holdout" if holdout else "full", quiet=True, plots=False,
                         seed=0, **({"val_fraction": self.validation_fraction} if holdout else {}),
                         **overrides)
@@ -268,10 +252,6 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         return self._fit(X, y, continuing=continuing, epochs=1, classes=classes)
 
     def _fit(self, X, y, *, continuing: bool, epochs: int | None = None, classes=None):
-        from digitcnn.kfold import device_tensors, holdout_split, train_model
-        from digitcnn.training.runtime import configure_determinism, select_device
-        from digitcnn.training.scaling import fit_scaler
-
         config = self.run_config(**({"epochs": epochs} if epochs else {}))
         seed = self._seed()
         images, y = self._images(X, y, reset=not continuing, with_y=True)
@@ -323,10 +303,6 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_log_proba(self, X) -> np.ndarray:
         """(n, k) float64 log-probabilities of the classes ``classes_``."""
-        from digitcnn.training import loop as engine
-        from digitcnn.kfold import device_tensors
-        from digitcnn.training.runtime import select_device
-
         check_is_fitted(self, "model_")
         images, _ = self._images(X, reset=False, with_y=False)
         device = select_device(self.device)
@@ -336,8 +312,7 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         # the layout training used (a loaded model comes back contiguous): the same kernels,
         # so the same numbers
         self.model_.to(device, memory_format=data.memory_format)
-        log_probs = engine.predict_log_probs(self.model_, data, data.val_images,
-                                             config.test_batch_size)
+        log_probs = predict_log_probs(self.model_, data, data.val_images, config.test_batch_size)
         return log_probs.cpu().double().numpy().reshape(len(images), len(self.classes_))
 
     def predict_proba(self, X) -> np.ndarray:
@@ -361,8 +336,6 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
     def save(self, path) -> Path:
         """Write the fitted model as ``path`` (``.safetensors``) and its ``.json``: weights,
         scaling, classes and parameters, no pickle. Returns the JSON path."""
-        from digitcnn.checkpoint import save_model
-
         check_is_fitted(self, "model_")
         classes = self.classes_
         meta = {"model": self.model, "input_shape": list(self.image_shape_),
@@ -378,10 +351,6 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
     @classmethod
     def load(cls, path) -> "DigitClassifier":
         """A fitted classifier from the files :meth:`save` wrote (refuses pickled weights)."""
-        from digitcnn.checkpoint import load_model
-        from digitcnn.errors import CheckpointError
-        from digitcnn.training.scaling import Scaler
-
         saved = load_model(path)
         meta = saved.meta
         if "params" not in meta:

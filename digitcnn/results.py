@@ -1,32 +1,20 @@
-"""Result objects of a run and how they are written to disk, atomically.
-
-A run directory holds ``config.json``, ``splits.json``, the folds, ``folds.csv`` and
-``metrics.json``: a directory with ``metrics.json`` is a finished run. Its report
-(``evaluation.json``, the plots and, last, ``report.html``) is drawn after it. Every file is
-written to a temporary name in the same directory and renamed into place, so a crash or
-Ctrl-C never leaves a half-written file behind. Which folders a run may write, and the lock
-that keeps two runs out of one folder, are in :mod:`digitcnn.reporting.rundir`.
+"""What a run produced: :class:`FoldResult` per fold and :class:`KFoldResult` with the pooled
+metrics, as data. How they are written to a run folder and read back is
+:mod:`digitcnn.reporting.runfolder`.
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
-import os
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from digitcnn._io import atomic_write_bytes, atomic_write_text, read_json, write_json
-from digitcnn.errors import ConfigError
 from digitcnn.metrics import ConfusionAccumulator, mean_std
-from digitcnn.reporting.rundir import check_out_dir
 
-__all__ = ["FoldResult", "KFoldResult", "write_run_start", "write_fold", "read_fold", "fold_path",
-           "out_of_fold", "TIMING_KEYS", "describe_execution"]
+__all__ = ["FoldResult", "KFoldResult", "out_of_fold", "TIMING_KEYS", "describe_execution"]
 
 # Keys whose values are wall-clock measurements: everything else in metrics.json is a
 # deterministic function of the config and the data.
@@ -216,107 +204,9 @@ class KFoldResult:
                      f"{self.wall_s:.1f} s on {self.ran_on}")
         return "\n".join(lines)
 
-    def save(self, directory: str | os.PathLike, plots: bool = True) -> Path:
-        """Write the whole run directory: the results, ``metrics.json``, then the report.
-        Returns the directory.
-
-        ``directory`` must be new or empty (see :func:`digitcnn.reporting.rundir.check_out_dir`).
-        """
-        directory = Path(directory)
-        check_out_dir(directory)
-        write_run_start(directory, self.config, self.splits_sha256, self.versions,
-                        [(f.fold, f.seed, f.val_indices) for f in self.folds])
-        for fold in self.folds:
-            write_fold(directory, fold)
-        return self.write_final(directory, plots)
-
     def out_of_fold(self) -> dict:
         """The out-of-fold predictions of every validation row (see :func:`out_of_fold`)."""
         return out_of_fold(self.folds, self.labels)
-
-    def write_final(self, directory: str | os.PathLike, plots: bool = True,
-                    images=None, background: bool = False) -> Path:
-        """``oof.npz``, ``folds.csv`` and ``metrics.json`` (a finished run), then the report:
-        ``evaluation.json``, the plots and, last, ``report.html`` (see :mod:`digitcnn.reporting.report`).
-
-        ``images``: the dataset's raw uint8 (N, 1, H, W) images (tensor or array, indexed like
-        the dataset rows) for the grid of misclassified digits; without them it is left out.
-        ``background``: draw the report in a background process and return at once (see
-        :func:`digitcnn.reporting.report.start_report`); the metrics are on disk before it starts, so a
-        report that fails to draw never loses them.
-        """
-        directory = Path(directory)
-        oof = self.out_of_fold()
-        if oof:
-            buffer = io.BytesIO()
-            np.savez_compressed(buffer, **oof)
-            atomic_write_bytes(directory / "oof.npz", buffer.getvalue())
-        atomic_write_text(directory / "folds.csv", self.folds_csv())
-        write_json(directory / "metrics.json", self.metrics())
-        from digitcnn.reporting.report import start_report, write_run_report
-
-        if background:
-            start_report(self, directory, oof, plots=plots, images=images)
-        else:
-            write_run_report(self, directory, oof, plots=plots, images=images)
-        return directory
-
-
-def write_run_start(directory: Path, config, splits_sha256: str, versions: dict,
-                    folds: list[tuple[int, int, np.ndarray]], command: str = "digitcnn.kfold",
-                    extra: dict | None = None) -> None:
-    """``config.json`` and ``splits.json``, written before any fold trains.
-
-    ``command`` (the CLI that made the run) is recorded so that only it resumes the run;
-    ``extra`` adds settings that are not RunConfig fields (a baseline's estimator).
-    """
-    write_json(directory / "config.json", {**config.to_dict(), **(extra or {}),
-                                           "splits_sha256": splits_sha256, "versions": versions,
-                                           "command": command})
-    write_json(directory / "splits.json",
-               {"splits_sha256": splits_sha256,
-                "folds": [{"fold": fold, "seed": seed,
-                           "val_indices": np.asarray(val).tolist()} for fold, seed, val in folds]})
-
-
-def fold_path(directory: Path, fold: int) -> Path:
-    return Path(directory) / "folds" / f"fold{fold}.json"
-
-
-def write_fold(directory: Path, fold: FoldResult) -> Path:
-    """One finished fold, written as soon as it ends so that a run can be resumed.
-
-    The fold's log-probabilities go to ``fold<k>.npz`` first; the ``.json`` written last marks
-    the fold as finished.
-    """
-    path = fold_path(directory, fold.fold)
-    if fold.val_log_probs is not None:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, val_indices=np.asarray(fold.val_indices, dtype=np.int64),
-                            val_log_probs=np.asarray(fold.val_log_probs, dtype=np.float32))
-        atomic_write_bytes(path.with_suffix(".npz"), buffer.getvalue())
-    return write_json(path, {**fold.to_dict(), "val_indices": np.asarray(fold.val_indices).tolist()})
-
-
-def read_fold(path: Path) -> FoldResult:
-    """A fold written by :func:`write_fold`, with its log-probabilities when present.
-
-    A damaged fold file (truncated, not JSON, fields missing) is a ConfigError naming it.
-    """
-    path = Path(path)
-    arrays = path.with_suffix(".npz")
-    fix = (f"delete it{' and ' + arrays.name if arrays.exists() else ''} and resume again to "
-           "train this fold anew")
-    stored = read_json(path, fix)
-    try:
-        if arrays.is_file():
-            with np.load(arrays) as loaded:
-                stored["val_log_probs"] = loaded["val_log_probs"]
-        return FoldResult.from_dict(stored, stored["val_indices"])
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
-        damaged = arrays if arrays.is_file() and "val_log_probs" not in stored else path
-        detail = f"missing {err}" if isinstance(err, KeyError) else err
-        raise ConfigError(f"{damaged} is damaged ({detail}); {fix}") from None
 
 
 def out_of_fold(folds: list[FoldResult], labels_by_row: np.ndarray | None = None) -> dict:

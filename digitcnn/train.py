@@ -12,8 +12,7 @@ from typing import Sequence
 
 from digitcnn.config import config_from_args
 from digitcnn.errors import cli_entry
-from digitcnn.cli import RUN_FLAGS, resumed_config
-from digitcnn.kfold import run_from_cli
+from digitcnn.cli import RUN_FLAGS, resumed_config, run_from_cli
 
 __all__ = ["main"]
 

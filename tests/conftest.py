@@ -7,12 +7,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from digitcnn.results import TIMING_KEYS
+
 # cuBLAS reads this when CUDA starts; tests that ask for --deterministic may not be the first
 # to touch the GPU in the session (digitcnn.training.runtime.configure_determinism sets it for a run).
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DIGITCNN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+# How a run was executed (fold processes, threads) may differ between a run and its resumed
+# copy; what it computed may not.
+NOT_RESULTS = (*TIMING_KEYS, "execution")
+
+
+def without_timings(value):
+    """``value`` (metrics.json's content) without its timings and execution details."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in NOT_RESULTS}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,11 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC
 
 import digitcnn
-from digitcnn import baselines, compare, kfold
+from digitcnn import baselines, compare
+from digitcnn.cv.runner import load_for_config
+from digitcnn.cv.splits import make_splits, splits_sha256
 from digitcnn.errors import ConfigError
+from digitcnn.reporting.runfolder import write_final
 
 from conftest import real_data
 
@@ -17,7 +20,7 @@ from conftest import real_data
 def uci(optdigits_dir, **changes):
     config = digitcnn.RunConfig(data_dir=str(optdigits_dir), **{"verify": False, "quiet": True,
                                                                 **changes})
-    return kfold.load_for_config(config), config
+    return load_for_config(config), config
 
 
 def sklearn_fold_accuracies(estimator, dataset, folds=4):
@@ -33,17 +36,17 @@ def test_baseline_equals_sklearn_on_the_same_folds(optdigits_dir, name, referenc
     result = baselines.run_baseline(dataset, config, name)
     expected = sklearn_fold_accuracies(reference, dataset)
     assert [f.accuracy for f in result.folds] == pytest.approx(expected, abs=1e-12)
-    for fold, (_, val_rows) in zip(result.folds, kfold.make_splits(dataset, config)):
+    for fold, (_, val_rows) in zip(result.folds, make_splits(dataset, config)):
         assert np.array_equal(fold.val_indices, val_rows)
     assert result.confusion.sum() == len(dataset)
-    assert result.splits_sha256 == kfold.splits_sha256(kfold.make_splits(dataset, config))
+    assert result.splits_sha256 == splits_sha256(make_splits(dataset, config))
 
 
 def test_svm_scores_give_the_svms_own_predictions(optdigits_dir):
     dataset, config = uci(optdigits_dir)
     features = dataset.images.reshape(len(dataset), -1).numpy() / 16
     labels = dataset.labels.numpy()
-    train_rows, val_rows = kfold.make_splits(dataset, config)[0]
+    train_rows, val_rows = make_splits(dataset, config)[0]
     model = baselines.make_estimator("svm").fit(features[train_rows], labels[train_rows])
     scores = baselines.baseline_scores(model, features[val_rows], 10)
     assert scores.shape == (len(val_rows), 10) and scores.dtype == np.float32
@@ -88,7 +91,7 @@ def test_real_uci_svm_is_specs_99_18_percent():
 def finished_run(path, optdigits_dir, name="svm", **changes):
     dataset, config = uci(optdigits_dir, **changes)
     result = baselines.run_baseline(dataset, config, name)
-    result.write_final(path, plots=False)
+    write_final(result, path, plots=False)
     return result
 
 

@@ -177,12 +177,12 @@ def test_run_whose_loss_turns_nan_is_stopped(optdigits_dir, tmp_path, mode):
 
 
 def test_diverging_fold_raises_from_the_python_api(optdigits_dir):
-    from digitcnn import kfold
+    from digitcnn.cv.runner import load_for_config, run_kfold
 
     config = RunConfig(data_dir=str(optdigits_dir), verify=False, folds=2, epochs=1, lr=1e6,
                        optimizer="sgd", momentum=0.9, quiet=True, workers=1)
     with pytest.raises(ConfigError, match=r"fold 0, epoch 1: the (training|validation) loss is nan"):
-        kfold.run_kfold(kfold.load_for_config(config), config)
+        run_kfold(load_for_config(config), config)
 
 
 def test_every_setting_has_a_role_and_the_lists_follow_from_them():

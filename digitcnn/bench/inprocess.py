@@ -22,10 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from digitcnn.config import RunConfig, config_from_args
+from digitcnn.cv.folds import run_fold
+from digitcnn.cv.runner import load_for_config, run_kfold
+from digitcnn.cv.splits import make_splits
 from digitcnn.datasets.base import load
 from digitcnn.datasets.mnist import load_mnist
 from digitcnn.estimator import DigitClassifier
-from digitcnn.kfold import load_for_config, make_splits, run_fold, run_kfold
 from digitcnn.models import create_model
 from digitcnn.training.augment import PRESETS
 from digitcnn.training.loop import train_epoch

@@ -1,2 +1,3 @@
-"""Cross-validation: splits, the K-fold runner and resume, and the executors that run folds
-in sequence, in fold processes, fold-parallel, or as Ray tasks."""
+"""Cross-validation: ``splits`` (the folds), ``folds`` (one fold's data, model and training),
+``executors`` (folds in turn, in fold processes or fold-parallel), ``distributed`` (folds as
+Ray tasks), ``runner`` (run_kfold: plan, train, collect, resume) and ``command`` (a CLI's run)."""

@@ -1,7 +1,7 @@
 """More than one machine: every fold of every run (or sweep cell) as one Ray task.
 
 ``--executor ray`` (``python -m digitcnn.kfold`` and ``python -m digitcnn.sweep``) hands each
-fold to Ray: a task runs :func:`digitcnn.kfold.run_fold`, the very function a local run
+fold to Ray: a task runs :func:`digitcnn.cv.folds.run_fold`, the very function a local run
 trains a fold with, on a worker of the cluster, and returns its :class:`FoldResult`. The
 driver (the process you started) keeps every file: it writes each fold into the run folder
 as its task ends, then ``oof.npz``, ``metrics.json``, the sweep tables, exactly as a local
@@ -40,51 +40,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from digitcnn.errors import ConfigError, DigitCNNError, one_line
+import numpy as np
+import torch
 
-__all__ = ["RayExecutor", "EXECUTOR_ARGUMENTS", "executor_from_args", "executor_flags",
+from digitcnn._io import atomic_write_bytes
+from digitcnn.cli import EXECUTOR_ARGUMENTS, executor_settings
+from digitcnn.cv.folds import run_fold
+from digitcnn.cv.runner import collect_run, plan_run
+from digitcnn.errors import ConfigError, DigitCNNError, one_line
+from digitcnn.reporting.runfolder import write_fold
+from digitcnn.training.runtime import configure_determinism, resolve_precision, select_device
+
+__all__ = ["RayExecutor", "executor_from_args", "executor_from_argv", "connected",
            "INSTALL_COMMAND"]
 
 INSTALL_COMMAND = 'pip install -e ".[ray]"'
 
-# Test-only hook (tests/test_distributed.py): when this variable names an existing file, the
+# Test-only hook (tests/cv/test_distributed.py): when this variable names an existing file, the
 # first fold task to find it deletes it and kills its own worker process, as a crash would.
 KILL_WORKER_MARKER = "DIGITCNN_TEST_KILL_WORKER"
 
-EXECUTOR_ARGUMENTS = [
-    (("--executor",), {"choices": ("local", "ray"), "default": "local",
-                       "help": "where the folds train: on this machine, or one Ray task per "
-                               "fold (see --address)"}),
-    (("--address",), {"default": None, "metavar": "ADDRESS",
-                      "help": "with --executor ray: the Ray cluster to join: auto (the one "
-                              "running on this machine), HOST:PORT of its head (from a node of "
-                              "the cluster) or ray://HOST:10001 (Ray Client, from elsewhere); "
-                              "default: start a local Ray instance on this machine's cores"}),
-    (("--task-cpus",), {"type": float, "default": 1.0, "metavar": "N",
-                        "help": "with --executor ray: CPUs each fold task reserves (its torch "
-                                "threads: the whole number, at least 1)"}),
-    (("--task-gpus",), {"type": float, "default": None, "metavar": "N",
-                        "help": "with --executor ray: GPUs each fold task reserves; fractions "
-                                "let folds share a GPU (0.25: four per GPU); default: 1 on a "
-                                "cluster with GPUs unless --device cpu, else 0"}),
-    (("--max-retries",), {"type": int, "default": 3, "metavar": "N",
-                          "help": "with --executor ray: times a fold task is rerun after its "
-                                  "worker process dies (never after a digitcnn error)"}),
-]
-_DESTS = ("executor", "address", "task_cpus", "task_gpus", "max_retries")
-
 
 def executor_from_args(namespace: argparse.Namespace) -> "RayExecutor | None":
-    """The executor the parsed :data:`EXECUTOR_ARGUMENTS` ask for; None for ``local``."""
-    if namespace.executor != "ray":
-        given = [f"--{name.replace('_', '-')}" for name in _DESTS[1:]
-                 if getattr(namespace, name) != _default(name)]
-        if given:
-            raise ConfigError(f"{given[0]} applies to --executor ray only; add --executor ray "
-                              f"or leave {given[0]} out")
-        return None
-    return RayExecutor(address=namespace.address, task_cpus=namespace.task_cpus,
-                       task_gpus=namespace.task_gpus, max_retries=namespace.max_retries)
+    """The executor the parsed :data:`digitcnn.cli.EXECUTOR_ARGUMENTS` ask for; None for
+    ``local``."""
+    settings = executor_settings(namespace)
+    return None if settings is None else RayExecutor(**settings)
 
 
 def executor_from_argv(argv: Sequence[str] | None) -> "RayExecutor | None":
@@ -94,24 +75,6 @@ def executor_from_argv(argv: Sequence[str] | None) -> "RayExecutor | None":
         parser.add_argument(*args, **kwargs)
     argv = list(sys.argv[1:] if argv is None else argv)
     return executor_from_args(parser.parse_known_args(argv)[0])
-
-
-def _default(name: str) -> Any:
-    return next(kwargs["default"] for args, kwargs in EXECUTOR_ARGUMENTS
-                if args[0] == f"--{name.replace('_', '-')}")
-
-
-def executor_flags(executor: "RayExecutor | None") -> str:
-    """The flags that run ``executor`` again, for a resume hint (empty for a local run)."""
-    if executor is None:
-        return ""
-    flags = " --executor ray"
-    for name in _DESTS[1:]:
-        value = getattr(executor, name)
-        if value != _default(name):
-            flags += f" --{name.replace('_', '-')} {value:g}" if isinstance(value, float) \
-                else f" --{name.replace('_', '-')} {value}"
-    return flags
 
 
 def _import_ray():
@@ -135,18 +98,12 @@ def _kill_worker_once_for_tests() -> None:
 
 def _fold_task(dataset, extra, config, fold: int, train_rows, val_rows, global_scaler,
                use_gpu: bool, threads: int):
-    """One fold on a Ray worker: :func:`digitcnn.kfold.run_fold`, as a local run trains it.
+    """One fold on a Ray worker: :func:`digitcnn.cv.folds.run_fold`, as a local run trains it.
 
     Returns (FoldResult, precision used, {path relative to the run folder: bytes} of the files
     the fold wrote: its saved model with ``--save-models``), for the driver to write.
     """
     _kill_worker_once_for_tests()
-    import numpy as np
-    import torch
-
-    from digitcnn.kfold import run_fold
-    from digitcnn.training.runtime import configure_determinism, resolve_precision, select_device
-
     torch.set_num_threads(threads)  # workers are reused: set it for every task
     configure_determinism(config.deterministic)
     # A task uses a GPU only when it reserved one; "auto" must not grab a GPU Ray gave
@@ -294,10 +251,6 @@ class RayExecutor:
 
     def _execution(self, config, gpus: float, precisions: set) -> dict:
         if not precisions:  # every fold was already on disk: what this machine would use
-            import torch
-
-            from digitcnn.training.runtime import resolve_precision
-
             precisions = {resolve_precision(config.precision,
                                             torch.device("cuda" if gpus > 0 else "cpu"))}
         cpus = self._ray.cluster_resources().get("CPU", 0.0)
@@ -311,7 +264,7 @@ class RayExecutor:
 
     def run_kfold(self, dataset, config, out_dir=None, resume: bool = False,
                   command: str = "digitcnn.kfold"):
-        """:func:`digitcnn.kfold.run_kfold` with one Ray task per fold."""
+        """:func:`digitcnn.cv.runner.run_kfold` with one Ray task per fold."""
         ((_, result),) = list(self.run_many([(None, dataset, config, out_dir)], resume,
                                             command))
         return result
@@ -326,8 +279,6 @@ class RayExecutor:
         still out: an error or closing the iterator cancels them; Ctrl-C or SIGTERM disconnects
         from the Ray instance this executor connected to (which ends them), then re-raises.
         """
-        from digitcnn.kfold import collect_run, plan_run
-
         if self._ray is None or not self._ray.is_initialized():
             self.connect()
         ray = self._ray
@@ -360,7 +311,7 @@ class RayExecutor:
                     jobs[ref] = (state, fold)
             for state in states:
                 if state.remaining == 0:  # a resumed run whose folds were all finished
-                    yield state.key, self._collect(collect_run, state)
+                    yield state.key, self._collect(state)
             while jobs:
                 done, _ = ray.wait(list(jobs), num_returns=1, timeout=1.0)
                 for ref in done:
@@ -372,7 +323,7 @@ class RayExecutor:
                     if state.out_dir is not None:
                         self._write_fold(state.out_dir, result, files)
                     if state.remaining == 0:
-                        yield state.key, self._collect(collect_run, state)
+                        yield state.key, self._collect(state)
         except KeyboardInterrupt:
             # Ctrl-C or SIGTERM: leave the cluster rather than cancel. ray.cancel of a task that
             # is finishing at that moment can abort the driver inside Ray ("Tried to complete
@@ -398,14 +349,11 @@ class RayExecutor:
 
     @staticmethod
     def _write_fold(out_dir: Path, result, files: dict[str, bytes]) -> None:
-        from digitcnn.results import write_fold
-        from digitcnn._io import atomic_write_bytes
-
         for relative, data in files.items():  # the fold's saved model, where a local run puts it
             atomic_write_bytes(out_dir / relative, data)
         write_fold(out_dir, result)
 
-    def _collect(self, collect_run, state: _Run):
+    def _collect(self, state: _Run):
         execution = self._execution(state.config, state.gpus, state.precisions)
         return collect_run(state.dataset, state.config, state.plan, state.trained, state.device,
                            time.perf_counter() - state.started, execution, overlapping=True)

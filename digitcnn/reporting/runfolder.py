@@ -1,17 +1,137 @@
-"""How a run's results are written to its folder; for now the end of a CLI run
-(:func:`finish_run`)."""
+"""How a run's results are written to its folder, atomically.
+
+A run folder holds ``config.json`` and ``splits.json`` (:func:`write_run_start`, before any
+fold trains), ``folds/fold<k>.json`` (:func:`write_fold`, as each fold ends, so that a run can
+be resumed), then ``oof.npz``, ``folds.csv`` and ``metrics.json`` (:func:`write_final`): a
+folder with ``metrics.json`` is a finished run. Its report (``evaluation.json``, the plots and,
+last, ``report.html``; :mod:`digitcnn.reporting.report`) is drawn after it. Every file is
+written to a temporary name in the same folder and renamed into place, so a crash or Ctrl-C
+never leaves a half-written file behind. Which folders a run may write, and the lock that keeps
+two runs out of one folder, are in :mod:`digitcnn.reporting.rundir`.
+"""
 from __future__ import annotations
 
+import io
+import os
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from digitcnn.config import RunConfig
-from digitcnn.results import KFoldResult
+import numpy as np
+
+from digitcnn._io import atomic_write_bytes, atomic_write_text, read_json, write_json
+from digitcnn.errors import ConfigError
+from digitcnn.reporting.report import (REPORT_LOG, report_in_background, start_report,
+                                       write_run_report)
+from digitcnn.reporting.rundir import check_out_dir
+from digitcnn.results import FoldResult, KFoldResult
 
 if TYPE_CHECKING:
+    from digitcnn.config import RunConfig
     from digitcnn.datasets.base import DigitDataset
 
-__all__ = ["finish_run"]
+__all__ = ["write_run_start", "fold_path", "write_fold", "read_fold", "write_final", "save_run",
+           "finish_run"]
+
+
+def write_run_start(directory: Path, config, splits_sha256: str, versions: dict,
+                    folds: list[tuple[int, int, np.ndarray]], command: str = "digitcnn.kfold",
+                    extra: dict | None = None) -> None:
+    """``config.json`` and ``splits.json``, written before any fold trains.
+
+    ``command`` (the CLI that made the run) is recorded so that only it resumes the run;
+    ``extra`` adds settings that are not RunConfig fields (a baseline's estimator).
+    """
+    write_json(directory / "config.json", {**config.to_dict(), **(extra or {}),
+                                           "splits_sha256": splits_sha256, "versions": versions,
+                                           "command": command})
+    write_json(directory / "splits.json",
+               {"splits_sha256": splits_sha256,
+                "folds": [{"fold": fold, "seed": seed,
+                           "val_indices": np.asarray(val).tolist()} for fold, seed, val in folds]})
+
+
+def fold_path(directory: Path, fold: int) -> Path:
+    """``directory/folds/fold<fold>.json``: where fold ``fold`` of a run is written."""
+    return Path(directory) / "folds" / f"fold{fold}.json"
+
+
+def write_fold(directory: Path, fold: FoldResult) -> Path:
+    """One finished fold, written as soon as it ends so that a run can be resumed.
+
+    The fold's log-probabilities go to ``fold<k>.npz`` first; the ``.json`` written last marks
+    the fold as finished.
+    """
+    path = fold_path(directory, fold.fold)
+    if fold.val_log_probs is not None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, val_indices=np.asarray(fold.val_indices, dtype=np.int64),
+                            val_log_probs=np.asarray(fold.val_log_probs, dtype=np.float32))
+        atomic_write_bytes(path.with_suffix(".npz"), buffer.getvalue())
+    return write_json(path, {**fold.to_dict(), "val_indices": np.asarray(fold.val_indices).tolist()})
+
+
+def read_fold(path: Path) -> FoldResult:
+    """A fold written by :func:`write_fold`, with its log-probabilities when present.
+
+    A damaged fold file (truncated, not JSON, fields missing) is a ConfigError naming it.
+    """
+    path = Path(path)
+    arrays = path.with_suffix(".npz")
+    fix = (f"delete it{' and ' + arrays.name if arrays.exists() else ''} and resume again to "
+           "train this fold anew")
+    stored = read_json(path, fix)
+    try:
+        if arrays.is_file():
+            with np.load(arrays) as loaded:
+                stored["val_log_probs"] = loaded["val_log_probs"]
+        return FoldResult.from_dict(stored, stored["val_indices"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
+        damaged = arrays if arrays.is_file() and "val_log_probs" not in stored else path
+        detail = f"missing {err}" if isinstance(err, KeyError) else err
+        raise ConfigError(f"{damaged} is damaged ({detail}); {fix}") from None
+
+
+def write_final(result: KFoldResult, directory: str | os.PathLike, plots: bool = True,
+                images=None, background: bool = False) -> Path:
+    """``oof.npz``, ``folds.csv`` and ``metrics.json`` of ``result`` (a finished run), then
+    the report: ``evaluation.json``, the plots and, last, ``report.html`` (see
+    :mod:`digitcnn.reporting.report`). Returns ``directory``.
+
+    ``images``: the dataset's raw uint8 (N, 1, H, W) images (tensor or array, indexed like
+    the dataset rows) for the grid of misclassified digits; without them it is left out.
+    ``background``: draw the report in a background process and return at once (see
+    :func:`digitcnn.reporting.report.start_report`); the metrics are on disk before it
+    starts, so a report that fails to draw never loses them.
+    """
+    directory = Path(directory)
+    oof = result.out_of_fold()
+    if oof:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **oof)
+        atomic_write_bytes(directory / "oof.npz", buffer.getvalue())
+    atomic_write_text(directory / "folds.csv", result.folds_csv())
+    write_json(directory / "metrics.json", result.metrics())
+    if background:
+        start_report(result, directory, oof, plots=plots, images=images)
+    else:
+        write_run_report(result, directory, oof, plots=plots, images=images)
+    return directory
+
+
+def save_run(result: KFoldResult, directory: str | os.PathLike, plots: bool = True) -> Path:
+    """Write ``result``'s whole run folder: the settings, the folds, ``metrics.json``, then the
+    report. Returns the folder.
+
+    ``directory`` must be new or empty (see :func:`digitcnn.reporting.rundir.check_out_dir`).
+    """
+    directory = Path(directory)
+    check_out_dir(directory)
+    write_run_start(directory, result.config, result.splits_sha256, result.versions,
+                    [(f.fold, f.seed, f.val_indices) for f in result.folds])
+    for fold in result.folds:
+        write_fold(directory, fold)
+    return write_final(result, directory, plots)
 
 
 def finish_run(result: KFoldResult, out: Path, config: RunConfig, dataset: DigitDataset,
@@ -21,10 +141,8 @@ def finish_run(result: KFoldResult, out: Path, config: RunConfig, dataset: Digit
     At a terminal the report (evaluation.json, the plots, report.html) is drawn in the
     background after metrics.json, so the person gets the prompt back at once; elsewhere (or
     with ``$DIGITCNN_REPORT``) see :func:`digitcnn.reporting.report.report_in_background`."""
-    from digitcnn.reporting.report import REPORT_LOG, report_in_background
-
     background = report_in_background()
-    result.write_final(out, plots=config.plots, images=dataset.images, background=background)
+    write_final(result, out, plots=config.plots, images=dataset.images, background=background)
     if not config.quiet:
         print(result.summary())
         print(f"{what} written to {out}")

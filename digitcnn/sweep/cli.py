@@ -12,10 +12,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from digitcnn.cli import default_out_dir
+from digitcnn.cli import EXECUTOR_ARGUMENTS, default_out_dir, executor_flags
 from digitcnn.config import PRESENTATION_KEYS, RunConfig, config_from_args, flag_name
-from digitcnn.cv.distributed import (EXECUTOR_ARGUMENTS, connected, executor_flags,
-                                     executor_from_argv)
 from digitcnn.errors import ConfigError, cli_entry
 from digitcnn.reporting.rundir import check_out_dir, claim_out_dir
 from digitcnn.reporting.runcontrol import (given_settings, refuse_changed_settings,
@@ -102,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with sigterm_as_interrupt() as received:
         cells, out, resume = plan_from_args(argv)
         # why: here, once the plan is read: --help and a wrong grid must not import torch
-        from digitcnn.sweep.runner import run_sweep
+        from digitcnn.sweep.runner import connected, executor_from_argv, run_sweep
 
         executor = executor_from_argv(argv)
         early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)

@@ -15,12 +15,18 @@ from typing import Sequence
 from digitcnn._io import read_json
 from digitcnn.config import RunConfig
 from digitcnn.cv.command import load_quietly
+# connected and executor_from_argv are for digitcnn.sweep.cli, which imports this module (not
+# digitcnn.cv.distributed, which imports torch) only once a sweep starts
+from digitcnn.cv.distributed import connected, executor_from_argv
+from digitcnn.cv.folds import check_model
+from digitcnn.cv.runner import run_kfold
+from digitcnn.cv.splits import make_splits, splits_sha256
 from digitcnn.errors import ConfigError
-from digitcnn.kfold import check_model, make_splits, run_kfold, splits_sha256
+from digitcnn.reporting.runfolder import write_final
 from digitcnn.sweep.grid import Cell, write_plan
 from digitcnn.sweep.outputs import summarize_cell, write_sweep_outputs
 
-__all__ = ["run_sweep"]
+__all__ = ["run_sweep", "connected", "executor_from_argv"]
 
 
 def _load_key(config: RunConfig) -> tuple:
@@ -107,8 +113,8 @@ def run_sweep(cells: Sequence[Cell], out: str | Path, resume: bool = False,
     else:
         results = executor.run_many(runs, resume=resume, command="digitcnn.sweep")
     for cell, result in results:
-        result.write_final(cell.config.out, plots=cell.config.plots,
-                           images=datasets[_load_key(cell.config)].images)
+        write_final(result, cell.config.out, plots=cell.config.plots,
+                    images=datasets[_load_key(cell.config)].images)
         metrics[cell.name] = _checked(cell, result.metrics(), splits)
         _progress(cell, metrics, len(cells), "ran", quiet)
     summaries = [summarize_cell(cell, metrics[cell.name]) for cell in cells]

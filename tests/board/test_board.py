@@ -389,7 +389,7 @@ def mnist_model(tmp_path_factory):
     holding out 800 (a stratified 20%); returns (run folder, held-out images, held-out labels).
     About a minute on 2 cores; 95-97% held-out accuracy."""
     import digitcnn
-    from digitcnn.kfold import run_kfold
+    from digitcnn.cv.runner import run_kfold
 
     data = digitcnn.load("mnist", data_dir=real_data("mnist"))
     subset = data.subset(np.arange(4000))

@@ -11,10 +11,11 @@ from sklearn.metrics import (average_precision_score, classification_report, con
 from sklearn.preprocessing import label_binarize
 
 import digitcnn
-from digitcnn import kfold
+from digitcnn.cv.runner import load_for_config, run_kfold
 from digitcnn.errors import DataError
 from digitcnn.reporting.evaluation import evaluate_predictions, evaluate_run, probabilities, without_curves
 from digitcnn._io import write_json
+from digitcnn.reporting.runfolder import write_final
 
 C = 10
 
@@ -197,9 +198,9 @@ def trained(tmp_path_factory):
     write_table(folder / "optdigits.tes", synthetic_optdigits(60, seed=2))
     config = digitcnn.RunConfig(data_dir=str(folder), epochs=2, batch_size=32, quiet=True,
                                 verify=False, threads=1, fold_parallel=False)
-    result = kfold.run_kfold(kfold.load_for_config(config), config)
+    result = run_kfold(load_for_config(config), config)
     out = tmp_path_factory.mktemp("run")
-    result.write_final(out, plots=False)
+    write_final(result, out, plots=False)
     return result, out
 
 

@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 
 from digitcnn import kfold, train
+from digitcnn.config import RunConfig
+from digitcnn.cv.runner import load_for_config, run_kfold
 from digitcnn.reporting import report
-from digitcnn.errors import DataError
+from digitcnn.errors import ConfigError, DataError
 from digitcnn.reporting.plots import plot_misclassified, plot_training_curves
 from digitcnn.reporting.page import FIGURE_CAPTIONS
+from digitcnn.reporting.runfolder import write_final
 
 from conftest import REPO_ROOT
 
@@ -125,13 +128,13 @@ def test_misclassified_grid_without_mistakes_and_with_wrong_images(tmp_path, opt
                               tmp_path / "none.png")
     assert path.read_bytes().startswith(PNG_MAGIC)
 
-    config = kfold.RunConfig(data_dir=str(optdigits_dir), epochs=1, quiet=True, verify=False,
+    config = RunConfig(data_dir=str(optdigits_dir), epochs=1, quiet=True, verify=False,
                              threads=1)
-    dataset = kfold.load_for_config(config)
-    result = kfold.run_kfold(dataset, config)
+    dataset = load_for_config(config)
+    result = run_kfold(dataset, config)
     with pytest.raises(DataError, match="10 images given for the misclassified grid but the "
                                         "predictions refer to row 179"):
-        result.write_final(tmp_path / "run", images=dataset.images[:10])
+        write_final(result, tmp_path / "run", images=dataset.images[:10])
 
 
 def wait_for_report(out, timeout=300):
@@ -169,10 +172,10 @@ def test_background_report_arrives_after_the_metrics(optdigits_dir, tmp_path):
 
 
 def test_background_report_failure_keeps_metrics_and_says_why(optdigits_dir, tmp_path):
-    config = kfold.RunConfig(data_dir=str(optdigits_dir), epochs=1, quiet=True, verify=False,
+    config = RunConfig(data_dir=str(optdigits_dir), epochs=1, quiet=True, verify=False,
                              threads=1, folds=2)
-    dataset = kfold.load_for_config(config)
-    result = kfold.run_kfold(dataset, config)
+    dataset = load_for_config(config)
+    result = run_kfold(dataset, config)
     out = tmp_path / "run"
     out.mkdir()
     (out / "report.html").mkdir()  # report.html cannot be written: drawing must fail
@@ -190,7 +193,7 @@ def test_report_mode_from_the_environment(monkeypatch):
     monkeypatch.setenv(report.REPORT_ENV, "background")
     assert report.report_in_background() is True
     monkeypatch.setenv(report.REPORT_ENV, "later")
-    with pytest.raises(kfold.ConfigError, match=r"\$DIGITCNN_REPORT='later': use 'background' or "
+    with pytest.raises(ConfigError, match=r"\$DIGITCNN_REPORT='later': use 'background' or "
                                                 r"'wait', or unset it"):
         report.report_in_background()
     monkeypatch.delenv(report.REPORT_ENV)

@@ -15,6 +15,10 @@ import pytest
 
 from conftest import REPO_ROOT
 from digitcnn import baselines, compare, kfold, sweep, train
+from digitcnn.reporting import runfolder
+from digitcnn.cv import command
+from digitcnn.config import RunConfig
+from digitcnn.cv.runner import load_for_config, run_kfold
 from digitcnn.errors import ConfigError, ModelError, OutputError, Terminated
 from digitcnn.reporting.rundir import (LOCK_NAME, RunLock, check_out_dir, claim_out_dir,
                                        inspect_folder)
@@ -46,10 +50,10 @@ def finished_run(optdigits_dir, tmp_path):
 
 def unfinished_run(optdigits_dir, out, **changes):
     """A kfold run interrupted after its folds were written: no metrics.json."""
-    config = kfold.RunConfig(data_dir=str(optdigits_dir), folds=3, epochs=1, batch_size=32,
+    config = RunConfig(data_dir=str(optdigits_dir), folds=3, epochs=1, batch_size=32,
                              quiet=True, verify=False, plots=False, workers=1, threads=1,
                              out=str(out), **changes)
-    kfold.run_kfold(kfold.load_for_config(config), config, out_dir=out)
+    run_kfold(load_for_config(config), config, out_dir=out)
     return config
 
 
@@ -91,9 +95,9 @@ def test_a_typo_in_the_model_name_leaves_a_finished_run_untouched(finished_run, 
 
 
 def test_model_errors_are_raised_before_run_kfold_writes(optdigits_dir, tmp_path):
-    config = kfold.RunConfig(data_dir=str(optdigits_dir), model="s55", verify=False)
+    config = RunConfig(data_dir=str(optdigits_dir), model="s55", verify=False)
     with pytest.raises(ModelError, match="unknown model 's55'; choose one of"):
-        kfold.run_kfold(kfold.load_for_config(config), config, out_dir=tmp_path / "out")
+        run_kfold(load_for_config(config), config, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -157,7 +161,7 @@ def test_overwrite_moves_the_old_run_aside_until_the_new_one_finishes(finished_r
                                                                       monkeypatch):
     old_metrics = (finished_run / "metrics.json").read_bytes()
     seen = {}
-    real_write_final = kfold.KFoldResult.write_final
+    real_write_final = runfolder.write_final
 
     def write_final(self, directory, *args, **kwargs):
         # while the new run is being written the old one is whole in run.old-<time>
@@ -166,7 +170,7 @@ def test_overwrite_moves_the_old_run_aside_until_the_new_one_finishes(finished_r
         seen["new_before"] = sorted(p.name for p in Path(directory).iterdir())
         return real_write_final(self, directory, *args, **kwargs)
 
-    monkeypatch.setattr(kfold.KFoldResult, "write_final", write_final)
+    monkeypatch.setattr(runfolder, "write_final", write_final)
     assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(finished_run), *FAST,
                        "--seed", "5", "--overwrite"]) == 0
     assert seen["old"] == old_metrics and "metrics.json" not in seen["new_before"]
@@ -178,20 +182,20 @@ def test_overwrite_moves_the_old_run_aside_until_the_new_one_finishes(finished_r
 def test_overwrite_keeps_the_old_run_when_the_new_one_fails(finished_run, optdigits_dir,
                                                            tmp_path, monkeypatch, capsys):
     before = snapshot(finished_run)
-    real_run_kfold = kfold.run_kfold
+    real_run_kfold = command.run_kfold
 
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
     # nothing written yet: the old run goes back to its place
-    monkeypatch.setattr(kfold, "run_kfold", fail)
+    monkeypatch.setattr(command, "run_kfold", fail)
     assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(finished_run), *FAST,
                        "--overwrite"]) == 130
     assert snapshot(finished_run) == before and not list(tmp_path.glob("run.old-*"))
     capsys.readouterr()
     # the new run had begun: the old one stays aside and a line says where
-    monkeypatch.setattr(kfold, "finish_run", fail)
-    monkeypatch.setattr(kfold, "run_kfold", real_run_kfold)
+    monkeypatch.setattr(command, "finish_run", fail)
+    monkeypatch.setattr(command, "run_kfold", real_run_kfold)
     assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(finished_run), *FAST,
                        "--overwrite"]) == 130
     (aside,) = tmp_path.glob("run.old-*")
@@ -247,7 +251,7 @@ def test_the_lock_is_released_when_the_run_fails(optdigits_dir, tmp_path, monkey
     def fail(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(kfold.KFoldResult, "write_final", fail)
+    monkeypatch.setattr(runfolder, "write_final", fail)
     with pytest.raises(RuntimeError):
         kfold.main(["--data-dir", str(optdigits_dir), "--out", str(out), *FAST])
     assert (out / "config.json").is_file() and not (out / LOCK_NAME).exists()

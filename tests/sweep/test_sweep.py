@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from digitcnn import kfold, sweep
+from digitcnn import sweep
+from digitcnn.cv import executors
 from digitcnn.errors import ConfigError
 from digitcnn.models import list_models
 from digitcnn.metrics import corrected_resampled_ttest
 from digitcnn.sweep import load_grid_file, parse_grid, parse_value, plan_from_args
 
-from conftest import REPO_ROOT, real_data
-from test_kfold import without_timings
+from conftest import REPO_ROOT, real_data, without_timings
 
 FAST = ["--epochs", "1", "--batch-size", "32", "--threads", "1", "--no-verify", "--quiet"]
 
@@ -265,8 +265,8 @@ def test_identical_cells_give_p_1_and_resume_runs_only_unfinished_work(optdigits
         path.unlink()
     stamp = finished.stat().st_mtime_ns
     trained = []
-    real_run_fold = kfold.run_fold
-    monkeypatch.setattr(kfold, "run_fold", lambda *a, **k: trained.append(a[2]) or
+    real_run_fold = executors.run_fold
+    monkeypatch.setattr(executors, "run_fold", lambda *a, **k: trained.append(a[2]) or
                         real_run_fold(*a, **k))
     assert sweep.main(["--resume", str(out), "--quiet"]) == 0
     assert trained == [2, 3]  # only the missing folds of the unfinished cell

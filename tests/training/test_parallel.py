@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import digitcnn
-from digitcnn import kfold
+from digitcnn.cv.runner import load_for_config, run_kfold
+from digitcnn.cv.splits import make_splits
 from digitcnn.training import scaling
 from digitcnn.training.parallel import StackedFolds, epoch_plan
 
@@ -32,9 +33,9 @@ def no_tf32(monkeypatch):
 
 def both_modes(optdigits_dir, **changes):
     config = digitcnn.RunConfig(data_dir=str(optdigits_dir), **{**FAST, **changes})
-    dataset = kfold.load_for_config(config)
-    parallel = kfold.run_kfold(dataset, config.replace(fold_parallel=True))
-    sequential = kfold.run_kfold(dataset, config.replace(fold_parallel=False))
+    dataset = load_for_config(config)
+    parallel = run_kfold(dataset, config.replace(fold_parallel=True))
+    sequential = run_kfold(dataset, config.replace(fold_parallel=False))
     return parallel, sequential
 
 
@@ -106,9 +107,9 @@ def test_parallel_scaler_is_per_fold(optdigits_dir, monkeypatch):
     monkeypatch.setattr(scaling, "fit_scaler",
                         lambda kind, images, top: seen.append(images.clone()) or real_fit(kind, images, top))
     config = digitcnn.RunConfig(data_dir=str(optdigits_dir), **{**FAST, "epochs": 1})
-    dataset = kfold.load_for_config(config)
-    kfold.run_kfold(dataset, config)
-    for images, (train_rows, _) in zip(seen, kfold.make_splits(dataset, config)):
+    dataset = load_for_config(config)
+    run_kfold(dataset, config)
+    for images, (train_rows, _) in zip(seen, make_splits(dataset, config)):
         assert torch.equal(images, dataset.images[train_rows])
 
 
@@ -131,9 +132,9 @@ def test_parallel_reruns_are_identical(optdigits_dir):
 def test_parallel_accuracy_matches_sequential_on_real_data():
     config = digitcnn.RunConfig(data_dir=str(real_data("optdigits")), limit=2400, epochs=4,
                                 quiet=True)
-    dataset = kfold.load_for_config(config)
-    parallel = kfold.run_kfold(dataset, config.replace(fold_parallel=True))
-    sequential = kfold.run_kfold(dataset, config.replace(fold_parallel=False))
+    dataset = load_for_config(config)
+    parallel = run_kfold(dataset, config.replace(fold_parallel=True))
+    sequential = run_kfold(dataset, config.replace(fold_parallel=False))
     assert parallel.accuracy >= 0.93 and sequential.accuracy >= 0.93
     # within fold-to-fold noise: two standard deviations of the per-fold accuracies
     noise = 2 * max(parallel.accuracy_std, sequential.accuracy_std, 0.005)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
-from test_kfold import without_timings
+from conftest import REPO_ROOT, without_timings
 
 # Slow enough per fold (many small batches) that the run is still going when we interrupt it.
 SLOW_FOLDS = ["--no-fold-parallel", "--threads", "1", "--no-verify", "--epochs", "15", "--batch-size", "8", "--folds", "3", "--quiet",

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from digitcnn import kfold
+from digitcnn.cv.folds import run_fold
+from digitcnn.cv.runner import run_kfold
+from digitcnn.cv.splits import make_splits
 from digitcnn.checkpoint import find_saved_models, load_model, save_model
 from digitcnn.config import RunConfig
 from digitcnn.datasets.base import DigitDataset
@@ -363,7 +365,7 @@ SAVE_CONFIG = RunConfig(folds=3, epochs=6, batch_size=20, lr=0.01, scheduler="no
 
 def test_kfold_saves_each_fold_model(tmp_path):
     dataset = small_dataset(noisy_labels=30)
-    result = kfold.run_kfold(dataset, SAVE_CONFIG, out_dir=tmp_path)
+    result = run_kfold(dataset, SAVE_CONFIG, out_dir=tmp_path)
     found = find_saved_models(tmp_path)
     assert [p.parent.name for p in found] == ["fold0", "fold1", "fold2"]
     assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("model.*"))] == [
@@ -377,8 +379,8 @@ def test_kfold_saves_each_fold_model(tmp_path):
 def test_run_fold_saves_its_best_model(tmp_path):
     """One fold trained on its own, stopped early: the saved weights are the restored best."""
     dataset = small_dataset(noisy_labels=30)
-    train_rows, val_rows = kfold.make_splits(dataset, SAVE_CONFIG)[1]
-    fold = kfold.run_fold(dataset, SAVE_CONFIG, 1, train_rows, val_rows, torch.device("cpu"),
+    train_rows, val_rows = make_splits(dataset, SAVE_CONFIG)[1]
+    fold = run_fold(dataset, SAVE_CONFIG, 1, train_rows, val_rows, torch.device("cpu"),
                           out_dir=tmp_path)
     assert fold.best_epoch < fold.epochs_run - 1  # the restore mattered
     assert fold.loss == pytest.approx(fold.val_loss[fold.best_epoch])
@@ -387,7 +389,7 @@ def test_run_fold_saves_its_best_model(tmp_path):
 
 def test_kfold_saves_nothing_unless_asked(tmp_path):
     dataset = small_dataset(60)
-    kfold.run_kfold(dataset, RunConfig(folds=2, epochs=1, quiet=True), out_dir=tmp_path)
+    run_kfold(dataset, RunConfig(folds=2, epochs=1, quiet=True), out_dir=tmp_path)
     assert find_saved_models(tmp_path) == []
     assert not list(tmp_path.rglob("*.safetensors"))
 
@@ -542,7 +544,7 @@ def run_with_peak_rss(argv: list[str], tmp_path) -> tuple[int, str, str, int]:
 def test_predict_cli_refuses_a_tampered_fold_model(tmp_path, changes, message):
     dataset = small_dataset(60)
     config = RunConfig(folds=2, epochs=1, quiet=True, save_models=True, plots=False)
-    kfold.run_kfold(dataset, config, out_dir=tmp_path / "run")
+    run_kfold(dataset, config, out_dir=tmp_path / "run")
     (tmp_path / "run" / "config.json").write_text("{}")  # what predict looks for in a run folder
     edit_meta(tmp_path / "run" / "folds" / "fold0" / "model.json", **changes)
     np.save(tmp_path / "x.npy", dataset.images[:5, 0].numpy())

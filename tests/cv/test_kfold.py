@@ -10,12 +10,14 @@ from sklearn.model_selection import KFold
 
 import digitcnn
 from digitcnn import kfold
+from digitcnn.cv.folds import run_fold
+from digitcnn.cv.runner import load_for_config, run_kfold
+from digitcnn.cv.splits import make_splits
 from digitcnn.training import loop as engine, scaling
 from digitcnn.errors import ConfigError
-from digitcnn.results import TIMING_KEYS
 from digitcnn.training.runtime import select_device
 
-from conftest import REPO_ROOT, real_data, write_table, synthetic_optdigits
+from conftest import REPO_ROOT, real_data, write_table, synthetic_optdigits, without_timings
 
 FAST = dict(epochs=3, batch_size=32, quiet=True, verify=False)
 
@@ -37,20 +39,7 @@ def small_config(optdigits_dir, **changes):
 
 def run(optdigits_dir, **changes):
     config = small_config(optdigits_dir, **changes)
-    return kfold.run_kfold(kfold.load_for_config(config), config)
-
-
-# How a run was executed (fold processes, threads) may differ between a run and its resumed
-# copy; what it computed may not.
-NOT_RESULTS = (*TIMING_KEYS, "execution")
-
-
-def without_timings(value):
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in NOT_RESULTS}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
+    return run_kfold(load_for_config(config), config)
 
 
 def test_folds_cover_every_row_once(optdigits_dir):
@@ -81,10 +70,10 @@ def test_reruns_are_identical(optdigits_dir):
 def test_each_fold_starts_fresh(optdigits_dir):
     """Fold 2 trained alone equals fold 2 of a full run: nothing carries over between folds."""
     config = small_config(optdigits_dir, fold_parallel=False, **EXACT)
-    dataset = kfold.load_for_config(config)
-    full = kfold.run_kfold(dataset, config)
-    train_rows, val_rows = kfold.make_splits(dataset, config)[2]
-    alone = kfold.run_fold(dataset, config, 2, train_rows, val_rows,
+    dataset = load_for_config(config)
+    full = run_kfold(dataset, config)
+    train_rows, val_rows = make_splits(dataset, config)[2]
+    alone = run_fold(dataset, config, 2, train_rows, val_rows,
                            select_device(config.device))
     assert alone.train_loss == full.folds[2].train_loss
     assert np.array_equal(alone.confusion, full.folds[2].confusion)
@@ -93,7 +82,7 @@ def test_each_fold_starts_fresh(optdigits_dir):
 
 def test_scaler_sees_training_rows_only(optdigits_dir, monkeypatch):
     seen = []
-    real_fit = scaling.fit_scaler  # kfold imports it where it is used
+    real_fit = scaling.fit_scaler  # cv.folds and cv.runner call it through its module
 
     def recording_fit(kind, images, max_value):
         seen.append((kind, images.clone()))
@@ -101,15 +90,15 @@ def test_scaler_sees_training_rows_only(optdigits_dir, monkeypatch):
 
     monkeypatch.setattr(scaling, "fit_scaler", recording_fit)
     config = small_config(optdigits_dir, epochs=1, workers=1)  # recorded in this process
-    dataset = kfold.load_for_config(config)
-    kfold.run_kfold(dataset, config)
-    splits = kfold.make_splits(dataset, config)
+    dataset = load_for_config(config)
+    run_kfold(dataset, config)
+    splits = make_splits(dataset, config)
     assert [kind for kind, _ in seen] == ["standard"] * 4
     for (_, images), (train_rows, _) in zip(seen, splits):
         assert torch.equal(images, dataset.images[train_rows])
 
     seen.clear()
-    kfold.run_kfold(dataset, config.replace(scaler="global"))
+    run_kfold(dataset, config.replace(scaler="global"))
     assert len(seen) == 1 and torch.equal(seen[0][1], dataset.images)  # S5's leak, on request
 
 
@@ -122,14 +111,14 @@ def test_writer_disjoint_split(optdigits_dir):
 
 def test_stratified_folds_balance_classes(optdigits_dir):
     config = small_config(optdigits_dir, cv="stratified", folds=3)
-    dataset = kfold.load_for_config(config)
-    for _, val in kfold.make_splits(dataset, config):
+    dataset = load_for_config(config)
+    for _, val in make_splits(dataset, config):
         assert np.bincount(dataset.labels[val].numpy(), minlength=10).tolist() == [6] * 10
 
 
 def test_limit_takes_a_seeded_subset(optdigits_dir):
     config = small_config(optdigits_dir, limit=50)
-    first, second = kfold.load_for_config(config), kfold.load_for_config(config)
+    first, second = load_for_config(config), load_for_config(config)
     assert len(first) == 50 and torch.equal(first.images, second.images)
 
 
@@ -137,7 +126,7 @@ def test_too_many_folds(optdigits_dir):
     config = small_config(optdigits_dir, folds=200)
     with pytest.raises(ConfigError, match=r"--folds 200 is more than the 180 rows of 'uci'; "
                                           r"use at most 180 folds"):
-        kfold.run_kfold(kfold.load_for_config(config), config)
+        run_kfold(load_for_config(config), config)
 
 
 def test_cli_writes_the_run_directory(optdigits_dir, tmp_path, capsys):
@@ -260,7 +249,7 @@ def test_offline_without_data_dir_falls_back(tmp_path, capsys):
 def test_s5_recipe_on_real_uci(tmp_path):
     folder = real_data("optdigits")
     config = digitcnn.RunConfig(data_dir=str(folder), scaler="global", quiet=True)
-    result = kfold.run_kfold(kfold.load_for_config(config), config)
+    result = run_kfold(load_for_config(config), config)
     assert result.confusion.sum() == 5620
     assert result.accuracy >= 0.975  # S5 reported 0.9811
     assert all(len(f.train_loss) == len(f.val_loss) == 10 for f in result.folds)
@@ -270,7 +259,7 @@ def test_s5_recipe_on_real_uci(tmp_path):
 def test_real_uci_reruns_identical(tmp_path):
     folder = real_data("optdigits")
     config = digitcnn.RunConfig(data_dir=str(folder), limit=1200, epochs=2, quiet=True, **EXACT)
-    runs = [without_timings(kfold.run_kfold(kfold.load_for_config(config), config).metrics())
+    runs = [without_timings(run_kfold(load_for_config(config), config).metrics())
             for _ in range(2)]
     assert runs[0] == runs[1]
 
@@ -322,13 +311,13 @@ def test_fold_processes_give_the_numbers_of_one_process(optdigits_dir):
 @cpu_only
 def test_fold_processes_write_each_fold_and_resume(optdigits_dir, tmp_path):
     config = small_config(optdigits_dir, workers=2, threads=1, fold_parallel=False)
-    dataset = kfold.load_for_config(config)
+    dataset = load_for_config(config)
     out = tmp_path / "run"
-    first = kfold.run_kfold(dataset, config, out_dir=out)
+    first = run_kfold(dataset, config, out_dir=out)
     assert sorted(p.name for p in (out / "folds").glob("fold*.json")) == [
         f"fold{k}.json" for k in range(4)]
     (out / "folds" / "fold2.json").unlink()
-    resumed = kfold.run_kfold(dataset, config, out_dir=out, resume=True)
+    resumed = run_kfold(dataset, config, out_dir=out, resume=True)
     assert resumed.extra["execution"]["workers"] == 1  # one fold left: no pool for it
     assert without_timings(resumed.metrics()) == without_timings(first.metrics())
 
@@ -355,7 +344,7 @@ def test_bf16_and_fp32_agree_on_real_uci():
     for precision in ("bf16", "fp32"):
         config = digitcnn.RunConfig(data_dir=str(folder), limit=2000, epochs=3, quiet=True,
                                     precision=precision, workers=1)
-        result = kfold.run_kfold(kfold.load_for_config(config), config)
+        result = run_kfold(load_for_config(config), config)
         assert result.extra["execution"]["precision"] == precision
         accuracies[precision] = result.accuracy
     assert accuracies["fp32"] >= 0.93
@@ -364,23 +353,23 @@ def test_bf16_and_fp32_agree_on_real_uci():
 
 def test_holdout_too_small_to_stratify_splits_at_random(optdigits_dir):
     config = small_config(optdigits_dir, cv="holdout", val_fraction=0.05)  # 9 of 180 rows
-    dataset = kfold.load_for_config(config)
-    ((train_rows, val_rows),) = kfold.make_splits(dataset, config)
+    dataset = load_for_config(config)
+    ((train_rows, val_rows),) = make_splits(dataset, config)
     assert len(val_rows) == 9 and len(train_rows) == 171
     assert not set(train_rows) & set(val_rows)
     stratified = small_config(optdigits_dir, cv="holdout", val_fraction=0.1)  # 18 rows
-    ((_, val_rows),) = kfold.make_splits(dataset, stratified)
+    ((_, val_rows),) = make_splits(dataset, stratified)
     assert len(set(dataset.labels[val_rows].tolist())) == 10  # every class on both sides
 
 
 def test_resume_clears_the_temporary_files_of_a_killed_write(optdigits_dir, tmp_path):
     config = small_config(optdigits_dir, epochs=1)
-    dataset = kfold.load_for_config(config)
+    dataset = load_for_config(config)
     out = tmp_path / "run"
-    kfold.run_kfold(dataset, config, out_dir=out)
+    run_kfold(dataset, config, out_dir=out)
     debris = out / "folds" / ".fold1.npz.abc123.tmp"
     debris.write_bytes(b"half a file")
     (out / "folds" / "fold1.json").unlink()
-    kfold.run_kfold(dataset, config, out_dir=out, resume=True)
+    run_kfold(dataset, config, out_dir=out, resume=True)
     assert not debris.exists()
     assert (out / "folds" / "fold1.json").is_file()

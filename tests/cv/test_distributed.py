@@ -25,12 +25,13 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from digitcnn import kfold, sweep  # noqa: E402
+from digitcnn.cv.runner import load_for_config, run_kfold  # noqa: E402
 from digitcnn.config import RunConfig  # noqa: E402
 from digitcnn.cv.distributed import KILL_WORKER_MARKER, RayExecutor  # noqa: E402
 from digitcnn.errors import ConfigError, ModelError  # noqa: E402
+from digitcnn.reporting.runfolder import write_final  # noqa: E402
 
-from conftest import REPO_ROOT, synthetic_optdigits, write_table  # noqa: E402
-from test_kfold import without_timings  # noqa: E402
+from conftest import REPO_ROOT, synthetic_optdigits, without_timings, write_table  # noqa: E402
 
 START_TIMEOUT = 180  # seconds: Ray starts slowly on a busy 2-core machine
 RUN_TIMEOUT = 300
@@ -131,7 +132,7 @@ def local_reference(data_dir, ray_root):
     """The local executor's run (one process), its folder and metrics."""
     config = _config(data_dir, workers=1, save_models=True)
     out = ray_root / "local-reference"
-    kfold.run_kfold(kfold.load_for_config(config), config, out_dir=out).write_final(out, False)
+    write_final(run_kfold(load_for_config(config), config, out_dir=out), out, False)
     return out, _metrics(out)
 
 
@@ -152,9 +153,8 @@ def test_ray_run_equals_the_local_run_file_for_file(local_ray, data_dir, local_r
     reference_dir, reference = local_reference
     config = _config(data_dir, save_models=True)
     out = tmp_path / "ray"
-    result = kfold.run_kfold(kfold.load_for_config(config), config, out_dir=out,
-                             executor=local_ray)
-    result.write_final(out, plots=False)
+    result = run_kfold(load_for_config(config), config, out_dir=out, executor=local_ray)
+    write_final(result, out, plots=False)
     metrics = json.loads((out / "metrics.json").read_text())
     assert without_timings(metrics) == reference
     assert metrics["execution"]["executor"] == "ray"
@@ -175,8 +175,8 @@ def test_a_killed_worker_is_retried_with_identical_results(local_ray, data_dir,
     marker.touch()  # arms the test-only hook: the first fold task to see it kills its worker
     config = _config(data_dir, save_models=True)
     out = tmp_path / "ray"
-    kfold.run_kfold(kfold.load_for_config(config), config, out_dir=out,
-                    executor=local_ray).write_final(out, plots=False)
+    write_final(run_kfold(load_for_config(config), config, out_dir=out, executor=local_ray),
+                out, plots=False)
     assert not marker.exists()  # a worker did die in the middle of this run
     assert _metrics(out) == local_reference[1]
 
@@ -187,7 +187,7 @@ def test_a_digitcnn_error_in_a_task_is_one_line_exit_2(local_ray, data_dir, tmp_
             "--epochs", "1"]
     with pytest.raises(ModelError, match="needs images of at least 24x24"):
         config = _config(data_dir, model="s1")
-        kfold.run_kfold(kfold.load_for_config(config), config, executor=local_ray)
+        run_kfold(load_for_config(config), config, executor=local_ray)
     assert kfold.main([*argv, "--workers", "1", "--out", str(tmp_path / "local")]) == 2
     local_err = capsys.readouterr().err
     started = time.monotonic()
@@ -220,11 +220,11 @@ def test_sweep_through_ray_gives_the_local_tables(local_ray, data_dir, tmp_path)
 
 def test_impossible_resources_are_refused_instead_of_waiting_forever(local_ray, data_dir):
     config = _config(data_dir)
-    dataset = kfold.load_for_config(config)
+    dataset = load_for_config(config)
     for executor, message in [(RayExecutor(task_cpus=64), "--task-cpus 64: no node"),
                               (RayExecutor(task_gpus=0.5), "--task-gpus 0.5: no node")]:
         with pytest.raises(ConfigError, match=message):
-            kfold.run_kfold(dataset, config, executor=executor)
+            run_kfold(dataset, config, executor=executor)
 
 
 # ----------------------------------------------------------------------------- bad usage
@@ -268,7 +268,7 @@ def slow_reference(data_dir, ray_root):
     config = RunConfig(data_dir=str(data_dir), threads=1, verify=False, epochs=15, batch_size=8,
                        folds=3, quiet=True, plots=False, workers=1)
     out = ray_root / "slow-reference"
-    kfold.run_kfold(kfold.load_for_config(config), config, out_dir=out).write_final(out, False)
+    write_final(run_kfold(load_for_config(config), config, out_dir=out), out, False)
     return _metrics(out)
 
 
