@@ -13,7 +13,7 @@ directory run with ``--save-models``, whose fold models' probabilities are avera
   these give ``file,label,probability`` rows.
 
 A model trained on UCI optdigits (8x8 inputs) reads 28x28 digits (pictures, MNIST, Kaggle; not
-a .npy array, taken as it is) in optdigits' form (:func:`digitcnn.datasets.images.optdigits_images`), as
+a .npy array, taken as it is) in optdigits' form (:func:`digitcnn.datasets.preprocess.optdigits_images`), as
 ``python -m digitcnn.board`` does.
 
 ``--labels FILE`` (a CSV with a ``Label`` column, or ``.npy``) supplies true labels for an

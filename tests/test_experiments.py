@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
-from test_mnist import write_mnist
+from idx_files import write_mnist
 
 sys.path.insert(0, str(REPO_ROOT / "experiments"))
 import run_all  # noqa: E402

@@ -5,8 +5,8 @@
 ``RUN_DIR`` is a saved model (``.json``/``.safetensors`` or its folder) or a K-fold run saved
 with ``--save-models``, used as its fold ensemble (as :mod:`digitcnn.predict` loads them). The
 page sends the drawing as a PNG; the server brings it to the model's input exactly as
-``python -m digitcnn.predict`` does for a PNG file (:func:`digitcnn.datasets.images.mnist_style`, and
-:func:`digitcnn.datasets.images.optdigits_images` for an 8x8 UCI model) and answers with the class
+``python -m digitcnn.predict`` does for a PNG file (:func:`digitcnn.datasets.preprocess.mnist_style`, and
+:func:`digitcnn.datasets.preprocess.optdigits_images` for an 8x8 UCI model) and answers with the class
 probabilities and the image the model saw. "Save as" stores the drawing under
 ``SAVE_DIR/<digit>/<name chosen by the server>.png``, the layout ``--dataset images`` and
 ``--add-train-images`` read.

@@ -20,7 +20,7 @@ import torch
 from digitcnn._io import atomic_write_bytes
 from digitcnn.board.cli import DEFAULT_SAVE_DIR, PROG
 from digitcnn.checkpoint import SavedModel
-from digitcnn.datasets.images import mnist_style, open_image
+from digitcnn.datasets.preprocess import mnist_style, open_image
 from digitcnn.errors import CheckpointError, DataError, DigitCNNError, one_line
 from digitcnn.inference import PredictionInput, load_models, model_images, predict
 
@@ -58,7 +58,7 @@ def check_png(body: bytes) -> None:
 
 def decode_png(body: bytes):
     """The drawing as a PIL image, decoded as ``digitcnn.predict`` decodes an image file
-    (:func:`digitcnn.datasets.images.open_image`), once the header says it is a PNG of at most MAX_SIDE
+    (:func:`digitcnn.datasets.preprocess.open_image`), once the header says it is a PNG of at most MAX_SIDE
     pixels a side."""
     from PIL import Image, UnidentifiedImageError
 
@@ -131,7 +131,7 @@ class Board:
 
     def read(self, body: bytes) -> PredictionInput:
         """The PNG ``body`` as ``digitcnn.predict`` reads an image file: decoded, then
-        :func:`~digitcnn.datasets.images.mnist_style` (uint8 (1, 1, 28, 28))."""
+        :func:`~digitcnn.datasets.preprocess.mnist_style` (uint8 (1, 1, 28, 28))."""
 
         picture = decode_png(body)
         try:

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digitcnn.datasets.base import SPLITS, DigitDataset, read_first_line, read_int_csv
 from digitcnn._io import cache_dir, sha256_of
+from digitcnn.datasets.base import DigitDataset, check_split, register_dataset
+from digitcnn.datasets.utils import read_first_line, read_int_csv
 from digitcnn.errors import DataError
 
 __all__ = ["load_kaggle", "KAGGLE_FILES", "KAGGLE_SIDE", "KAGGLE_MAX", "PIXEL_COLUMNS",
@@ -48,6 +49,7 @@ CONTAMINATION_WARNING = (
     "submission")
 
 
+@register_dataset("kaggle")
 def load_kaggle(data_dir: str | os.PathLike | None = None, split: str = "all",
                 verify: bool = True) -> DigitDataset:
     """Kaggle Digit Recognizer: uint8 images (N, 1, 28, 28), int64 labels (N,) or None.
@@ -78,8 +80,7 @@ def load_kaggle(data_dir: str | os.PathLike | None = None, split: str = "all",
         DigitDataset named ``"kaggle"``, ``max_value`` 255, ``source`` the file's path,
         ``sha256`` {file name: SHA-256}.
     """
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    check_split(split)
     if data_dir is not None:
         path = Path(data_dir).expanduser()
         if path.is_file():

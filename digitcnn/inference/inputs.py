@@ -22,11 +22,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from digitcnn.datasets.base import read_first_line
-from digitcnn.datasets.images import (IMAGE_SUFFIXES, load_images, mnist_style, open_image,
-                                      optdigits_images)
+from digitcnn.datasets.images import IMAGE_SUFFIXES, load_images
 from digitcnn.datasets.kaggle import load_kaggle
-from digitcnn.datasets.mnist import _locate_idx_files, load_mnist
+from digitcnn.datasets.mnist import load_mnist, locate_idx_files
+from digitcnn.datasets.preprocess import mnist_style, open_image, optdigits_images
+from digitcnn.datasets.utils import read_first_line
 from digitcnn.errors import DataError
 
 __all__ = ["PredictionInput", "read_input", "read_labels", "model_images", "MAX_INPUT_VALUES"]
@@ -157,7 +157,7 @@ def read_input(path: str | Path) -> PredictionInput:
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         return _unlabelled_images([path], [path.name])
     if path.is_dir():
-        if _locate_idx_files(path) is not None:
+        if locate_idx_files(path) is not None:
             dataset = load_mnist(path)
             return PredictionInput(dataset.images, dataset.labels,
                                    [str(i) for i in range(len(dataset))])
@@ -248,7 +248,7 @@ def _csv_labels(path: Path) -> np.ndarray:
 
 def model_images(inputs: PredictionInput, input_shape: Sequence[int]) -> torch.Tensor:
     """The inputs' images as models of ``input_shape`` read them: 28x28 digits in UCI optdigits'
-    form (:func:`digitcnn.datasets.images.optdigits_images`) for an 8x8 model, unless they came as an
+    form (:func:`digitcnn.datasets.preprocess.optdigits_images`) for an 8x8 model, unless they came as an
     array (``as_given``); else unchanged."""
     if tuple(input_shape) == (1, 8, 8) and tuple(inputs.images.shape[1:]) == (1, 28, 28) \
             and not inputs.as_given:

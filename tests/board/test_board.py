@@ -137,7 +137,7 @@ def test_every_asset_is_package_data():
 
 
 def test_predict_answers_with_probabilities_and_the_image_seen(board):
-    from digitcnn.datasets.images import mnist_style
+    from digitcnn.datasets.preprocess import mnist_style
 
     answer = client_for(board).post("/api/predict", content=drawing_png(a_digit()), headers=PNG)
     assert answer.status_code == 200

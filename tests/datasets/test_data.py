@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import digitcnn
-from digitcnn.datasets import base as data
+from digitcnn._io import cache_dir
+from digitcnn.datasets import uci as data
+from digitcnn.datasets.base import DigitDataset
 from digitcnn.errors import DataError
 
 from conftest import real_data, synthetic_optdigits, write_table
@@ -60,7 +62,7 @@ def fake_ucimlrepo(monkeypatch, fetch) -> None:
 
 
 def test_cache_is_read_before_network(monkeypatch):
-    cached = data.cache_dir("uci") / "optdigits.csv"
+    cached = cache_dir("uci") / "optdigits.csv"
     write_table(cached, synthetic_optdigits(40), list(data.UCI_CSV_HEADER))
     monkeypatch.delenv("DIGITCNN_OFFLINE")
     fake_ucimlrepo(monkeypatch, lambda **_: pytest.fail("network was used"))
@@ -88,7 +90,7 @@ def test_ucimlrepo_result_is_cached(monkeypatch):
     assert calls == [80]
     assert len(first) == len(second) == 5620
     assert torch.equal(first.images, second.images)
-    assert (data.cache_dir("uci") / "optdigits.csv").is_file()
+    assert (cache_dir("uci") / "optdigits.csv").is_file()
 
 
 def test_offline_falls_back_to_sklearn_with_warning():
@@ -172,11 +174,11 @@ def test_unknown_dataset_and_split():
 
 def test_dataset_validates_labels():
     with pytest.raises(DataError, match=r"label 12 at row 1 is out of range 0..9"):
-        data.DigitDataset(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.tensor([1, 12]),
-                          "toy", "test")
+        DigitDataset(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.tensor([1, 12]),
+                     "toy", "test")
     with pytest.raises(DataError, match=r"3 images but labels of shape \(2,\)"):
-        data.DigitDataset(torch.zeros(3, 1, 8, 8, dtype=torch.uint8), torch.tensor([1, 2]),
-                          "toy", "test")
+        DigitDataset(torch.zeros(3, 1, 8, 8, dtype=torch.uint8), torch.tensor([1, 2]),
+                     "toy", "test")
 
 
 def test_subset_keeps_rows_and_provenance(optdigits_dir):

@@ -185,7 +185,7 @@ def uci_lines(rows: int = 6) -> list[str]:
 @examples(120)
 @given(st.data())
 def test_fuzzed_uci_file(data):
-    from digitcnn.datasets.base import load_uci
+    from digitcnn.datasets.uci import load_uci
 
     lines = data.draw(text_edits(uci_lines(), 0, ["17", "99", "-1", "10", "255", "256"]))
     raw = data.draw(byte_edits(("\n".join(lines) + "\n").encode()))
@@ -264,7 +264,7 @@ def image_folder(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
     """Three drawn digits, and each one's MNIST-style array."""
     from PIL import Image, ImageDraw
 
-    from digitcnn.datasets.images import mnist_style
+    from digitcnn.datasets.preprocess import mnist_style
 
     folder = tmp_path_factory.mktemp("labelled")
     expected = {}

@@ -364,7 +364,7 @@ def test_gzip_named_csv_is_one_line_on_the_command_line(tmp_path):
 
 def test_a_bad_value_far_into_a_large_file_names_its_line(tmp_path):
     """The file is read in blocks: line numbers and values must carry across them."""
-    from digitcnn.datasets import base as data_module
+    from digitcnn.datasets import utils as data_module
 
     pixels, labels = synthetic_rows(3000, seed=6)
     lines = csv_lines(pixels, labels)

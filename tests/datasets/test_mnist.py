@@ -12,56 +12,16 @@ import pytest
 import torch
 
 import digitcnn
-from digitcnn.datasets import base as data
+from digitcnn._io import cache_dir
 from digitcnn.errors import DataError
-from digitcnn.datasets.mnist import IMAGES_MAGIC, LABELS_MAGIC, load_mnist
+from digitcnn.datasets.idx import IMAGES_MAGIC, LABELS_MAGIC
+from digitcnn.datasets.mnist import load_mnist
 
 from conftest import real_data
+from idx_files import (OFFICIAL_NAMES, idx_images, idx_labels, synthetic_digits, write_file,
+                       write_mnist)
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-OFFICIAL_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
-
-def idx_images(images: np.ndarray, magic: int = IMAGES_MAGIC) -> bytes:
-    """IDX bytes for uint8 images of shape (N, H, W)."""
-    count, rows, columns = images.shape
-    return struct.pack(">IIII", magic, count, rows, columns) + images.astype(np.uint8).tobytes()
-
-
-def idx_labels(labels: np.ndarray, magic: int = LABELS_MAGIC) -> bytes:
-    return struct.pack(">II", magic, len(labels)) + np.asarray(labels, dtype=np.uint8).tobytes()
-
-
-def synthetic_digits(count: int, seed: int, side: int = 28) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, size=(count, side, side), dtype=np.uint8),
-            rng.integers(0, 10, size=count).astype(np.int64))
-
-
-def idx_name(name: str, dots: bool = False, gz: bool = True) -> str:
-    if dots:  # "train-images.idx3-ubyte", the name inside the official .gz files
-        name = name.replace("-idx", ".idx")
-    return name + (".gz" if gz else "")
-
-
-def write_file(path: Path, payload: bytes, gz: bool) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(payload) if gz else payload)
-    return path
-
-
-def write_mnist(folder: Path, counts=None, gz: bool = True, dots: bool = False) -> dict:
-    """Write small IDX files (default 30 train + 12 test images); return the arrays written."""
-    counts = {"train": 30, "test": 12} if counts is None else counts
-    written = {}
-    for seed, (part, count) in enumerate(counts.items()):
-        images, labels = synthetic_digits(count, seed)
-        images_name, labels_name = OFFICIAL_NAMES[part]
-        write_file(folder / idx_name(images_name, dots, gz), idx_images(images), gz)
-        write_file(folder / idx_name(labels_name, dots, gz), idx_labels(labels), gz)
-        written[part] = (images, labels)
-    return written
 
 
 @pytest.fixture
@@ -264,7 +224,7 @@ def test_offline_without_cache_or_data_dir():
 
 
 def test_cache_is_read_before_the_network(monkeypatch):
-    raw = data.cache_dir("mnist") / "MNIST" / "raw"
+    raw = cache_dir("mnist") / "MNIST" / "raw"
     write_mnist(raw)
     monkeypatch.delenv("DIGITCNN_OFFLINE")
     monkeypatch.setattr("torchvision.datasets.utils.download_url",
@@ -303,7 +263,7 @@ def test_download_tries_the_next_mirror_and_fills_the_cache(monkeypatch):
     dataset = load_mnist(split="test")
     assert requested == [first + "t10k-images-idx3-ubyte.gz",
                          second + "t10k-images-idx3-ubyte.gz", second + "t10k-labels-idx1-ubyte.gz"]
-    raw = data.cache_dir("mnist") / "MNIST" / "raw"
+    raw = cache_dir("mnist") / "MNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == ["t10k-images-idx3-ubyte.gz",
                                                      "t10k-labels-idx1-ubyte.gz"]
     assert len(dataset) == 12
@@ -323,7 +283,7 @@ def test_download_failure_says_why_and_how_to_get_the_files(monkeypatch):
                                         r"URLError: .*Name or service not known.*\); pass "
                                         r"--data-dir .* four IDX files"):
         load_mnist()
-    assert list((data.cache_dir("mnist") / "MNIST" / "raw").iterdir()) == []
+    assert list((cache_dir("mnist") / "MNIST" / "raw").iterdir()) == []
 
 
 def test_download_times_out_per_mirror(monkeypatch):
