@@ -41,7 +41,6 @@ class _Entry:
     group: str | None  # "train"/"test" in the two-part layout
 
 
-
 @register_dataset("images")
 def load_images(data_dir: str | os.PathLike | None = None, split: str = "all",
                 verify: bool = True, labels_csv: str | os.PathLike | None = None) -> DigitDataset:

@@ -223,7 +223,6 @@ def optdigits_images(images: torch.Tensor) -> torch.Tensor:
                             [:, None])
 
 
-
 # ----------------------------------------------------------------------------- decoding
 
 def read_image_bytes(path: Path) -> bytes:
