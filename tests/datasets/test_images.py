@@ -12,7 +12,8 @@ from scipy import ndimage
 
 import digitcnn
 from digitcnn.errors import DataError
-from digitcnn.datasets.images import load_images, mnist_style
+from digitcnn.datasets.images import load_images
+from digitcnn.datasets.preprocess import mnist_style
 
 BLACK, WHITE = 0, 255
 
