@@ -1,0 +1,201 @@
+"""The shape of the code: no import cycles, few and explained function-level imports of
+digitcnn's own modules, small modules and functions.
+
+The import graph is read from the source (every ``import`` at module level, in
+``try``/``if`` blocks included) and walked for cycles; each module is also imported alone in
+a fresh interpreter, which is what a user or a forked worker does and what a cycle breaks.
+"""
+from __future__ import annotations
+
+import ast
+import graphlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "digitcnn"
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+MAX_FUNCTION_LEVEL_IMPORTS = 10
+
+
+@dataclass(frozen=True)
+class InternalImport:
+    module: str
+    line: int
+    targets: tuple[str, ...]
+    in_function: bool
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imported_modules(name: str, node: ast.Import | ast.ImportFrom,
+                     is_package: bool = False) -> tuple[str, ...]:
+    """The digitcnn modules an import statement in module ``name`` loads, parents included
+    (importing ``digitcnn.cv.runner`` runs ``digitcnn/cv/__init__.py`` first), but not
+    ``name``'s own packages, which are being imported already when ``name`` runs."""
+    if isinstance(node, ast.Import):
+        bases = [alias.name for alias in node.names]
+    else:
+        if node.level:
+            package = name.split(".")
+            if not is_package:
+                package = package[:-1]
+            package = package[:len(package) - node.level + 1]
+            base = ".".join(package + ([node.module] if node.module else []))
+        else:
+            base = node.module or ""
+        # `from package import submodule` loads the submodule too
+        bases = [base] + [f"{base}.{alias.name}" for alias in node.names
+                          if f"{base}.{alias.name}" in MODULES]
+    loaded = set()
+    for base in bases:
+        parts = base.split(".")
+        loaded.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)}
+    return tuple(sorted(module for module in loaded if module in MODULES and module not in own))
+
+
+def internal_imports(name: str, source: str | None = None) -> list[InternalImport]:
+    """Every import of a digitcnn module in module ``name`` (its file, or ``source``)."""
+    path = MODULES.get(name)
+    tree = ast.parse(path.read_text() if source is None else source)
+    is_package = path is not None and path.name == "__init__.py"
+    found = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                targets = imported_modules(name, child, is_package)
+                if targets:
+                    found.append(InternalImport(name, child.lineno, targets, in_function))
+            nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                       ast.Lambda))
+            visit(child, nested)
+
+    visit(tree, False)
+    return found
+
+
+def test_the_module_list_is_complete():
+    # the walk below is only as good as the modules it sees
+    assert {"digitcnn", "digitcnn.kfold", "digitcnn.errors", "digitcnn._io"} <= set(MODULES)
+    assert len(MODULES) >= 30
+
+
+def test_no_import_cycle_among_digitcnn_modules():
+    graph = {name: set() for name in MODULES}
+    for name in MODULES:
+        for found in internal_imports(name):
+            if not found.in_function:
+                graph[name].update(found.targets)
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as err:
+        pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")
+    assert set(order) == set(MODULES)
+
+
+# Run in a new interpreter: imports the third-party libraries once, then forks a child per
+# digitcnn module, in which that module is the first digitcnn module imported.
+IMPORT_EACH_ALONE = """
+import importlib, os, sys, traceback
+import numpy, torch  # third-party start-up paid once; no digitcnn module is imported here
+failed = {}
+for name in sys.argv[1:]:
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read)
+        try:
+            importlib.import_module(name)
+            status = 0
+        except BaseException:
+            os.write(write, traceback.format_exc().strip().splitlines()[-1].encode())
+            status = 1
+        os._exit(status)
+    os.close(write)
+    with os.fdopen(read) as stream:
+        message = stream.read()
+    if os.waitpid(child, 0)[1] != 0:
+        failed[name] = message or "the child died"
+print(repr(failed))
+"""
+
+
+def test_each_module_imports_alone_in_a_fresh_interpreter():
+    # An import cycle fails for the module whose import starts it, which one interpreter
+    # importing everything in a fixed order can hide. A __main__ module is a program (importing
+    # it runs it), so it is left out.
+    names = sorted(name for name in MODULES if not name.endswith(".__main__"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, *names], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "{}", done.stdout
+
+
+def test_few_function_level_imports_of_digitcnn_modules_each_explained():
+    lazy = [found for name in MODULES for found in internal_imports(name) if found.in_function]
+    where = [f"{found.module}:{found.line}" for found in lazy]
+    assert len(lazy) <= MAX_FUNCTION_LEVEL_IMPORTS, where
+    for found in lazy:
+        lines = MODULES[found.module].read_text().splitlines()
+        above = lines[found.line - 2].strip()
+        assert above.startswith("#"), (f"{found.module}:{found.line} imports inside a function "
+                                       "without a comment on the line above saying why")
+
+
+def test_no_module_is_longer_than_the_limit():
+    long = {name: n for name, path in MODULES.items()
+            if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, long
+
+
+def function_lengths(name: str, source: str | None = None) -> dict[str, int]:
+    """Lines of each function's body in module ``name`` (its file, or ``source``), its
+    docstring left out."""
+    lengths = {}
+    for node in ast.walk(ast.parse(MODULES[name].read_text() if source is None else source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if (isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                body = body[1:]
+            if body:
+                lengths[f"{name}.{node.name}:{node.lineno}"] = (body[-1].end_lineno
+                                                                 - body[0].lineno + 1)
+    return lengths
+
+
+def test_no_function_is_longer_than_the_limit():
+    long = {where: n for name in MODULES for where, n in function_lengths(name).items()
+            if n > MAX_FUNCTION_LINES}
+    assert not long, long
+
+
+def test_the_checks_see_what_they_check():
+    # the walkers above, on a module written here: a function-level import counts once, with
+    # the modules it loads; the importer's own packages do not count (they are being imported
+    # already); the docstring is left out of a function's length
+    source = ('from digitcnn import errors\n'
+              'def f():\n    """Doc\n    string."""\n'
+              '    # why: import cost\n    from digitcnn._io import write_json\n'
+              '    return write_json\n')
+    found = internal_imports("digitcnn.probe", source)
+    assert [(f.line, f.targets, f.in_function) for f in found] == [
+        (1, ("digitcnn.errors",), False), (6, ("digitcnn._io",), True)]
+    assert function_lengths("digitcnn.probe", source) == {"digitcnn.probe.f:2": 2}
