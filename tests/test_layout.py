@@ -199,3 +199,31 @@ def test_the_checks_see_what_they_check():
     assert [(f.line, f.targets, f.in_function) for f in found] == [
         (1, ("digitcnn.errors",), False), (6, ("digitcnn._io",), True)]
     assert function_lengths("digitcnn.probe", source) == {"digitcnn.probe.f:2": 2}
+
+
+def readme_tree() -> set[str]:
+    """The files named in the README's "How the code is laid out" tree, as paths relative to
+    the repository: a code block whose lines are ``name/`` (a folder) or ``name.py`` (a
+    module), indented two spaces per level, each followed by what it holds."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    paths, folders = set(), []
+    for line in block.splitlines()[1:]:
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        name = line.split()[0]
+        folders = folders[:depth]
+        if name.endswith("/"):
+            folders.append(name.rstrip("/"))
+        else:
+            paths.add("/".join([*folders, name]))
+    return paths
+
+
+def test_the_readme_tree_names_every_module_and_no_other():
+    on_disk = {path.relative_to(ROOT).as_posix() for path in MODULES.values()}
+    in_readme = readme_tree()
+    assert sorted(in_readme - on_disk) == [], "in the README, not in digitcnn/"
+    assert sorted(on_disk - in_readme) == [], "in digitcnn/, not in the README"
