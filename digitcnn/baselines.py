@@ -2,7 +2,7 @@
 
 The bar a digit CNN must clear (SPEC, measured on UCI's 4 folds): ``SVC(C=10)`` (RBF) on
 features/16 gets 99.18%, kNN (k=3) 98.61%. A baseline run uses the same fold splitter, rows
-and result files as :func:`digitcnn.kfold.run_kfold`, so its per-fold accuracies pair with a
+and result files as :func:`digitcnn.cv.runner.run_kfold`, so its per-fold accuracies pair with a
 CNN run's for the corrected t-test (``python -m digitcnn.compare``).
 
 Python API::

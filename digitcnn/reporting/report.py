@@ -1,6 +1,6 @@
 """``evaluation.json``, the evaluation figures and ``report.html`` of a run directory.
 
-:meth:`digitcnn.results.KFoldResult.write_final` writes ``metrics.json`` first (a finished
+:func:`digitcnn.reporting.runfolder.write_final` writes ``metrics.json`` first (a finished
 run) and then the report, with :func:`write_run_report` in its own process or, for the CLIs
 at a terminal, with :func:`start_report` in a background process (``python -m
 digitcnn.reporting.report``), so that a person gets the run's numbers without waiting for the

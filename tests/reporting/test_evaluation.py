@@ -12,7 +12,7 @@ from sklearn.preprocessing import label_binarize
 
 import digitcnn
 from digitcnn.cv.runner import load_for_config, run_kfold
-from digitcnn.errors import DataError
+from digitcnn.errors import DataError, OutputError
 from digitcnn.reporting.evaluation import evaluate_predictions, evaluate_run, probabilities, without_curves
 from digitcnn._io import write_json
 from digitcnn.reporting.runfolder import write_final
@@ -359,3 +359,21 @@ def test_every_number_matches_torchmetrics(seed, decimals):
     for fold in evaluation["folds"]:
         rows = oof["fold"] == fold["fold"]
         assert_matches_torchmetrics(fold, oof["true"][rows], oof["log_probs"][rows])
+
+
+def test_result_save_writes_the_same_folder_as_save_run(trained, tmp_path):
+    # README's Python API: result.save(folder) is digitcnn.save_run(result, folder)
+    result, _ = trained
+    saved = result.save(tmp_path / "method", plots=False)
+    digitcnn.save_run(result, tmp_path / "function", plots=False)
+    assert saved == tmp_path / "method"
+    for name in ("metrics.json", "folds.csv", "config.json", "splits.json"):
+        method, function = (tmp_path / side / name for side in ("method", "function"))
+        if name == "metrics.json":  # its creation time differs
+            assert ({k: v for k, v in json.loads(method.read_text()).items() if k != "created_utc"}
+                    == {k: v for k, v in json.loads(function.read_text()).items()
+                        if k != "created_utc"})
+        else:
+            assert method.read_text() == function.read_text(), name
+    with pytest.raises(OutputError, match="not empty|finished run"):
+        result.save(tmp_path / "method", plots=False)

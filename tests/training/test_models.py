@@ -9,7 +9,7 @@ from digitcnn.errors import ModelError
 from digitcnn.models import Dropout, describe_models, model_spec
 
 # The models digitcnn ships: other test files register small models of their own in the same
-# registry (tests/test_estimator.py's strip model), whose rules are theirs to check.
+# registry (tests/cv/test_estimator.py's strip model), whose rules are theirs to check.
 LIBRARY_MODELS = [name for name in digitcnn.list_models()
                   if model_spec(name).builder.__module__.startswith("digitcnn.")]
 
