@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "RunConfig": "config",
-    "DigitDataset": "datasets.base", "list_datasets": "datasets.base", "load": "datasets.base", "register_dataset": "datasets.base",
+    "DigitDataset": "datasets.base", "list_datasets": "datasets.base", "load": "datasets.base",
+    "register_dataset": "datasets.base",
     "ConfigError": "errors", "DataError": "errors", "DigitCNNError": "errors",
     "ModelError": "errors",
     "DigitClassifier": "estimator",
