@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from digitcnn._io import read_json
-from digitcnn.config import PRESENTATION_KEYS, RunConfig
+from digitcnn.config import PRESENTATION_KEYS, RunConfig, flag_name
 from digitcnn.errors import ConfigError
 from digitcnn.reporting.rundir import check_out_dir
 from digitcnn.reporting.runcontrol import given_settings, refuse_changed_settings
@@ -111,7 +111,7 @@ EXECUTOR_SETTINGS = ("address", "task_cpus", "task_gpus", "max_retries")
 
 def _executor_default(name: str) -> Any:
     return next(kwargs["default"] for args, kwargs in EXECUTOR_ARGUMENTS
-                if args[0] == f"--{name.replace('_', '-')}")
+                if args[0] == f"--{flag_name(name)}")
 
 
 def executor_settings(namespace: argparse.Namespace) -> dict | None:
@@ -119,7 +119,7 @@ def executor_settings(namespace: argparse.Namespace) -> dict | None:
     :data:`EXECUTOR_ARGUMENTS` ask for; None for ``--executor local``, where a Ray flag is
     refused."""
     if namespace.executor != "ray":
-        given = [f"--{name.replace('_', '-')}" for name in EXECUTOR_SETTINGS
+        given = [f"--{flag_name(name)}" for name in EXECUTOR_SETTINGS
                  if getattr(namespace, name) != _executor_default(name)]
         if given:
             raise ConfigError(f"{given[0]} applies to --executor ray only; add --executor ray "
@@ -137,8 +137,8 @@ def executor_flags(executor) -> str:
     for name in EXECUTOR_SETTINGS:
         value = getattr(executor, name)
         if value != _executor_default(name):
-            flags += f" --{name.replace('_', '-')} {value:g}" if isinstance(value, float) \
-                else f" --{name.replace('_', '-')} {value}"
+            shown = f"{value:g}" if isinstance(value, float) else value
+            flags += f" --{flag_name(name)} {shown}"
     return flags
 
 

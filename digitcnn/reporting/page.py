@@ -114,7 +114,7 @@ def _config_section(config) -> str:
     for f in fields(config):
         value = getattr(config, f.name)
         shown = f'<span class="changed">{_e(value)}</span>' if f.name in changed else _e(value)
-        rows.append([_e(f.name.replace("_", "-")), shown])
+        rows.append([_e(flag_name(f.name)), shown])
     half = (len(rows) + 1) // 2
     return ('<p>Every setting of this run; <span class="changed">bold</span> ones differ from '
             'the defaults.</p><div class="columns">'

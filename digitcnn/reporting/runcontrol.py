@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from digitcnn.config import PRESENTATION_KEYS, build_parser, load_toml
+from digitcnn.config import PRESENTATION_KEYS, build_parser, flag_name, load_toml
 from digitcnn.errors import ConfigError, Terminated, interrupt_exit_code
 
 __all__ = ["ReceivedSignal", "sigterm_as_interrupt", "given_settings", "refuse_changed_settings"]
@@ -97,7 +97,7 @@ def refuse_changed_settings(stored: dict[str, Any], given: dict[str, Any], where
                                   "its own folder; drop --out")
             continue
         if name in stored and not _same(name, value, stored[name]):
-            flag = name.replace("_", "-")
+            flag = flag_name(name)
             raise ConfigError(f"--{flag} {value} differs from the run in {where} ({flag} = "
                               f"{stored[name]!r}); --resume continues a run with its own settings: "
                               f"drop --{flag}, or start a new run with a fresh --out")
