@@ -25,7 +25,7 @@ import numpy as np
 from digitcnn._io import read_json
 from digitcnn.cli import RUN_FLAGS, default_out_dir, resumed_config
 from digitcnn.config import BASELINE_SETTINGS, RunConfig, config_from_args
-from digitcnn.errors import ConfigError, cli_entry
+from digitcnn.errors import ConfigError, cli_entry, exit_cli
 from digitcnn.cv.splits import make_splits, splits_sha256
 from digitcnn.reporting.rundir import check_out_dir, claim_out_dir
 from digitcnn.reporting.runcontrol import (given_settings, refuse_changed_settings,
@@ -213,4 +213,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_cli(main())

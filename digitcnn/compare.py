@@ -13,14 +13,13 @@ Example: the best UCI recipe over three seeds against the SVM on the same folds:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from digitcnn._io import read_json, write_json
-from digitcnn.errors import ConfigError, cli_entry
+from digitcnn.errors import ConfigError, cli_entry, exit_cli
 from digitcnn.metrics import corrected_resampled_ttest
 
 __all__ = ["read_run", "compare_runs", "format_comparison", "main"]
@@ -123,4 +122,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_cli(main())

@@ -12,7 +12,7 @@ from typing import Sequence
 from digitcnn.cli import (EXECUTOR_ARGUMENTS, RUN_FLAGS, executor_settings, resumed_config,
                           run_from_cli)
 from digitcnn.config import config_from_args
-from digitcnn.errors import cli_entry
+from digitcnn.errors import cli_entry, exit_cli
 
 __all__ = ["main"]
 
@@ -36,4 +36,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_cli(main())

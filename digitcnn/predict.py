@@ -25,12 +25,11 @@ from __future__ import annotations
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 from digitcnn._io import atomic_write_text
 from digitcnn.config import OneLineParser
-from digitcnn.errors import DataError, cli_entry, warnings_as_lines
+from digitcnn.errors import DataError, cli_entry, exit_cli, warnings_as_lines
 
 __all__ = ["build_parser", "main"]
 
@@ -94,4 +93,4 @@ def _print_summary(out: str, model_count: int, truth, predictions) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_cli(main())

@@ -7,11 +7,10 @@ trained model (``folds/fold0/model.safetensors`` + ``.json``) is kept for
 """
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 from digitcnn.config import config_from_args
-from digitcnn.errors import cli_entry
+from digitcnn.errors import cli_entry, exit_cli
 from digitcnn.cli import RUN_FLAGS, resumed_config, run_from_cli
 
 __all__ = ["main"]
@@ -40,4 +39,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_cli(main())

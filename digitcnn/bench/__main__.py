@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 from digitcnn._io import write_json
 from digitcnn.bench import processes
 from digitcnn.bench.plots import plot_scaling
+from digitcnn.errors import exit_cli
 from digitcnn.training.runtime import cpu_description, library_versions
 
 __all__ = ["CASE_NAMES", "build_parser", "main"]
@@ -190,4 +191,4 @@ SUMMARIES: tuple[tuple[str, Callable[[str, dict, int], list[str]]], ...] = (
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_cli(main())

@@ -1,5 +1,4 @@
-import sys
-
 from digitcnn.board.cli import main
+from digitcnn.errors import exit_cli
 
-sys.exit(main())
+exit_cli(main())

@@ -7,6 +7,7 @@ import argparse
 # The package exports its names lazily: importing it here costs no torch, so `--help` answers
 # at once; the registry (and torch) load when main() asks for the table.
 import digitcnn.models as models
+from digitcnn.errors import exit_cli
 
 __all__ = ["main"]
 
@@ -21,4 +22,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_cli(main())

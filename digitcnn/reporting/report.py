@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from digitcnn._io import atomic_write_text, write_json
-from digitcnn.errors import ConfigError, DataError
+from digitcnn.errors import ConfigError, DataError, exit_cli
 from digitcnn.reporting.evaluation import evaluate_run, without_curves
 from digitcnn.reporting.page import render_report
 from digitcnn.reporting.plots import (misclassified_order, plot_confusion, plot_loss_curves,
@@ -200,4 +200,4 @@ def _draw_from_stdin() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_draw_from_stdin())
+    exit_cli(_draw_from_stdin())

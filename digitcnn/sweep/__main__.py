@@ -1,5 +1,6 @@
 """``python -m digitcnn.sweep``: runs :func:`digitcnn.sweep.cli.main`."""
+from digitcnn.errors import exit_cli
 from digitcnn.sweep.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_cli(main())
