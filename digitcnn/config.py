@@ -1,65 +1,49 @@
-"""The frozen run configuration: its settings and their roles, validation, and CLI/TOML layer.
+"""The frozen run configuration, and how flags and TOML files become one.
 
-One :class:`RunConfig` describes a whole run. Its fields are the CLI flags (pytorch/examples'
-names: ``--epochs --batch-size --lr --gamma --seed``), each tagged with its role (:data:`ROLES`);
-``--config FILE.toml`` supplies values and flags given on the command line override them. The
-resolved config is saved with every run so that the run can be repeated exactly.
+One :class:`RunConfig` describes a whole run: the training :class:`~digitcnn.training.Recipe`
+it extends, plus the data, folds, model, device and output. Its fields are the CLI flags
+(pytorch/examples' names: ``--epochs --batch-size --lr --gamma --seed``), each declared with
+its role, help, choices and limits (:mod:`digitcnn.settings`); ``--config FILE.toml``
+supplies values and flags given on the command line override them. The resolved config is
+saved with every run so that the run can be repeated exactly. Nothing here imports torch.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-import numbers
-import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from digitcnn._io import read_toml
 from digitcnn.errors import ConfigError, one_line
-# torch-free (its torch is imported where images are warped): building a config stays light
-from digitcnn.training.augment import augmentation_from_preset
+from digitcnn.settings import (ROLES, SettingError, field_kind, flag_name, parse_text, setting,
+                               settings_with_role, typed_setting)
+# torch-free at its top: building a config stays light
+from digitcnn.training.recipe import Recipe
 
 __all__ = ["RunConfig", "build_parser", "config_from_args", "load_toml", "OneLineParser",
-           "field_kind", "typed_setting", "typed_settings", "flag_name", "settings_with_role",
-           "ROLES", "SPLIT_KEYS", "PRESENTATION_KEYS", "NOT_SWEEPABLE", "BASELINE_SETTINGS",
-           "SCALERS", "CV_SCHEMES", "DEVICES", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS",
-           "MONITORS", "AUGMENTATIONS"]
+           "typed_settings", "run_settings_with_role", "SPLIT_KEYS", "PRESENTATION_KEYS",
+           "NOT_SWEEPABLE", "BASELINE_SETTINGS", "SCALERS", "CV_SCHEMES", "DEVICES",
+           "PRECISIONS"]
 
 SCALERS = ("standard", "global", "max", "none")
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SCHEDULERS = ("step", "plateau", "onecycle", "cosine", "none")
-MONITORS = ("val_accuracy", "val_loss")
-AUGMENTATIONS = ("none", "s1", "digits", "light")
 CV_SCHEMES = ("kfold", "stratified", "writers", "holdout", "full")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 
-# What each setting is for (``field.metadata["role"]``). The lists other modules need are
-# derived from these roles below, so that a new setting is classified once, where it is declared.
-ROLES = {
-    "data": "which rows form which folds (the cells of a sweep share them; a baseline uses them)",
-    "seed": "the seed of everything random (initialisation, shuffling, dropout, --limit's rows)",
-    "train": "what is trained and how: a different value gives different numbers",
-    "resources": "how many threads and processes do the work: the numbers stay the same",
-    "files": "which extra files a run keeps",
-    "output": "where a run is written and how it is shown",
-}
-
-
-def _setting(role: str, default, help: str, choices: Sequence[str] | None = None):
-    return field(default=default, metadata={"role": role, "help": help, "choices": choices})
-
-
-# one declaration helper per role, in ROLES' order: ``_data("uci", "dataset name")``
-_data, _seed, _train, _resources, _files, _output = (partial(_setting, role) for role in ROLES)
+# one declaration helper per role: ``_data("uci", "dataset name")``
+_data, _seed, _train, _resources, _files, _output = (partial(setting, role) for role in ROLES)
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Every setting of a K-fold (or single) run. Defaults are pipeline S5's recipe."""
+class RunConfig(Recipe):
+    """Every setting of a K-fold (or single) run: the training :class:`Recipe` it extends,
+    and the data, folds, model, device and output. Defaults are pipeline S5's recipe.
+
+    Invalid values raise :class:`~digitcnn.errors.SettingError`, naming the setting."""
 
     dataset: str = _data("uci", "dataset name (see digitcnn.list_datasets())")
     data_dir: str | None = _data(None, "folder holding the dataset's files "
@@ -67,60 +51,34 @@ class RunConfig:
     split: str = _data("all", "which of the dataset's original splits to use",
                        ("train", "test", "all"))
     verify: bool = _data(True, "check the SHA-256 of official data files")
-    limit: int | None = _data(None, "use a seeded random subset of this many rows (quick trials)")
+    limit: int | None = _data(None, "use a seeded random subset of this many rows (quick trials)",
+                              low=2)
     model: str = _train("s5", "model name (python -m digitcnn.models lists them)")
     init: str = _train("kaiming-xavier", "weight initialisation", ("kaiming-xavier", "default"))
-    dropout: float | None = _train(None, "dropout probability (default: the model's own)")
+    dropout: float | None = _train(None, "dropout probability (default: the model's own)",
+                                   low=0, high=1, high_open=True)
     cv: str = _data("kfold", "fold scheme: sklearn KFold, StratifiedKFold, the original "
                              "writer-disjoint split (train on optdigits.tra, evaluate on .tes), "
                              "one stratified holdout split (--val-fraction), or full (train on "
                              "every row, no validation)", CV_SCHEMES)
-    val_fraction: float = _data(0.1, "validation share of the holdout split (S1: 0.1, S3: 0.3)")
-    folds: int = _data(4, "number of folds")
+    val_fraction: float = _data(0.1, "validation share of the holdout split (S1: 0.1, S3: 0.3)",
+                                low=0, high=1, low_open=True, high_open=True)
+    folds: int = _data(4, "number of folds", low=2,
+                       why="K-fold needs two folds or more; use --cv writers for one "
+                           "train/test split")
     shuffle: bool = _data(True, "shuffle rows before splitting into folds")
     random_state: int = _data(30, "random_state of the fold splitter")
     scaler: str = _train("standard", "pixel scaling: per-pixel StandardScaler fitted on each "
                                      "training fold (standard), fitted on all rows before "
                                      "splitting as S5 did, leaking test statistics (global), "
                                      "divide by the maximum value (max), or none", SCALERS)
-    epochs: int = _train(10, "epochs per fold (the most, with early stopping)")
-    batch_size: int = _train(64, "training batch size")
-    test_batch_size: int = _train(1000, "evaluation batch size")
-    optimizer: str = _train("adam", "optimizer", OPTIMIZERS)
-    lr: float = _train(1e-3, "learning rate (OneCycle: the peak rate)")
-    momentum: float = _train(0.0, "momentum of SGD and RMSprop")
-    nesterov: bool = _train(False, "Nesterov momentum (SGD)")
-    weight_decay: float | None = _train(None, "weight decay (default: the optimizer's own; "
-                                              "AdamW 0.01, others 0)")
-    scheduler: str = _train("step", "learning-rate schedule: StepLR, ReduceLROnPlateau, "
-                                    "OneCycleLR (per batch), cosine annealing, or none", SCHEDULERS)
-    gamma: float = _train(0.7, "StepLR decay factor")
-    step_size: int = _train(1, "StepLR period in epochs")
-    plateau_monitor: str = _train("val_accuracy", "metric ReduceLROnPlateau watches", MONITORS)
-    plateau_patience: int = _train(3, "ReduceLROnPlateau patience in epochs")
-    plateau_factor: float = _train(0.5, "ReduceLROnPlateau factor")
-    min_lr: float = _train(1e-5, "ReduceLROnPlateau's lowest learning rate")
-    label_smoothing: float = _train(0.0, "label smoothing of the training loss")
-    augment: str = _train("none", "training augmentation preset: s1 is S1's settings (with its "
-                                  "horizontal flip), digits the same without flips", AUGMENTATIONS)
-    rotation: float | None = _train(None, "override the preset's maximum rotation (degrees)")
-    zoom: float | None = _train(None, "override the preset's zoom range")
-    shift_x: float | None = _train(None, "override the preset's width shift (fraction)")
-    shift_y: float | None = _train(None, "override the preset's height shift (fraction)")
-    hflip: bool | None = _train(None, "override the preset's horizontal flip")
-    vflip: bool | None = _train(None, "override the preset's vertical flip")
-    early_stopping: bool = _train(False, "stop a fold when the monitored metric stops improving")
-    monitor: str = _train("val_accuracy", "metric for early stopping and the best checkpoint",
-                          MONITORS)
-    min_delta: float = _train(0.0, "smallest change of the monitored metric that counts")
-    patience: int = _train(4, "epochs without improvement before early stopping")
-    restore_best: bool = _train(True, "with early stopping, end each fold with its best weights")
     seed: int = _seed(0, "seed of initialisation, shuffling and dropout (fold k uses seed + k)")
     device: str = _train("auto", "device (auto: CUDA when present, else CPU)", DEVICES)
     deterministic: bool = _train(False, "use deterministic algorithms "
                                         "(sets CUBLAS_WORKSPACE_CONFIG)")
     threads: int | None = _resources(None, "CPU threads for torch, per fold process with "
-                                           "--workers (default: torch's choice; one per worker)")
+                                           "--workers (default: torch's choice; one per worker)",
+                                     low=1)
     fold_parallel: bool | None = _train(None, "train all folds at once as one fold-batched "
                                               "model (K-fold and stratified); default: on CUDA, "
                                               "and off on the CPU, where it measured no faster; "
@@ -130,7 +88,8 @@ class RunConfig:
                                            "its own forked process with --threads threads "
                                            "(default: one process per core, up to the number "
                                            "of folds, one thread each; 1 trains the folds one "
-                                           "after another in this process)")
+                                           "after another in this process)", low=1,
+                                     why="1 trains the folds one after another")
     precision: str = _train("auto", "training arithmetic: bf16 autocast of convolutions and matrix "
                                     "products (weights, optimizer state, loss and evaluation stay "
                                     "float32), fp32, or auto: bf16 on CPUs with AMX, where it "
@@ -144,71 +103,25 @@ class RunConfig:
     out: str | None = _output(None, "results folder (default results/<dataset>-<model>-<UTC time>)")
     save_models: bool = _files(False, "keep each fold's final (or best) model in the results "
                                       "folder: a K-fold run is then a K-model ensemble")
-    plots: bool = _output(True, "write confusion.png and loss_curves.png")
+    plots: bool = _output(True, "write the report's figures (confusion matrix, curves, ROC and "
+                                "PR, per-class F1, misclassified digits) as PNG files")
     quiet: bool = _output(False, "no progress bars or tables")
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            # frozen: the checked value (an int widened to float, a Path as text) is set here
-            object.__setattr__(self, f.name, typed_setting(f, getattr(self, f.name),
-                                                           f"--{flag_name(f.name)}"))
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise ConfigError(f"--{flag_name(f.name)} {value!r} is not valid; choose one of: "
-                                  f"{', '.join(choices)}")
-        positive = {"folds": 2, "epochs": 1, "batch_size": 1, "test_batch_size": 1, "step_size": 1}
-        for name, low in positive.items():
-            if getattr(self, name) < low:
-                raise ConfigError(f"--{flag_name(name)} {getattr(self, name)} is too small; "
-                                  f"it must be at least {low}"
-                                  + (" (K-fold needs two folds or more; use --cv writers for one "
-                                     "train/test split)" if name == "folds" else ""))
-        if self.lr <= 0:
-            raise ConfigError(f"--lr {self.lr} must be positive")
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"--gamma {self.gamma} must be in (0, 1]")
-        if not 0 < self.plateau_factor < 1:
-            raise ConfigError(f"--plateau-factor {self.plateau_factor} must be in (0, 1)")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"--label-smoothing {self.label_smoothing} must be in [0, 1)")
-        if self.momentum < 0 or (self.weight_decay is not None and self.weight_decay < 0):
-            raise ConfigError("--momentum and --weight-decay must not be negative")
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
-            raise ConfigError("--nesterov needs --optimizer sgd and a positive --momentum")
-        if self.patience < 1 or self.plateau_patience < 0:
-            raise ConfigError("--patience must be at least 1 and --plateau-patience at least 0")
-        self.augmentation()  # validates the augmentation settings
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ConfigError(f"--dropout {self.dropout} must be in [0, 1)")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction {self.val_fraction} must be in (0, 1)")
+        super().__post_init__()  # every declared setting's type, choices and limits
         if self.cv == "full" and (self.early_stopping or self.scheduler == "plateau"):
-            raise ConfigError("training on every row (--full) leaves no validation rows for "
-                              "early stopping or ReduceLROnPlateau; use a holdout split")
-        if self.limit is not None and self.limit < 2:
-            raise ConfigError(f"--limit {self.limit} must be at least 2 rows")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads {self.threads} must be at least 1")
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"--workers {self.workers} must be at least 1 (1 trains the folds "
-                              "one after another)")
-
-    def augmentation(self):
-        """The training :class:`~digitcnn.training.augment.Augmentation` these settings describe."""
-        return augmentation_from_preset(self.augment, rotation=self.rotation, zoom=self.zoom,
-                                        shift_x=self.shift_x, shift_y=self.shift_y,
-                                        hflip=self.hflip, vflip=self.vflip)
+            raise SettingError("cv", "full", "leaves no validation rows for early stopping or "
+                                             "ReduceLROnPlateau; use a holdout split")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes) -> "RunConfig":
-        return dataclasses.replace(self, **changes)
+    def recipe(self) -> Recipe:
+        """The training part of these settings, as :func:`digitcnn.training.fit` takes it."""
+        return Recipe(**{f.name: getattr(self, f.name) for f in fields(Recipe)})
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], origin: str = "config") -> "RunConfig":
+    def from_dict(cls, values: dict[str, Any], origin: str = "config") -> RunConfig:
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"{origin}: unknown setting(s) {', '.join(unknown)}; valid settings "
@@ -216,27 +129,20 @@ class RunConfig:
         return cls(**values)
 
 
-def settings_with_role(*roles: str, config_type=None) -> tuple[str, ...]:
-    """The names of ``config_type``'s (default :class:`RunConfig`) settings whose role is one
-    of ``roles`` (see :data:`ROLES`), in declaration order."""
-    if not set(roles) <= set(ROLES):
-        raise ValueError(f"unknown role in {roles}; the roles are {', '.join(ROLES)}")
-    return tuple(f.name for f in fields(config_type or RunConfig) if f.metadata["role"] in roles)
+def run_settings_with_role(*roles: str) -> tuple[str, ...]:
+    """The names of :class:`RunConfig`'s settings whose role is one of ``roles`` (see
+    :data:`~digitcnn.settings.ROLES`), in declaration order."""
+    return settings_with_role(RunConfig, *roles)
 
 
 # The settings that decide which rows form the folds (the cells of a sweep must share them);
 # those that change neither the folds nor the numbers (a resumed run may be given new values);
 # those a sweep may not vary (the folds, and where and how the sweep is written); and those
 # that mean something to a classical baseline (the data, the folds, the seed, the output).
-SPLIT_KEYS = settings_with_role("data")
-PRESENTATION_KEYS = settings_with_role("resources", "files", "output")
-NOT_SWEEPABLE = settings_with_role("data", "output")
-BASELINE_SETTINGS = settings_with_role("data", "seed", "output")
-
-
-def flag_name(name: str) -> str:
-    """Setting ``name``'s command-line flag without its dashes: ``batch_size`` -> ``batch-size``."""
-    return name.replace("_", "-")
+SPLIT_KEYS = run_settings_with_role("data")
+PRESENTATION_KEYS = run_settings_with_role("resources", "files", "output")
+NOT_SWEEPABLE = run_settings_with_role("data", "output")
+BASELINE_SETTINGS = run_settings_with_role("data", "seed", "output")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -244,64 +150,6 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse's API
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
-
-
-def field_kind(f: dataclasses.Field) -> tuple[type, bool]:
-    """(bool | int | float | str, optional?) of a config field, from its annotation
-    (``"float | None"`` -> ``(float, True)``)."""
-    parts = {part.strip() for part in str(f.type).split("|")}
-    kind = next((k for k in (bool, int, float) if k.__name__ in parts), str)
-    return kind, "None" in parts
-
-
-# Per kind: how an error names it, and the fix it suggests.
-_KIND_TEXT = {bool: ("true or false", "give true or false (in TOML without quotes)"),
-              int: ("a whole number", "give a whole number such as 3"),
-              float: ("a number", "give a number such as 0.5"),
-              str: ("text", 'give text (in TOML in quotes, such as "adam")')}
-
-
-def _describe(value: Any) -> str:
-    for kind, text in ((bool, "a boolean"), (numbers.Integral, "a whole number"),
-                       (numbers.Real, "a number"), (str, "text"), (type(None), "empty")):
-        if isinstance(value, kind):
-            return text
-    return f"a {type(value).__name__}"
-
-
-def typed_setting(f: dataclasses.Field, value: Any, where: str) -> Any:
-    """``value`` checked against field ``f``'s type, then narrowed to it.
-
-    A switch must be a real boolean (the text ``"false"`` is refused, not read as true), a
-    whole number an integer (not a boolean; NumPy integers are accepted), a number any real
-    number, finite (NaN and infinities are refused), and text a string (or a path). Returns
-    the value as the field's Python type; raises ConfigError naming ``where`` (a flag, or
-    ``FILE: key``) and the fix.
-    """
-    kind, optional = field_kind(f)
-    if value is None and optional:
-        return None
-    if kind is str and isinstance(value, (str, os.PathLike)):
-        return os.fspath(value)
-    fits = {bool: isinstance(value, bool),
-            int: isinstance(value, numbers.Integral) and not isinstance(value, bool),
-            float: isinstance(value, numbers.Real) and not isinstance(value, bool),
-            str: False}[kind]
-    if not fits:
-        text, fix = _KIND_TEXT[kind]
-        raise ConfigError(f"{where} {value!r} is not {text} but {_describe(value)}; {fix}")
-    if kind is int:
-        return int(value)
-    if kind is float:
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number):
-            raise ConfigError(f"{where} {value!r} is not a finite number; give a finite value "
-                              f"(default {f.default!r})")
-        return number
-    return value
 
 
 def typed_settings(values: dict[str, Any], origin: str, config_type=None) -> dict[str, Any]:
@@ -342,9 +190,22 @@ def build_parser(prog: str, description: str, config_type=RunConfig,
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         else:
-            parser.add_argument(flag, type=kind, choices=choices,
+            parser.add_argument(flag, type=_flag_parser(f), choices=choices,
                                 metavar=None if choices else f.name.upper(), **common)
     return parser
+
+
+def _flag_parser(f: dataclasses.Field):
+    """argparse's ``type`` for setting ``f``: :func:`~digitcnn.settings.parse_text`, its
+    error shown as the flag's."""
+    def parse(text: str) -> Any:
+        try:
+            return parse_text(f, text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = field_kind(f)[0].__name__
+    return parse
 
 
 def load_toml(path: str | Path, config_type=None) -> dict[str, Any]:

@@ -23,6 +23,10 @@ USAGE_EXIT_CODE = 2
 class DigitCNNError(Exception):
     """Base class: bad input or usage, reported to a user as one line."""
 
+    def cli_message(self) -> str:
+        """The message as a command line shows it (a setting named by its flag)."""
+        return str(self)
+
 
 class DataError(DigitCNNError, ValueError):
     """A data file is missing, corrupt, of the wrong format, or holds out-of-range values."""
@@ -78,7 +82,7 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., 
             try:
                 return int(main(*args, **kwargs) or 0)
             except DigitCNNError as err:
-                print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+                print(f"{prog}: error: {one_line(err.cli_message())}", file=sys.stderr)
                 return USAGE_EXIT_CODE
             except KeyboardInterrupt as interrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)

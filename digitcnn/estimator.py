@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from digitcnn.config import RunConfig
 from digitcnn.cv.folds import device_tensors, train_model
 from digitcnn.cv.splits import holdout_split
 from digitcnn.errors import CheckpointError, ConfigError
+from digitcnn.settings import SettingError
 from digitcnn.training.loop import predict_log_probs
 from digitcnn.training.runtime import configure_determinism, select_device
 from digitcnn.training.scaling import Scaler, fit_scaler
@@ -138,8 +138,15 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
                         **overrides)
         try:
             return RunConfig(**settings)
+        except SettingError as err:  # named as the estimator's parameter
+            if err.name == "cv":  # no holdout asked for, so no validation rows
+                raise ValueError("DigitClassifier: early_stopping and scheduler='plateau' "
+                                 "need validation rows: set validation_fraction (e.g. 0.1)"
+                                 ) from None
+            label = f"{_RENAMED.get(err.name, err.name)}="
+            raise ValueError(f"DigitClassifier: {err.worded(label)}") from None
         except ConfigError as err:
-            raise ValueError(_estimator_words(str(err))) from None
+            raise ValueError(f"DigitClassifier: {err}") from None
         except TypeError as err:  # e.g. a None where a number belongs
             raise ValueError(f"{type(self).__name__}: invalid parameter ({err})") from None
 
@@ -388,12 +395,3 @@ def _json_params(params: dict) -> dict:
             value = list(value)
         out[name] = _plain(value)
     return out
-
-
-def _estimator_words(message: str) -> str:
-    """A RunConfig message in the estimator's words: ``--batch-size 0`` -> ``batch_size=0``."""
-    def rename(match: re.Match) -> str:
-        name = match.group(1).replace("-", "_")
-        return _RENAMED.get(name, name) + ("=" if match.group(2) else "")
-
-    return "DigitClassifier: " + re.sub(r"--([a-z][a-z-]*)( ?)", rename, message)

@@ -8,7 +8,7 @@ per-fold rates.
 
 This module imports neither torch nor sklearn: the training loop counts its confusion
 matrix with one ``bincount`` on the tensors it already holds, and everything else works on
-NumPy arrays (``python -m digitcnn.bench --cases startup`` measures what imports cost).
+NumPy arrays (``python -m benchmarks --cases startup`` measures what imports cost).
 """
 from __future__ import annotations
 

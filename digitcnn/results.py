@@ -1,6 +1,6 @@
 """What a run produced: :class:`FoldResult` per fold and :class:`KFoldResult` with the pooled
 metrics, as data. How they are written to a run folder and read back is
-:mod:`digitcnn.reporting.runfolder`.
+:mod:`digitcnn.runstore` (``digitcnn.save_run(result, folder)``).
 """
 from __future__ import annotations
 
@@ -209,13 +209,6 @@ class KFoldResult:
     def out_of_fold(self) -> dict:
         """The out-of-fold predictions of every validation row (see :func:`out_of_fold`)."""
         return out_of_fold(self.folds, self.labels)
-
-    def save(self, directory: str | os.PathLike, plots: bool = True) -> Path:
-        """Write this run's whole folder, report included (:func:`digitcnn.save_run`).
-        ``directory`` must be new or empty. Returns the folder."""
-        # Imported here: the run-folder writer imports this module for the types it writes.
-        from digitcnn.reporting.runfolder import save_run
-        return save_run(self, directory, plots=plots)
 
 
 def out_of_fold(folds: list[FoldResult], labels_by_row: np.ndarray | None = None) -> dict:

@@ -146,7 +146,7 @@ def _p(text: str) -> str:
 
 
 def best_against_svm(experiments: dict, results: Path) -> list[str]:
-    from digitcnn.compare import compare_runs, format_comparison
+    from digitcnn.comparison import compare_runs, format_comparison
 
     best = experiments.get("uci_best")
     seeds = [results / "uci_best" / f"seed{s}" for s in (best.seeds if best else ())]
@@ -183,7 +183,7 @@ def speed_section(results: Path) -> list[str]:
             (uci_folder, "uci", "UCI, S5 recipe, against `reference_loop.py` (its own work)"),
             ("bench", "mnist", "MNIST scale: Fashion-MNIST's 60,000 training images, S2's "
                                "model, 4 folds x 1 epoch, against the plain DataLoader loop "
-                               "`digitcnn.bench.inprocess.plain_loop`"),
+                               "`benchmarks.inprocess.plain_loop`"),
             ("bench_fast", "uci", "the fast UCI recipe against the S5 reference loop"),
             ("bench_skorch", "skorch", "scikit-learn's `cross_val_score` of `DigitClassifier` "
                                        "against skorch's `NeuralNetClassifier` (UCI, S5's "
@@ -232,7 +232,7 @@ def speed_section(results: Path) -> list[str]:
                   "in-process, median seconds; digitcnn runs two such folds at once, one per "
                   "core): " + "; ".join(f"{name} {result['median_s']:.2f} s"
                                          for name, result in choices["choices"].items()) + ".", ""]
-    return lines or ["(no benchmark in results/ yet: `python -m digitcnn.bench`.)"]
+    return lines or ["(no benchmark in results/ yet: `python -m benchmarks`.)"]
 
 
 def _cpu(report: dict) -> str:
@@ -245,7 +245,7 @@ def _cpu(report: dict) -> str:
 
 
 def ray_lines(results: Path) -> list[str]:
-    """The ray case of ``python -m digitcnn.bench``: ``--executor ray`` against the local
+    """The ray case of ``python -m benchmarks``: ``--executor ray`` against the local
     executor on S2's optimizer sweep."""
     report = _read(results / "bench_ray" / "bench.json")
     case = (report or {}).get("cases", {}).get("ray")
@@ -263,7 +263,7 @@ def ray_lines(results: Path) -> list[str]:
 
 
 def startup_lines(results: Path) -> list[str]:
-    """The startup case of ``python -m digitcnn.bench`` (in ``bench/`` or ``bench_startup/``):
+    """The startup case of ``python -m benchmarks`` (in ``bench/`` or ``bench_startup/``):
     what a run costs beyond its training."""
     for folder in ("bench_startup", "bench"):
         report = _read(results / folder / "bench.json")

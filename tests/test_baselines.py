@@ -8,11 +8,14 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC
 
 import digitcnn
-from digitcnn import baselines, compare
+from digitcnn import comparison as compare
+from digitcnn.commands import baselines as baselines_cli
+from digitcnn.commands import compare as compare_cli
+from digitcnn.cv import baselines
 from digitcnn.cv.runner import load_for_config
 from digitcnn.cv.splits import make_splits, splits_sha256
 from digitcnn.errors import ConfigError
-from digitcnn.reporting.runfolder import write_final
+from digitcnn.runstore.files import write_final
 
 from conftest import real_data
 
@@ -62,7 +65,7 @@ def test_unknown_estimator_names_the_valid_ones(optdigits_dir):
 
 def test_cli_writes_a_run_folder_without_training_curves(optdigits_dir, tmp_path, capsys):
     out = tmp_path / "svm"
-    assert baselines.main(["--data-dir", str(optdigits_dir), "--no-verify", "--estimator", "svm",
+    assert baselines_cli.main(["--data-dir", str(optdigits_dir), "--no-verify", "--estimator", "svm",
                            "--C", "3", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["baseline"] == {"estimator": "svm", "C": 3.0, "kernel": "rbf",
@@ -115,7 +118,7 @@ def test_compare_refuses_runs_on_other_folds(optdigits_dir, tmp_path):
 
 
 def test_compare_cli_needs_finished_runs(tmp_path, capsys):
-    assert compare.main([str(tmp_path), "--against", str(tmp_path)]) == 2
+    assert compare_cli.main([str(tmp_path), "--against", str(tmp_path)]) == 2
     assert "no metrics.json; pass the folder of a finished run" in capsys.readouterr().err
 
 
@@ -133,7 +136,7 @@ def test_compare_cli_needs_finished_runs(tmp_path, capsys):
 def test_bad_baseline_settings_exit_2_with_one_line(optdigits_dir, tmp_path, capsys, argv,
                                                     message):
     out = tmp_path / "svm"
-    code = baselines.main(["--data-dir", str(optdigits_dir), "--no-verify", "--quiet", "--out",
+    code = baselines_cli.main(["--data-dir", str(optdigits_dir), "--no-verify", "--quiet", "--out",
                            str(out), *argv])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err

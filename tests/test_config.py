@@ -6,8 +6,9 @@ from dataclasses import fields
 
 import pytest
 
-from digitcnn.config import RunConfig, config_from_args, field_kind, load_toml
+from digitcnn.config import RunConfig, config_from_args, load_toml
 from digitcnn.errors import ConfigError
+from digitcnn.settings import SettingError, field_kind
 
 
 def parse(argv):
@@ -34,17 +35,23 @@ def test_config_is_frozen():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"folds": 1}, r"--folds 1 is too small; it must be at least 2 .*--cv writers"),
-    ({"epochs": 0}, r"--epochs 0 is too small"),
-    ({"scaler": "minmax"}, r"--scaler 'minmax' is not valid; choose one of: standard, global"),
-    ({"lr": 0.0}, r"--lr 0.0 must be positive"),
-    ({"gamma": 1.5}, r"--gamma 1.5 must be in \(0, 1\]"),
-    ({"dropout": 1.0}, r"--dropout 1.0 must be in \[0, 1\)"),
-    ({"limit": 1}, r"--limit 1 must be at least 2"),
+    ({"folds": 1}, r"folds=1 must be at least 2 \(K-fold needs two folds .*--cv writers"),
+    ({"epochs": 0}, r"epochs=0 must be at least 1"),
+    ({"scaler": "minmax"}, r"scaler='minmax' is not valid; choose one of: standard, global"),
+    ({"lr": 0.0}, r"lr=0.0 must be positive"),
+    ({"gamma": 1.5}, r"gamma=1.5 must be in \(0, 1\]"),
+    ({"dropout": 1.0}, r"dropout=1.0 must be in \[0, 1\)"),
+    ({"limit": 1}, r"limit=1 must be at least 2"),
+    ({"nesterov": True}, r"nesterov=True needs optimizer 'sgd' and a positive momentum"),
+    ({"cv": "full", "early_stopping": True}, r"cv='full' leaves no validation rows"),
 ])
-def test_invalid_settings(changes, message):
-    with pytest.raises(ConfigError, match=message):
+def test_invalid_settings_name_the_setting(changes, message):
+    with pytest.raises(SettingError, match=f"^{message}") as caught:
         RunConfig(**changes)
+    # the command line words the same error with the flag
+    name = caught.value.name
+    assert caught.value.cli_message() == str(caught.value).replace(f"{name}=",
+                                                                   f"--{name.replace('_', '-')} ")
 
 
 def test_unknown_toml_key_and_bad_toml(tmp_path):
@@ -64,7 +71,8 @@ def test_usage_error_is_one_line(capsys):
         parse(["--folds", "four"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "invalid int value: 'four'" in err
+    assert err.count("\n") == 1
+    assert "argument --folds: 'four' is not a whole number; give a whole number such as 3" in err
 
 
 # ----------------------------------------------------------------------------- value types
@@ -83,11 +91,12 @@ def test_float_fields_are_found():
 def test_non_finite_float_settings_are_refused(setting, value, tmp_path):
     flag = setting.name.replace("_", "-")
     text = {math.inf: "inf", -math.inf: "-inf"}.get(value, "nan")
-    with pytest.raises(ConfigError, match=rf"^--{flag} {text} is not a finite number; give a "
-                                          r"finite value \(default .*\)$"):
+    with pytest.raises(SettingError, match=rf"^{setting.name}={text} is not a finite number; "
+                                           r"give a finite value \(default .*\)$"):
         RunConfig(**{setting.name: value})
-    with pytest.raises(ConfigError, match=rf"^--{flag} {text} is not a finite number"):
+    with pytest.raises(SettingError) as caught:
         parse([f"--{flag}={text}"])
+    assert caught.value.cli_message().startswith(f"--{flag} {text} is not a finite number")
     path = tmp_path / "run.toml"
     path.write_text(f"{flag} = {text}\n")
     with pytest.raises(ConfigError, match=rf"run\.toml: {setting.name} = {text} is not a finite "
@@ -135,11 +144,11 @@ def test_python_values_are_checked_and_narrowed(tmp_path):
 
     config = RunConfig(epochs=np.int64(3), lr=np.float32(0.5), data_dir=tmp_path)
     assert (type(config.epochs), type(config.lr), config.data_dir) == (int, float, str(tmp_path))
-    with pytest.raises(ConfigError, match=r"^--hflip 'false' is not true or false but text"):
+    with pytest.raises(ConfigError, match=r"^hflip='false' is not true or false but text"):
         RunConfig(hflip="false")
-    with pytest.raises(ConfigError, match=r"^--epochs None is not a whole number but empty"):
+    with pytest.raises(ConfigError, match=r"^epochs=None is not a whole number but empty"):
         RunConfig(epochs=None)
-    with pytest.raises(ConfigError, match=r"^--lr 10\*\*400|^--lr 1000"):
+    with pytest.raises(ConfigError, match=r"^lr=(10\*\*400|1000)"):
         RunConfig(lr=10 ** 400)
 
 
@@ -186,9 +195,9 @@ def test_diverging_fold_raises_from_the_python_api(optdigits_dir):
 
 
 def test_every_setting_has_a_role_and_the_lists_follow_from_them():
-    from digitcnn import config
+    from digitcnn import config, settings
 
-    assert {f.metadata["role"] for f in fields(RunConfig)} <= set(config.ROLES)
+    assert {f.metadata["role"] for f in fields(RunConfig)} <= set(settings.ROLES)
     assert set(config.PRESENTATION_KEYS) == {"out", "quiet", "plots", "threads", "workers",
                                              "save_models"}
     assert config.SPLIT_KEYS == ("dataset", "data_dir", "split", "verify", "limit", "cv",
@@ -196,5 +205,5 @@ def test_every_setting_has_a_role_and_the_lists_follow_from_them():
     assert set(config.NOT_SWEEPABLE) == {*config.SPLIT_KEYS, "out", "quiet", "plots"}
     assert set(config.BASELINE_SETTINGS) == {*config.SPLIT_KEYS, "seed", "out", "plots", "quiet"}
     with pytest.raises(ValueError, match="unknown role"):
-        config.settings_with_role("presentation")
-    assert config.flag_name("test_batch_size") == "test-batch-size"
+        settings.settings_with_role(RunConfig, "presentation")
+    assert settings.flag_name("test_batch_size") == "test-batch-size"

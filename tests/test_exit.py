@@ -58,7 +58,7 @@ def test_every_cli_ends_through_exit_cli():
     # every CLI of the README, the report's background process and the drawing board
     assert {"digitcnn/kfold.py", "digitcnn/train.py", "digitcnn/predict.py",
             "digitcnn/baselines.py", "digitcnn/compare.py", "digitcnn/sweep/__main__.py",
-            "digitcnn/bench/__main__.py", "digitcnn/models/__main__.py",
+            "digitcnn/models/__main__.py",
             "digitcnn/board/__main__.py", "digitcnn/reporting/report.py"} <= modules
     for name, statement in blocks:
         call = statement.value if isinstance(statement, ast.Expr) else None

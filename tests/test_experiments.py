@@ -65,7 +65,7 @@ def test_experiment_runs_one_epoch_on_a_small_subset(name, fold_parallel, optdig
     if experiment.command != "baselines":
         argv += ["--epochs", "1", "--threads", "1", "--workers", "1"]
         argv += ["--fold-parallel"] if fold_parallel else []
-    module = importlib.import_module(f"digitcnn.{experiment.command}")
+    module = importlib.import_module(f"digitcnn.commands.{experiment.command}")
     assert module.main(argv) == 0
     if experiment.command == "sweep":
         assert (out / "sweep.csv").is_file()

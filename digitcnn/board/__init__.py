@@ -17,6 +17,8 @@ The command line is :mod:`digitcnn.board.cli`; the server (:class:`~digitcnn.boa
 :func:`~digitcnn.board.server.create_app`) is :mod:`digitcnn.board.server`, imported only when
 the board starts: ``python -m digitcnn.board --help`` imports neither torch nor the web stack.
 """
-from digitcnn.board.cli import main
+__all__ = ["PROG", "DEFAULT_SAVE_DIR"]
 
-__all__ = ["main"]
+PROG = "digitcnn.board"
+# where "Save as" puts drawings unless --save-dir says otherwise
+DEFAULT_SAVE_DIR = "my-digits"

@@ -11,14 +11,13 @@ import socket
 import sys
 from typing import Sequence
 
+from digitcnn.board import DEFAULT_SAVE_DIR, PROG
 from digitcnn.config import OneLineParser
 from digitcnn.errors import ConfigError, cli_entry
 
-__all__ = ["main", "build_parser", "bind", "is_loopback", "require_extra", "PROG",
-           "DEFAULT_SAVE_DIR", "INSTALL_HINT"]
+__all__ = ["main", "build_parser", "bind", "is_loopback", "require_extra",
+           "INSTALL_HINT"]
 
-PROG = "digitcnn.board"
-DEFAULT_SAVE_DIR = "my-digits"
 INSTALL_HINT = 'pip install "digitcnn[board]"'
 LOOPBACK_NAMES = ("localhost",)
 

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from digitcnn._io import atomic_write_bytes
-from digitcnn.board.cli import DEFAULT_SAVE_DIR, PROG
+from digitcnn.board import DEFAULT_SAVE_DIR, PROG
 from digitcnn.checkpoint import SavedModel
 from digitcnn.datasets.preprocess import mnist_style, open_image
 from digitcnn.errors import CheckpointError, DataError, DigitCNNError, one_line

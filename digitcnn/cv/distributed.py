@@ -44,37 +44,19 @@ import numpy as np
 import torch
 
 from digitcnn._io import atomic_write_bytes
-from digitcnn.cli import EXECUTOR_ARGUMENTS, executor_settings
 from digitcnn.cv.folds import run_fold
-from digitcnn.cv.runner import collect_run, plan_run
+from digitcnn.cv.runner import collect_run, fold_ended, plan_run
 from digitcnn.errors import ConfigError, DigitCNNError, one_line
-from digitcnn.reporting.runfolder import write_fold
+from digitcnn.training.callbacks import Callback
 from digitcnn.training.runtime import configure_determinism, resolve_precision, select_device
 
-__all__ = ["RayExecutor", "executor_from_args", "executor_from_argv", "connected",
-           "INSTALL_COMMAND"]
+__all__ = ["RayExecutor", "connected", "INSTALL_COMMAND"]
 
 INSTALL_COMMAND = 'pip install -e ".[ray]"'
 
 # Test-only hook (tests/cv/test_distributed.py): when this variable names an existing file, the
 # first fold task to find it deletes it and kills its own worker process, as a crash would.
 KILL_WORKER_MARKER = "DIGITCNN_TEST_KILL_WORKER"
-
-
-def executor_from_args(namespace: argparse.Namespace) -> "RayExecutor | None":
-    """The executor the parsed :data:`digitcnn.cli.EXECUTOR_ARGUMENTS` ask for; None for
-    ``local``."""
-    settings = executor_settings(namespace)
-    return None if settings is None else RayExecutor(**settings)
-
-
-def executor_from_argv(argv: Sequence[str] | None) -> "RayExecutor | None":
-    """:func:`executor_from_args` of the executor flags among ``argv`` (others are ignored)."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for args, kwargs in EXECUTOR_ARGUMENTS:
-        parser.add_argument(*args, **kwargs)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return executor_from_args(parser.parse_known_args(argv)[0])
 
 
 def _import_ray():
@@ -114,7 +96,7 @@ def _fold_task(dataset, extra, config, fold: int, train_rows, val_rows, global_s
     train_rows, val_rows = np.array(train_rows), np.array(val_rows)
     with tempfile.TemporaryDirectory(prefix="digitcnn-fold-") as scratch:
         result = run_fold(dataset, config, fold, train_rows, val_rows, device, global_scaler,
-                          None, extra, Path(scratch))
+                          (), extra, Path(scratch))
         files = {str(path.relative_to(scratch)): path.read_bytes()
                  for path in sorted(Path(scratch).rglob("*")) if path.is_file()}
     return result, resolve_precision(config.precision, device), files
@@ -263,16 +245,22 @@ class RayExecutor:
     # ------------------------------------------------------------------ running
 
     def run_kfold(self, dataset, config, out_dir=None, resume: bool = False,
-                  command: str = "digitcnn.kfold"):
+                  command: str = "digitcnn.kfold", splitter=None,
+                  callbacks: Sequence[Callback] = ()):
         """:func:`digitcnn.cv.runner.run_kfold` with one Ray task per fold."""
         ((_, result),) = list(self.run_many([(None, dataset, config, out_dir)], resume,
-                                            command))
+                                            command, splitter, callbacks))
         return result
 
     def run_many(self, runs: Sequence[tuple[Any, Any, Any, Any]], resume: bool = False,
-                 command: str = "digitcnn.kfold") -> Iterator[tuple[Any, Any]]:
+                 command: str = "digitcnn.kfold", splitter=None,
+                 callbacks: Sequence[Callback] = ()) -> Iterator[tuple[Any, Any]]:
         """Train the folds of all ``runs`` ((key, dataset, config, out_dir) each) as Ray tasks
         at once; yield (key, :class:`KFoldResult`) as each run's last fold ends.
+
+        ``splitter`` (a scikit-learn splitter) splits every run; ``callbacks`` hear each
+        fold's epochs when its task returns (a task out on the cluster cannot be stopped),
+        then its end, and each run's end.
 
         Each fold is written to its run's ``out_dir`` as its task ends (``--resume`` needs no
         more); each dataset is put into the object store once. Leaving early ends the tasks
@@ -297,7 +285,7 @@ class RayExecutor:
         try:
             for key, dataset, config, out_dir in runs:
                 gpus = self._gpus(config)
-                plan = plan_run(dataset, config, out_dir, resume, command)
+                plan = plan_run(dataset, config, out_dir, resume, command, splitter)
                 state = _Run(key, dataset, config, None if out_dir is None else Path(out_dir),
                              plan, "cuda" if gpus > 0 else "cpu", time.perf_counter(),
                              len(plan.pending), gpus)
@@ -311,7 +299,7 @@ class RayExecutor:
                     jobs[ref] = (state, fold)
             for state in states:
                 if state.remaining == 0:  # a resumed run whose folds were all finished
-                    yield state.key, self._collect(state)
+                    yield state.key, self._collect(state, callbacks)
             while jobs:
                 done, _ = ray.wait(list(jobs), num_returns=1, timeout=1.0)
                 for ref in done:
@@ -320,10 +308,11 @@ class RayExecutor:
                     state.trained.append(result)
                     state.precisions.add(precision)
                     state.remaining -= 1
-                    if state.out_dir is not None:
-                        self._write_fold(state.out_dir, result, files)
+                    _write_files(state.out_dir, files)
+                    fold_ended(callbacks, result, state.out_dir, state.config.epochs,
+                               replay=True)
                     if state.remaining == 0:
-                        yield state.key, self._collect(state)
+                        yield state.key, self._collect(state, callbacks)
         except KeyboardInterrupt:
             # Ctrl-C or SIGTERM: leave the cluster rather than cancel. ray.cancel of a task that
             # is finishing at that moment can abort the driver inside Ray ("Tried to complete
@@ -347,16 +336,21 @@ class RayExecutor:
                 raise cause from None
             raise
 
-    @staticmethod
-    def _write_fold(out_dir: Path, result, files: dict[str, bytes]) -> None:
-        for relative, data in files.items():  # the fold's saved model, where a local run puts it
-            atomic_write_bytes(out_dir / relative, data)
-        write_fold(out_dir, result)
-
-    def _collect(self, state: _Run):
+    def _collect(self, state: _Run, callbacks: Sequence[Callback]):
         execution = self._execution(state.config, state.gpus, state.precisions)
-        return collect_run(state.dataset, state.config, state.plan, state.trained, state.device,
-                           time.perf_counter() - state.started, execution, overlapping=True)
+        result = collect_run(state.dataset, state.config, state.plan, state.trained,
+                             state.device, time.perf_counter() - state.started, execution,
+                             overlapping=True)
+        for callback in callbacks:
+            callback.on_run_end(result)
+        return result
+
+
+def _write_files(out_dir: Path | None, files: dict[str, bytes]) -> None:
+    """A fold task's files (its saved model) where a local run puts them."""
+    if out_dir is not None:
+        for relative, data in files.items():
+            atomic_write_bytes(out_dir / relative, data)
 
 
 @contextlib.contextmanager

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import queue
 import signal
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from digitcnn.config import RunConfig
-from digitcnn.cv.folds import (check_finite_losses, fit_fold_scaler, fold_result, fresh_model,
+from digitcnn.cv.folds import (divergence_check, fit_fold_scaler, fold_result, fresh_model,
                                run_fold, save_fold_model)
 from digitcnn.datasets.base import DigitDataset
 from digitcnn.results import FoldResult
+from digitcnn.training.callbacks import Callback, EpochEnd, notify_epoch
 from digitcnn.training.parallel import StackedFolds, fit_parallel
 from digitcnn.training.runtime import (autocast_dtype, fold_generator, fold_seed,
                                        resolve_precision, seed_everything)
@@ -32,13 +34,13 @@ Pending = list[tuple[int, np.ndarray, np.ndarray]]
 
 
 def run_folds_in_turn(dataset: DigitDataset, config: RunConfig, pending: Pending,
-                      device: torch.device, global_scaler: Scaler | None = None, progress=None,
-                      extra: DigitDataset | None = None,
+                      device: torch.device, global_scaler: Scaler | None = None,
+                      callbacks: Sequence[Callback] = (), extra: DigitDataset | None = None,
                       out_dir: Path | None = None) -> Iterator[FoldResult]:
     """Train the ``pending`` folds one after another in this process (:func:`run_fold`)."""
     for fold, train_rows, val_rows in pending:
         yield run_fold(dataset, config, fold, train_rows, val_rows, device, global_scaler,
-                       progress, extra, out_dir)
+                       callbacks, extra, out_dir)
 
 
 # ----------------------------------------------------------------------- fold processes
@@ -65,40 +67,78 @@ def _start_fold_worker(threads: int, state: dict) -> None:
     _WORKER_STATE.update(state)
 
 
+class _EpochsToParent(Callback):
+    """In a fold process: each epoch's event to the parent, and the parent's stop back."""
+
+    def __init__(self, events, stops) -> None:
+        self.events, self.stops = events, stops
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        self.events.put((event.fold, event.epoch, event.metrics, event.has_validation))
+        if self.stops[event.fold]:  # asked for at an earlier epoch's event
+            event.stop()
+
+
 def _run_fold_in_worker(task: tuple[int, np.ndarray, np.ndarray]) -> FoldResult:
     fold, train_rows, val_rows = task
     state = _WORKER_STATE
+    to_parent = _EpochsToParent(state["events"], state["stops"])
     return run_fold(state["dataset"], state["config"], fold, train_rows, val_rows,
-                    state["device"], state["global_scaler"], None, state["extra"],
+                    state["device"], state["global_scaler"], [to_parent], state["extra"],
                     state["out_dir"])
+
+
+def _deliver_epochs(events, stops, callbacks: Sequence[Callback], epochs: int) -> None:
+    """The epoch events the fold processes sent so far, to ``callbacks`` in this process; a
+    stop they ask for goes back to the fold's process."""
+    while True:
+        try:
+            fold, epoch, metrics, has_validation = events.get_nowait()
+        except queue.Empty:
+            return
+        if notify_epoch(callbacks, EpochEnd(fold, epoch, epochs, metrics, has_validation)):
+            stops[fold] = 1
 
 
 def run_folds_in_processes(dataset: DigitDataset, config: RunConfig, pending: Pending,
                            workers: int, threads: int, global_scaler: Scaler | None = None,
-                           progress=None, extra: DigitDataset | None = None,
+                           callbacks: Sequence[Callback] = (), extra: DigitDataset | None = None,
                            out_dir: Path | None = None) -> Iterator[FoldResult]:
     """Train the ``pending`` folds on the CPU in ``workers`` forked processes of ``threads``
     torch threads each; yields each :class:`FoldResult` as it ends.
 
     Every fold is :func:`run_fold`, so its numbers are those of a sequential run with
-    ``threads`` threads. Why processes: on a 2-core CPU the small convolutions of a digit CNN
-    gain little from a second thread (UCI S5, one fold: 2.57 s with two threads, 3.24 s with
-    one), while two folds in two single-threaded processes use both cores fully (4 folds:
-    6.89 s against 10.17 s in turn; ``python -m digitcnn.bench --cases scaling choices``).
+    ``threads`` threads. Each epoch's event reaches ``callbacks`` here, in this process,
+    while the folds train; a stop they ask for ends the fold at its next epoch end. Why
+    processes: on a 2-core CPU the small convolutions of a digit CNN gain little from a
+    second thread, while two folds in two single-threaded processes use both cores fully
+    (the figures: results/README.md).
     """
+    context = multiprocessing.get_context("fork")
+    events = context.Queue()
+    stops = context.RawArray("b", max(fold for fold, _, _ in pending) + 1)
     state = {"dataset": dataset, "config": config, "device": torch.device("cpu"),
-             "global_scaler": global_scaler, "extra": extra, "out_dir": out_dir}
-    pool = multiprocessing.get_context("fork").Pool(workers, _start_fold_worker,
-                                                    (threads, state))
+             "global_scaler": global_scaler, "extra": extra, "out_dir": out_dir,
+             "events": events, "stops": stops}
+    pool = context.Pool(workers, _start_fold_worker, (threads, state))
     try:
-        for result in pool.imap_unordered(_run_fold_in_worker, pending):
-            if progress is not None:
-                progress.update(config.epochs)
+        results = pool.imap_unordered(_run_fold_in_worker, pending)
+        for _ in pending:
+            while True:
+                _deliver_epochs(events, stops, callbacks, config.epochs)
+                try:
+                    result = results.next(timeout=0.05)
+                except multiprocessing.TimeoutError:
+                    continue
+                break
+            _deliver_epochs(events, stops, callbacks, config.epochs)
             yield result
         pool.close()
     finally:
         pool.terminate()
         pool.join()
+        events.close()
+        events.join_thread()
 
 
 # ----------------------------------------------------------------------- fold-parallel
@@ -126,11 +166,12 @@ def _stack_folds(dataset: DigitDataset, config: RunConfig, pending: Pending,
 
 
 def run_folds_parallel(dataset: DigitDataset, config: RunConfig, pending: Pending,
-                       device: torch.device, global_scaler: Scaler | None = None, progress=None,
-                       extra: DigitDataset | None = None,
+                       device: torch.device, global_scaler: Scaler | None = None,
+                       callbacks: Sequence[Callback] = (), extra: DigitDataset | None = None,
                        out_dir: Path | None = None) -> Iterator[FoldResult]:
     """Train the ``pending`` folds together as one fold-batched model (see
-    :mod:`digitcnn.training.parallel`); yields their results once all have ended.
+    :mod:`digitcnn.training.parallel`); ``callbacks`` hear every fold's epochs as they end;
+    yields the folds' results once all have ended.
 
     Each fold's model is built from its own seed exactly as in sequential mode, and its
     batches come in the same order; what differs is that dropout and augmentation draws come
@@ -144,24 +185,17 @@ def run_folds_parallel(dataset: DigitDataset, config: RunConfig, pending: Pendin
     for fold, _, _ in pending:
         seed_everything(fold_seed(config.seed, fold))  # the fold's initialisation
         generators.append(fold_generator(fold_seed(config.seed, fold), device))
-        models.append(fresh_model(config, dataset).to(device))
+        models.append(fresh_model(config, dataset.input_shape, len(dataset.classes)).to(device))
     seed_everything(config.seed)  # the shared dropout stream
-
-    def report(epoch: int, histories) -> None:
-        for (fold, _, val_rows), history in zip(pending, histories):
-            check_finite_losses(config, fold, epoch, history.train_loss[-1],
-                                history.val_loss[-1], len(val_rows) > 0)
-        if progress is not None:
-            progress.update(len(pending))
-            progress.set_postfix(epoch=epoch + 1,
-                                 loss=f"{np.mean([h.train_loss[-1] for h in histories]):.4f}")
-
-    outcomes = fit_parallel(models, stacked, config, num_classes=len(dataset.classes),
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    outcomes = fit_parallel(models, stacked, config.recipe(), num_classes=len(dataset.classes),
                             generators=generators,
                             augment_generator=fold_generator(config.seed, device),
-                            on_epoch=report,
+                            folds=[fold for fold, _, _ in pending],
+                            callbacks=[divergence_check(config), *callbacks],
                             autocast_dtype=autocast_dtype(resolve_precision(config.precision,
-                                                                            device)))
+                                                                            device)),
+                            memory_format=memory_format)
     wall = (time.perf_counter() - started) / len(pending)
     for (fold, _, val_rows), model, outcome, scaler, rows in zip(
             pending, models, outcomes, scalers, train_sets):

@@ -3,8 +3,8 @@ model, its training by :func:`digitcnn.training.loop.fit`, and the :class:`FoldR
 with (built by :func:`fold_result`, for every way of training folds)."""
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +13,18 @@ import torch
 from digitcnn.checkpoint import save_model
 from digitcnn.config import RunConfig
 from digitcnn.datasets.base import DigitDataset
-from digitcnn.errors import ConfigError
 from digitcnn.models import create_model
 from digitcnn.results import FoldResult
 # Modules, not their functions: tests replace loop.fit and scaling.fit_scaler in them.
 from digitcnn.training import loop as engine
 from digitcnn.training import scaling
+from digitcnn.training.callbacks import Callback, DivergenceCheck
 from digitcnn.training.runtime import (autocast_dtype, fold_generator, fold_seed,
                                        resolve_precision, seed_everything)
 
-__all__ = ["fit_fold_scaler", "fold_tensors", "device_tensors", "model_options", "check_model",
-           "check_finite_losses", "run_fold", "train_model", "fold_result", "save_fold_model"]
+__all__ = ["fit_fold_scaler", "fold_tensors", "device_tensors", "model_options", "fresh_model",
+           "check_model", "divergence_check", "run_fold", "train_model", "fold_result",
+           "save_fold_model"]
 
 
 def fit_fold_scaler(config: RunConfig, train_images: torch.Tensor, max_value: int,
@@ -69,31 +70,25 @@ def model_options(config: RunConfig) -> dict:
     return {} if config.dropout is None else {"dropout": config.dropout}
 
 
-def fresh_model(config: RunConfig, dataset: DigitDataset) -> torch.nn.Module:
-    """A new, randomly initialised ``config.model`` for ``dataset``'s images and classes."""
-    return create_model(config.model, dataset.input_shape, len(dataset.classes),
-                        init=config.init, **model_options(config))
+def fresh_model(config: RunConfig, input_shape: tuple[int, ...],
+                num_classes: int) -> torch.nn.Module:
+    """A new, randomly initialised ``config.model`` for (C, H, W) images and ``num_classes``."""
+    return create_model(config.model, input_shape, num_classes, init=config.init,
+                        **model_options(config))
 
 
 def check_model(config: RunConfig, dataset: DigitDataset) -> None:
     """Build the run's model once, so that an unknown name, a bad option or an input too small
     for it fails before anything is written."""
-    fresh_model(config, dataset)
+    fresh_model(config, dataset.input_shape, len(dataset.classes))
 
 
-def check_finite_losses(config: RunConfig, fold: int, epoch: int, train_loss: float,
-                        val_loss: float, has_val: bool = True) -> None:
-    """Stop a run whose loss has turned NaN or infinite: its numbers would mean nothing.
-
-    Called once per epoch with the losses already read to the host (no extra device sync).
-    Raises ConfigError naming the fold, the epoch and the likely causes."""
-    for name, value in (("training", train_loss), ("validation", val_loss if has_val else 0.0)):
-        if not math.isfinite(value):
-            raise ConfigError(
-                f"fold {fold}, epoch {epoch + 1}: the {name} loss is {value}: training diverged, "
-                f"so the run is stopped and no results are written; lower --lr (now "
-                f"{config.lr:g}; try a tenth), or check --momentum, --scheduler and --scaler "
-                f"(now {config.momentum:g}, {config.scheduler}, {config.scaler})")
+def divergence_check(config: RunConfig) -> DivergenceCheck:
+    """The callback that stops a run whose loss turned NaN or infinite, with the settings to
+    look at in its message."""
+    return DivergenceCheck(
+        f"lower --lr (now {config.lr:g}; try a tenth), or check --momentum, --scheduler and "
+        f"--scaler (now {config.momentum:g}, {config.scheduler}, {config.scaler})")
 
 
 def fold_result(fold: int, n_train: int, val_rows: np.ndarray, outcome: engine.FitOutcome,
@@ -114,28 +109,19 @@ def fold_result(fold: int, n_train: int, val_rows: np.ndarray, outcome: engine.F
 
 def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np.ndarray,
              val_rows: np.ndarray, device: torch.device,
-             global_scaler: scaling.Scaler | None = None, progress=None,
-             extra: DigitDataset | None = None, out_dir: Path | None = None) -> FoldResult:
+             global_scaler: scaling.Scaler | None = None,
+             callbacks: Sequence[Callback] = (), extra: DigitDataset | None = None,
+             out_dir: Path | None = None) -> FoldResult:
     """Train and evaluate one fold from scratch: fresh seed, model, optimizer, schedule and
-    early-stopping state. With ``out_dir`` and ``config.save_models`` the fold's model is
-    saved under ``out_dir/folds/fold<k>/``."""
+    early-stopping state; ``callbacks`` hear its epochs. With ``out_dir`` and
+    ``config.save_models`` the fold's model is saved under ``out_dir/folds/fold<k>/``."""
     started = time.perf_counter()
     seed = fold_seed(config.seed, fold)
     data, scaler = fold_tensors(dataset, config, train_rows, val_rows, device, global_scaler,
                                 extra)
-
-    def report(epoch: int, history: engine.EpochRecord) -> None:
-        check_finite_losses(config, fold, epoch, history.train_loss[-1], history.val_loss[-1],
-                            len(val_rows) > 0)
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(fold=fold, epoch=epoch + 1, loss=f"{history.train_loss[-1]:.4f}",
-                                 val_loss=f"{history.val_loss[-1]:.4f}")
-
     model, outcome = train_model(config, data, dataset.input_shape, len(dataset.classes), seed,
-                                 device, on_epoch=report)
-    if progress is not None and outcome.epochs_run < config.epochs:
-        progress.update(config.epochs - outcome.epochs_run)
+                                 device, callbacks=[divergence_check(config), *callbacks],
+                                 fold=fold)
     result = fold_result(fold, len(data.train_labels), val_rows, outcome, seed,
                          time.perf_counter() - started)
     if out_dir is not None and config.save_models:
@@ -144,21 +130,22 @@ def run_fold(dataset: DigitDataset, config: RunConfig, fold: int, train_rows: np
 
 
 def train_model(config: RunConfig, data: engine.FoldTensors, input_shape: tuple[int, int, int],
-                num_classes: int, seed: int, device: torch.device, on_epoch=None,
-                model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, engine.FitOutcome]:
+                num_classes: int, seed: int, device: torch.device,
+                callbacks: Sequence[Callback] = (), model: torch.nn.Module | None = None,
+                fold: int = 0) -> tuple[torch.nn.Module, engine.FitOutcome]:
     """One fold's training, as :func:`run_fold` does it: seed ``seed``, build a fresh
     ``config.model`` for ``input_shape`` (C, H, W) (or train ``model`` further), then
-    :func:`digitcnn.training.loop.fit` under the precision ``config`` resolves to on ``device``.
-    Returns the trained model and the fit's outcome."""
+    :func:`digitcnn.training.loop.fit` with ``config``'s recipe under the precision ``config``
+    resolves to on ``device``. Returns the trained model and the fit's outcome."""
     seed_everything(seed)  # initialisation and dropout
     generator = fold_generator(seed, device)  # batch order and augmentation
     if model is None:
-        model = create_model(config.model, input_shape, num_classes, init=config.init,
-                             **model_options(config))
+        model = fresh_model(config, input_shape, num_classes)
     model = model.to(device, memory_format=data.memory_format)
     precision = resolve_precision(config.precision, device)
-    outcome = engine.fit(model, data, config, num_classes=num_classes, generator=generator,
-                         on_epoch=on_epoch, autocast_dtype=autocast_dtype(precision))
+    outcome = engine.fit(model, data, config.recipe(), num_classes=num_classes,
+                         generator=generator, callbacks=callbacks,
+                         autocast_dtype=autocast_dtype(precision), fold=fold)
     return model, outcome
 
 

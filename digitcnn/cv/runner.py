@@ -8,6 +8,10 @@ Python API::
     print(result.accuracy, result.confusion.sum())
     digitcnn.save_run(result, "results/s5")
 
+    # any scikit-learn splitter instead of the config's scheme
+    from sklearn.model_selection import StratifiedKFold
+    result = digitcnn.run_kfold(data, config, splitter=StratifiedKFold(4, shuffle=True))
+
 A run is planned (:func:`plan_run`: splits, the run folder, the folds a resumed run finds
 done), its pending folds trained by one executor (:mod:`digitcnn.cv.executors` on this
 machine, :class:`digitcnn.cv.distributed.RayExecutor` on a cluster), then collected
@@ -19,33 +23,29 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-# tqdm.auto would add asyncio's import for a notebook widget that cannot appear: the bar is
-# drawn only when stderr is a terminal, which a notebook's is not
-from tqdm import tqdm
 
-from digitcnn._io import read_json
 from digitcnn.config import RunConfig
 from digitcnn.cv.executors import run_folds_in_processes, run_folds_in_turn, run_folds_parallel
 from digitcnn.cv.folds import check_model
-from digitcnn.cv.splits import make_splits, splits_sha256
+from digitcnn.cv.splits import Splitter, make_splits, splits_sha256
 from digitcnn.datasets.base import DigitDataset, load
-from digitcnn.errors import ConfigError, DataError
-from digitcnn.reporting.rundir import check_out_dir, inspect_folder
-from digitcnn.reporting.runfolder import fold_path, read_fold, write_fold, write_run_start
+from digitcnn.errors import DataError
 from digitcnn.results import FoldResult, KFoldResult
+from digitcnn.runstore.files import write_fold
+from digitcnn.runstore.resume import finished_folds, start_run_folder
 # A module, not its function: tests replace scaling.fit_scaler in it.
 from digitcnn.training import scaling
-from digitcnn.training.parallel import supports_parallel
+from digitcnn.training.callbacks import Callback, ProgressBar, replay_epochs
 from digitcnn.training.runtime import (configure_determinism, cpu_cores, fold_seed, fold_workers,
                                        library_versions, resolve_precision, select_device,
                                        warm_up)
 
 __all__ = ["run_kfold", "RunPlan", "plan_run", "collect_run", "run_timing", "load_for_config",
-           "load_extra_training"]
+           "load_extra_training", "fold_ended", "choose_execution"]
 
 
 def load_for_config(config: RunConfig) -> DigitDataset:
@@ -83,47 +83,6 @@ def load_extra_training(config: RunConfig, dataset: DigitDataset) -> DigitDatase
 
 # ----------------------------------------------------------------------- planning and resuming
 
-def _start_run_folder(out_dir: Path, config: RunConfig, fingerprint: str, versions: dict,
-                      splits, resume: bool, command: str) -> None:
-    """Check ``out_dir`` (see :func:`digitcnn.reporting.rundir.check_out_dir`) and write
-    config.json and splits.json; a resumed run keeps its own, which must describe the same
-    folds."""
-    # a sweep resumed before some of its cells began: those start afresh
-    resume = resume and inspect_folder(out_dir).kind not in ("absent", "empty")
-    check_out_dir(out_dir, command, resume=resume)
-    if resume:
-        path = out_dir / "config.json"
-        stored = read_json(path, "the run's settings are lost, so it cannot be resumed: start "
-                                 "it again with --overwrite")
-        if stored.get("splits_sha256") != fingerprint:
-            raise ConfigError(f"{path}: the run was made on other folds (splits_sha256 "
-                              f"{str(stored.get('splits_sha256'))[:12]}, now {fingerprint[:12]});"
-                              " resume with the data and settings of the original run, or start "
-                              "a new --out folder")
-        return
-    write_run_start(out_dir, config, fingerprint, versions,
-                    [(k, fold_seed(config.seed, k), val) for k, (_, val) in enumerate(splits)],
-                    command=command)
-
-
-def _finished_folds(out_dir: Path, splits) -> dict[int, FoldResult]:
-    """The folds of ``splits`` already written in ``out_dir``, by fold number."""
-    # A run killed outright (SIGKILL) while writing leaves its temporary file beside the
-    # untouched final name; the atomic rename never happened, so it is only debris.
-    for debris in out_dir.rglob(".*.tmp"):
-        debris.unlink()
-    finished = {}
-    for fold, (_, val_rows) in enumerate(splits):
-        path = fold_path(out_dir, fold)
-        if not path.is_file():
-            continue
-        finished[fold] = read_fold(path)
-        if not np.array_equal(finished[fold].val_indices, val_rows):
-            raise ConfigError(f"{path}: this fold was run on other rows; resume with the data "
-                              "and settings of the original run, or start a new --out folder")
-    return finished
-
-
 @dataclass
 class RunPlan:
     """What a K-fold run trains, made by :func:`plan_run` and completed by :func:`collect_run`;
@@ -152,12 +111,14 @@ class RunPlan:
 
 
 def plan_run(dataset: DigitDataset, config: RunConfig, out_dir: str | Path | None = None,
-             resume: bool = False, command: str = "digitcnn.kfold") -> RunPlan:
-    """Split ``dataset`` and validate the run; start ``out_dir`` (when given: config.json and
-    splits.json) and, with ``resume``, collect the folds already finished there."""
+             resume: bool = False, command: str = "digitcnn.kfold",
+             splitter: Splitter | None = None) -> RunPlan:
+    """Split ``dataset`` (``splitter``, or ``config.cv``'s scheme) and validate the run; start
+    ``out_dir`` (when given: config.json and splits.json) and, with ``resume``, collect the
+    folds already finished there."""
     if dataset.labels is None:
         raise DataError(f"{dataset.name}: the dataset has no labels; K-fold needs labelled rows")
-    splits = make_splits(dataset, config)
+    splits = make_splits(dataset, config, splitter)
     fingerprint = splits_sha256(splits)
     versions = library_versions()
     extra = load_extra_training(config, dataset)
@@ -167,9 +128,11 @@ def plan_run(dataset: DigitDataset, config: RunConfig, out_dir: str | Path | Non
     finished: dict[int, FoldResult] = {}
     if out_dir is not None:
         out_dir = Path(out_dir)
-        _start_run_folder(out_dir, config, fingerprint, versions, splits, resume, command)
+        folds = [(k, fold_seed(config.seed, k), val) for k, (_, val) in enumerate(splits)]
+        start_run_folder(out_dir, config, fingerprint, versions, folds, resume, command,
+                         splitter=None if splitter is None else repr(splitter))
         if resume:
-            finished = _finished_folds(out_dir, splits)
+            finished = finished_folds(out_dir, splits)
     return RunPlan(splits, fingerprint, versions, extra, global_scaler, finished)
 
 
@@ -213,7 +176,8 @@ def choose_execution(config: RunConfig, device: torch.device, pending: int) -> d
     # fold-batched step replaces K steps' launches (the vmap step it replaced: 4.7 s against
     # 7.2 s in turn for UCI S5 on an H100; the fold-batched figure is still to be measured).
     wanted = config.fold_parallel if config.fold_parallel is not None else device.type == "cuda"
-    parallel = wanted and supports_parallel(config) and pending > 1
+    # fold-batched training needs K folds of one kind (not one holdout or --full fold)
+    parallel = wanted and config.cv in ("kfold", "stratified") and pending > 1
     workers = 1 if parallel else fold_workers(config.workers, pending, device)
     threads = config.threads or (max(1, cpu_cores() // workers) if workers > 1 else None)
     if threads is not None and workers == 1:
@@ -224,9 +188,10 @@ def choose_execution(config: RunConfig, device: torch.device, pending: int) -> d
 
 
 def _train_pending(dataset: DigitDataset, config: RunConfig, plan: RunPlan, execution: dict,
-                   device: torch.device, progress, out_dir: Path | None) -> Iterator[FoldResult]:
+                   device: torch.device, callbacks: Sequence[Callback],
+                   out_dir: Path | None) -> Iterator[FoldResult]:
     """The executor ``execution`` names, training ``plan``'s pending folds."""
-    common = dict(global_scaler=plan.global_scaler, progress=progress, extra=plan.extra,
+    common = dict(global_scaler=plan.global_scaler, callbacks=callbacks, extra=plan.extra,
                   out_dir=out_dir)
     if execution["fold_parallel"]:
         return run_folds_parallel(dataset, config, plan.pending, device, **common)
@@ -236,43 +201,67 @@ def _train_pending(dataset: DigitDataset, config: RunConfig, plan: RunPlan, exec
     return run_folds_in_turn(dataset, config, plan.pending, device, **common)
 
 
+def fold_ended(callbacks: Sequence[Callback], result: FoldResult, out_dir: Path | None,
+               epochs: int, replay: bool = False) -> None:
+    """A fold trained now: written at once (for --resume), then told to ``callbacks``
+    (after its epochs, when it trained out of their reach: ``replay``)."""
+    if out_dir is not None:
+        write_fold(out_dir, result)
+    if replay:
+        replay_epochs(callbacks, result, epochs)
+    for callback in callbacks:
+        callback.on_fold_end(result)
+
+
 def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
               out_dir: str | Path | None = None, resume: bool = False,
-              command: str = "digitcnn.kfold", executor=None) -> KFoldResult:
+              command: str = "digitcnn.kfold", executor=None,
+              splitter: Splitter | None = None,
+              callbacks: Sequence[Callback] = ()) -> KFoldResult:
     """Cross-validate ``config.model`` on ``dataset``; see :class:`KFoldResult` for the metrics.
 
     Args:
         out_dir: when given, ``config.json`` and ``splits.json`` are written first and each
             fold is written to ``folds/fold<k>.json`` as it ends (the final files are left to
-            :func:`digitcnn.reporting.runfolder.write_final`). It must be a new or empty
+            :func:`digitcnn.runstore.files.write_final`). It must be a new or empty
             folder, or with ``resume`` an unfinished run's; everything is validated before it
             is written.
         resume: reuse the folds already finished in ``out_dir`` instead of training them again.
         command: the CLI recorded in ``config.json`` as the run's maker; only it resumes the run.
         executor: where the folds train: None on this machine, or a
             :class:`digitcnn.cv.distributed.RayExecutor` (one Ray task per fold).
+        splitter: a scikit-learn splitter object (``StratifiedKFold(4, shuffle=True)``,
+            ``GroupKFold``, any ``BaseCrossValidator``) instead of ``config.cv``'s scheme;
+            ``GroupKFold`` gets the dataset's groups. Its repr is stored in ``config.json``.
+        callbacks: :class:`~digitcnn.training.callbacks.Callback` objects that hear every
+            fold's epochs, each fold's end and the run's end, however the folds train.
     """
     if executor is not None:
-        return executor.run_kfold(dataset, config, out_dir, resume, command)
+        return executor.run_kfold(dataset, config, out_dir, resume, command, splitter=splitter,
+                                  callbacks=callbacks)
     configure_determinism(config.deterministic)
     device = select_device(config.device)
-    plan = plan_run(dataset, config, out_dir, resume, command)
+    plan = plan_run(dataset, config, out_dir, resume, command, splitter)
     out_dir = None if out_dir is None else Path(out_dir)
-    show = not config.quiet and sys.stderr.isatty()
     started = time.perf_counter()
     warm_up(device)
     execution = choose_execution(config, device, len(plan.pending))
+    progress = ProgressBar(len(plan.splits), config.epochs, len(plan.finished),
+                           f"{dataset.name}/{config.model}",
+                           show=not config.quiet and sys.stderr.isatty())
+    hooks = [progress, *callbacks]
     trained = []
-    with tqdm(total=len(plan.splits) * config.epochs, initial=len(plan.finished) * config.epochs,
-              desc=f"{dataset.name}/{config.model}", disable=not show, leave=False,
-              file=sys.stderr) as progress:
-        for result in _train_pending(dataset, config, plan, execution, device, progress,
-                                     out_dir):
+    try:
+        for result in _train_pending(dataset, config, plan, execution, device, hooks, out_dir):
             trained.append(result)
-            if out_dir is not None:  # written as each fold ends, for --resume
-                write_fold(out_dir, result)
+            fold_ended(hooks, result, out_dir, config.epochs)
+    finally:
+        progress.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return collect_run(dataset, config, plan, trained, str(device),
-                       time.perf_counter() - started, execution,
-                       overlapping=execution["workers"] > 1)
+    result = collect_run(dataset, config, plan, trained, str(device),
+                         time.perf_counter() - started, execution,
+                         overlapping=execution["workers"] > 1)
+    for callback in callbacks:
+        callback.on_run_end(result)
+    return result

@@ -4,7 +4,8 @@ tells whether two runs validated on the same rows."""
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -14,11 +15,29 @@ from digitcnn.errors import ConfigError
 if TYPE_CHECKING:
     from digitcnn.datasets.base import DigitDataset
 
-__all__ = ["make_splits", "holdout_split", "splits_sha256"]
+__all__ = ["Splitter", "make_splits", "holdout_split", "splits_sha256"]
 
 
-def make_splits(dataset: DigitDataset, config: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train_indices, val_indices) per fold, from sklearn's splitters or the original split."""
+class Splitter(Protocol):
+    """What :func:`make_splits` takes besides a scheme's name: any scikit-learn splitter
+    (``KFold``, ``StratifiedKFold``, ``GroupKFold``, any ``BaseCrossValidator``)."""
+
+    def split(self, X: Any, y: Any = None, groups: Any = None) -> Iterator[tuple[Any, Any]]: ...
+
+
+def make_splits(dataset: DigitDataset, config: RunConfig | str = "kfold",
+                splitter: Splitter | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train_indices, val_indices) per fold of ``dataset``.
+
+    ``splitter``: a scikit-learn splitter object, given the rows, their labels and the
+    dataset's groups (writers, or the original split) where it has them. Without one, the
+    scheme ``config.cv`` names (or ``config`` itself, a scheme's name with the default
+    settings): sklearn's KFold/StratifiedKFold, a holdout, the original split, or every row.
+    """
+    if splitter is not None:
+        return _split_with(splitter, dataset)
+    if isinstance(config, str):
+        config = RunConfig(cv=config)
     n = len(dataset)
     if config.cv == "full":
         return [(np.arange(n), np.arange(0))]
@@ -46,6 +65,29 @@ def make_splits(dataset: DigitDataset, config: RunConfig) -> list[tuple[np.ndarr
         return list(splitter.split(np.zeros(n), dataset.labels.numpy()))
     splitter = KFold(config.folds, shuffle=config.shuffle, random_state=random_state)
     return list(splitter.split(np.zeros(n)))
+
+
+def _split_with(splitter: Splitter, dataset: DigitDataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    if not callable(getattr(splitter, "split", None)):
+        raise ConfigError(f"splitter {splitter!r} has no split() method; pass a scikit-learn "
+                          "splitter such as StratifiedKFold(4, shuffle=True, random_state=0)")
+    labels = None if dataset.labels is None else dataset.labels.numpy()
+    rows = np.zeros((len(dataset), 1))
+    try:
+        try:
+            folds = list(splitter.split(rows, labels))
+        except ValueError as err:  # a group splitter: given the groups only then, since the
+            if "groups" not in str(err) or dataset.groups is None:  # others warn about them
+                raise
+            folds = list(splitter.split(rows, labels, dataset.groups))
+        splits = [(np.asarray(train, dtype=np.int64), np.asarray(val, dtype=np.int64))
+                  for train, val in folds]
+    except ValueError as err:
+        raise ConfigError(f"splitter {splitter!r} cannot split {dataset.name!r} "
+                          f"({len(dataset)} rows): {err}") from None
+    if not splits:
+        raise ConfigError(f"splitter {splitter!r} gave no folds for {dataset.name!r}")
+    return splits
 
 
 def holdout_split(labels: np.ndarray, val_fraction: float,

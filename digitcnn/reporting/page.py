@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from digitcnn.config import flag_name
+from digitcnn.settings import flag_name
 from digitcnn.reporting.plots import run_title
 
 __all__ = ["render_report", "flag_text", "FIGURE_CAPTIONS", "CSS"]

@@ -1,6 +1,6 @@
 """Figures for a run directory, drawn with matplotlib's Agg backend and written atomically.
 
-Drawing is kept cheap because a person waits for it (``python -m digitcnn.bench --cases
+Drawing is kept cheap because a person waits for it (``python -m benchmarks --cases
 startup`` measures it): matplotlib alone (the heatmaps need no seaborn, whose import pulls in
 pandas and scipy), one axes for the grid of misclassified digits instead of one per digit,
 and each figure laid out once with fixed margins instead of ``bbox_inches="tight"``, which

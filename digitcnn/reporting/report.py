@@ -1,10 +1,10 @@
 """``evaluation.json``, the evaluation figures and ``report.html`` of a run directory.
 
-:func:`digitcnn.reporting.runfolder.write_final` writes ``metrics.json`` first (a finished
+:func:`digitcnn.runstore.files.write_final` writes ``metrics.json`` first (a finished
 run) and then the report, with :func:`write_run_report` in its own process or, for the CLIs
 at a terminal, with :func:`start_report` in a background process (``python -m
 digitcnn.reporting.report``), so that a person gets the run's numbers without waiting for the
-figures (matplotlib's import and the drawing take seconds; see ``python -m digitcnn.bench
+figures (matplotlib's import and the drawing take seconds; see ``python -m benchmarks
 --cases startup``). ``evaluation.json`` is computed with ``sklearn.metrics``, which the run has
 already imported; the page itself is :mod:`digitcnn.reporting.page`.
 While a background report is being drawn the run folder holds ``report.log``; it is removed

@@ -42,15 +42,13 @@ continues the unfinished folds of an interrupted cell.
 The package: :mod:`~digitcnn.sweep.grid` (axes, cells, the stored plan),
 :mod:`~digitcnn.sweep.runner` (:func:`~digitcnn.sweep.runner.run_sweep`: the cells' K-fold
 runs and resume), :mod:`~digitcnn.sweep.outputs` (summaries, the t-test table, the files) and
-:mod:`~digitcnn.sweep.cli` (the command line). Importing the package imports neither torch nor
-NumPy: the runner and the outputs are imported from their modules.
+the command line, :mod:`digitcnn.commands.sweep`. Importing the package imports neither torch
+nor NumPy: the runner and the outputs are imported from their modules.
 """
-from digitcnn.sweep.cli import GRID_ARGUMENTS, default_sweep_dir, main, plan_from_args
 from digitcnn.sweep.grid import (NOT_SWEEPABLE, SPLIT_KEYS, Cell, GridAxis, expand_grid,
                                  grid_from_table, load_grid_file, parse_grid, parse_value,
                                  stored_cells, toml_value, value_label, write_plan)
 
 __all__ = ["GridAxis", "Cell", "SPLIT_KEYS", "NOT_SWEEPABLE", "parse_grid", "parse_value",
            "toml_value", "value_label", "load_grid_file", "grid_from_table", "expand_grid",
-           "write_plan", "stored_cells", "GRID_ARGUMENTS", "default_sweep_dir", "plan_from_args",
-           "main"]
+           "write_plan", "stored_cells"]

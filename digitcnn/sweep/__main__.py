@@ -1,6 +1,6 @@
-"""``python -m digitcnn.sweep``: runs :func:`digitcnn.sweep.cli.main`."""
+"""``python -m digitcnn.sweep``: runs :func:`digitcnn.commands.sweep.main`."""
 from digitcnn.errors import exit_cli
-from digitcnn.sweep.cli import main
+from digitcnn.commands.sweep import main
 
 if __name__ == "__main__":
     exit_cli(main())

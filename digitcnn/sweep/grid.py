@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from digitcnn._io import read_json, read_toml, write_json
-from digitcnn.config import (NOT_SWEEPABLE, SPLIT_KEYS, RunConfig, field_kind, flag_name,
-                             typed_setting, typed_settings)
+from digitcnn.config import NOT_SWEEPABLE, SPLIT_KEYS, RunConfig, typed_settings
+from digitcnn.settings import flag_name, parse_text, typed_setting
 from digitcnn.errors import ConfigError
 
 __all__ = ["GridAxis", "Cell", "SPLIT_KEYS", "NOT_SWEEPABLE", "parse_grid", "parse_value",
@@ -68,23 +68,11 @@ def parse_value(name: str, value: Any, origin: str = "--grid") -> Any:
     fitting type (an integer is accepted for a float), see :func:`toml_value`. Numbers must be
     finite. Raises ConfigError naming the setting and the value.
     """
-    kind, optional = field_kind(FIELDS[name])
-    flag = flag_name(name)
-    if isinstance(value, str) and kind is not str:
-        text = value.strip()
-        if optional and text.lower() == "none":
-            return None
+    if isinstance(value, str):
         try:
-            if kind is bool:
-                lowered = text.lower()
-                if lowered not in ("true", "false", "yes", "no", "1", "0"):
-                    raise ValueError(text)
-                value = lowered in ("true", "yes", "1")
-            else:
-                value = kind(text)
-        except ValueError:
-            raise ConfigError(f"{origin}: {flag} value {value!r} is not {_article(kind)}; "
-                              f"give {flag} values like {_example(kind)}") from None
+            value = parse_text(FIELDS[name], value)
+        except ValueError as err:
+            raise ConfigError(f"{origin}: {flag_name(name)} value {err}") from None
     return toml_value(name, value, origin)
 
 
@@ -92,14 +80,6 @@ def toml_value(name: str, value: Any, origin: str) -> Any:
     """A TOML (or already parsed) ``value`` of setting ``name``, type-checked: the text
     ``"false"`` is not a switch's false, ``"0.2"`` not a number."""
     return typed_setting(FIELDS[name], value, f"{origin}: {flag_name(name)} value")
-
-
-def _article(kind: type) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "text"}[kind]
-
-
-def _example(kind: type) -> str:
-    return {bool: "true,false", int: "16,32", float: "0.2,0.3", str: "adam,sgd"}[kind]
 
 
 def value_label(value: Any) -> str:
@@ -217,7 +197,7 @@ def expand_grid(base: RunConfig, axes: Sequence[GridAxis], out: str | Path) -> l
         try:
             config = base.replace(**settings, out=str(Path(out) / "cells" / name))
         except ConfigError as err:
-            raise ConfigError(f"grid cell {name}: {err}") from None
+            raise ConfigError(f"grid cell {name}: {err.cli_message()}") from None
         cells.append(Cell(name, settings, config))
     return cells
 

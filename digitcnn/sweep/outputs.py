@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from digitcnn._io import atomic_write_text
-from digitcnn.config import flag_name
+from digitcnn.settings import flag_name
 from digitcnn.errors import ConfigError
 from digitcnn.metrics import corrected_resampled_ttest
 from digitcnn.reporting.plots import plot_sweep
@@ -153,7 +153,7 @@ def write_sweep_outputs(out: Path, cells: Sequence[Cell], summaries: Sequence[di
         plot_sweep([c.name for c in cells], [s["fold_accuracy"] for s in summaries],
                    [s["accuracy"] for s in summaries], best, out / "sweep.png",
                    _title(cells, folds))
-    # written last: a sweep folder with sweep.md is a finished sweep (see digitcnn.reporting.rundir)
+    # written last: a sweep folder with sweep.md is a finished sweep (see digitcnn.runstore.folder)
     atomic_write_text(out / "sweep.md", _markdown(cells, summaries, best, comparisons))
 
 

@@ -14,19 +14,15 @@ from typing import Sequence
 
 from digitcnn._io import read_json
 from digitcnn.config import RunConfig
-from digitcnn.cv.command import load_quietly
-# connected and executor_from_argv are for digitcnn.sweep.cli, which imports this module (not
-# digitcnn.cv.distributed, which imports torch) only once a sweep starts
-from digitcnn.cv.distributed import connected, executor_from_argv
 from digitcnn.cv.folds import check_model
-from digitcnn.cv.runner import run_kfold
+from digitcnn.cv.runner import load_for_config, run_kfold
 from digitcnn.cv.splits import make_splits, splits_sha256
 from digitcnn.errors import ConfigError
-from digitcnn.reporting.runfolder import write_final
+from digitcnn.runstore.files import write_final
 from digitcnn.sweep.grid import Cell, write_plan
 from digitcnn.sweep.outputs import summarize_cell, write_sweep_outputs
 
-__all__ = ["run_sweep", "connected", "executor_from_argv"]
+__all__ = ["run_sweep"]
 
 
 def _load_key(config: RunConfig) -> tuple:
@@ -40,7 +36,7 @@ def _datasets(cells: Sequence[Cell]) -> dict:
     for cell in cells:
         key = _load_key(cell.config)
         if key not in loaded:
-            loaded[key] = load_quietly(cell.config, "digitcnn.sweep")
+            loaded[key] = load_for_config(cell.config)
     return loaded
 
 

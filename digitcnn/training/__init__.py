@@ -1,2 +1,33 @@
-"""Training: the epoch loop (one model, or all folds at once as one fold-batched model),
-optimizers and schedules, augmentation, feature scaling, and the device and seed runtime."""
+"""Training one model, or all folds at once, on tensors: no run configuration needed.
+
+``fit(model, data, recipe)`` trains a model on a :class:`FoldTensors` (device tensors) with a
+:class:`Recipe` (epochs, optimizer, schedule, augmentation, early stopping); callbacks
+(:class:`Callback`) hear every epoch and may stop the fold. The names are imported lazily,
+so that ``import digitcnn.training.recipe`` (which the torch-free config uses) stays light.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from digitcnn.training.callbacks import Callback, EpochEnd
+    from digitcnn.training.loop import FitOutcome, fit
+    from digitcnn.training.recipe import EarlyStopping, Recipe, make_optimizer
+    from digitcnn.training.steps import FoldTensors
+
+_EXPORTS = {"fit": "loop", "FitOutcome": "loop", "FoldTensors": "steps", "Recipe": "recipe",
+            "make_optimizer": "recipe", "EarlyStopping": "recipe", "Callback": "callbacks",
+            "EpochEnd": "callbacks"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from digitcnn.errors import ConfigError
+from digitcnn.settings import check_settings, setting
 
 if TYPE_CHECKING:
     import torch
@@ -32,21 +33,17 @@ class Augmentation:
         vflip: flip half the images upside down.
     """
 
-    rotation: float = 0.0
-    zoom: float = 0.0
-    shift_x: float = 0.0
-    shift_y: float = 0.0
-    hflip: bool = False
-    vflip: bool = False
+    rotation: float = setting("train", 0.0, "maximum rotation", low=0, high=180, why="degrees")
+    zoom: float = setting("train", 0.0, "zoom range", low=0, high=1, high_open=True)
+    shift_x: float = setting("train", 0.0, "maximum horizontal shift", low=0, high=1,
+                             high_open=True)
+    shift_y: float = setting("train", 0.0, "maximum vertical shift", low=0, high=1,
+                             high_open=True)
+    hflip: bool = setting("train", False, "flip half the images left-right")
+    vflip: bool = setting("train", False, "flip half the images upside down")
 
     def __post_init__(self) -> None:
-        if not 0 <= self.rotation <= 180:
-            raise ConfigError(f"--rotation {self.rotation} must be in 0..180 degrees")
-        if not 0 <= self.zoom < 1:
-            raise ConfigError(f"--zoom {self.zoom} must be in [0, 1)")
-        for name in ("shift_x", "shift_y"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be in [0, 1)")
+        check_settings(self)  # the limits above: SettingError naming the setting
 
     @property
     def active(self) -> bool:

@@ -17,21 +17,21 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from digitcnn.config import RunConfig
 from digitcnn.training.augment import Augmentation
-from digitcnn.training.recipe import (EarlyStopping, FoldSchedule, make_optimizer,
-                                      make_scheduler, rate_scaled_step)
+from digitcnn.training.callbacks import Callback, EpochEnd, notify_epoch
+from digitcnn.training.recipe import (EarlyStopping, FoldSchedule, Recipe, make_optimizer,
+                                      make_scheduler, rate_scaled_step, recipe_optimizer)
 from digitcnn.training.steps import (Evaluation, FoldTensors, SingleModel, Trainer, autocast,
                                      epoch_order, evaluate, predict_log_probs, smoothed_nll,
                                      training_forward)
 
 __all__ = ["EpochRecord", "FitOutcome", "FoldRun", "FitLoop", "run_epoch", "fit_folds", "fit",
-           "train_epoch",
+           "train_epoch", "Recipe",
            # made in steps and recipe, the engine's API all the same
            "Evaluation", "FoldTensors", "SingleModel", "Trainer", "autocast", "epoch_order",
            "evaluate", "predict_log_probs", "smoothed_nll", "training_forward",
@@ -115,67 +115,79 @@ def run_epoch(trainer: Trainer, optimizer: torch.optim.Optimizer, batch_size: in
     return loss_sums, corrects
 
 
-class _FoldStateView:
-    """What :class:`EarlyStopping` copies: fold k's state dict."""
-
-    def __init__(self, trainer: Trainer, fold: int):
-        self.trainer, self.fold = trainer, fold
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.trainer.fold_state(self.fold)
-
-
 class FitLoop:
-    """Train the K folds of ``trainer`` with ``config``'s recipe, evaluating every epoch.
+    """Train the K folds of ``trainer`` with ``recipe``, evaluating every epoch.
 
     Each fold gets a fresh schedule and early-stopping state here; one optimizer (fused where
     torch has it) steps all folds' parameters, which is K independent optimizers because
     Adam, AdamW, SGD and RMSprop act elementwise. When the running folds' rates agree (every
     schedule but a plateau that one fold hit) the optimizer steps at that rate; otherwise
-    each fold's change is scaled by its own rate. A fold that stops early keeps the state it
-    stopped with (or its best, with ``restore_best``), whatever the others still do.
-    ``timing`` sums the seconds spent training and evaluating (all folds together).
+    each fold's change is scaled by its own rate. After every epoch each fold's
+    :class:`~digitcnn.training.callbacks.EpochEnd` goes to its early stopping, then to
+    ``callbacks``; a fold asked to stop keeps the state it stopped with (or its best, with
+    ``restore_best``), whatever the others still do. ``folds`` numbers the trainer's folds in
+    the events (default 0..K-1). ``timing`` sums the seconds spent training and evaluating
+    (all folds together).
     """
 
-    def __init__(self, trainer: Trainer, config: RunConfig, num_classes: int):
-        self.trainer, self.config, self.num_classes = trainer, config, num_classes
-        steps_per_epoch = math.ceil(max(trainer.train_counts) / config.batch_size)
-        self.optimizer = make_optimizer(trainer.parameters(), config)
-        self.folds = [FoldRun(FoldSchedule(config, steps_per_epoch),
-                              EarlyStopping(config.monitor, config.min_delta, config.patience))
+    def __init__(self, trainer: Trainer, recipe: Recipe, num_classes: int,
+                 folds: Sequence[int] | None = None, callbacks: Sequence[Callback] = ()) -> None:
+        recipe = Recipe.of(recipe)
+        self.trainer, self.config, self.num_classes = trainer, recipe, num_classes
+        self.fold_numbers = list(range(trainer.folds) if folds is None else folds)
+        self.callbacks = list(callbacks)
+        steps_per_epoch = math.ceil(max(trainer.train_counts) / recipe.batch_size)
+        self.optimizer = recipe_optimizer(trainer.parameters(), recipe)
+        self.folds = [FoldRun(FoldSchedule(recipe, steps_per_epoch),
+                              EarlyStopping(recipe.monitor, recipe.min_delta, recipe.patience,
+                                            stops=recipe.early_stopping))
                       for _ in range(trainer.folds)]
         self.device = next(iter(trainer.parameters())).device
         self.rate_cache: dict[tuple[float, ...], torch.Tensor] = {}
         self.timing = {"train_s": 0.0, "eval_s": 0.0}
 
-    def run(self, on_epoch: Callable[[int, list[EpochRecord]], None] | None = None
-            ) -> list[FitOutcome]:
-        """The fit loop: epochs until ``config.epochs`` or every fold stopped early."""
+    def run(self) -> list[FitOutcome]:
+        """The fit loop: epochs until ``recipe.epochs`` or every fold has stopped."""
         for epoch in range(self.config.epochs):
-            self.run_single_epoch(epoch)
-            if on_epoch is not None:
-                on_epoch(epoch, [fold.history for fold in self.folds])
+            trained = self.run_single_epoch(epoch)
+            for index in trained:
+                self.end_epoch(epoch, index, trained)
             if not any(fold.active for fold in self.folds):
                 break
         if self.folds[0].evaluation is None:
             raise ValueError("fit needs at least one epoch")
         return self.finish()
 
-    def run_single_epoch(self, epoch: int) -> None:
-        """Train every running fold one epoch, evaluate, and record what each fold did."""
-        for fold in self.folds:
-            if fold.active:
-                fold.history.lr.append(fold.schedule.lr)
+    def run_single_epoch(self, epoch: int) -> list[int]:
+        """Train every running fold one epoch, evaluate, and record what each fold did;
+        returns the indices of the folds that trained."""
+        trained = [index for index, fold in enumerate(self.folds) if fold.active]
+        for index in trained:
+            self.folds[index].history.lr.append(self.folds[index].schedule.lr)
         with self.timed("train_s"):
             loss_sums, corrects = run_epoch(self.trainer, self.optimizer, self.config.batch_size,
                                             before_step=self.set_rates,
                                             after_step=self.step_schedules)
             loss_sums, corrects = loss_sums.tolist(), corrects.tolist()  # the epoch's one read
         evaluations = self.validate()
-        for index, fold in enumerate(self.folds):
-            if fold.active:
-                fold.evaluation = evaluations[index]
-                self.record(epoch, index, loss_sums[index], corrects[index])
+        for index in trained:
+            self.folds[index].evaluation = evaluations[index]
+            self.record(epoch, index, loss_sums[index], corrects[index])
+        return trained
+
+    def end_epoch(self, epoch: int, index: int, trained: Sequence[int]) -> None:
+        """Fold ``index``'s epoch event to its early stopping and the callbacks; a fold asked
+        to stop stops here."""
+        fold, history = self.folds[index], self.folds[index].history
+        event = EpochEnd(self.fold_numbers[index], epoch, self.config.epochs,
+                         {name: getattr(history, name)[-1] for name in
+                          ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")},
+                         has_validation=fold.evaluation is not None and fold.evaluation.n > 0,
+                         state=lambda: self.trainer.fold_state(index))
+        if notify_epoch([fold.stopper, *self.callbacks], event):
+            fold.active = False
+            if any(self.folds[other].active for other in trained if other != index):
+                fold.stopped_state = self.trainer.fold_state(index)  # the others train on
 
     def set_rates(self) -> torch.Tensor | None:
         """Before each step: the optimizer's rate, or (K,) per-fold rates when they differ."""
@@ -213,12 +225,6 @@ class FitLoop:
         history.val_accuracy.append(fold.evaluation.accuracy)
         fold.schedule.epoch_step(history.metric(config.plateau_monitor))
         fold.epochs_run = epoch + 1
-        fold.stopper.update(epoch, history.metric(config.monitor),
-                            _FoldStateView(self.trainer, index))
-        if config.early_stopping and fold.stopper.should_stop:
-            fold.active = False
-            if any(other.active for other in self.folds):  # the others train on, its copy too
-                fold.stopped_state = self.trainer.fold_state(index)
 
     def finish(self) -> list[FitOutcome]:
         """Each fold back to its best (``restore_best``) or stopping weights; the outcomes."""
@@ -229,7 +235,7 @@ class FitLoop:
                 self.folds[index].evaluation = again[index]
         config = self.config
         return [FitOutcome(fold.history, fold.evaluation, fold.epochs_run,
-                           fold.stopper.best_epoch, config.early_stopping and not fold.active,
+                           fold.stopper.best_epoch, not fold.active,
                            fold.schedule.lr, **self.timing) for fold in self.folds]
 
     def restore(self, index: int, fold: FoldRun) -> bool:
@@ -250,32 +256,42 @@ class FitLoop:
         self.timing[key] += time.perf_counter() - started
 
 
-def fit_folds(trainer: Trainer, config: RunConfig, *, num_classes: int,
-              on_epoch: Callable[[int, list[EpochRecord]], None] | None = None
-              ) -> list[FitOutcome]:
-    """Train the K folds of ``trainer`` with ``config``'s recipe (:class:`FitLoop`); one
-    :class:`FitOutcome` per fold. ``on_epoch(epoch, histories)`` follows every epoch."""
-    return FitLoop(trainer, config, num_classes).run(on_epoch)
+def fit_folds(trainer: Trainer, recipe: Recipe, *, num_classes: int,
+              folds: Sequence[int] | None = None,
+              callbacks: Sequence[Callback] = ()) -> list[FitOutcome]:
+    """Train the K folds of ``trainer`` with ``recipe`` (:class:`FitLoop`); one
+    :class:`FitOutcome` per fold. ``callbacks`` hear every fold's epochs (numbered ``folds``)."""
+    return FitLoop(trainer, recipe, num_classes, folds, callbacks).run()
 
 
-def fit(model: nn.Module, data: FoldTensors, config: RunConfig, *, num_classes: int,
-        generator: torch.Generator,
-        on_epoch: Callable[[int, EpochRecord], None] | None = None,
-        autocast_dtype: torch.dtype | None = None) -> FitOutcome:
-    """Train ``model`` with ``config``'s recipe, evaluating on the validation rows each epoch.
+def fit(model: nn.Module, data: FoldTensors, recipe: Recipe | None = None, *,
+        num_classes: int | None = None, generator: torch.Generator | None = None,
+        callbacks: Sequence[Callback] = (), autocast_dtype: torch.dtype | None = None,
+        fold: int = 0) -> FitOutcome:
+    """Train ``model`` on ``data`` with ``recipe`` (default :class:`Recipe`: S5's),
+    evaluating on the validation rows each epoch. No run configuration is needed::
 
-    The public way to train one model on given tensors. A fresh optimizer, schedule and
-    early-stopping state are made here, so nothing carries over from an earlier call. With
-    early stopping and ``restore_best``, the model ends with its best weights and the
-    returned evaluation is of those weights. Training runs under autocast to
-    ``autocast_dtype`` when given; evaluation is always float32, so reported probabilities
-    are not rounded to bf16. ``generator`` draws the batch order and the augmentation.
+        data = FoldTensors.of(train_x, train_y, val_x, val_y)   # (N, C, H, W), (N,)
+        outcome = fit(model, data, Recipe(epochs=5, lr=3e-3), num_classes=10)
+
+    A fresh optimizer, schedule and early-stopping state are made here, so nothing carries
+    over from an earlier call. With early stopping and ``restore_best``, the model ends with
+    its best weights and the returned evaluation is of those weights. Training runs under
+    autocast to ``autocast_dtype`` when given; evaluation is always float32, so reported
+    probabilities are not rounded to bf16. ``generator`` draws the batch order and the
+    augmentation (default: seeded with 0, on the data's device). ``num_classes``: default one
+    more than the largest label. ``callbacks`` hear each epoch as fold ``fold``.
     """
-    trainer = SingleModel(model, data, generator, augmentation=config.augmentation(),
-                          label_smoothing=config.label_smoothing, autocast_dtype=autocast_dtype)
-    report = None if on_epoch is None else (
-        lambda epoch, histories: on_epoch(epoch, histories[0]))
-    return fit_folds(trainer, config, num_classes=num_classes, on_epoch=report)[0]
+    recipe = Recipe() if recipe is None else Recipe.of(recipe)
+    if num_classes is None:
+        labels = torch.cat([data.train_labels, data.val_labels])
+        num_classes = int(labels.max()) + 1
+    if generator is None:
+        generator = torch.Generator(device=data.train_images.device).manual_seed(0)
+    trainer = SingleModel(model, data, generator, augmentation=recipe.augmentation(),
+                          label_smoothing=recipe.label_smoothing, autocast_dtype=autocast_dtype)
+    return fit_folds(trainer, recipe, num_classes=num_classes, folds=[fold],
+                     callbacks=callbacks)[0]
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: FoldTensors,

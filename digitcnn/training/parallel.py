@@ -28,19 +28,20 @@ Within an epoch nothing is read back to the host.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from digitcnn.config import RunConfig
 from digitcnn.models.stacked import fold_state, load_fold_state, stack_folds
 from digitcnn.training.augment import Augmentation
-from digitcnn.training.loop import EpochRecord, FitOutcome, fit_folds
+from digitcnn.training.callbacks import Callback
+from digitcnn.training.loop import FitOutcome, fit_folds
+from digitcnn.training.recipe import Recipe
 from digitcnn.training.steps import (Evaluation, epoch_order, evaluation_of, smoothed_nll,
                                      training_forward)
 
-__all__ = ["StackedFolds", "FoldBatch", "fit_parallel", "supports_parallel", "epoch_plan"]
+__all__ = ["StackedFolds", "FoldBatch", "fit_parallel", "epoch_plan"]
 
 
 @dataclass
@@ -78,11 +79,6 @@ class StackedFolds:
         scaled = (raw.reshape(batch, folds, -1) - self.mean) / self.scale
         return scaled.reshape(batch, folds * channels, height, width).contiguous(
             memory_format=memory_format)
-
-
-def supports_parallel(config: RunConfig) -> bool:
-    """Fold-parallel mode covers every optimizer and schedule; it needs 2+ folds."""
-    return config.cv in ("kfold", "stratified")
 
 
 def epoch_plan(row_sets: Sequence[torch.Tensor], generators: Sequence[torch.Generator] | None
@@ -168,24 +164,28 @@ class FoldBatch:
         load_fold_state(self.model, self.folds, fold, state)
 
 
-def fit_parallel(models: Sequence[nn.Module], stacked: StackedFolds, config: RunConfig, *,
+def fit_parallel(models: Sequence[nn.Module], stacked: StackedFolds, recipe: Recipe, *,
                  num_classes: int,
                  generators: Sequence[torch.Generator], augment_generator: torch.Generator,
-                 on_epoch: Callable[[int, list[EpochRecord]], None] | None = None,
-                 autocast_dtype: torch.dtype | None = None) -> list[FitOutcome]:
+                 folds: Sequence[int] | None = None, callbacks: Sequence[Callback] = (),
+                 autocast_dtype: torch.dtype | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format
+                 ) -> list[FitOutcome]:
     """Train K freshly built ``models`` together; they end with their trained (or best) weights.
 
     ``generators`` give each fold's batch order; ``augment_generator`` draws the augmentation
-    of the stacked batch; ``autocast_dtype`` (e.g. bf16) is the training steps' autocast, as
-    in :func:`digitcnn.training.loop.fit`. Returns one :class:`FitOutcome` per fold, like
-    :func:`digitcnn.training.loop.fit`.
+    of the stacked batch; ``autocast_dtype`` (e.g. bf16) is the training steps' autocast, and
+    ``callbacks`` hear each fold's epochs (numbered ``folds``), as in
+    :func:`digitcnn.training.loop.fit`; ``memory_format`` is the inputs' layout. Returns one
+    :class:`FitOutcome` per fold, like :func:`digitcnn.training.loop.fit`.
     """
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    recipe = Recipe.of(recipe)
     trainer = FoldBatch(models, stacked, generators, augment_generator,
-                        augmentation=config.augmentation(),
-                        label_smoothing=config.label_smoothing, autocast_dtype=autocast_dtype,
+                        augmentation=recipe.augmentation(),
+                        label_smoothing=recipe.label_smoothing, autocast_dtype=autocast_dtype,
                         memory_format=memory_format)
-    outcomes = fit_folds(trainer, config, num_classes=num_classes, on_epoch=on_epoch)
+    outcomes = fit_folds(trainer, recipe, num_classes=num_classes, folds=folds,
+                         callbacks=callbacks)
     for fold, model in enumerate(models):
         model.load_state_dict(trainer.fold_state(fold))
     return outcomes

@@ -49,6 +49,26 @@ class FoldTensors:
     scale: torch.Tensor
     memory_format: torch.memory_format = torch.contiguous_format
 
+    @classmethod
+    def of(cls, train_images: torch.Tensor, train_labels: torch.Tensor,
+           val_images: torch.Tensor | None = None, val_labels: torch.Tensor | None = None, *,
+           mean: torch.Tensor | float = 0.0, scale: torch.Tensor | float = 1.0,
+           memory_format: torch.memory_format = torch.contiguous_format) -> FoldTensors:
+        """One fold from plain tensors: (N, C, H, W) images and (N,) int64 labels, already on
+        their device; no validation rows when ``val_images`` is None. Inputs are
+        ``(x - mean) / scale`` (default: the images as given, as float32)."""
+        device = train_images.device
+        if val_images is None or val_labels is None:
+            val_images, val_labels = train_images[:0], train_labels[:0]
+        pixels = train_images[0].numel()
+
+        def per_pixel(value: torch.Tensor | float) -> torch.Tensor:
+            tensor = torch.as_tensor(value, dtype=torch.float32, device=device)
+            return tensor.expand(pixels).contiguous() if tensor.dim() == 0 else tensor.reshape(-1)
+
+        return cls(train_images, train_labels.long(), val_images, val_labels.long(),
+                   per_pixel(mean), per_pixel(scale), memory_format)
+
     def inputs(self, raw: torch.Tensor, augmentation: Augmentation | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, C, H, W) raw pixels -> scaled float32 model inputs, augmented when asked."""

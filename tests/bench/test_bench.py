@@ -6,18 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from digitcnn.bench import inprocess, measure, processes
-from digitcnn.bench.__main__ import build_parser, main
+from benchmarks import inprocess, measure, processes
+from benchmarks.__main__ import build_parser, main
 
 from conftest import real_data
 
 
 def test_run_with_rusage_reports_the_childs_own_peak():
-    # Measured from a small parent, as digitcnn.bench does: a child's peak RSS counts the copy
+    # Measured from a small parent, as benchmarks does: a child's peak RSS counts the copy
     # of its parent it starts as, and this pytest process holds torch.
     probe = (
         "import json, sys\n"
-        "from digitcnn.bench.measure import run_with_rusage\n"
+        "from benchmarks.measure import run_with_rusage\n"
         "small = run_with_rusage([sys.executable, '-c', \"print('ok')\"])\n"
         "big = run_with_rusage([sys.executable, '-c', 'x = bytearray(200 * 2**20)'])\n"
         "print(json.dumps([small['peak_rss_mib'], big['peak_rss_mib'], small['stdout']]))\n")
@@ -58,7 +58,7 @@ def test_tree_memory_counts_forked_workers_that_wait4_misses():
         "for pid in pids:\n"
         "    os.waitpid(pid, 0)\n")
     probe = ("import json, sys\n"
-             "from digitcnn.bench.measure import run_with_rusage\n"
+             "from benchmarks.measure import run_with_rusage\n"
              f"run = run_with_rusage([sys.executable, '-c', {workers!r}], sample_memory=True)\n"
              "print(json.dumps([run['peak_rss_mib'], run['peak_tree_pss_mib']]))\n")
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,

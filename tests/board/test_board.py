@@ -289,7 +289,7 @@ def test_bad_model_folders_give_one_line_and_exit_2(tmp_path):
 def test_without_the_extra_it_says_what_to_install(tmp_path):
     run = fake_run(tmp_path / "run", models=1)
     code = ("import sys\nsys.modules['uvicorn'] = None\n"  # as if uvicorn were not installed
-            "from digitcnn.board import main\n"
+            "from digitcnn.board.cli import main\n"
             f"sys.exit(main(['--model', {str(run)!r}, '--port', '0']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=child_env(), timeout=120)

@@ -24,12 +24,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from digitcnn import kfold, sweep  # noqa: E402
+from digitcnn.commands import kfold, sweep  # noqa: E402
 from digitcnn.cv.runner import load_for_config, run_kfold  # noqa: E402
 from digitcnn.config import RunConfig  # noqa: E402
 from digitcnn.cv.distributed import KILL_WORKER_MARKER, RayExecutor  # noqa: E402
 from digitcnn.errors import ConfigError, ModelError  # noqa: E402
-from digitcnn.reporting.runfolder import write_final  # noqa: E402
+from digitcnn.runstore.files import write_final  # noqa: E402
 
 from conftest import REPO_ROOT, synthetic_optdigits, without_timings, write_table  # noqa: E402
 

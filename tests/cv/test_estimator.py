@@ -170,7 +170,7 @@ def test_errors_name_the_problem(digits):
         DigitClassifier().predict(X)
     with pytest.raises(ValueError, match=r"^DigitClassifier: lr=0(\.0)? must be positive"):
         tiny(lr=0).fit(X, y)
-    with pytest.raises(ValueError, match="batch_size=0 is too small"):
+    with pytest.raises(ValueError, match="batch_size=0 must be at least 1"):
         tiny(batch_size=0).fit(X, y)
     with pytest.raises(ValueError, match="'global' fits the scaling on rows outside"):
         tiny(scaler="global").fit(X, y)
@@ -251,7 +251,7 @@ def test_cross_val_score_matches_run_kfold_on_uci():
 def test_skorch_bench_sides_cross_validate_the_same_folds(side, optdigits_dir):
     if side == "skorch":
         pytest.importorskip("skorch")
-    from digitcnn.bench.inprocess import sklearn_side
+    from benchmarks.inprocess import sklearn_side
 
     result = sklearn_side(side, str(optdigits_dir), epochs=1, verify=False)
     assert result["n"] == 180 and len(result["fold_accuracies"]) == 4
@@ -260,7 +260,7 @@ def test_skorch_bench_sides_cross_validate_the_same_folds(side, optdigits_dir):
 
 
 def test_skorch_bench_says_how_to_get_skorch(optdigits_dir, monkeypatch):
-    from digitcnn.bench.inprocess import sklearn_side
+    from benchmarks.inprocess import sklearn_side
 
     monkeypatch.setitem(sys.modules, "skorch", None)
     with pytest.raises(SystemExit, match="pip install skorch"):

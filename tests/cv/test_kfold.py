@@ -189,7 +189,7 @@ def bad_column_file(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "emnist"], r"unknown dataset 'emnist'; choose one of"),
     (["--model", "resnet"], r"unknown model 'resnet'; choose one of: .*s5"),
-    (["--folds", "1"], r"--folds 1 is too small"),
+    (["--folds", "1"], r"--folds 1 must be at least 2"),
     (["--folds", "500"], r"--folds 500 is more than the 180 rows"),
     (["--scaler", "zscore"], r"argument --scaler: invalid choice: 'zscore'"),
 ])
@@ -333,7 +333,7 @@ def test_an_error_in_a_fold_worker_reaches_the_caller(optdigits_dir, monkeypatch
 
 
 def test_workers_must_be_positive(optdigits_dir):
-    with pytest.raises(ConfigError, match=r"--workers 0 must be at least 1 \(1 trains the folds"):
+    with pytest.raises(ConfigError, match=r"workers=0 must be at least 1 \(1 trains the folds"):
         small_config(optdigits_dir, workers=0)
 
 

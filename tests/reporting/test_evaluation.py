@@ -15,7 +15,7 @@ from digitcnn.cv.runner import load_for_config, run_kfold
 from digitcnn.errors import DataError, OutputError
 from digitcnn.reporting.evaluation import evaluate_predictions, evaluate_run, probabilities, without_curves
 from digitcnn._io import write_json
-from digitcnn.reporting.runfolder import write_final
+from digitcnn.runstore.files import write_final
 
 C = 10
 
@@ -361,19 +361,14 @@ def test_every_number_matches_torchmetrics(seed, decimals):
         assert_matches_torchmetrics(fold, oof["true"][rows], oof["log_probs"][rows])
 
 
-def test_result_save_writes_the_same_folder_as_save_run(trained, tmp_path):
-    # README's Python API: result.save(folder) is digitcnn.save_run(result, folder)
+def test_save_run_writes_a_whole_run_folder_and_refuses_a_used_one(trained, tmp_path):
+    # README's Python API: digitcnn.save_run(result, folder); results know nothing of folders
     result, _ = trained
-    saved = result.save(tmp_path / "method", plots=False)
-    digitcnn.save_run(result, tmp_path / "function", plots=False)
-    assert saved == tmp_path / "method"
-    for name in ("metrics.json", "folds.csv", "config.json", "splits.json"):
-        method, function = (tmp_path / side / name for side in ("method", "function"))
-        if name == "metrics.json":  # its creation time differs
-            assert ({k: v for k, v in json.loads(method.read_text()).items() if k != "created_utc"}
-                    == {k: v for k, v in json.loads(function.read_text()).items()
-                        if k != "created_utc"})
-        else:
-            assert method.read_text() == function.read_text(), name
+    assert not hasattr(result, "save")
+    saved = digitcnn.save_run(result, tmp_path / "function", plots=False)
+    assert saved == tmp_path / "function"
+    for name in ("metrics.json", "folds.csv", "config.json", "splits.json", "oof.npz"):
+        assert (saved / name).is_file(), name
+    assert json.loads((saved / "metrics.json").read_text())["accuracy"] == result.accuracy
     with pytest.raises(OutputError, match="not empty|finished run"):
-        result.save(tmp_path / "method", plots=False)
+        digitcnn.save_run(result, saved, plots=False)

@@ -18,7 +18,7 @@ from digitcnn.reporting import report
 from digitcnn.errors import ConfigError, DataError
 from digitcnn.reporting.plots import plot_misclassified, plot_training_curves
 from digitcnn.reporting.page import FIGURE_CAPTIONS
-from digitcnn.reporting.runfolder import write_final
+from digitcnn.runstore.files import write_final
 
 from conftest import REPO_ROOT
 

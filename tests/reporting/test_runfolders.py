@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
-from digitcnn import baselines, compare, kfold, sweep, train
-from digitcnn.reporting import runfolder
-from digitcnn.cv import command
+from digitcnn.commands import baselines, compare, kfold, sweep, train
+from digitcnn.cv import runner as cv_runner
+from digitcnn.runstore import files as runfolder
 from digitcnn.config import RunConfig
 from digitcnn.cv.runner import load_for_config, run_kfold
 from digitcnn.errors import ConfigError, ModelError, OutputError, Terminated
-from digitcnn.reporting.rundir import (LOCK_NAME, RunLock, check_out_dir, claim_out_dir,
-                                       inspect_folder)
-from digitcnn.reporting.runcontrol import ReceivedSignal, sigterm_as_interrupt
+from digitcnn.runstore.folder import (LOCK_NAME, RunLock, check_out_dir, claim_out_dir,
+                                      inspect_folder)
+from digitcnn.commands.session import ReceivedSignal, sigterm_as_interrupt
 from digitcnn._io import read_json
 
 FAST = ["--epochs", "1", "--folds", "2", "--batch-size", "32", "--threads", "1", "--workers", "1",
@@ -182,20 +182,20 @@ def test_overwrite_moves_the_old_run_aside_until_the_new_one_finishes(finished_r
 def test_overwrite_keeps_the_old_run_when_the_new_one_fails(finished_run, optdigits_dir,
                                                            tmp_path, monkeypatch, capsys):
     before = snapshot(finished_run)
-    real_run_kfold = command.run_kfold
+    real_run_kfold = cv_runner.run_kfold
 
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
     # nothing written yet: the old run goes back to its place
-    monkeypatch.setattr(command, "run_kfold", fail)
+    monkeypatch.setattr(cv_runner, "run_kfold", fail)
     assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(finished_run), *FAST,
                        "--overwrite"]) == 130
     assert snapshot(finished_run) == before and not list(tmp_path.glob("run.old-*"))
     capsys.readouterr()
     # the new run had begun: the old one stays aside and a line says where
-    monkeypatch.setattr(command, "finish_run", fail)
-    monkeypatch.setattr(command, "run_kfold", real_run_kfold)
+    monkeypatch.setattr(runfolder, "write_final", fail)
+    monkeypatch.setattr(cv_runner, "run_kfold", real_run_kfold)
     assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(finished_run), *FAST,
                        "--overwrite"]) == 130
     (aside,) = tmp_path.glob("run.old-*")

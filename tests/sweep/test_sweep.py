@@ -8,11 +8,13 @@ import pytest
 from scipy import stats
 
 from digitcnn import sweep
+from digitcnn.commands import sweep as sweep_cli
 from digitcnn.cv import executors
 from digitcnn.errors import ConfigError
 from digitcnn.models import list_models
 from digitcnn.metrics import corrected_resampled_ttest
-from digitcnn.sweep import load_grid_file, parse_grid, parse_value, plan_from_args
+from digitcnn.sweep import load_grid_file, parse_grid, parse_value
+from digitcnn.commands.sweep import plan_from_args
 
 from conftest import REPO_ROOT, real_data, without_timings
 
@@ -71,8 +73,8 @@ def test_grid_values_are_parsed_with_the_setting_type():
 
 @pytest.mark.parametrize("entry, message", [
     ("dropot=0.2,0.3", r"--grid dropot=0.2,0.3: unknown setting 'dropot'; grid keys are the flags"),
-    ("dropout=0.2,abc", r"dropout value 'abc' is not a number; give dropout values like 0.2,0.3"),
-    ("batch-size=16,3.5", r"batch-size value '3.5' is not an integer"),
+    ("dropout=0.2,abc", r"dropout value 'abc' is not a number; give a number such as 0.5"),
+    ("batch-size=16,3.5", r"batch-size value '3.5' is not a whole number"),
     ("nesterov=maybe", r"nesterov value 'maybe' is not true or false"),
     ("folds=4,5", r"folds cannot be swept: the cells of a sweep must share one split"),
     ("out=a,b", r"out cannot be swept: it says where and how the sweep is written"),
@@ -87,26 +89,26 @@ def test_grid_errors(entry, message):
 
 def test_grid_errors_from_the_command_line_exit_with_code_2(optdigits_dir, tmp_path, capsys):
     base = ["--data-dir", str(optdigits_dir), "--out", str(tmp_path / "s"), *FAST]
-    assert sweep.main([*base, "--grid", "dropot=0.2,0.3"]) == 2
+    assert sweep_cli.main([*base, "--grid", "dropot=0.2,0.3"]) == 2
     assert capsys.readouterr().err.strip() == (
         "digitcnn.sweep: error: --grid dropot=0.2,0.3: unknown setting 'dropot'; grid keys are "
         "the flags of python -m digitcnn.kfold --help (e.g. optimizer, dropout, lr)")
-    assert sweep.main([*base, "--grid", "dropout=0.2,abc"]) == 2
+    assert sweep_cli.main([*base, "--grid", "dropout=0.2,abc"]) == 2
     assert "dropout value 'abc' is not a number" in capsys.readouterr().err
-    assert sweep.main([*base, "--grid", "optimizer=adam,sgdd"]) == 2
+    assert sweep_cli.main([*base, "--grid", "optimizer=adam,sgdd"]) == 2
     assert ("grid cell optimizer=sgdd: --optimizer 'sgdd' is not valid; choose one of"
             in capsys.readouterr().err)
-    assert sweep.main([*base, "--grid", "dropout=0.2,1.5"]) == 2
+    assert sweep_cli.main([*base, "--grid", "dropout=0.2,1.5"]) == 2
     assert "grid cell dropout=1.5: --dropout 1.5 must be in [0, 1)" in capsys.readouterr().err
-    assert sweep.main([*base, "--cv", "full", "--grid", "dropout=0.2,0.3"]) == 2
+    assert sweep_cli.main([*base, "--cv", "full", "--grid", "dropout=0.2,0.3"]) == 2
     assert "--cv full has no validation rows, so there is nothing to compare" in (
         capsys.readouterr().err)
-    assert sweep.main(base) == 2
+    assert sweep_cli.main(base) == 2
     assert "no grid: give --grid NAME=V1,V2 or --grid-file FILE.toml" in capsys.readouterr().err
-    assert sweep.main(["--resume", str(tmp_path)]) == 2
+    assert sweep_cli.main(["--resume", str(tmp_path)]) == 2
     assert "no sweep.json, so there is no sweep to resume there" in capsys.readouterr().err
     # cells whose rows differ (another --seed draws another --limit subset) are refused
-    assert sweep.main([*base, "--limit", "100", "--grid", "seed=0,1"]) == 2
+    assert sweep_cli.main([*base, "--limit", "100", "--grid", "seed=0,1"]) == 2
     assert ("grid cells seed=0 and seed=1 would use different rows; sweep only settings that "
             "keep the rows and the folds" in capsys.readouterr().err)
     assert not (tmp_path / "s" / "cells").exists()
@@ -184,7 +186,7 @@ def test_s2_optimizer_study_runs_on_real_mnist(tmp_path):
     if "s2" not in list_models():
         pytest.skip("model s2 is not registered yet")
     out = tmp_path / "s2"
-    assert sweep.main(["--grid-file", str(REPO_ROOT / "experiments" / "s2_optimizers.toml"),
+    assert sweep_cli.main(["--grid-file", str(REPO_ROOT / "experiments" / "s2_optimizers.toml"),
                        "--data-dir", str(mnist), "--limit", "120", "--folds", "2",
                        "--epochs", "1", "--no-plots", "--threads", "1", "--quiet",
                        "--out", str(out)]) == 0
@@ -205,7 +207,7 @@ def read_csv(path):
 
 def test_tiny_sweep_end_to_end(optdigits_dir, tmp_path):
     out = tmp_path / "sweep"
-    assert sweep.main(["--data-dir", str(optdigits_dir), "--out", str(out), *FAST,
+    assert sweep_cli.main(["--data-dir", str(optdigits_dir), "--out", str(out), *FAST,
                        "--grid", "dropout=0.2,0.6"]) == 0
     names = ["dropout=0.2", "dropout=0.6"]
     metrics = [json.loads((out / "cells" / n / "metrics.json").read_text()) for n in names]
@@ -250,7 +252,7 @@ def test_identical_cells_give_p_1_and_resume_runs_only_unfinished_work(optdigits
     out = tmp_path / "sweep"
     argv = ["--data-dir", str(optdigits_dir), "--out", str(out), *FAST, "--no-plots",
             "--no-fold-parallel", "--workers", "1", "--grid", "save-models=false,true"]
-    assert sweep.main(argv) == 0  # one process: the resume below records the folds it trains
+    assert sweep_cli.main(argv) == 0  # one process: the resume below records the folds it trains
     (comparison,) = read_csv(out / "comparisons.csv")
     assert [float(comparison[f"difference_fold{k}"]) for k in range(4)] == [0.0] * 4
     assert float(comparison["t"]) == 0.0 and float(comparison["p"]) == 1.0
@@ -268,7 +270,7 @@ def test_identical_cells_give_p_1_and_resume_runs_only_unfinished_work(optdigits
     real_run_fold = executors.run_fold
     monkeypatch.setattr(executors, "run_fold", lambda *a, **k: trained.append(a[2]) or
                         real_run_fold(*a, **k))
-    assert sweep.main(["--resume", str(out), "--quiet"]) == 0
+    assert sweep_cli.main(["--resume", str(out), "--quiet"]) == 0
     assert trained == [2, 3]  # only the missing folds of the unfinished cell
     assert finished.stat().st_mtime_ns == stamp
     assert without_timings(json.loads((cell / "metrics.json").read_text())) == reference

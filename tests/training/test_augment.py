@@ -151,12 +151,12 @@ def test_presets():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"rotation": -1}, r"--rotation -1(\.0)? must be in 0\.\.180 degrees"),
-    ({"rotation": 181}, r"--rotation 181(\.0)? must be in 0\.\.180 degrees"),
-    ({"zoom": 1.0}, r"--zoom 1\.0 must be in \[0, 1\)"),
-    ({"shift_x": 1.5}, r"--shift-x 1\.5 must be in \[0, 1\)"),
-    ({"shift_y": -0.1}, r"--shift-y -0\.1 must be in \[0, 1\)"),
-    ({"rotation": math.nan}, r"--rotation nan (must be in|is not a finite number)"),
+    ({"rotation": -1}, r"rotation=-1(\.0)? must be in \[0, 180\] \(degrees\)"),
+    ({"rotation": 181}, r"rotation=181(\.0)? must be in \[0, 180\] \(degrees\)"),
+    ({"zoom": 1.0}, r"zoom=1\.0 must be in \[0, 1\)"),
+    ({"shift_x": 1.5}, r"shift_x=1\.5 must be in \[0, 1\)"),
+    ({"shift_y": -0.1}, r"shift_y=-0\.1 must be in \[0, 1\)"),
+    ({"rotation": math.nan}, r"rotation=nan (must be in|is not a finite number)"),
 ])
 def test_invalid_settings_are_refused(changes, message):
     with pytest.raises(ConfigError, match=message):

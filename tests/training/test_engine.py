@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from digitcnn.training import loop as engine, steps
 from digitcnn.config import RunConfig
+from digitcnn.training.callbacks import Callback
+from digitcnn.training.recipe import recipe_optimizer
 from digitcnn.models import create_model
 from digitcnn.training.scaling import fit_scaler
 
@@ -37,10 +39,21 @@ def new_model(seed: int = 0, **options) -> torch.nn.Module:
     return create_model("s5", (1, 8, 8), 10, **options)
 
 
+class EachEpoch(Callback):
+    """Calls ``function(epoch, event)`` at every epoch's end."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def on_epoch_end(self, event):
+        self.function(event.epoch, event)
+
+
 def fit(cfg: RunConfig, data=None, seed: int = 0, on_epoch=None, model=None):
     model = model if model is not None else new_model(seed)
     outcome = engine.fit(model, data if data is not None else small_fold(), cfg, num_classes=10,
-                         generator=torch.Generator().manual_seed(seed), on_epoch=on_epoch)
+                         generator=torch.Generator().manual_seed(seed),
+                         callbacks=[] if on_epoch is None else [EachEpoch(on_epoch)])
     return model, outcome
 
 
@@ -64,7 +77,7 @@ def parameters():
      torch.optim.RMSprop, {"lr": 0.01, "momentum": 0.5, "weight_decay": 1e-3}),
 ])
 def test_make_optimizer(changes, kind, expected):
-    optimizer = engine.make_optimizer(parameters(), config(**changes))
+    optimizer = recipe_optimizer(parameters(), config(**changes))
     assert type(optimizer) is kind
     for name, value in expected.items():
         assert optimizer.defaults[name] == pytest.approx(value), name
@@ -231,8 +244,9 @@ def test_fit_stops_early_and_restores_the_best_weights(monitor, lr):
     model = new_model()
     states = {}
 
-    def on_epoch(epoch, history):
-        assert len(history.val_loss) == epoch + 1
+    def on_epoch(epoch, event):
+        assert set(event.metrics) == {"train_loss", "train_accuracy", "val_loss",
+                                      "val_accuracy", "lr"}
         states[epoch] = copy.deepcopy(model.state_dict())
 
     cfg = config(epochs=10, lr=lr, scheduler="none", early_stopping=True, patience=2,

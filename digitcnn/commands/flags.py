@@ -1,25 +1,26 @@
-"""What every CLI that writes a run shares (``digitcnn.kfold``, ``.train``, ``.baselines``,
-``.sweep``): the run-folder and executor flags, the default ``--out`` folder, the settings of a
-resumed run, and :func:`run_from_cli`, which starts the run.
+"""The flags every command that writes a run shares (``kfold``, ``train``, ``baselines``,
+``sweep``): the run-folder and executor flags, the default ``--out`` folder, the settings a
+command line gives explicitly, and the stored settings of a run it resumes.
 
-Nothing here imports torch: a CLI imports this module at its top and still answers ``--help``
-at once; :func:`run_from_cli` imports the runner when a run starts.
+Nothing here imports torch: a command imports this module at its top and still answers
+``--help`` at once.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from digitcnn._io import read_json
-from digitcnn.config import PRESENTATION_KEYS, RunConfig, flag_name
+from digitcnn.config import RunConfig, build_parser, load_toml
 from digitcnn.errors import ConfigError
-from digitcnn.reporting.rundir import check_out_dir
-from digitcnn.reporting.runcontrol import given_settings, refuse_changed_settings
+from digitcnn.runstore.folder import check_out_dir
+from digitcnn.runstore.resume import resume_config
+from digitcnn.settings import flag_name
 
-__all__ = ["RUN_FLAGS", "EXECUTOR_ARGUMENTS", "default_out_dir", "resume_config",
-           "resumed_config", "executor_settings", "executor_flags", "run_from_cli"]
+__all__ = ["RUN_FLAGS", "EXECUTOR_ARGUMENTS", "default_out_dir", "given_settings",
+           "resumed_config", "executor_settings", "executor_flags", "executor_from_argv"]
 
 # The run-folder flags of every CLI that writes a run (kfold, train, sweep, baselines).
 RUN_FLAGS = [
@@ -42,32 +43,23 @@ def default_out_dir(config: RunConfig, root: str | Path = "results", prefix: str
     return candidate
 
 
-def resume_config(run_dir: str | Path, given: RunConfig | dict | None = None) -> RunConfig:
-    """The config stored in ``run_dir/config.json``, with ``out`` pointing at ``run_dir``.
-
-    ``given``: the settings of the resuming command line (see
-    :func:`digitcnn.reporting.runcontrol.given_settings`). Those that change only how the run is shown
-    (``PRESENTATION_KEYS``) replace the stored ones; any other that differs is refused. A
-    RunConfig passes on only its ``quiet``.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: no config.json, so there is no run to resume there; pass "
-                          "the folder a K-fold run wrote (its --out)")
-    stored = read_json(path, "the run's settings are lost, so it cannot be resumed: start it "
-                             "again with --overwrite")
-    if not isinstance(stored, dict):
-        raise ConfigError(f"{path}: not a run's settings (a JSON object); start the run again "
-                          "with --overwrite")
-    known = set(RunConfig.__dataclass_fields__)
-    config = RunConfig.from_dict({k: v for k, v in stored.items() if k in known}, str(path))
-    if isinstance(given, RunConfig):
-        given = {"quiet": given.quiet}
-    given = dict(given or {})
-    refuse_changed_settings(stored, given, run_dir)
-    shown = {k: v for k, v in given.items() if k in PRESENTATION_KEYS and k != "out"}
-    return config.replace(out=str(run_dir), **shown)
+def given_settings(argv: Sequence[str] | None, prog: str, exclude: Sequence[str] = (),
+                   extra_arguments: Sequence[tuple[tuple, dict]] = (),
+                   keep: Sequence[str] = ()) -> dict[str, Any]:
+    """The run settings a command line sets explicitly: its flags and its ``--config`` file's
+    keys (not the defaults), for checking them against a run being resumed. Of the CLI's own
+    ``extra_arguments`` only those named in ``keep`` (by their dest) are included."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the CLI's own flags, with their defaults suppressed too: only those given remain
+    extras = [(args, {**kwargs, "default": argparse.SUPPRESS}) for args, kwargs in extra_arguments]
+    given = vars(build_parser(prog, "", suppress_defaults=True, exclude=exclude,
+                              extra_arguments=extras).parse_args(argv))
+    for args, kwargs in extra_arguments:
+        name = kwargs.get("dest") or args[0].lstrip("-").replace("-", "_")
+        if name not in keep:
+            given.pop(name, None)
+    toml_path = given.pop("config", None)
+    return {**(load_toml(toml_path) if toml_path else {}), **given}
 
 
 def resumed_config(argv: Sequence[str] | None, prog: str, command: str, resume_dir: str,
@@ -128,27 +120,24 @@ def executor_settings(namespace: argparse.Namespace) -> dict | None:
     return {name: getattr(namespace, name) for name in EXECUTOR_SETTINGS}
 
 
-def executor_flags(executor) -> str:
-    """The flags that run ``executor`` (a RayExecutor, or None for a local run) again, for a
-    resume hint (empty for a local run)."""
+def executor_flags(executor: dict | None) -> str:
+    """The flags that run with the executor ``settings`` (from :func:`executor_settings`;
+    None for a local run) again, for a resume hint (empty for a local run)."""
     if executor is None:
         return ""
     flags = " --executor ray"
     for name in EXECUTOR_SETTINGS:
-        value = getattr(executor, name)
+        value = executor[name]
         if value != _executor_default(name):
             shown = f"{value:g}" if isinstance(value, float) else value
             flags += f" --{flag_name(name)} {shown}"
     return flags
 
 
-def run_from_cli(config: RunConfig, prog: str, command: str, resume: bool = False,
-                 overwrite: bool = False, what: str = "results",
-                 executor: dict | None = None) -> int:
-    """A CLI run (see :func:`digitcnn.cv.command.run_command`); ``executor``: the settings
-    :func:`executor_settings` returned. Returns the exit status."""
-    # Imported here, not at the top: `--help` and a bad flag must answer without importing
-    # torch, the data readers and the trainer.
-    from digitcnn.cv.command import run_command
-
-    return run_command(config, prog, command, resume, overwrite, what, executor)
+def executor_from_argv(argv: Sequence[str] | None) -> dict | None:
+    """:func:`executor_settings` of the executor flags among ``argv`` (others are ignored)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for args, kwargs in EXECUTOR_ARGUMENTS:
+        parser.add_argument(*args, **kwargs)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return executor_settings(parser.parse_known_args(argv)[0])

@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from digitcnn.cli import EXECUTOR_ARGUMENTS, default_out_dir, executor_flags
-from digitcnn.config import PRESENTATION_KEYS, RunConfig, config_from_args, flag_name
-from digitcnn.errors import ConfigError, cli_entry
-from digitcnn.reporting.rundir import check_out_dir, claim_out_dir
-from digitcnn.reporting.runcontrol import (given_settings, refuse_changed_settings,
-                                           sigterm_as_interrupt)
+from digitcnn.commands.flags import (EXECUTOR_ARGUMENTS, default_out_dir, executor_flags,
+                                     executor_from_argv, given_settings)
+from digitcnn.commands.session import Session, run_session
+from digitcnn.config import PRESENTATION_KEYS, RunConfig, config_from_args
+from digitcnn.errors import ConfigError, cli_entry, warnings_as_lines
+from digitcnn.runstore.folder import check_out_dir
+from digitcnn.runstore.resume import refuse_changed_settings
+from digitcnn.settings import flag_name
 from digitcnn.sweep.grid import Cell, expand_grid, load_grid_file, parse_grid, stored_cells
 
 __all__ = ["GRID_ARGUMENTS", "default_sweep_dir", "plan_from_args", "main"]
@@ -97,33 +99,29 @@ def _resumed_cells(argv: Sequence[str], out: Path, overwrite: bool,
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.sweep``: K-fold runs over a grid of settings, compared."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    with sigterm_as_interrupt() as received:
-        cells, out, resume = plan_from_args(argv)
-        # why: here, once the plan is read: --help and a wrong grid must not import torch
-        from digitcnn.sweep.runner import connected, executor_from_argv, run_sweep
+    cells, out, resume = plan_from_args(argv)
+    executor = executor_from_argv(argv)
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    early.add_argument("--overwrite", action="store_true")
+    overwrite = early.parse_known_args(argv)[0].overwrite
+    quiet = cells[0].config.quiet
+    started = time.perf_counter()
+    # why here, once the plan is read: --help and a wrong grid must not import torch (Ray's
+    # executor does; its settings are checked before the sweep starts)
+    from digitcnn.cv.distributed import RayExecutor, connected
+    from digitcnn.sweep.runner import run_sweep
 
-        executor = executor_from_argv(argv)
-        early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-        early.add_argument("--overwrite", action="store_true")
-        overwrite = early.parse_known_args(argv)[0].overwrite
-        quiet = cells[0].config.quiet
+    ray = None if executor is None else RayExecutor(**executor)
+
+    def run(_: None) -> None:
         if not quiet:
             print(f"digitcnn.sweep: {len(cells)} cells into {out}", file=sys.stderr)
-        started = time.perf_counter()
-        try:
-            with claim_out_dir(out, "digitcnn.sweep", "digitcnn.sweep", resume, overwrite), \
-                    connected(executor):
-                run_sweep(cells, out, resume=resume, quiet=quiet, executor=executor)
-        except KeyboardInterrupt as interrupt:
-            if (out / "sweep.json").is_file():
-                print(f"digitcnn.sweep: interrupted; finished cells and folds are saved in {out}; "
-                      f"continue with: python -m digitcnn.sweep --resume {out}"
-                      f"{executor_flags(executor)}", file=sys.stderr)
-            else:
-                print("digitcnn.sweep: interrupted before the sweep started; nothing was written",
-                      file=sys.stderr)
-            return received.exit_code(interrupt)
-    if not quiet:
+        with connected(ray), warnings_as_lines("digitcnn.sweep"):
+            run_sweep(cells, out, resume=resume, quiet=quiet, executor=ray)
+
+    session = Session("digitcnn.sweep", out, resume, overwrite, executor_flags(executor))
+    status = run_session(session, lambda: None, run)
+    if status == 0 and not quiet:
         print((out / "sweep.md").read_text())
         print(f"sweep written to {out} in {time.perf_counter() - started:.1f} s")
-    return 0
+    return status

@@ -1,13 +1,13 @@
 """The benchmark's work that runs inside one Python process: the yardsticks written in Python
 and the cases timed in-process.
 
-* :func:`plain_loop`: the MNIST-scale yardstick (``python -m digitcnn.bench --plain-loop``);
+* :func:`plain_loop`: the MNIST-scale yardstick (``python -m benchmarks --plain-loop``);
 * :func:`steady_state`: one K-fold run twice in one process (``--steady-state``);
 * :func:`sklearn_side`: one side of the skorch case (``--sklearn-side``);
 * :func:`bench_choices` and :func:`bench_augment`: the ``choices`` and ``augment`` cases.
 
-This module imports torch and digitcnn's training stack; ``python -m digitcnn.bench`` loads it
-only when one of these runs (see :mod:`digitcnn.bench.__main__`).
+This module imports torch and digitcnn's training stack; ``python -m benchmarks`` loads it
+only when one of these runs (see :mod:`benchmarks.__main__`).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from digitcnn.estimator import DigitClassifier
 from digitcnn.models import create_model
 from digitcnn.training.augment import PRESETS
 from digitcnn.training.loop import train_epoch
-from digitcnn.training.recipe import make_optimizer
+from digitcnn.training.recipe import recipe_optimizer
 from digitcnn.training.steps import FoldTensors
 
 __all__ = ["plain_loop", "steady_state", "CPU_CHOICES", "bench_choices", "bench_augment",
@@ -82,7 +82,7 @@ def steady_state(kfold_flags: Sequence[str]) -> dict:
     """The K-fold run of ``kfold_flags`` twice in this process: the first pays the one-time
     costs (CUDA context, library handles, lazily loaded kernels, allocator growth), the
     second is the steady state a sweep or a notebook sees. Each with its metrics' timing."""
-    config = config_from_args(list(kfold_flags), "python -m digitcnn.bench --steady-state",
+    config = config_from_args(list(kfold_flags), "python -m benchmarks --steady-state",
                               "steady state")
     dataset = load_for_config(config)
     runs = []
@@ -140,7 +140,7 @@ def bench_augment(args, scratch: Path) -> dict:
         for preset in ("none", "s1"):
             torch.manual_seed(repeat)
             model = create_model("s1", (1, 28, 28)).to(memory_format=torch.channels_last)
-            optimizer = make_optimizer(model.parameters(), config)
+            optimizer = recipe_optimizer(model.parameters(), config)
             started = time.perf_counter()
             train_epoch(model, optimizer, tensors, config.batch_size,
                         torch.Generator().manual_seed(repeat), augmentation=PRESETS[preset])
@@ -205,7 +205,7 @@ def skorch_estimator(device: str, epochs: int):
         from skorch import NeuralNetClassifier
         from skorch.callbacks import LRScheduler
     except ImportError:
-        raise SystemExit("digitcnn.bench --cases skorch compares against skorch, which "
+        raise SystemExit("benchmarks --cases skorch compares against skorch, which "
                          "digitcnn does not depend on; install it with: pip install skorch") \
             from None
     # The model ends in LogSoftmax; CrossEntropyLoss of log-probabilities is their NLL (a

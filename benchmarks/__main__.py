@@ -1,6 +1,6 @@
-"""``python -m digitcnn.bench``: digitcnn against the hand-written loop, back to back.
+"""``python -m benchmarks``: digitcnn against the hand-written loop, back to back.
 
-The command line of :mod:`digitcnn.bench` (its cases are described there): runs the chosen
+The command line of :mod:`benchmarks` (its cases are described there): runs the chosen
 cases, writes ``bench.json`` (and ``scaling.png``) to ``--out`` and prints a summary. The
 hidden flags ``--plain-loop``, ``--steady-state`` and ``--sklearn-side`` make it one of the
 benchmark's own child processes, which prints its result as one JSON line.
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from digitcnn._io import write_json
-from digitcnn.bench import processes
-from digitcnn.bench.plots import plot_scaling
+from benchmarks import processes
+from benchmarks.plots import plot_scaling
 from digitcnn.errors import exit_cli
 from digitcnn.training.runtime import cpu_description, library_versions
 
@@ -27,7 +27,7 @@ CASE_NAMES = ("uci", "mnist", "scaling", "augment", "choices", "skorch", "startu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m digitcnn.bench",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["uci", "mnist", "scaling"],
@@ -60,12 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def in_process():
-    """:mod:`digitcnn.bench.inprocess`: the yardsticks written in Python and the cases timed
+    """:mod:`benchmarks.inprocess`: the yardsticks written in Python and the cases timed
     in this process."""
     # Imported here, not at the top: it imports torch, which `--help` must not, and the
     # process that times the others must stay small until a case needs it (a child's peak
     # RSS from wait4 counts the copy of this process that it starts as).
-    from digitcnn.bench import inprocess
+    from benchmarks import inprocess
 
     return inprocess
 
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     report = {"cases": {}, "cpu_count": os.cpu_count(), "device": args.device,
               "repeats": args.repeats, "extra_flags": args.extra, "uci_config": args.uci_config,
-              "command": "python -m digitcnn.bench " + " ".join(sys.argv[1:] if argv is None
+              "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None
                                                                else argv)}
     out = Path(args.out)
     # Nothing heavy is imported before the timed runs: a child's peak RSS (wait4) counts the

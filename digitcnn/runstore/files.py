@@ -7,7 +7,7 @@ folder with ``metrics.json`` is a finished run. Its report (``evaluation.json``,
 last, ``report.html``; :mod:`digitcnn.reporting.report`) is drawn after it. Every file is
 written to a temporary name in the same folder and renamed into place, so a crash or Ctrl-C
 never leaves a half-written file behind. Which folders a run may write, and the lock that keeps
-two runs out of one folder, are in :mod:`digitcnn.reporting.rundir`.
+two runs out of one folder, are in :mod:`digitcnn.runstore.folder`.
 """
 from __future__ import annotations
 
@@ -15,23 +15,16 @@ import io
 import os
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from digitcnn._io import atomic_write_bytes, atomic_write_text, read_json, write_json
 from digitcnn.errors import ConfigError
-from digitcnn.reporting.report import (REPORT_LOG, report_in_background, start_report,
-                                       write_run_report)
-from digitcnn.reporting.rundir import check_out_dir
+from digitcnn.reporting.report import start_report, write_run_report
+from digitcnn.runstore.folder import check_out_dir
 from digitcnn.results import FoldResult, KFoldResult
 
-if TYPE_CHECKING:
-    from digitcnn.config import RunConfig
-    from digitcnn.datasets.base import DigitDataset
-
-__all__ = ["write_run_start", "fold_path", "write_fold", "read_fold", "write_final", "save_run",
-           "finish_run"]
+__all__ = ["write_run_start", "fold_path", "write_fold", "read_fold", "write_final", "save_run"]
 
 
 def write_run_start(directory: Path, config, splits_sha256: str, versions: dict,
@@ -123,7 +116,7 @@ def save_run(result: KFoldResult, directory: str | os.PathLike, plots: bool = Tr
     """Write ``result``'s whole run folder: the settings, the folds, ``metrics.json``, then the
     report. Returns the folder.
 
-    ``directory`` must be new or empty (see :func:`digitcnn.reporting.rundir.check_out_dir`).
+    ``directory`` must be new or empty (see :func:`digitcnn.runstore.folder.check_out_dir`).
     """
     directory = Path(directory)
     check_out_dir(directory)
@@ -132,20 +125,3 @@ def save_run(result: KFoldResult, directory: str | os.PathLike, plots: bool = Tr
     for fold in result.folds:
         write_fold(directory, fold)
     return write_final(result, directory, plots)
-
-
-def finish_run(result: KFoldResult, out: Path, config: RunConfig, dataset: DigitDataset,
-               what: str) -> None:
-    """Write the final files of a CLI run and, unless quiet, print its summary.
-
-    At a terminal the report (evaluation.json, the plots, report.html) is drawn in the
-    background after metrics.json, so the person gets the prompt back at once; elsewhere (or
-    with ``$DIGITCNN_REPORT``) see :func:`digitcnn.reporting.report.report_in_background`."""
-    background = report_in_background()
-    write_final(result, out, plots=config.plots, images=dataset.images, background=background)
-    if not config.quiet:
-        print(result.summary())
-        print(f"{what} written to {out}")
-        if background:
-            print(f"report.html{' and the plots' if config.plots else ''}: being drawn in the "
-                  f"background into {out} ({REPORT_LOG} there until done)")

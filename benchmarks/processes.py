@@ -1,9 +1,9 @@
 """The cases timed as whole processes: digitcnn's commands against their yardsticks.
 
-Each case builds command lines and times them through :mod:`digitcnn.bench.measure`; the
+Each case builds command lines and times them through :mod:`benchmarks.measure`; the
 work itself runs in child processes (``python -m digitcnn.kfold``, ``digitcnn.sweep``, or
-``python -m digitcnn.bench`` with a hidden flag for the yardsticks written in Python, see
-:mod:`digitcnn.bench.inprocess`). Nothing here imports torch, so the measuring process stays
+``python -m benchmarks`` with a hidden flag for the yardsticks written in Python, see
+:mod:`benchmarks.inprocess`). Nothing here imports torch, so the measuring process stays
 small. Each case takes the parsed command line (``args``) and a scratch folder and returns
 its part of ``bench.json``.
 """
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from digitcnn.bench.measure import (clear_out, compare, read_digitcnn, read_reference,
+from benchmarks.measure import (clear_out, compare, read_digitcnn, read_reference,
                                     run_checked, wait_for_report)
 
 __all__ = ["digitcnn_command", "bench_uci", "bench_mnist", "steady_state_child",
@@ -33,8 +33,8 @@ def digitcnn_command(out: Path, flags: Sequence[str], plots: bool = False) -> li
 
 
 def bench_command(*flags: str) -> list[str]:
-    """``python -m digitcnn.bench`` with ``flags``: a child that prints one JSON line."""
-    return [sys.executable, "-m", "digitcnn.bench", *flags]
+    """``python -m benchmarks`` with ``flags``: a child that prints one JSON line."""
+    return [sys.executable, "-m", "benchmarks", *flags]
 
 
 def bench_uci(args, scratch: Path) -> dict:
@@ -55,7 +55,7 @@ def bench_uci(args, scratch: Path) -> dict:
 
 def bench_mnist(args, scratch: Path) -> dict:
     """S2's model on MNIST-scale data against the plain DataLoader loop
-    (:func:`digitcnn.bench.inprocess.plain_loop`), 4 folds x ``--mnist-epochs``."""
+    (:func:`benchmarks.inprocess.plain_loop`), 4 folds x ``--mnist-epochs``."""
     out = scratch / "mnist"
     limit = ["--limit", str(args.mnist_limit)] if args.mnist_limit else []
     command = digitcnn_command(out, [
@@ -71,7 +71,7 @@ def bench_mnist(args, scratch: Path) -> dict:
 
 
 def steady_state_child(command: Sequence[str], label: str) -> dict:
-    """:func:`digitcnn.bench.inprocess.steady_state` in a fresh process, for the
+    """:func:`benchmarks.inprocess.steady_state` in a fresh process, for the
     digitcnn.kfold ``command``'s flags."""
     run = run_checked(bench_command("--steady-state", "--extra", *command[3:]),  # after
                       f"{label}: steady-state run")                # "python -m digitcnn.kfold"
@@ -166,7 +166,7 @@ def bench_ray(args, scratch: Path) -> dict:
 
 
 def bench_skorch(args, scratch: Path) -> dict:
-    """The two sides of :func:`digitcnn.bench.inprocess.sklearn_side` as whole processes,
+    """The two sides of :func:`benchmarks.inprocess.sklearn_side` as whole processes,
     alternating."""
     def side(name: str) -> list[str]:
         return bench_command("--sklearn-side", name, "--uci-dir", args.uci_dir, "--device",

@@ -1,4 +1,4 @@
-"""digitcnn against the hand-written loop, back to back (``python -m digitcnn.bench``).
+"""digitcnn against the hand-written loop, back to back (``python -m benchmarks``).
 
 Every figure is a whole process (imports, data loading, training, evaluation, writing),
 timed from outside, the two commands alternating A B A B so that drift in the machine's
@@ -17,7 +17,7 @@ and its fold workers. Cases:
   the time until ``report.html`` is in place;
 * ``mnist``: MNIST scale, Fashion-MNIST's 60,000 training images (Debian's
   ``dataset-fashion-mnist``), S2's model, 4 folds x 1 epoch (``--mnist-epochs``), against
-  :func:`~digitcnn.bench.inprocess.plain_loop`, the same work written as a tutorial would
+  :func:`~benchmarks.inprocess.plain_loop`, the same work written as a tutorial would
   (DataLoader, one fold after another);
 * ``scaling``: digitcnn's wall time against the number of folds and the number of rows;
 * ``augment``: the cost of S1's augmentation in an epoch of S1's model (in one process);
@@ -26,7 +26,7 @@ and its fold workers. Cases:
 * ``skorch``: scikit-learn's ``cross_val_score`` (4 shuffled folds) of
   :class:`digitcnn.DigitClassifier` against skorch's ``NeuralNetClassifier`` on the same
   model (S5's), folds, epochs, batch size, optimizer, schedule and device, UCI
-  (:func:`~digitcnn.bench.inprocess.sklearn_side`; skorch is needed for this case only);
+  (:func:`~benchmarks.inprocess.sklearn_side`; skorch is needed for this case only);
 * ``ray``: S2's optimizer sweep (``experiments/s2_optimizers.toml``, 6 cells x 4 folds, with
   ``--epochs 1 --limit 2000``) through ``--executor ray`` on a local Ray instance against the
   local executor: Ray's overhead as a ratio, and whether ``sweep.csv`` (accuracies, t, p) and
@@ -43,9 +43,9 @@ shell gives it; digitcnn then draws its report in a background process after
 ``metrics.json`` (see :mod:`digitcnn.reporting.report`). The benchmark waits for that process
 to finish (``report.log`` gone) before the next command starts, so no run pays for the one before.
 
-Modules: :mod:`~digitcnn.bench.measure` (timing and memory of a process,
-:func:`~digitcnn.bench.measure.compare`), :mod:`~digitcnn.bench.processes` (the cases timed as
-whole processes), :mod:`~digitcnn.bench.inprocess` (the yardsticks written in Python and the
-cases timed in-process; it imports torch), :mod:`~digitcnn.bench.plots` (``scaling.png``) and
+Modules: :mod:`~benchmarks.measure` (timing and memory of a process,
+:func:`~benchmarks.measure.compare`), :mod:`~benchmarks.processes` (the cases timed as
+whole processes), :mod:`~benchmarks.inprocess` (the yardsticks written in Python and the
+cases timed in-process; it imports torch), :mod:`~benchmarks.plots` (``scaling.png``) and
 ``__main__`` (the command line, ``bench.json`` and the printed summary).
 """

@@ -1,0 +1,155 @@
+"""The per-epoch hook: what a run tells its callbacks, and how a callback stops a fold.
+
+A :class:`Callback` hears three events: :meth:`~Callback.on_epoch_end` after every epoch of
+every fold (an :class:`EpochEnd`: fold, epoch, metrics, and :meth:`EpochEnd.stop` to end that
+fold after this epoch), :meth:`~Callback.on_fold_end` with each finished fold's
+:class:`~digitcnn.results.FoldResult`, and :meth:`~Callback.on_run_end` with the run's
+:class:`~digitcnn.results.KFoldResult`. Pass them as ``run_kfold(..., callbacks=[...])`` or
+``fit(..., callbacks=[...])``.
+
+Every way of training folds delivers them: folds in turn and fold-batched training call them
+in this process as each epoch ends; fold processes send each epoch's event to the parent,
+which calls them there and sends a stop back (the fold ends at its next epoch end); Ray tasks
+deliver a fold's epochs when its task returns, when it can no longer be stopped.
+
+Early stopping (:class:`digitcnn.training.recipe.EarlyStopping`), the divergence check
+(:class:`DivergenceCheck`) and the progress bar (:class:`ProgressBar`) are callbacks too.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from digitcnn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from digitcnn.results import FoldResult, KFoldResult
+
+__all__ = [
+    "EpochEnd",
+    "Callback",
+    "DivergenceCheck",
+    "ProgressBar",
+    "notify_epoch",
+    "replay_epochs",
+]
+
+METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+
+
+@dataclass
+class EpochEnd:
+    """One fold's finished epoch.
+
+    Attributes:
+        fold: the fold's number in the run (0 for a single model).
+        epoch: the epoch that ended, from 0.
+        epochs: the most epochs the fold trains.
+        metrics: ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy`` and
+            ``lr`` (the rate the epoch trained at), as Python floats.
+        has_validation: False when the fold has no validation rows (``--full``).
+        state: the fold's current weights (a state dict) when called; None where the model
+            is in another process.
+        stop_requested: set by :meth:`stop`.
+    """
+
+    fold: int
+    epoch: int
+    epochs: int
+    metrics: dict[str, float]
+    has_validation: bool = True
+    state: Callable[[], dict[str, Any]] | None = None
+    stop_requested: bool = field(default=False)
+
+    def stop(self) -> None:
+        """End this fold after this epoch (others train on); its weights stay as they are."""
+        self.stop_requested = True
+
+
+class Callback:
+    """The hook's protocol, with nothing done by default: subclass and override."""
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        """After every epoch of every fold; ``event.stop()`` ends that fold."""
+
+    def on_fold_end(self, result: FoldResult) -> None:
+        """After each fold trained now (not those a resumed run found finished)."""
+
+    def on_run_end(self, result: KFoldResult) -> None:
+        """Once, with the run's pooled result."""
+
+
+def notify_epoch(callbacks: Iterable[Callback], event: EpochEnd) -> bool:
+    """Give ``event`` to every callback in turn; True when one asked the fold to stop."""
+    for callback in callbacks:
+        callback.on_epoch_end(event)
+    return event.stop_requested
+
+
+def replay_epochs(callbacks: Sequence[Callback], result: FoldResult, epochs: int) -> None:
+    """The epoch events of a fold that trained out of reach (a Ray task), from its history."""
+    for epoch in range(len(result.train_loss)):
+        metrics = {
+            "train_loss": result.train_loss[epoch],
+            "train_accuracy": (
+                result.train_accuracy[epoch] if epoch < len(result.train_accuracy) else math.nan
+            ),
+            "val_loss": result.val_loss[epoch],
+            "val_accuracy": result.val_accuracy[epoch],
+            "lr": result.lrs[epoch],
+        }
+        notify_epoch(callbacks, EpochEnd(result.fold, epoch, epochs, metrics, result.n_val > 0))
+
+
+class DivergenceCheck(Callback):
+    """Stop the run when a fold's loss turns NaN or infinite: its numbers would mean nothing.
+
+    Raises ConfigError naming the fold, the epoch and ``hint`` (the settings to look at).
+    The losses are the epoch's, already read to the host: no extra device sync.
+    """
+
+    def __init__(self, hint: str = "lower the learning rate (try a tenth)") -> None:
+        self.hint = hint
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        val_loss = event.metrics["val_loss"] if event.has_validation else 0.0
+        for name, value in (("training", event.metrics["train_loss"]), ("validation", val_loss)):
+            if not math.isfinite(value):
+                raise ConfigError(
+                    f"fold {event.fold}, epoch {event.epoch + 1}: the {name} loss is {value}: "
+                    f"training diverged, so the run is stopped and no results are written; "
+                    f"{self.hint}"
+                )
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over every fold's epochs, on stderr, drawn only at a terminal."""
+
+    def __init__(self, folds: int, epochs: int, done: int = 0, desc: str = "",
+                 show: bool | None = None) -> None:
+        # tqdm.auto would add asyncio's import for a notebook widget that cannot appear: the
+        # bar is drawn only when stderr is a terminal, which a notebook's is not
+        from tqdm import tqdm
+
+        self.epochs = epochs
+        self.bar = tqdm(total=folds * epochs, initial=done * epochs, desc=desc, leave=False,
+                        file=sys.stderr,
+                        disable=not (sys.stderr.isatty() if show is None else show))
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(fold=event.fold, epoch=event.epoch + 1,
+                             loss=f"{event.metrics['train_loss']:.4f}")
+
+    def on_fold_end(self, result: FoldResult) -> None:
+        # a fold that stopped early leaves its remaining epochs to count; a fold trained out
+        # of reach (fold processes report each epoch; Ray tasks replay theirs first) none
+        self.bar.update(max(0, self.epochs - max(result.epochs_run, len(result.train_loss))))
+
+    def close(self) -> None:
+        self.bar.close()
