@@ -9,12 +9,13 @@ and the cases timed in-process.
 This module imports torch and digitcnn's training stack; ``python -m benchmarks`` loads it
 only when one of these runs (see :mod:`benchmarks.__main__`).
 """
+
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,12 +35,27 @@ from digitcnn.training.loop import train_epoch
 from digitcnn.training.recipe import recipe_optimizer
 from digitcnn.training.steps import FoldTensors
 
-__all__ = ["plain_loop", "steady_state", "CPU_CHOICES", "bench_choices", "bench_augment",
-           "sklearn_side", "digitcnn_estimator", "skorch_estimator", "CASES"]
+__all__ = [
+    "plain_loop",
+    "steady_state",
+    "CPU_CHOICES",
+    "bench_choices",
+    "bench_augment",
+    "sklearn_side",
+    "digitcnn_estimator",
+    "skorch_estimator",
+    "CASES",
+]
 
 
-def plain_loop(data_dir: str, folds: int = 4, epochs: int = 1, device: str = "cpu",
-               limit: int | None = None, split: str = "train") -> dict:
+def plain_loop(
+    data_dir: str,
+    folds: int = 4,
+    epochs: int = 1,
+    device: str = "cpu",
+    limit: int | None = None,
+    split: str = "train",
+) -> dict:
     """The MNIST-scale yardstick, written plainly as a tutorial would: images /255, S2's
     model, a DataLoader per fold, Adam 1e-3, batch 64, folds one after another."""
     from sklearn.model_selection import KFold
@@ -56,9 +72,19 @@ def plain_loop(data_dir: str, folds: int = 4, epochs: int = 1, device: str = "cp
     correct = 0
     for train, test in KFold(n_splits=folds, shuffle=True, random_state=30).split(np.zeros(len(y))):
         model = nn.Sequential(
-            nn.Conv2d(1, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(64, 64, 3), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.3),
-            nn.Linear(576, 10), nn.LogSoftmax(dim=1)).to(dev)
+            nn.Conv2d(1, 64, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(576, 10),
+            nn.LogSoftmax(dim=1),
+        ).to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         loader = DataLoader(TensorDataset(X[train], y[train]), batch_size=64, shuffle=True)
         model.train()
@@ -74,16 +100,21 @@ def plain_loop(data_dir: str, folds: int = 4, epochs: int = 1, device: str = "cp
                 correct += (model(xb.to(dev)).argmax(1).cpu() == yb).sum().item()
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    return {"accuracy": 100 * correct / len(y), "wall_s": time.perf_counter() - started,
-            "n": len(y), "device": str(dev)}
+    return {
+        "accuracy": 100 * correct / len(y),
+        "wall_s": time.perf_counter() - started,
+        "n": len(y),
+        "device": str(dev),
+    }
 
 
 def steady_state(kfold_flags: Sequence[str]) -> dict:
     """The K-fold run of ``kfold_flags`` twice in this process: the first pays the one-time
     costs (CUDA context, library handles, lazily loaded kernels, allocator growth), the
     second is the steady state a sweep or a notebook sees. Each with its metrics' timing."""
-    config = config_from_args(list(kfold_flags), "python -m benchmarks --steady-state",
-                              "steady state")
+    config = config_from_args(
+        list(kfold_flags), "python -m benchmarks --steady-state", "steady state"
+    )
     dataset = load_for_config(config)
     runs = []
     for _ in range(2):
@@ -94,10 +125,12 @@ def steady_state(kfold_flags: Sequence[str]) -> dict:
 
 # One CPU choice changed at a time, from the reference loop's setting (float32, NCHW, torch's
 # two threads) to digitcnn's (bf16, channels_last, one thread per fold process).
-CPU_CHOICES = {"fp32, NCHW, 2 threads": ("fp32", False, 2),
-               "fp32, channels_last, 2 threads": ("fp32", True, 2),
-               "bf16, channels_last, 2 threads": ("bf16", True, 2),
-               "bf16, channels_last, 1 thread": ("bf16", True, 1)}
+CPU_CHOICES = {
+    "fp32, NCHW, 2 threads": ("fp32", False, 2),
+    "fp32, channels_last, 2 threads": ("fp32", True, 2),
+    "bf16, channels_last, 2 threads": ("bf16", True, 2),
+    "bf16, channels_last, 1 thread": ("bf16", True, 1),
+}
 
 
 def bench_choices(args, scratch: Path) -> dict:
@@ -117,10 +150,19 @@ def bench_choices(args, scratch: Path) -> dict:
             fold = run_fold(dataset, config, 0, train_rows, val_rows, torch.device("cpu"))
             timings[name].append(time.perf_counter() - started)
             accuracy[name] = fold.accuracy
-        print(f"choices {repeat + 1}/{args.repeats}: " + ", ".join(
-            f"{name} {timings[name][-1]:.2f} s" for name in CPU_CHOICES), flush=True)
-    return {name: {"seconds": timings[name], "median_s": statistics.median(timings[name]),
-                   "fold0_accuracy": accuracy[name]} for name in CPU_CHOICES}
+        print(
+            f"choices {repeat + 1}/{args.repeats}: "
+            + ", ".join(f"{name} {timings[name][-1]:.2f} s" for name in CPU_CHOICES),
+            flush=True,
+        )
+    return {
+        name: {
+            "seconds": timings[name],
+            "median_s": statistics.median(timings[name]),
+            "fold0_accuracy": accuracy[name],
+        }
+        for name in CPU_CHOICES
+    }
 
 
 def bench_augment(args, scratch: Path) -> dict:
@@ -132,8 +174,15 @@ def bench_augment(args, scratch: Path) -> dict:
     data = load_mnist(Path(args.mnist_dir), verify=False)
     rows = args.augment_rows
     images, labels = data.images[:rows], data.labels[:rows]
-    tensors = FoldTensors(images, labels, images[:1], labels[:1], torch.zeros(784),
-                          torch.full((784,), 255.0), torch.channels_last)
+    tensors = FoldTensors(
+        images,
+        labels,
+        images[:1],
+        labels[:1],
+        torch.zeros(784),
+        torch.full((784,), 255.0),
+        torch.channels_last,
+    )
     config = RunConfig(model="s1", batch_size=128)
     timings = {"none": [], "s1": []}
     for repeat in range(args.repeats):
@@ -142,19 +191,39 @@ def bench_augment(args, scratch: Path) -> dict:
             model = create_model("s1", (1, 28, 28)).to(memory_format=torch.channels_last)
             optimizer = recipe_optimizer(model.parameters(), config)
             started = time.perf_counter()
-            train_epoch(model, optimizer, tensors, config.batch_size,
-                        torch.Generator().manual_seed(repeat), augmentation=PRESETS[preset])
+            train_epoch(
+                model,
+                optimizer,
+                tensors,
+                config.batch_size,
+                torch.Generator().manual_seed(repeat),
+                augmentation=PRESETS[preset],
+            )
             timings[preset].append(time.perf_counter() - started)
-        print(f"augment {repeat + 1}/{args.repeats}: plain {timings['none'][-1]:.2f} s, "
-              f"s1 {timings['s1'][-1]:.2f} s", flush=True)
+        print(
+            f"augment {repeat + 1}/{args.repeats}: plain {timings['none'][-1]:.2f} s, "
+            f"s1 {timings['s1'][-1]:.2f} s",
+            flush=True,
+        )
     ratios = [a / p for a, p in zip(timings["s1"], timings["none"])]
-    return {"rows": rows, "batch_size": 128, "plain_s": timings["none"],
-            "augmented_s": timings["s1"], "ratio_median": statistics.median(ratios),
-            "extra_percent_median": 100 * (statistics.median(ratios) - 1)}
+    return {
+        "rows": rows,
+        "batch_size": 128,
+        "plain_s": timings["none"],
+        "augmented_s": timings["s1"],
+        "ratio_median": statistics.median(ratios),
+        "extra_percent_median": 100 * (statistics.median(ratios) - 1),
+    }
 
 
-def sklearn_side(side: str, uci_dir: str, device: str = "cpu", epochs: int = 10,
-                 limit: int | None = None, verify: bool = True) -> dict:
+def sklearn_side(
+    side: str,
+    uci_dir: str,
+    device: str = "cpu",
+    epochs: int = 10,
+    limit: int | None = None,
+    verify: bool = True,
+) -> dict:
     """``cross_val_score`` of one side on UCI: digitcnn's DigitClassifier (its defaults: S5's
     model and recipe, per-fold StandardScaler) or skorch's NeuralNetClassifier given the same
     work (S5's model, a per-fold StandardScaler in a Pipeline, Adam 1e-3, batch 64, StepLR
@@ -168,19 +237,33 @@ def sklearn_side(side: str, uci_dir: str, device: str = "cpu", epochs: int = 10,
     X = dataset.images[:rows].reshape(rows, -1).numpy().astype(np.float32)
     y = dataset.labels[:rows].numpy()
     torch.manual_seed(0)
-    estimator = skorch_estimator(device, epochs) if side == "skorch" else \
-        digitcnn_estimator(device, epochs)
+    estimator = (
+        skorch_estimator(device, epochs) if side == "skorch" else digitcnn_estimator(device, epochs)
+    )
     started = time.perf_counter()
     scores = cross_val_score(estimator, X, y, cv=KFold(4, shuffle=True, random_state=30))
-    return {"accuracy": 100 * float(np.mean(scores)), "fold_accuracies": scores.tolist(),
-            "wall_s": time.perf_counter() - started, "n": rows, "device": device,
-            "side": side}
+    return {
+        "accuracy": 100 * float(np.mean(scores)),
+        "fold_accuracies": scores.tolist(),
+        "wall_s": time.perf_counter() - started,
+        "n": rows,
+        "device": device,
+        "side": side,
+    }
 
 
 def digitcnn_estimator(device: str, epochs: int) -> DigitClassifier:
     """digitcnn's side of the skorch case: S5's recipe as a scikit-learn estimator."""
-    return DigitClassifier("s5", epochs=epochs, batch_size=64, lr=1e-3, optimizer="adam",
-                           scheduler="step", gamma=0.7, device=device)
+    return DigitClassifier(
+        "s5",
+        epochs=epochs,
+        batch_size=64,
+        lr=1e-3,
+        optimizer="adam",
+        scheduler="step",
+        gamma=0.7,
+        device=device,
+    )
 
 
 class S5(nn.Module):
@@ -205,19 +288,31 @@ def skorch_estimator(device: str, epochs: int):
         from skorch import NeuralNetClassifier
         from skorch.callbacks import LRScheduler
     except ImportError:
-        raise SystemExit("benchmarks --cases skorch compares against skorch, which "
-                         "digitcnn does not depend on; install it with: pip install skorch") \
-            from None
+        raise SystemExit(
+            "benchmarks --cases skorch compares against skorch, which "
+            "digitcnn does not depend on; install it with: pip install skorch"
+        ) from None
     # The model ends in LogSoftmax; CrossEntropyLoss of log-probabilities is their NLL (a
     # log-softmax of log-probabilities changes nothing), and skorch's predict_proba then
     # applies softmax, giving the probabilities back.
     net = NeuralNetClassifier(
-        S5, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam, lr=1e-3,
-        max_epochs=epochs, batch_size=64, train_split=None, iterator_train__shuffle=True,
+        S5,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        lr=1e-3,
+        max_epochs=epochs,
+        batch_size=64,
+        train_split=None,
+        iterator_train__shuffle=True,
         callbacks=[("lr", LRScheduler(policy="StepLR", step_size=1, gamma=0.7))],
-        device=device, verbose=0)
-    return make_pipeline(StandardScaler(), FunctionTransformer(
-        lambda pixels: pixels.reshape(-1, 1, 8, 8).astype(np.float32)), net)
+        device=device,
+        verbose=0,
+    )
+    return make_pipeline(
+        StandardScaler(),
+        FunctionTransformer(lambda pixels: pixels.reshape(-1, 1, 8, 8).astype(np.float32)),
+        net,
+    )
 
 
 # The cases of this module by their --cases name

@@ -9,6 +9,7 @@ pair.
 Nothing here imports torch: a child's peak RSS (``wait4``) counts the copy of this process
 that it starts as, so the measuring process must stay small.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,14 +21,24 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from digitcnn.reporting.report import REPORT_ENV, REPORT_LOG
 
-__all__ = ["process_tree", "tree_pss_mib", "TreeMemorySampler", "PtyReader", "run_with_rusage",
-           "run_checked", "wait_for_report", "clear_out", "read_digitcnn", "read_reference",
-           "compare"]
+__all__ = [
+    "process_tree",
+    "tree_pss_mib",
+    "TreeMemorySampler",
+    "PtyReader",
+    "run_with_rusage",
+    "run_checked",
+    "wait_for_report",
+    "clear_out",
+    "read_digitcnn",
+    "read_reference",
+    "compare",
+]
 
 
 def process_tree(root: int) -> list[int]:
@@ -98,8 +109,12 @@ class PtyReader(threading.Thread):
         return b"".join(self.chunks).decode("utf-8", "replace").replace("\r\n", "\n")
 
 
-def run_with_rusage(command: Sequence[str], env: dict | None = None,
-                    sample_memory: bool = False, terminal: bool = False) -> dict:
+def run_with_rusage(
+    command: Sequence[str],
+    env: dict | None = None,
+    sample_memory: bool = False,
+    terminal: bool = False,
+) -> dict:
     """Run ``command``: wall seconds, peak memory, exit code, stdout and stderr.
 
     Peak memory comes two ways: ``peak_rss_mib``, the largest single process's peak RSS (from
@@ -111,8 +126,9 @@ def run_with_rusage(command: Sequence[str], env: dict | None = None,
     pseudo-terminal, as in a person's shell. ``started`` is the ``time.perf_counter`` at its
     start.
     """
-    environment = {key: value for key, value in {**os.environ, **(env or {})}.items()
-                   if key != REPORT_ENV}  # the command decides as it would for a user
+    environment = {
+        key: value for key, value in {**os.environ, **(env or {})}.items() if key != REPORT_ENV
+    }  # the command decides as it would for a user
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         reader = None
         if terminal:
@@ -120,12 +136,16 @@ def run_with_rusage(command: Sequence[str], env: dict | None = None,
             reader = PtyReader(master)
             reader.start()
         started = time.perf_counter()
-        process = subprocess.Popen(list(command), stdout=replica if terminal else out,
-                                   stderr=err, env=environment)
+        process = subprocess.Popen(
+            list(command), stdout=replica if terminal else out, stderr=err, env=environment
+        )
         if terminal:
             os.close(replica)  # the child holds it; EOF on the master when the child ends
-        sampler = (TreeMemorySampler(process.pid)
-                   if sample_memory and Path("/proc/self/smaps_rollup").exists() else None)
+        sampler = (
+            TreeMemorySampler(process.pid)
+            if sample_memory and Path("/proc/self/smaps_rollup").exists()
+            else None
+        )
         if sampler is not None:
             sampler.start()
         _, status, usage = os.wait4(process.pid, 0)
@@ -139,9 +159,15 @@ def run_with_rusage(command: Sequence[str], env: dict | None = None,
         if reader is not None:
             reader.join()
             stdout = reader.text()
-        return {"wall_s": wall, "started": started, "peak_rss_mib": usage.ru_maxrss / 1024,
-                "peak_tree_pss_mib": sampler.peak_mib if sampler is not None else None,
-                "returncode": process.returncode, "stdout": stdout, "stderr": err.read()}
+        return {
+            "wall_s": wall,
+            "started": started,
+            "peak_rss_mib": usage.ru_maxrss / 1024,
+            "peak_tree_pss_mib": sampler.peak_mib if sampler is not None else None,
+            "returncode": process.returncode,
+            "stdout": stdout,
+            "stderr": err.read(),
+        }
 
 
 def run_checked(command: Sequence[str], what: str, **options) -> dict:
@@ -183,8 +209,11 @@ def clear_out(out: Path | None) -> None:
 def read_digitcnn(out_dir: Path) -> dict:
     """Accuracy (0-1), in-process training seconds and device of the run in ``out_dir``."""
     metrics = json.loads((Path(out_dir) / "metrics.json").read_text())
-    return {"accuracy": metrics["accuracy"], "train_s": metrics["wall_s"],
-            "device": metrics["device"]}
+    return {
+        "accuracy": metrics["accuracy"],
+        "train_s": metrics["wall_s"],
+        "device": metrics["device"],
+    }
 
 
 def read_reference(run: dict) -> dict:
@@ -193,8 +222,13 @@ def read_reference(run: dict) -> dict:
     return {"accuracy": line["accuracy"] / 100, "train_s": line["wall_s"], "device": line["device"]}
 
 
-def compare(ours: dict[str, dict], theirs: Sequence[str], repeats: int, label: str,
-            read_theirs: Callable[[dict], dict]) -> dict:
+def compare(
+    ours: dict[str, dict],
+    theirs: Sequence[str],
+    repeats: int,
+    label: str,
+    read_theirs: Callable[[dict], dict],
+) -> dict:
     """Alternate digitcnn's commands and the reference ``repeats`` times; medians and the
     pairwise ratios. Then one more, untimed run of the first command and the reference with
     memory sampling, for the peak PSS of all its processes.
@@ -206,23 +240,29 @@ def compare(ours: dict[str, dict], theirs: Sequence[str], repeats: int, label: s
             named after it (``no_plots_ratio_median``, ``no_plots_wall_s_median``, ...).
         theirs: the reference's command; ``read_theirs`` reads its run's result.
     """
-    sides = [(name, spec["command"], spec.get("terminal", False), spec.get("out"),
-              spec.get("read")) for name, spec in ours.items()]
+    sides = [
+        (name, spec["command"], spec.get("terminal", False), spec.get("out"), spec.get("read"))
+        for name, spec in ours.items()
+    ]
     sides.append(("reference", theirs, False, None, read_theirs))
-    rows = [_race_once(sides, list(ours), f"{label} {repeat + 1}/{repeats}", label)
-            for repeat in range(repeats)]
+    rows = [
+        _race_once(sides, list(ours), f"{label} {repeat + 1}/{repeats}", label)
+        for repeat in range(repeats)
+    ]
     headline = next(iter(ours))
     memory = _memory_runs(ours[headline], theirs, label)
-    result = {"runs": rows, "commands": {name: " ".join(map(str, spec["command"]))
-                                         for name, spec in ours.items()},
-              **{f"{side}_peak_tree_pss_mib": memory[side]["peak_tree_pss_mib"]
-                 for side in memory}}
+    result = {
+        "runs": rows,
+        "commands": {name: " ".join(map(str, spec["command"])) for name, spec in ours.items()},
+        **{f"{side}_peak_tree_pss_mib": memory[side]["peak_tree_pss_mib"] for side in memory},
+    }
     for name in ours:
         side = "digitcnn" if name == headline else name
         prefix = "" if name == headline else f"{name}_"
         result[f"{prefix}ratio_median"] = statistics.median(r[f"{name}_ratio"] for r in rows)
         result[f"{prefix}train_ratio_median"] = statistics.median(
-            r[name]["train_s"] / r["reference"]["train_s"] for r in rows)
+            r[name]["train_s"] / r["reference"]["train_s"] for r in rows
+        )
         for key in ("wall_s", "peak_rss_mib", "accuracy", "train_s", "report_ready_s"):
             result[f"{side}_{key}_median"] = _median(rows, name, key)
     for key in ("wall_s", "peak_rss_mib", "accuracy", "train_s"):
@@ -246,21 +286,31 @@ def _race_once(sides: list[tuple], ours: list[str], progress: str, label: str) -
         pair[name] = measured
     for name in ours:
         pair[f"{name}_ratio"] = pair[name]["wall_s"] / pair["reference"]["wall_s"]
-    print(f"{progress}: " + ", ".join(
-        f"{name} {pair[name]['wall_s']:.2f} s ({100 * pair[name]['accuracy']:.2f}%)"
-        for name in [*ours, "reference"]) + "; ratios " + ", ".join(
-        f"{name} {pair[f'{name}_ratio']:.3f}" for name in ours), flush=True)
+    print(
+        f"{progress}: "
+        + ", ".join(
+            f"{name} {pair[name]['wall_s']:.2f} s ({100 * pair[name]['accuracy']:.2f}%)"
+            for name in [*ours, "reference"]
+        )
+        + "; ratios "
+        + ", ".join(f"{name} {pair[f'{name}_ratio']:.3f}" for name in ours),
+        flush=True,
+    )
     return pair
 
 
 def _memory_runs(headline: dict, theirs: Sequence[str], label: str) -> dict[str, dict]:
     """The untimed runs with memory sampling: our ``headline`` command and the reference."""
     clear_out(headline.get("out"))
-    memory = {"digitcnn": run_checked(headline["command"], f"{label}: digitcnn (memory run)",
-                                      sample_memory=True,
-                                      terminal=headline.get("terminal", False)),
-              "reference": run_checked(theirs, f"{label}: reference (memory run)",
-                                       sample_memory=True)}
+    memory = {
+        "digitcnn": run_checked(
+            headline["command"],
+            f"{label}: digitcnn (memory run)",
+            sample_memory=True,
+            terminal=headline.get("terminal", False),
+        ),
+        "reference": run_checked(theirs, f"{label}: reference (memory run)", sample_memory=True),
+    }
     if headline.get("out") is not None:
         wait_for_report(headline["out"], memory["digitcnn"]["started"])
     return memory

@@ -1,4 +1,5 @@
 """The benchmark's figures (matplotlib is imported inside each function)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,11 @@ def plot_scaling(table: dict, path: Path) -> None:
     for mode in dict.fromkeys(r["mode"] for r in table["folds"]):
         points = [r for r in table["folds"] if r["mode"] == mode]
         left.plot([r["folds"] for r in points], [r["train_s"] for r in points], "o-", label=mode)
-    left.set(xlabel="folds (S5 recipe, 10 epochs)", ylabel="training wall time (s)",
-             title="time against folds")
+    left.set(
+        xlabel="folds (S5 recipe, 10 epochs)",
+        ylabel="training wall time (s)",
+        title="time against folds",
+    )
     left.legend()
     right.plot([r["rows"] for r in table["rows"]], [r["train_s"] for r in table["rows"]], "o-")
     right.set(xlabel="rows (4 folds)", ylabel="training wall time (s)", title="time against rows")

@@ -7,6 +7,7 @@ work itself runs in child processes (``python -m digitcnn.kfold``, ``digitcnn.sw
 small. Each case takes the parsed command line (``args``) and a scratch folder and returns
 its part of ``bench.json``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -14,22 +15,46 @@ import json
 import shlex
 import statistics
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
-from benchmarks.measure import (clear_out, compare, read_digitcnn, read_reference,
-                                    run_checked, wait_for_report)
+from benchmarks.measure import (
+    clear_out,
+    compare,
+    read_digitcnn,
+    read_reference,
+    run_checked,
+    wait_for_report,
+)
 
-__all__ = ["digitcnn_command", "bench_uci", "bench_mnist", "steady_state_child",
-           "SCALING_MODES", "bench_scaling", "bench_ray", "bench_skorch", "STARTUP_COMMANDS",
-           "bench_startup", "CASES"]
+__all__ = [
+    "digitcnn_command",
+    "bench_uci",
+    "bench_mnist",
+    "steady_state_child",
+    "SCALING_MODES",
+    "bench_scaling",
+    "bench_ray",
+    "bench_skorch",
+    "STARTUP_COMMANDS",
+    "bench_startup",
+    "CASES",
+]
 
 
 def digitcnn_command(out: Path, flags: Sequence[str], plots: bool = False) -> list[str]:
     """``python -m digitcnn.kfold --quiet`` writing to ``out``, with ``--no-plots`` unless
     ``plots``."""
-    return [sys.executable, "-m", "digitcnn.kfold", "--quiet",
-            *([] if plots else ["--no-plots"]), "--out", str(out), *flags]
+    return [
+        sys.executable,
+        "-m",
+        "digitcnn.kfold",
+        "--quiet",
+        *([] if plots else ["--no-plots"]),
+        "--out",
+        str(out),
+        *flags,
+    ]
 
 
 def bench_command(*flags: str) -> list[str]:
@@ -41,13 +66,24 @@ def bench_uci(args, scratch: Path) -> dict:
     """The default command (plots and report on, at a terminal) and ``--no-plots``, each
     against the reference loop."""
     # S5's recipe by default; --uci-config races another recipe against the same yardstick
-    recipe = (["--config", args.uci_config] if args.uci_config
-              else ["--dataset", "uci", "--scaler", "global"])
+    recipe = (
+        ["--config", args.uci_config]
+        if args.uci_config
+        else ["--dataset", "uci", "--scaler", "global"]
+    )
     flags = [*recipe, "--data-dir", args.uci_dir, "--device", args.device, *args.extra]
-    ours = {"default": {"command": digitcnn_command(scratch / "uci", flags, plots=True),
-                        "out": scratch / "uci", "terminal": True},
-            "no_plots": {"command": digitcnn_command(scratch / "uci-no-plots", flags),
-                         "out": scratch / "uci-no-plots", "terminal": True}}
+    ours = {
+        "default": {
+            "command": digitcnn_command(scratch / "uci", flags, plots=True),
+            "out": scratch / "uci",
+            "terminal": True,
+        },
+        "no_plots": {
+            "command": digitcnn_command(scratch / "uci-no-plots", flags),
+            "out": scratch / "uci-no-plots",
+            "terminal": True,
+        },
+    }
     theirs = [sys.executable, args.reference, args.uci_dir, "--device", args.device]
     result = compare(ours, theirs, args.repeats, "uci", read_reference)
     return {**result, "steady_state": steady_state_child(ours["no_plots"]["command"], "uci")}
@@ -58,14 +94,37 @@ def bench_mnist(args, scratch: Path) -> dict:
     (:func:`benchmarks.inprocess.plain_loop`), 4 folds x ``--mnist-epochs``."""
     out = scratch / "mnist"
     limit = ["--limit", str(args.mnist_limit)] if args.mnist_limit else []
-    command = digitcnn_command(out, [
-        "--dataset", "mnist", "--data-dir", args.mnist_dir, "--split", "train", "--no-verify",
-        "--model", "s2", "--scaler", "max", "--epochs", str(args.mnist_epochs), "--device",
-        args.device, *limit, *args.extra])
+    command = digitcnn_command(
+        out,
+        [
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            args.mnist_dir,
+            "--split",
+            "train",
+            "--no-verify",
+            "--model",
+            "s2",
+            "--scaler",
+            "max",
+            "--epochs",
+            str(args.mnist_epochs),
+            "--device",
+            args.device,
+            *limit,
+            *args.extra,
+        ],
+    )
     ours = {"no_plots": {"out": out, "terminal": True, "command": command}}
-    theirs = bench_command("--plain-loop", args.mnist_dir, "--device", args.device,
-                           "--mnist-epochs", str(args.mnist_epochs)) + (
-        ["--mnist-limit", str(args.mnist_limit)] if args.mnist_limit else [])
+    theirs = bench_command(
+        "--plain-loop",
+        args.mnist_dir,
+        "--device",
+        args.device,
+        "--mnist-epochs",
+        str(args.mnist_epochs),
+    ) + (["--mnist-limit", str(args.mnist_limit)] if args.mnist_limit else [])
     result = compare(ours, theirs, args.repeats, "mnist", read_reference)
     return {**result, "steady_state": steady_state_child(command, "mnist")}
 
@@ -73,49 +132,76 @@ def bench_mnist(args, scratch: Path) -> dict:
 def steady_state_child(command: Sequence[str], label: str) -> dict:
     """:func:`benchmarks.inprocess.steady_state` in a fresh process, for the
     digitcnn.kfold ``command``'s flags."""
-    run = run_checked(bench_command("--steady-state", "--extra", *command[3:]),  # after
-                      f"{label}: steady-state run")                # "python -m digitcnn.kfold"
+    run = run_checked(
+        bench_command("--steady-state", "--extra", *command[3:]),  # after
+        f"{label}: steady-state run",
+    )  # "python -m digitcnn.kfold"
     result = json.loads(run["stdout"].strip().splitlines()[-1])
     steady, first = result["steady"], result["first"]
-    print(f"{label} steady state on {result['device']}: {steady['wall_s']:.2f} s (training "
-          f"{steady['train_s']:.2f} s, evaluation {steady['eval_s']:.2f} s, set-up "
-          f"{steady['setup_s']:.2f} s); first run in the process {first['wall_s']:.2f} s",
-          flush=True)
+    print(
+        f"{label} steady state on {result['device']}: {steady['wall_s']:.2f} s (training "
+        f"{steady['train_s']:.2f} s, evaluation {steady['eval_s']:.2f} s, set-up "
+        f"{steady['setup_s']:.2f} s); first run in the process {first['wall_s']:.2f} s",
+        flush=True,
+    )
     return {**result, "process_wall_s": run["wall_s"]}
 
 
 # The ways digitcnn can train K folds, as kfold flags: one after another in one process, in
 # forked single-thread processes (the CPU default), all at once as one fold-batched model (the
 # GPU default).
-SCALING_MODES = {"sequential": ["--no-fold-parallel", "--workers", "1"],
-                 "fold processes": ["--no-fold-parallel"],
-                 "fold-parallel": ["--fold-parallel"]}
+SCALING_MODES = {
+    "sequential": ["--no-fold-parallel", "--workers", "1"],
+    "fold processes": ["--no-fold-parallel"],
+    "fold-parallel": ["--fold-parallel"],
+}
 
 
 def bench_scaling(args, scratch: Path) -> dict:
     """digitcnn's in-process training time against folds, per mode, and against rows (S5
     recipe on UCI, 10 epochs per fold)."""
+
     def timed(out: Path, flags: list[str]) -> tuple[dict, dict]:
         clear_out(out)  # the modes share folders: a run never overwrites a finished one
-        run = run_checked(digitcnn_command(out, ["--dataset", "uci", "--data-dir", args.uci_dir,
-                                                 *flags, "--device", args.device, *args.extra]),
-                          f"scaling: {shlex.join(flags)}")
+        run = run_checked(
+            digitcnn_command(
+                out,
+                [
+                    "--dataset",
+                    "uci",
+                    "--data-dir",
+                    args.uci_dir,
+                    *flags,
+                    "--device",
+                    args.device,
+                    *args.extra,
+                ],
+            ),
+            f"scaling: {shlex.join(flags)}",
+        )
         return run, json.loads((out / "metrics.json").read_text())
 
     table = {"folds": [], "rows": []}
     for mode, mode_flags in SCALING_MODES.items():
         for folds in (2, 4, 8, 10):
             run, metrics = timed(scratch / f"folds{folds}", ["--folds", str(folds), *mode_flags])
-            table["folds"].append({"mode": mode, "folds": folds,
-                                   "train_s": metrics["wall_s"], "wall_s": run["wall_s"],
-                                   "accuracy": metrics["accuracy"],
-                                   "peak_rss_mib": run["peak_rss_mib"]})
+            table["folds"].append(
+                {
+                    "mode": mode,
+                    "folds": folds,
+                    "train_s": metrics["wall_s"],
+                    "wall_s": run["wall_s"],
+                    "accuracy": metrics["accuracy"],
+                    "peak_rss_mib": run["peak_rss_mib"],
+                }
+            )
             print(f"scaling {mode} folds={folds}: {metrics['wall_s']:.2f} s", flush=True)
     for fraction in (0.25, 0.5, 1.0):
         rows = int(5620 * fraction)
         _, metrics = timed(scratch / f"rows{rows}", ["--limit", str(rows)])
-        table["rows"].append({"rows": metrics["n"], "train_s": metrics["wall_s"],
-                              "accuracy": metrics["accuracy"]})
+        table["rows"].append(
+            {"rows": metrics["n"], "train_s": metrics["wall_s"], "accuracy": metrics["accuracy"]}
+        )
         print(f"scaling rows={metrics['n']}: {metrics['wall_s']:.2f} s", flush=True)
     return table
 
@@ -135,10 +221,14 @@ def sweep_rows(out: Path) -> list[dict]:
 
 def read_sweep(out: Path) -> Callable[[dict], dict]:
     """A reader of the sweep run into ``out``: its cells' mean accuracy and summed wall time."""
+
     def read(run: dict) -> dict:
         rows = sweep_rows(out)
-        return {"accuracy": statistics.mean(float(r["accuracy_mean"]) for r in rows),
-                "train_s": sum(float(r["wall_s"]) for r in rows)}
+        return {
+            "accuracy": statistics.mean(float(r["accuracy_mean"]) for r in rows),
+            "train_s": sum(float(r["wall_s"]) for r in rows),
+        }
+
     return read
 
 
@@ -148,45 +238,74 @@ def bench_ray(args, scratch: Path) -> dict:
     fold processes); "train_s" of a side is the sum of its cells' wall times."""
     flags = ["--grid-file", args.ray_grid, "--epochs", "1", "--limit", "2000", *args.extra]
     ray_out, local_out = scratch / "ray-sweep", scratch / "local-sweep"
-    result = compare({"ray": {"command": sweep_command(ray_out, [*flags, "--executor", "ray"]),
-                              "read": read_sweep(ray_out)}},
-                     sweep_command(local_out, flags), args.repeats, "ray",
-                     read_sweep(local_out))
+    result = compare(
+        {
+            "ray": {
+                "command": sweep_command(ray_out, [*flags, "--executor", "ray"]),
+                "read": read_sweep(ray_out),
+            }
+        },
+        sweep_command(local_out, flags),
+        args.repeats,
+        "ray",
+        read_sweep(local_out),
+    )
 
     def table(out: Path) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "wall_s"} for row in sweep_rows(out)]
 
     result["sweep_csv_equal"] = table(ray_out) == table(local_out)
-    result["comparisons_csv_equal"] = ((ray_out / "comparisons.csv").read_text()
-                                       == (local_out / "comparisons.csv").read_text())
-    result["commands"] = {"ray": shlex.join(["python", "-m", "digitcnn.sweep", *flags,
-                                             "--executor", "ray"]),
-                          "local": shlex.join(["python", "-m", "digitcnn.sweep", *flags])}
+    result["comparisons_csv_equal"] = (ray_out / "comparisons.csv").read_text() == (
+        local_out / "comparisons.csv"
+    ).read_text()
+    result["commands"] = {
+        "ray": shlex.join(["python", "-m", "digitcnn.sweep", *flags, "--executor", "ray"]),
+        "local": shlex.join(["python", "-m", "digitcnn.sweep", *flags]),
+    }
     return result
 
 
 def bench_skorch(args, scratch: Path) -> dict:
     """The two sides of :func:`benchmarks.inprocess.sklearn_side` as whole processes,
     alternating."""
-    def side(name: str) -> list[str]:
-        return bench_command("--sklearn-side", name, "--uci-dir", args.uci_dir, "--device",
-                             args.device, "--skorch-epochs", str(args.skorch_epochs))
 
-    result = compare({"digitcnn": {"command": side("digitcnn"), "read": read_reference}},
-                     side("skorch"), args.repeats, "skorch", read_reference)
+    def side(name: str) -> list[str]:
+        return bench_command(
+            "--sklearn-side",
+            name,
+            "--uci-dir",
+            args.uci_dir,
+            "--device",
+            args.device,
+            "--skorch-epochs",
+            str(args.skorch_epochs),
+        )
+
+    result = compare(
+        {"digitcnn": {"command": side("digitcnn"), "read": read_reference}},
+        side("skorch"),
+        args.repeats,
+        "skorch",
+        read_reference,
+    )
     return {**result, "yardstick": "skorch.NeuralNetClassifier", "epochs": args.skorch_epochs}
 
 
 # What each start-up command is: interpreter start, the imports a user pays for, the help.
-STARTUP_COMMANDS = {"python": ["-c", "pass"],
-                    "import digitcnn": ["-c", "import digitcnn"],
-                    "import torch": ["-c", "import torch"],
-                    "import digitcnn.kfold": ["-c", "import digitcnn.kfold"],
-                    "kfold --help": ["-m", "digitcnn.kfold", "--help"]}
+STARTUP_COMMANDS = {
+    "python": ["-c", "pass"],
+    "import digitcnn": ["-c", "import digitcnn"],
+    "import torch": ["-c", "import torch"],
+    "import digitcnn.kfold": ["-c", "import digitcnn.kfold"],
+    "kfold --help": ["-m", "digitcnn.kfold", "--help"],
+}
 
 # S5's command three ways, as (plots, at a terminal)
-STARTUP_RUNS = {"plots, at a terminal": (True, True), "--no-plots, at a terminal": (False, True),
-                "plots, in a script": (True, False)}
+STARTUP_RUNS = {
+    "plots, at a terminal": (True, True),
+    "--no-plots, at a terminal": (False, True),
+    "plots, in a script": (True, False),
+}
 
 
 def bench_startup(args, scratch: Path) -> dict:
@@ -199,41 +318,72 @@ def bench_startup(args, scratch: Path) -> dict:
     (start-up, data, writing, and whatever of the report the command waits for) and the time
     until ``report.html`` is in place.
     """
-    flags = ["--dataset", "uci", "--folds", "4", "--scaler", "global", "--data-dir",
-             args.uci_dir, "--device", args.device, *args.extra]
+    flags = [
+        "--dataset",
+        "uci",
+        "--folds",
+        "4",
+        "--scaler",
+        "global",
+        "--data-dir",
+        args.uci_dir,
+        "--device",
+        args.device,
+        *args.extra,
+    ]
     commands: dict[str, list[float]] = {name: [] for name in STARTUP_COMMANDS}
     table: dict[str, dict[str, list]] = {
-        name: {"wall_s": [], "train_s": [], "overhead_s": [], "report_ready_s": [],
-               "accuracy": []} for name in STARTUP_RUNS}
+        name: {"wall_s": [], "train_s": [], "overhead_s": [], "report_ready_s": [], "accuracy": []}
+        for name in STARTUP_RUNS
+    }
     for repeat in range(args.repeats):
         for name, command in STARTUP_COMMANDS.items():
             commands[name].append(
-                run_checked([sys.executable, *command], f"startup: {name}")["wall_s"])
+                run_checked([sys.executable, *command], f"startup: {name}")["wall_s"]
+            )
         for name, (plots, terminal) in STARTUP_RUNS.items():
             out = scratch / f"startup-{len(table[name]['wall_s'])}-{name.replace(' ', '')}"
-            _time_startup_run(table[name], digitcnn_command(out, flags, plots=plots), out,
-                              terminal, f"startup: {name}")
-        print(f"startup {repeat + 1}/{args.repeats}: " + ", ".join(
-            f"{name} {commands[name][-1]:.2f} s" for name in commands) + "; " + ", ".join(
-            f"{name}: {table[name]['wall_s'][-1]:.2f} s, beyond training "
-            f"{table[name]['overhead_s'][-1]:.2f} s" for name in table), flush=True)
+            _time_startup_run(
+                table[name],
+                digitcnn_command(out, flags, plots=plots),
+                out,
+                terminal,
+                f"startup: {name}",
+            )
+        print(
+            f"startup {repeat + 1}/{args.repeats}: "
+            + ", ".join(f"{name} {commands[name][-1]:.2f} s" for name in commands)
+            + "; "
+            + ", ".join(
+                f"{name}: {table[name]['wall_s'][-1]:.2f} s, beyond training "
+                f"{table[name]['overhead_s'][-1]:.2f} s"
+                for name in table
+            ),
+            flush=True,
+        )
     medians = {name: statistics.median(times) for name, times in commands.items()}
-    result = {"commands": {name: {"seconds": commands[name], "median_s": medians[name]}
-                           for name in commands},
-              "kfold_command": " ".join(map(str, digitcnn_command(Path("OUT"), flags,
-                                                                  plots=True))),
-              "runs": {name: {**row, **{f"{key}_median": statistics.median(row[key])
-                                        for key in row}} for name, row in table.items()}}
+    result = {
+        "commands": {
+            name: {"seconds": commands[name], "median_s": medians[name]} for name in commands
+        },
+        "kfold_command": " ".join(map(str, digitcnn_command(Path("OUT"), flags, plots=True))),
+        "runs": {
+            name: {**row, **{f"{key}_median": statistics.median(row[key]) for key in row}}
+            for name, row in table.items()
+        },
+    }
     # The acceptance figures, as differences of medians (the same machine, back to back)
-    result["import_kfold_minus_torch_s"] = (medians["import digitcnn.kfold"]
-                                            - medians["import torch"])
+    result["import_kfold_minus_torch_s"] = (
+        medians["import digitcnn.kfold"] - medians["import torch"]
+    )
     for row in result["runs"].values():
         row["overhead_minus_torch_s"] = row["overhead_s_median"] - medians["import torch"]
     return result
 
 
-def _time_startup_run(row: dict[str, list], command: list[str], out: Path, terminal: bool,
-                      what: str) -> None:
+def _time_startup_run(
+    row: dict[str, list], command: list[str], out: Path, terminal: bool, what: str
+) -> None:
     """Run one S5 command of the startup case and append its figures to ``row``."""
     run = run_checked(command, what, terminal=terminal)
     measured = read_digitcnn(out)
@@ -246,5 +396,11 @@ def _time_startup_run(row: dict[str, list], command: list[str], out: Path, termi
 
 
 # The cases of this module by their --cases name
-CASES = {"uci": bench_uci, "mnist": bench_mnist, "scaling": bench_scaling, "skorch": bench_skorch,
-         "startup": bench_startup, "ray": bench_ray}
+CASES = {
+    "uci": bench_uci,
+    "mnist": bench_mnist,
+    "scaling": bench_scaling,
+    "skorch": bench_skorch,
+    "startup": bench_startup,
+    "ray": bench_ray,
+}

@@ -3,6 +3,7 @@ one-line errors, SHA-256 of files, and the cache folder.
 
 It imports nothing from digitcnn but :mod:`digitcnn.errors`, so any module may use it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -22,8 +23,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "read_toml",
-           "os_error_text", "sha256_of", "cache_dir"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "write_json",
+    "read_json",
+    "read_toml",
+    "os_error_text",
+    "sha256_of",
+    "cache_dir",
+]
 
 
 def os_error_text(err: OSError) -> str:
@@ -47,8 +56,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                             suffix=".tmp")
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
     except OSError as err:
         raise OutputError(f"cannot write {path} ({os_error_text(err)})") from None
     try:

@@ -1,4 +1,5 @@
 """``python -m digitcnn.baselines``: see :mod:`digitcnn.commands.baselines`."""
+
 from digitcnn.commands.baselines import main
 from digitcnn.errors import exit_cli
 

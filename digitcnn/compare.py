@@ -1,4 +1,5 @@
 """``python -m digitcnn.compare``: see :mod:`digitcnn.commands.compare`."""
+
 from digitcnn.commands.compare import main
 from digitcnn.errors import exit_cli
 

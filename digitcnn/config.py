@@ -7,6 +7,7 @@ its role, help, choices and limits (:mod:`digitcnn.settings`); ``--config FILE.t
 supplies values and flags given on the command line override them. The resolved config is
 saved with every run so that the run can be repeated exactly. Nothing here imports torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,20 +20,45 @@ from typing import Any
 
 from digitcnn._io import read_toml
 from digitcnn.errors import ConfigError, one_line
-from digitcnn.settings import (ROLES, SettingError, field_kind, flag_name, parse_text, setting,
-                               settings_with_role, typed_setting)
+from digitcnn.settings import (
+    ROLES,
+    SettingError,
+    field_kind,
+    flag_name,
+    parse_text,
+    setting,
+    settings_with_role,
+    typed_setting,
+)
+
 # torch-free at its top: building a config stays light
 from digitcnn.training.recipe import Recipe
 
-__all__ = ["RunConfig", "build_parser", "config_from_args", "load_toml", "OneLineParser",
-           "typed_settings", "run_settings_with_role", "SPLIT_KEYS", "PRESENTATION_KEYS",
-           "NOT_SWEEPABLE", "BASELINE_SETTINGS", "SCALERS", "CV_SCHEMES", "DEVICES",
-           "PRECISIONS"]
+__all__ = [
+    "RunConfig",
+    "build_parser",
+    "config_from_args",
+    "load_toml",
+    "OneLineParser",
+    "typed_settings",
+    "run_settings_with_role",
+    "SPLIT_KEYS",
+    "PRESENTATION_KEYS",
+    "NOT_SWEEPABLE",
+    "BASELINE_SETTINGS",
+    "SCALERS",
+    "CV_SCHEMES",
+    "DEVICES",
+    "PRECISIONS",
+]
 
 SCALERS = ("standard", "global", "max", "none")
 CV_SCHEMES = ("kfold", "stratified", "writers", "holdout", "full")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
+
+# A command's own flag, as argparse's add_argument takes it: (("--flag",), {"help": ...}).
+Argument = tuple[tuple[str, ...], dict[str, Any]]
 
 # one declaration helper per role: ``_data("uci", "dataset name")``
 _data, _seed, _train, _resources, _files, _output = (partial(setting, role) for role in ROLES)
@@ -46,72 +72,126 @@ class RunConfig(Recipe):
     Invalid values raise :class:`~digitcnn.errors.SettingError`, naming the setting."""
 
     dataset: str = _data("uci", "dataset name (see digitcnn.list_datasets())")
-    data_dir: str | None = _data(None, "folder holding the dataset's files "
-                                       "(default: $DIGITCNN_DATA_DIR, then cache, then network)")
-    split: str = _data("all", "which of the dataset's original splits to use",
-                       ("train", "test", "all"))
+    data_dir: str | None = _data(
+        None,
+        "folder holding the dataset's files "
+        "(default: $DIGITCNN_DATA_DIR, then cache, then network)",
+    )
+    split: str = _data(
+        "all", "which of the dataset's original splits to use", ("train", "test", "all")
+    )
     verify: bool = _data(True, "check the SHA-256 of official data files")
-    limit: int | None = _data(None, "use a seeded random subset of this many rows (quick trials)",
-                              low=2)
+    limit: int | None = _data(
+        None, "use a seeded random subset of this many rows (quick trials)", low=2
+    )
     model: str = _train("s5", "model name (python -m digitcnn.models lists them)")
     init: str = _train("kaiming-xavier", "weight initialisation", ("kaiming-xavier", "default"))
-    dropout: float | None = _train(None, "dropout probability (default: the model's own)",
-                                   low=0, high=1, high_open=True)
-    cv: str = _data("kfold", "fold scheme: sklearn KFold, StratifiedKFold, the original "
-                             "writer-disjoint split (train on optdigits.tra, evaluate on .tes), "
-                             "one stratified holdout split (--val-fraction), or full (train on "
-                             "every row, no validation)", CV_SCHEMES)
-    val_fraction: float = _data(0.1, "validation share of the holdout split (S1: 0.1, S3: 0.3)",
-                                low=0, high=1, low_open=True, high_open=True)
-    folds: int = _data(4, "number of folds", low=2,
-                       why="K-fold needs two folds or more; use --cv writers for one "
-                           "train/test split")
+    dropout: float | None = _train(
+        None, "dropout probability (default: the model's own)", low=0, high=1, high_open=True
+    )
+    cv: str = _data(
+        "kfold",
+        "fold scheme: sklearn KFold, StratifiedKFold, the original "
+        "writer-disjoint split (train on optdigits.tra, evaluate on .tes), "
+        "one stratified holdout split (--val-fraction), or full (train on "
+        "every row, no validation)",
+        CV_SCHEMES,
+    )
+    val_fraction: float = _data(
+        0.1,
+        "validation share of the holdout split (S1: 0.1, S3: 0.3)",
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
+    )
+    folds: int = _data(
+        4,
+        "number of folds",
+        low=2,
+        why="K-fold needs two folds or more; use --cv writers for one train/test split",
+    )
     shuffle: bool = _data(True, "shuffle rows before splitting into folds")
     random_state: int = _data(30, "random_state of the fold splitter")
-    scaler: str = _train("standard", "pixel scaling: per-pixel StandardScaler fitted on each "
-                                     "training fold (standard), fitted on all rows before "
-                                     "splitting as S5 did, leaking test statistics (global), "
-                                     "divide by the maximum value (max), or none", SCALERS)
+    scaler: str = _train(
+        "standard",
+        "pixel scaling: per-pixel StandardScaler fitted on each "
+        "training fold (standard), fitted on all rows before "
+        "splitting as S5 did, leaking test statistics (global), "
+        "divide by the maximum value (max), or none",
+        SCALERS,
+    )
     seed: int = _seed(0, "seed of initialisation, shuffling and dropout (fold k uses seed + k)")
     device: str = _train("auto", "device (auto: CUDA when present, else CPU)", DEVICES)
-    deterministic: bool = _train(False, "use deterministic algorithms "
-                                        "(sets CUBLAS_WORKSPACE_CONFIG)")
-    threads: int | None = _resources(None, "CPU threads for torch, per fold process with "
-                                           "--workers (default: torch's choice; one per worker)",
-                                     low=1)
-    fold_parallel: bool | None = _train(None, "train all folds at once as one fold-batched "
-                                              "model (K-fold and stratified); default: on CUDA, "
-                                              "and off on the CPU, where it measured no faster; "
-                                              "off trains folds in --workers processes, each "
-                                              "fold saved as it ends")
-    workers: int | None = _resources(None, "on the CPU, train this many folds at once, each in "
-                                           "its own forked process with --threads threads "
-                                           "(default: one process per core, up to the number "
-                                           "of folds, one thread each; 1 trains the folds one "
-                                           "after another in this process)", low=1,
-                                     why="1 trains the folds one after another")
-    precision: str = _train("auto", "training arithmetic: bf16 autocast of convolutions and matrix "
-                                    "products (weights, optimizer state, loss and evaluation stay "
-                                    "float32), fp32, or auto: bf16 on CPUs with AMX, where it "
-                                    "measured faster, else fp32 (CUDA included: not yet "
-                                    "measured there)", PRECISIONS)
-    channels_last: bool = _train(True, "keep activations in channels_last memory format "
-                                       "(faster pooling on CPU and tensor cores on GPU)")
-    add_train_images: str | None = _train(None, "folder of your own digit images (see --dataset "
-                                                "images) appended to every training fold, never "
-                                                "to a validation fold")
+    deterministic: bool = _train(
+        False, "use deterministic algorithms (sets CUBLAS_WORKSPACE_CONFIG)"
+    )
+    threads: int | None = _resources(
+        None,
+        "CPU threads for torch, per fold process with "
+        "--workers (default: torch's choice; one per worker)",
+        low=1,
+    )
+    fold_parallel: bool | None = _train(
+        None,
+        "train all folds at once as one fold-batched "
+        "model (K-fold and stratified); default: on CUDA, "
+        "and off on the CPU, where it measured no faster; "
+        "off trains folds in --workers processes, each "
+        "fold saved as it ends",
+    )
+    workers: int | None = _resources(
+        None,
+        "on the CPU, train this many folds at once, each in "
+        "its own forked process with --threads threads "
+        "(default: one process per core, up to the number "
+        "of folds, one thread each; 1 trains the folds one "
+        "after another in this process)",
+        low=1,
+        why="1 trains the folds one after another",
+    )
+    precision: str = _train(
+        "auto",
+        "training arithmetic: bf16 autocast of convolutions and matrix "
+        "products (weights, optimizer state, loss and evaluation stay "
+        "float32), fp32, or auto: bf16 on CPUs with AMX, where it "
+        "measured faster, else fp32 (CUDA included: not yet "
+        "measured there)",
+        PRECISIONS,
+    )
+    channels_last: bool = _train(
+        True,
+        "keep activations in channels_last memory format "
+        "(faster pooling on CPU and tensor cores on GPU)",
+    )
+    add_train_images: str | None = _train(
+        None,
+        "folder of your own digit images (see --dataset "
+        "images) appended to every training fold, never "
+        "to a validation fold",
+    )
     out: str | None = _output(None, "results folder (default results/<dataset>-<model>-<UTC time>)")
-    save_models: bool = _files(False, "keep each fold's final (or best) model in the results "
-                                      "folder: a K-fold run is then a K-model ensemble")
-    plots: bool = _output(True, "write the report's figures (confusion matrix, curves, ROC and "
-                                "PR, per-class F1, misclassified digits) as PNG files")
+    save_models: bool = _files(
+        False,
+        "keep each fold's final (or best) model in the results "
+        "folder: a K-fold run is then a K-model ensemble",
+    )
+    plots: bool = _output(
+        True,
+        "write the report's figures (confusion matrix, curves, ROC and "
+        "PR, per-class F1, misclassified digits) as PNG files",
+    )
     quiet: bool = _output(False, "no progress bars or tables")
 
     def __post_init__(self) -> None:
         super().__post_init__()  # every declared setting's type, choices and limits
         if self.cv == "full" and (self.early_stopping or self.scheduler == "plateau"):
-            raise SettingError("cv", "full", "leaves no validation rows for early stopping or "
-                                             "ReduceLROnPlateau; use a holdout split")
+            raise SettingError(
+                "cv",
+                "full",
+                "leaves no validation rows for early stopping or "
+                "ReduceLROnPlateau; use a holdout split",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,8 +204,10 @@ class RunConfig(Recipe):
     def from_dict(cls, values: dict[str, Any], origin: str = "config") -> RunConfig:
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
-            raise ConfigError(f"{origin}: unknown setting(s) {', '.join(unknown)}; valid settings "
-                              f"are the flags of --help with dashes as underscores")
+            raise ConfigError(
+                f"{origin}: unknown setting(s) {', '.join(unknown)}; valid settings "
+                f"are the flags of --help with dashes as underscores"
+            )
         return cls(**values)
 
 
@@ -156,14 +238,21 @@ def typed_settings(values: dict[str, Any], origin: str, config_type=None) -> dic
     """Every known setting of ``values`` checked with :func:`typed_setting`, the errors
     naming ``origin`` (a file) and the key; unknown keys are kept for ``from_dict`` to report."""
     known = {f.name: f for f in fields(config_type or RunConfig)}
-    return {key: typed_setting(known[key], value, f"{origin}: {key} =") if key in known
-            else value for key, value in values.items()}
+    return {
+        key: typed_setting(known[key], value, f"{origin}: {key} =") if key in known else value
+        for key, value in values.items()
+    }
 
 
-def build_parser(prog: str, description: str, config_type=RunConfig,
-                 suppress_defaults: bool = False, exclude: Sequence[str] = (),
-                 extra_arguments: Sequence[tuple[tuple, dict]] = (),
-                 defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    prog: str,
+    description: str,
+    config_type=RunConfig,
+    suppress_defaults: bool = False,
+    exclude: Sequence[str] = (),
+    extra_arguments: Sequence[Argument] = (),
+    defaults: dict[str, Any] | None = None,
+) -> argparse.ArgumentParser:
     """A parser with one flag per config field, plus ``--config FILE.toml``.
 
     With ``suppress_defaults`` the namespace holds only the flags actually given, which is how
@@ -172,12 +261,17 @@ def build_parser(prog: str, description: str, config_type=RunConfig,
     ``defaults`` replaces some fields' defaults for this CLI.
     """
     defaults = defaults or {}
-    parser = OneLineParser(prog=prog, description=description,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                           argument_default=argparse.SUPPRESS if suppress_defaults else None)
-    parser.add_argument("--config", metavar="FILE.toml",
-                        help="TOML file of settings (keys as the flags, dashes or underscores); "
-                             "flags override it")
+    parser = OneLineParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS if suppress_defaults else None,
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="TOML file of settings (keys as the flags, dashes or underscores); flags override it",
+    )
     for args, kwargs in extra_arguments:
         parser.add_argument(*args, **kwargs)
     for f in fields(config_type):
@@ -190,14 +284,20 @@ def build_parser(prog: str, description: str, config_type=RunConfig,
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         else:
-            parser.add_argument(flag, type=_flag_parser(f), choices=choices,
-                                metavar=None if choices else f.name.upper(), **common)
+            parser.add_argument(
+                flag,
+                type=_flag_parser(f),
+                choices=choices,
+                metavar=None if choices else f.name.upper(),
+                **common,
+            )
     return parser
 
 
 def _flag_parser(f: dataclasses.Field):
     """argparse's ``type`` for setting ``f``: :func:`~digitcnn.settings.parse_text`, its
     error shown as the flag's."""
+
     def parse(text: str) -> Any:
         try:
             return parse_text(f, text)
@@ -218,34 +318,59 @@ def load_toml(path: str | Path, config_type=None) -> dict[str, Any]:
     values = read_toml(path, "config file", "--config")
     run = values.pop("run", {})
     if not isinstance(run, dict):
-        raise ConfigError(f"{path}: run = {run!r} is not a table; put settings at the top level "
-                          "or under a [run] table")
+        raise ConfigError(
+            f"{path}: run = {run!r} is not a table; put settings at the top level "
+            "or under a [run] table"
+        )
     values = {**run, **values}
     for key, value in list(values.items()):
         if isinstance(value, dict):
-            raise ConfigError(f"{path}: unexpected table [{key}]; put settings at the top level "
-                              "or under [run]")
-    return typed_settings({key.replace("-", "_"): value for key, value in values.items()},
-                          str(path), config_type)
+            raise ConfigError(
+                f"{path}: unexpected table [{key}]; put settings at the top level or under [run]"
+            )
+    return typed_settings(
+        {key.replace("-", "_"): value for key, value in values.items()}, str(path), config_type
+    )
 
 
-def config_from_args(argv: Sequence[str] | None, prog: str, description: str,
-                     config_type=RunConfig, exclude: Sequence[str] = (),
-                     extra_arguments: Sequence[tuple[tuple, dict]] = (),
-                     defaults: dict[str, Any] | None = None):
+def config_from_args(
+    argv: Sequence[str] | None,
+    prog: str,
+    description: str,
+    config_type=RunConfig,
+    exclude: Sequence[str] = (),
+    extra_arguments: Sequence[Argument] = (),
+    defaults: dict[str, Any] | None = None,
+):
     """Parse ``argv`` into a config: defaults < ``--config`` TOML < flags given.
 
     Returns the config, or ``(config, extras)`` when ``extra_arguments`` are given, where
     ``extras`` is the namespace of those arguments (with their defaults). ``defaults`` are
     this CLI's own defaults for some fields (below the TOML file and the flags).
     """
-    full = build_parser(prog, description, config_type, exclude=exclude,
-                        extra_arguments=extra_arguments, defaults=defaults)
+    full = build_parser(
+        prog,
+        description,
+        config_type,
+        exclude=exclude,
+        extra_arguments=extra_arguments,
+        defaults=defaults,
+    )
     parsed = full.parse_args(argv)  # --help and usage errors, with the real defaults shown
-    given = vars(build_parser(prog, description, config_type, suppress_defaults=True,
-                              exclude=exclude, extra_arguments=extra_arguments).parse_args(argv))
-    extra_names = [kwargs.get("dest") or args[0].lstrip("-").replace("-", "_")
-                   for args, kwargs in extra_arguments]
+    given = vars(
+        build_parser(
+            prog,
+            description,
+            config_type,
+            suppress_defaults=True,
+            exclude=exclude,
+            extra_arguments=extra_arguments,
+        ).parse_args(argv)
+    )
+    extra_names = [
+        kwargs.get("dest") or args[0].lstrip("-").replace("-", "_")
+        for args, kwargs in extra_arguments
+    ]
     for name in extra_names:
         given.pop(name, None)
     values: dict[str, Any] = dict(defaults or {})
@@ -257,4 +382,3 @@ def config_from_args(argv: Sequence[str] | None, prog: str, description: str,
     if not extra_arguments:
         return config
     return config, argparse.Namespace(**{name: getattr(parsed, name) for name in extra_names})
-

@@ -4,6 +4,7 @@ Every validation in the package raises a :class:`DigitCNNError` subclass whose m
 what is wrong, where (file, row, flag) and how to fix it. The CLI prints that message as one
 line on stderr and exits with status 2; it never shows a traceback for bad input.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,11 +12,23 @@ import functools
 import gc
 import sys
 import warnings
-from typing import Callable, Iterator, NoReturn
+from collections.abc import Callable, Iterator
+from typing import NoReturn
 
-__all__ = ["DigitCNNError", "DataError", "ConfigError", "ModelError", "CheckpointError",
-           "OutputError", "Terminated", "USAGE_EXIT_CODE", "interrupt_exit_code", "cli_entry",
-           "exit_cli", "warnings_as_lines"]
+__all__ = [
+    "DigitCNNError",
+    "DataError",
+    "ConfigError",
+    "ModelError",
+    "CheckpointError",
+    "OutputError",
+    "Terminated",
+    "USAGE_EXIT_CODE",
+    "interrupt_exit_code",
+    "cli_entry",
+    "exit_cli",
+    "warnings_as_lines",
+]
 
 USAGE_EXIT_CODE = 2
 
@@ -65,7 +78,7 @@ def interrupt_exit_code(interrupt: BaseException) -> int:
     return 128 + getattr(interrupt, "signum", 2)
 
 
-def one_line(message: str) -> str:
+def one_line(message: object) -> str:
     # Messages may quote file contents; a newline in them would break the one-line contract.
     return " ".join(str(message).split())
 
@@ -76,6 +89,7 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., 
     KeyboardInterrupt exits with 130 (SIGTERM, as :class:`Terminated`, with 143) and no
     traceback; anything else is a bug and keeps its traceback.
     """
+
     def decorate(main: Callable[..., int | None]) -> Callable[..., int]:
         @functools.wraps(main)
         def wrapper(*args, **kwargs) -> int:
@@ -87,7 +101,9 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., 
             except KeyboardInterrupt as interrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 return interrupt_exit_code(interrupt)
+
         return wrapper
+
     return decorate
 
 
@@ -114,7 +130,8 @@ def warnings_as_lines(prog: str) -> Iterator[None]:
         yield
     for warning in caught:
         if issubclass(warning.category, RuntimeWarning):
-            print(f"{prog}: warning: {one_line(warning.message)}", file=sys.stderr)
+            print(f"{prog}: warning: {one_line(str(warning.message))}", file=sys.stderr)
         else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                                   warning.lineno)
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )

@@ -15,6 +15,7 @@ scikit-learn gives every fold the same ``random_state``).
 
 Needs scikit-learn >= 1.6 (``validate_data``, estimator tags).
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,8 +42,11 @@ __all__ = ["DigitClassifier"]
 
 _D = RunConfig()  # digitcnn's defaults, so that the estimator's cannot drift from them
 # Settings of RunConfig that the estimator names differently.
-_RENAMED = {"seed": "random_state", "val_fraction": "validation_fraction",
-            "full": "validation_fraction=None"}
+_RENAMED = {
+    "seed": "random_state",
+    "val_fraction": "validation_fraction",
+    "full": "validation_fraction=None",
+}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -98,16 +102,45 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
     :meth:`save` and :meth:`load`, which write safetensors and JSON and never unpickle.
     """
 
-    def __init__(self, model=_D.model, *, init=_D.init, dropout=_D.dropout, epochs=_D.epochs,
-                 batch_size=_D.batch_size, test_batch_size=_D.test_batch_size,
-                 optimizer=_D.optimizer, lr=_D.lr, momentum=_D.momentum, nesterov=_D.nesterov,
-                 weight_decay=_D.weight_decay, scheduler=_D.scheduler, gamma=_D.gamma,
-                 step_size=_D.step_size, label_smoothing=_D.label_smoothing, augment=_D.augment,
-                 scaler=_D.scaler, max_value=None, image_shape=None, validation_fraction=None,
-                 early_stopping=_D.early_stopping, monitor=_D.monitor, min_delta=_D.min_delta,
-                 patience=_D.patience, restore_best=_D.restore_best, device=_D.device,
-                 precision=_D.precision, channels_last=_D.channels_last,
-                 deterministic=_D.deterministic, random_state=_D.seed, warm_start=False):
+    # set by fit (scikit-learn's trailing underscore: absent until then)
+    model_: torch.nn.Module
+    history_: list[dict]
+
+    def __init__(
+        self,
+        model=_D.model,
+        *,
+        init=_D.init,
+        dropout=_D.dropout,
+        epochs=_D.epochs,
+        batch_size=_D.batch_size,
+        test_batch_size=_D.test_batch_size,
+        optimizer=_D.optimizer,
+        lr=_D.lr,
+        momentum=_D.momentum,
+        nesterov=_D.nesterov,
+        weight_decay=_D.weight_decay,
+        scheduler=_D.scheduler,
+        gamma=_D.gamma,
+        step_size=_D.step_size,
+        label_smoothing=_D.label_smoothing,
+        augment=_D.augment,
+        scaler=_D.scaler,
+        max_value=None,
+        image_shape=None,
+        validation_fraction=None,
+        early_stopping=_D.early_stopping,
+        monitor=_D.monitor,
+        min_delta=_D.min_delta,
+        patience=_D.patience,
+        restore_best=_D.restore_best,
+        device=_D.device,
+        precision=_D.precision,
+        channels_last=_D.channels_last,
+        deterministic=_D.deterministic,
+        random_state=_D.seed,
+        warm_start=False,
+    ):
         self.model, self.init, self.dropout = model, init, dropout
         self.epochs, self.batch_size, self.test_batch_size = epochs, batch_size, test_batch_size
         self.optimizer, self.lr, self.momentum = optimizer, lr, momentum
@@ -126,23 +159,34 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
     def run_config(self, **overrides) -> RunConfig:
         """The :class:`RunConfig` of one fit with these parameters (validated there)."""
         if self.scaler == "global":
-            raise ValueError("scaler='global' fits the scaling on rows outside the training "
-                             "set and has no meaning for one fit; use 'standard' (fitted on the "
-                             "rows given to fit), 'max' or 'none'")
+            raise ValueError(
+                "scaler='global' fits the scaling on rows outside the training "
+                "set and has no meaning for one fit; use 'standard' (fitted on the "
+                "rows given to fit), 'max' or 'none'"
+            )
         holdout = self.validation_fraction is not None
         # parameters named as RunConfig's settings (random_state seeds training: not RunConfig's)
-        settings = {name: value for name, value in self.get_params().items()
-                    if name in RunConfig.__dataclass_fields__ and name != "random_state"}
-        settings.update(cv="holdout" if holdout else "full", quiet=True, plots=False,
-                        seed=0, **({"val_fraction": self.validation_fraction} if holdout else {}),
-                        **overrides)
+        settings = {
+            name: value
+            for name, value in self.get_params().items()
+            if name in RunConfig.__dataclass_fields__ and name != "random_state"
+        }
+        settings.update(
+            cv="holdout" if holdout else "full",
+            quiet=True,
+            plots=False,
+            seed=0,
+            **({"val_fraction": self.validation_fraction} if holdout else {}),
+            **overrides,
+        )
         try:
             return RunConfig(**settings)
         except SettingError as err:  # named as the estimator's parameter
             if err.name == "cv":  # no holdout asked for, so no validation rows
-                raise ValueError("DigitClassifier: early_stopping and scheduler='plateau' "
-                                 "need validation rows: set validation_fraction (e.g. 0.1)"
-                                 ) from None
+                raise ValueError(
+                    "DigitClassifier: early_stopping and scheduler='plateau' "
+                    "need validation rows: set validation_fraction (e.g. 0.1)"
+                ) from None
             label = f"{_RENAMED.get(err.name, err.name)}="
             raise ValueError(f"DigitClassifier: {err.worded(label)}") from None
         except ConfigError as err:
@@ -152,12 +196,14 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
 
     def _seed(self) -> int:
         if isinstance(self.random_state, (int, np.integer)) and not isinstance(
-                self.random_state, bool):
+            self.random_state, bool
+        ):
             return int(self.random_state)
         if self.random_state is None or isinstance(self.random_state, np.random.RandomState):
             return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        raise ValueError(f"random_state={self.random_state!r} must be an int, None or a "
-                         "numpy RandomState")
+        raise ValueError(
+            f"random_state={self.random_state!r} must be an int, None or a numpy RandomState"
+        )
 
     # ------------------------------------------------------------------ data
 
@@ -168,13 +214,17 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         if ndim in (3, 4) and not hasattr(X, "iloc") and not hasattr(X, "tocsr"):
             X = np.asarray(X)
             if X.ndim == 4 and X.shape[1] != 1:
-                raise ValueError(f"X of shape {X.shape}: images must have one channel, "
-                                 "(n, 1, H, W); convert colour images to grayscale first")
+                raise ValueError(
+                    f"X of shape {X.shape}: images must have one channel, "
+                    "(n, 1, H, W); convert colour images to grayscale first"
+                )
             layout = tuple(X.shape[-2:])
             X = X.reshape(len(X), -1)
         elif ndim > 4:
-            raise ValueError(f"X has {ndim} dimensions; give images (n, H, W) or "
-                             "(n, 1, H, W), or flat rows (n, H*W)")
+            raise ValueError(
+                f"X has {ndim} dimensions; give images (n, H, W) or "
+                "(n, 1, H, W), or flat rows (n, H*W)"
+            )
         # Other types are validated as float64 (the wide type), then narrowed to the float32
         # the model uses; float32 input is validated as it is.
         dtypes = [np.float64, np.float32]
@@ -184,8 +234,10 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
             X = validate_data(self, X, reset=reset, dtype=dtypes)
         largest = float(np.abs(X).max()) if X.size else 0.0
         if largest > _FLOAT32_MAX:
-            raise ValueError(f"X holds {largest:g}, beyond float32's range; scale the pixels "
-                             "to a sensible range first")
+            raise ValueError(
+                f"X holds {largest:g}, beyond float32's range; scale the pixels "
+                "to a sensible range first"
+            )
         height, width = self._image_size(X.shape[1], layout, reset)
         # a copy: the caller's array may be read-only (a memmap) and stays untouched
         images = torch.from_numpy(np.array(X, dtype=np.float32)).reshape(len(X), 1, height, width)
@@ -195,25 +247,33 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         if not reset:
             fitted = tuple(self.image_shape_[1:])
             if layout is not None and layout != fitted:
-                raise ValueError(f"images of {layout[0]}x{layout[1]} given to a classifier "
-                                 f"fitted on {fitted[0]}x{fitted[1]} images; give images of "
-                                 "the training size")
+                raise ValueError(
+                    f"images of {layout[0]}x{layout[1]} given to a classifier "
+                    f"fitted on {fitted[0]}x{fitted[1]} images; give images of "
+                    "the training size"
+                )
             return fitted
         if layout is not None:
             size = layout
         elif self.image_shape is not None:
             size = tuple(int(v) for v in self.image_shape)
             if len(size) != 2 or size[0] * size[1] != features:
-                raise ValueError(f"image_shape={self.image_shape!r} does not hold the "
-                                 f"{features} features of each row; give (H, W) with "
-                                 f"H*W = {features}")
+                raise ValueError(
+                    f"image_shape={self.image_shape!r} does not hold the "
+                    f"{features} features of each row; give (H, W) with "
+                    f"H*W = {features}"
+                )
         else:
             side = math.isqrt(features)
             size = (side, side) if side * side == features else (1, features)
-        if self.image_shape is not None and layout is not None \
-                and tuple(self.image_shape) != layout:
-            raise ValueError(f"image_shape={self.image_shape!r} but X holds {layout[0]}x"
-                             f"{layout[1]} images")
+        if (
+            self.image_shape is not None
+            and layout is not None
+            and tuple(self.image_shape) != layout
+        ):
+            raise ValueError(
+                f"image_shape={self.image_shape!r} but X holds {layout[0]}x{layout[1]} images"
+            )
         return size
 
     def _encode(self, y, classes=None) -> np.ndarray:
@@ -223,15 +283,19 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         if classes is not None:
             self.classes_ = classes
         if len(self.classes_) < 2:
-            raise ValueError(f"{type(self).__name__} needs at least 2 classes in y, got "
-                             f"1 class ({_plain(self.classes_[0])!r}); a classifier cannot learn from "
-                             "one class")
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 classes in y, got "
+                f"1 class ({_plain(self.classes_[0])!r}); a classifier cannot learn from "
+                "one class"
+            )
         codes = np.searchsorted(self.classes_, y)
         known = codes < len(self.classes_)
         known[known] = self.classes_[codes[known]] == y[known]
         if not known.all():
-            raise ValueError(f"y holds label {_plain(y[np.argmin(known)])!r}, which is not among the "
-                             f"classes {self.classes_.tolist()} of the first fit")
+            raise ValueError(
+                f"y holds label {_plain(y[np.argmin(known)])!r}, which is not among the "
+                f"classes {self.classes_.tolist()} of the first fit"
+            )
         return codes.astype(np.int64)
 
     # ------------------------------------------------------------------ fitting
@@ -252,10 +316,15 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         optimizer and schedule (as each fold does), so Adam's moments restart.
         """
         continuing = hasattr(self, "model_")
-        if continuing and classes is not None and not np.array_equal(
-                np.unique(np.asarray(classes)), self.classes_):
-            raise ValueError(f"classes={list(classes)!r} differ from the classes "
-                             f"{self.classes_.tolist()} of the first partial_fit")
+        if (
+            continuing
+            and classes is not None
+            and not np.array_equal(np.unique(np.asarray(classes)), self.classes_)
+        ):
+            raise ValueError(
+                f"classes={list(classes)!r} differ from the classes "
+                f"{self.classes_.tolist()} of the first partial_fit"
+            )
         return self._fit(X, y, continuing=continuing, epochs=1, classes=classes)
 
     def _fit(self, X, y, *, continuing: bool, epochs: int | None = None, classes=None):
@@ -277,10 +346,18 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         if not continuing:
             self.image_shape_ = tuple(images.shape[1:])
             self.scaler_ = fit_scaler(config.scaler, images[train], self._max_value(images))
-        data = device_tensors(config, self.scaler_, images[train], labels[train], images[val],
-                              labels[val], device)
-        model, outcome = train_model(config, data, self.image_shape_, len(self.classes_), seed,
-                                     device, model=self.model_ if continuing else None)
+        data = device_tensors(
+            config, self.scaler_, images[train], labels[train], images[val], labels[val], device
+        )
+        model, outcome = train_model(
+            config,
+            data,
+            self.image_shape_,
+            len(self.classes_),
+            seed,
+            device,
+            model=self.model_ if continuing else None,
+        )
         self.model_ = model
         self._record(outcome, continuing)
         return self
@@ -296,11 +373,16 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         start = len(self.history_) if continuing and hasattr(self, "history_") else 0
         rows = []
         for epoch in range(len(history.train_loss)):
-            row = {"epoch": start + epoch + 1, "train_loss": history.train_loss[epoch],
-                   "train_accuracy": history.train_accuracy[epoch], "lr": history.lr[epoch]}
+            row = {
+                "epoch": start + epoch + 1,
+                "train_loss": history.train_loss[epoch],
+                "train_accuracy": history.train_accuracy[epoch],
+                "lr": history.lr[epoch],
+            }
             if outcome.evaluation.n:
-                row.update(valid_loss=history.val_loss[epoch],
-                           valid_accuracy=history.val_accuracy[epoch])
+                row.update(
+                    valid_loss=history.val_loss[epoch], valid_accuracy=history.val_accuracy[epoch]
+                )
             rows.append(row)
         self.history_ = (list(self.history_) if start else []) + rows
         self.n_epochs_ = outcome.epochs_run
@@ -318,7 +400,8 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         data = device_tensors(config, self.scaler_, images[:0], empty, images, empty, device)
         # the layout training used (a loaded model comes back contiguous): the same kernels,
         # so the same numbers
-        self.model_.to(device, memory_format=data.memory_format)
+        # Module.to takes memory_format (torch's stubs leave it out)
+        self.model_.to(device, memory_format=data.memory_format)  # type: ignore[call-overload]
         log_probs = predict_log_probs(self.model_, data, data.val_images, config.test_batch_size)
         return log_probs.cpu().double().numpy().reshape(len(images), len(self.classes_))
 
@@ -345,24 +428,33 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         scaling, classes and parameters, no pickle. Returns the JSON path."""
         check_is_fitted(self, "model_")
         classes = self.classes_
-        meta = {"model": self.model, "input_shape": list(self.image_shape_),
-                "num_classes": len(classes), "classes": classes.tolist(),
-                "classes_dtype": classes.dtype.str if classes.dtype.kind != "O" else "object",
-                "model_options": {} if self.dropout is None else {"dropout": self.dropout},
-                "init": self.init, "scaler": self.scaler_.to_dict(), "params": _json_params(self.get_params()),
-                "history": self.history_,
-                "feature_names_in": (self.feature_names_in_.tolist()
-                                     if hasattr(self, "feature_names_in_") else None)}
+        meta = {
+            "model": self.model,
+            "input_shape": list(self.image_shape_),
+            "num_classes": len(classes),
+            "classes": classes.tolist(),
+            "classes_dtype": classes.dtype.str if classes.dtype.kind != "O" else "object",
+            "model_options": {} if self.dropout is None else {"dropout": self.dropout},
+            "init": self.init,
+            "scaler": self.scaler_.to_dict(),
+            "params": _json_params(self.get_params()),
+            "history": self.history_,
+            "feature_names_in": (
+                self.feature_names_in_.tolist() if hasattr(self, "feature_names_in_") else None
+            ),
+        }
         return save_model(self.model_, path, meta=meta)
 
     @classmethod
-    def load(cls, path) -> "DigitClassifier":
+    def load(cls, path) -> DigitClassifier:
         """A fitted classifier from the files :meth:`save` wrote (refuses pickled weights)."""
         saved = load_model(path)
         meta = saved.meta
         if "params" not in meta:
-            raise CheckpointError(f"{path}: a digitcnn model but not a saved DigitClassifier "
-                                  "(no 'params'); load it with digitcnn.checkpoint.load_model")
+            raise CheckpointError(
+                f"{path}: a digitcnn model but not a saved DigitClassifier "
+                "(no 'params'); load it with digitcnn.checkpoint.load_model"
+            )
         estimator = cls(**meta["params"])
         dtype = object if meta.get("classes_dtype") == "object" else meta.get("classes_dtype")
         estimator.classes_ = np.asarray(meta["classes"], dtype=dtype)
@@ -371,8 +463,11 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         if meta.get("feature_names_in") is not None:
             estimator.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
         scaler = meta["scaler"]
-        estimator.scaler_ = Scaler(scaler["kind"], np.asarray(scaler["mean"], dtype=np.float64),
-                                   np.asarray(scaler["scale"], dtype=np.float64))
+        estimator.scaler_ = Scaler(
+            scaler["kind"],
+            np.asarray(scaler["mean"], dtype=np.float64),
+            np.asarray(scaler["scale"], dtype=np.float64),
+        )
         estimator.model_ = saved.model
         estimator.history_ = list(meta.get("history", []))
         estimator.n_epochs_ = len(estimator.history_)

@@ -1,4 +1,5 @@
 """``python -m digitcnn.kfold``: see :mod:`digitcnn.commands.kfold`."""
+
 from digitcnn.commands.kfold import main
 from digitcnn.errors import exit_cli
 

@@ -10,16 +10,24 @@ This module imports neither torch nor sklearn: the training loop counts its conf
 matrix with one ``bincount`` on the tensors it already holds, and everything else works on
 NumPy arrays (``python -m benchmarks --cases startup`` measures what imports cost).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["confusion_counts", "accuracy_from_confusion", "normalize_confusion",
-           "ConfusionAccumulator", "mean_std", "TTest", "corrected_resampled_ttest"]
+__all__ = [
+    "confusion_counts",
+    "accuracy_from_confusion",
+    "normalize_confusion",
+    "ConfusionAccumulator",
+    "mean_std",
+    "TTest",
+    "corrected_resampled_ttest",
+]
 
 
 def confusion_counts(predictions, targets, num_classes: int):
@@ -54,16 +62,16 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 class ConfusionAccumulator:
-    """Sums per-fold confusion counts; derives pooled accuracy and normalised rates."""
+    """Sums per-fold confusion counts (as counts, never rates); derives pooled accuracy."""
 
     def __init__(self, num_classes: int = 10) -> None:
         self.counts = np.zeros((num_classes, num_classes), dtype=np.int64)
 
-    def add(self, confusion) -> "ConfusionAccumulator":
+    def add(self, confusion) -> ConfusionAccumulator:
         self.counts += np.asarray(confusion, dtype=np.int64)
         return self
 
-    def extend(self, confusions: Iterable) -> "ConfusionAccumulator":
+    def extend(self, confusions: Iterable) -> ConfusionAccumulator:
         for confusion in confusions:
             self.add(confusion)
         return self
@@ -80,9 +88,6 @@ class ConfusionAccumulator:
     def accuracy(self) -> float:
         return accuracy_from_confusion(self.counts)
 
-    def normalized(self) -> np.ndarray:
-        return normalize_confusion(self.counts)
-
 
 @dataclass(frozen=True)
 class TTest:
@@ -96,8 +101,7 @@ class TTest:
     p: float
 
 
-def corrected_resampled_ttest(differences: Sequence[float], n_train: float,
-                              n_test: float) -> TTest:
+def corrected_resampled_ttest(differences: Sequence[float], n_train: float, n_test: float) -> TTest:
     """Nadeau and Bengio's (2003) corrected resampled t-test of paired per-fold differences.
 
     With the k differences d_j (here: accuracy of one cell minus another's on fold j),

@@ -1,4 +1,5 @@
 """``python -m digitcnn.predict``: see :mod:`digitcnn.commands.predict`."""
+
 from digitcnn.commands.predict import main
 from digitcnn.errors import exit_cli
 

@@ -2,14 +2,13 @@
 metrics, as data. How they are written to a run folder and read back is
 :mod:`digitcnn.runstore` (``digitcnn.save_run(result, folder)``).
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,25 +74,43 @@ class FoldResult:
         return self.correct / self.n_val if self.n_val else float("nan")
 
     def to_dict(self) -> dict:
-        return {"fold": self.fold, "n_train": self.n_train, "n_val": self.n_val,
-                "accuracy": self.accuracy, "correct": self.correct, "loss": self.loss,
-                "confusion": np.asarray(self.confusion).tolist(),
-                "train_loss": list(self.train_loss), "val_loss": list(self.val_loss),
-                "val_accuracy": list(self.val_accuracy), "lrs": list(self.lrs), "lr": self.lr,
-                "seed": self.seed, "wall_s": self.wall_s, "train_s": self.train_s,
-                "eval_s": self.eval_s,
-                "train_accuracy": list(self.train_accuracy), "epochs_run": self.epochs_run,
-                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early}
+        return {
+            "fold": self.fold,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "accuracy": self.accuracy,
+            "correct": self.correct,
+            "loss": self.loss,
+            "confusion": np.asarray(self.confusion).tolist(),
+            "train_loss": list(self.train_loss),
+            "val_loss": list(self.val_loss),
+            "val_accuracy": list(self.val_accuracy),
+            "lrs": list(self.lrs),
+            "lr": self.lr,
+            "seed": self.seed,
+            "wall_s": self.wall_s,
+            "train_s": self.train_s,
+            "eval_s": self.eval_s,
+            "train_accuracy": list(self.train_accuracy),
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+        }
 
     @classmethod
-    def from_dict(cls, values: dict, val_indices) -> "FoldResult":
+    def from_dict(cls, values: dict, val_indices) -> FoldResult:
         """Rebuild from :meth:`to_dict` output (a finished fold read back to resume a run)."""
-        names = {f for f in cls.__dataclass_fields__} - {"val_indices", "confusion",
-                                                         "val_log_probs"}
-        return cls(**{k: values[k] for k in names if k in values},
-                   confusion=np.asarray(values["confusion"], dtype=np.int64),
-                   val_indices=np.asarray(val_indices, dtype=np.int64),
-                   val_log_probs=values.get("val_log_probs"))
+        names = {f for f in cls.__dataclass_fields__} - {
+            "val_indices",
+            "confusion",
+            "val_log_probs",
+        }
+        return cls(
+            **{k: values[k] for k in names if k in values},
+            confusion=np.asarray(values["confusion"], dtype=np.int64),
+            val_indices=np.asarray(val_indices, dtype=np.int64),
+            val_log_probs=values.get("val_log_probs"),
+        )
 
 
 def describe_execution(device: str, execution: dict | None) -> str:
@@ -103,8 +120,10 @@ def describe_execution(device: str, execution: dict | None) -> str:
     if execution.get("precision") == "bf16":
         parts.append("bf16")
     if execution.get("executor") == "ray":
-        parts.append(f"Ray tasks of {execution['task_cpus']:g} CPU"
-                     + (f" and {execution['task_gpus']:g} GPU" if execution.get("task_gpus") else ""))
+        parts.append(
+            f"Ray tasks of {execution['task_cpus']:g} CPU"
+            + (f" and {execution['task_gpus']:g} GPU" if execution.get("task_gpus") else "")
+        )
     elif execution.get("fold_parallel"):
         parts.append("fold-parallel")
     elif execution.get("workers", 1) > 1:
@@ -168,42 +187,71 @@ class KFoldResult:
 
     def metrics(self) -> dict:
         """The content of ``metrics.json``."""
-        return {"accuracy": self.accuracy, "accuracy_mean": self.accuracy_mean,
-                "accuracy_std": self.accuracy_std, "loss": self.loss, "n": self.n,
-                "correct": sum(f.correct for f in self.folds),
-                "confusion": self.confusion.tolist(),
-                "folds": [f.to_dict() for f in self.folds],
-                "dataset": self.dataset, "device": self.device, "splits_sha256": self.splits_sha256,
-                "wall_s": self.wall_s, "versions": self.versions, **self.extra}
+        return {
+            "accuracy": self.accuracy,
+            "accuracy_mean": self.accuracy_mean,
+            "accuracy_std": self.accuracy_std,
+            "loss": self.loss,
+            "n": self.n,
+            "correct": sum(f.correct for f in self.folds),
+            "confusion": self.confusion.tolist(),
+            "folds": [f.to_dict() for f in self.folds],
+            "dataset": self.dataset,
+            "device": self.device,
+            "splits_sha256": self.splits_sha256,
+            "wall_s": self.wall_s,
+            "versions": self.versions,
+            **self.extra,
+        }
 
     def folds_csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["fold", "n_train", "n_val", "correct", "accuracy", "loss", "lr", "seed",
-                         "wall_s"])
+        writer.writerow(
+            ["fold", "n_train", "n_val", "correct", "accuracy", "loss", "lr", "seed", "wall_s"]
+        )
         for f in self.folds:
-            writer.writerow([f.fold, f.n_train, f.n_val, f.correct, f"{f.accuracy:.6f}",
-                             f"{f.loss:.6f}", f"{f.lr:.6g}", f.seed, f"{f.wall_s:.3f}"])
+            writer.writerow(
+                [
+                    f.fold,
+                    f.n_train,
+                    f.n_val,
+                    f.correct,
+                    f"{f.accuracy:.6f}",
+                    f"{f.loss:.6f}",
+                    f"{f.lr:.6g}",
+                    f.seed,
+                    f"{f.wall_s:.3f}",
+                ]
+            )
         return buffer.getvalue()
 
     def summary(self) -> str:
         """The per-fold table and the pooled line a person reads after a run."""
-        lines = [f"{'fold':>4} {'n_train':>8} {'n_val':>6} {'accuracy':>9} {'val_loss':>9} "
-                 f"{'last_lr':>9} {'wall_s':>7}"]
+        lines = [
+            f"{'fold':>4} {'n_train':>8} {'n_val':>6} {'accuracy':>9} {'val_loss':>9} "
+            f"{'last_lr':>9} {'wall_s':>7}"
+        ]
         for f in self.folds:
-            lines.append(f"{f.fold:>4} {f.n_train:>8} {f.n_val:>6} {100 * f.accuracy:>8.2f}% "
-                         f"{f.loss:>9.4f} {f.lr:>9.2e} {f.wall_s:>7.2f}")
+            lines.append(
+                f"{f.fold:>4} {f.n_train:>8} {f.n_val:>6} {100 * f.accuracy:>8.2f}% "
+                f"{f.loss:>9.4f} {f.lr:>9.2e} {f.wall_s:>7.2f}"
+            )
         if self.n == 0:
             last = self.folds[-1]
-            lines.append(f"trained on all {last.n_train} rows, no validation; last epoch: train "
-                         f"loss {last.train_loss[-1]:.4f}, train accuracy "
-                         f"{100 * last.train_accuracy[-1]:.2f}%; {self.wall_s:.1f} s on {self.device}")
+            lines.append(
+                f"trained on all {last.n_train} rows, no validation; last epoch: train "
+                f"loss {last.train_loss[-1]:.4f}, train accuracy "
+                f"{100 * last.train_accuracy[-1]:.2f}%; {self.wall_s:.1f} s on {self.device}"
+            )
             return "\n".join(lines)
         loss = f"{self.loss:.4f}" if math.isfinite(self.loss) else "n/a"
-        lines.append(f"accuracy {100 * self.accuracy:.2f}% ({sum(f.correct for f in self.folds)}"
-                     f"/{self.n}); per fold {100 * self.accuracy_mean:.2f} +- "
-                     f"{100 * self.accuracy_std:.2f}%; loss {loss}; "
-                     f"{self.wall_s:.1f} s on {self.ran_on}")
+        lines.append(
+            f"accuracy {100 * self.accuracy:.2f}% ({sum(f.correct for f in self.folds)}"
+            f"/{self.n}); per fold {100 * self.accuracy_mean:.2f} +- "
+            f"{100 * self.accuracy_std:.2f}%; loss {loss}; "
+            f"{self.wall_s:.1f} s on {self.ran_on}"
+        )
         return "\n".join(lines)
 
     def out_of_fold(self) -> dict:
@@ -220,9 +268,12 @@ def out_of_fold(folds: list[FoldResult], labels_by_row: np.ndarray | None = None
     rows = np.concatenate([np.asarray(f.val_indices) for f in usable])
     order = np.argsort(rows, kind="stable")
     log_probs = np.concatenate([np.asarray(f.val_log_probs) for f in usable])[order]
-    result = {"row": rows[order],
-              "fold": np.concatenate([np.full(f.n_val, f.fold) for f in usable])[order],
-              "predicted": log_probs.argmax(axis=1), "log_probs": log_probs.astype(np.float32)}
+    result = {
+        "row": rows[order],
+        "fold": np.concatenate([np.full(f.n_val, f.fold) for f in usable])[order],
+        "predicted": log_probs.argmax(axis=1),
+        "log_probs": log_probs.astype(np.float32),
+    }
     if labels_by_row is not None:
         result["true"] = np.asarray(labels_by_row)[result["row"]]
     return result

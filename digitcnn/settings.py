@@ -17,7 +17,7 @@ import dataclasses
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from digitcnn.errors import ConfigError
@@ -156,7 +156,9 @@ def _narrowed(f: dataclasses.Field, value: Any) -> Any:
             number = math.inf
         if not math.isfinite(number):
             raise SettingError(
-                f.name, value, f"is not a finite number; give a finite value (default {f.default!r})"
+                f.name,
+                value,
+                f"is not a finite number; give a finite value (default {f.default!r})",
             )
         return number
     return value
@@ -206,7 +208,7 @@ def parse_text(f: dataclasses.Field, text: str) -> Any:
         raise ValueError(f"{text!r} is not {what}; {fix}") from None
 
 
-def _limit_text(meta: dict) -> str | None:
+def _limit_text(meta: Mapping[str, Any]) -> str | None:
     low, high = meta.get("low"), meta.get("high")
     if low is None and high is None:
         return None
@@ -222,7 +224,7 @@ def _limit_text(meta: dict) -> str | None:
     return f"must be in {left}{low:g}, {high:g}{right}"
 
 
-def _within(value: float, meta: dict) -> bool:
+def _within(value: float, meta: Mapping[str, Any]) -> bool:
     low, high = meta.get("low"), meta.get("high")
     if low is not None and (value <= low if meta["low_open"] else value < low):
         return False
@@ -244,8 +246,12 @@ def check_settings(instance: Any) -> None:
         if choices and value not in choices:
             raise SettingError(f.name, value, f"is not valid; choose one of: {', '.join(choices)}")
         requirement = _limit_text(f.metadata)
-        if requirement and value is not None and not isinstance(value, bool) \
-                and not _within(value, f.metadata):
+        if (
+            requirement
+            and value is not None
+            and not isinstance(value, bool)
+            and not _within(value, f.metadata)
+        ):
             why = f.metadata.get("why")
             raise SettingError(f.name, value, requirement + (f" ({why})" if why else ""))
 
@@ -255,6 +261,4 @@ def settings_with_role(config_type: type, *roles: str) -> tuple[str, ...]:
     :data:`ROLES`), in declaration order."""
     if not set(roles) <= set(ROLES):
         raise ValueError(f"unknown role in {roles}; the roles are {', '.join(ROLES)}")
-    return tuple(
-        f.name for f in dataclasses.fields(config_type) if f.metadata.get("role") in roles
-    )
+    return tuple(f.name for f in dataclasses.fields(config_type) if f.metadata.get("role") in roles)

@@ -1,4 +1,5 @@
 """``python -m digitcnn.train``: see :mod:`digitcnn.commands.train`."""
+
 from digitcnn.commands.train import main
 from digitcnn.errors import exit_cli
 

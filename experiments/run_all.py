@@ -11,6 +11,7 @@ relative to the root). Each experiment is one digitcnn command line (printed bef
 its whole wall time and the command are saved as ``results/<name>/command.json``. An
 experiment with ``seeds`` runs once per seed into ``results/<name>/seed<k>/``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,14 +49,23 @@ class Experiment:
         """(output folder, command line) of each run, the command as a user would type it."""
         # a sweep's file holds its grid as well as its settings
         option = "--grid-file" if self.command == "sweep" else "--config"
-        base = ["python", "-m", f"digitcnn.{self.command}", option, f"experiments/{self.config}",
-                *self.flags]
+        base = [
+            "python",
+            "-m",
+            f"digitcnn.{self.command}",
+            option,
+            f"experiments/{self.config}",
+            *self.flags,
+        ]
         if not self.seeds:
             return [(results / self.name, [*base, "--out", _shown(results / self.name)])]
-        return [(results / self.name / f"seed{seed}",
-                 [*base, "--seed", str(seed), "--out",
-                  _shown(results / self.name / f"seed{seed}")])
-                for seed in self.seeds]
+        return [
+            (
+                results / self.name / f"seed{seed}",
+                [*base, "--seed", str(seed), "--out", _shown(results / self.name / f"seed{seed}")],
+            )
+            for seed in self.seeds
+        ]
 
 
 def _shown(path: Path) -> str:
@@ -72,8 +82,11 @@ def load_index(path: Path = INDEX) -> dict[str, Experiment]:
         unknown = set(entry) - set(Experiment.__dataclass_fields__)
         if unknown:
             raise SystemExit(f"{path}: [{name}] has unknown key(s) {', '.join(sorted(unknown))}")
-        entry = {**entry, "flags": tuple(entry.get("flags", ())),
-                 "seeds": tuple(entry.get("seeds", ()))}
+        entry = {
+            **entry,
+            "flags": tuple(entry.get("flags", ())),
+            "seeds": tuple(entry.get("seeds", ())),
+        }
         experiments[name] = Experiment(name=name, **entry)
     return experiments
 
@@ -86,15 +99,19 @@ def run_experiment(experiment: Experiment, results: Path) -> None:
         replace = ["--overwrite"] if out.exists() else []
         subprocess.run([sys.executable, *command[1:], *replace], cwd=ROOT, check=True)
         wall = time.perf_counter() - started
-        record = {"command": shlex.join(command), "wall_s": round(wall, 2),
-                  "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        record = {
+            "command": shlex.join(command),
+            "wall_s": round(wall, 2),
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         (out / "command.json").write_text(json.dumps(record, indent=2) + "\n")
         print(f"{experiment.name}: {wall:.1f} s", flush=True)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("names", nargs="*", help="experiments to run (default: all)")
     parser.add_argument("--results", default=str(ROOT / "results"), help="results folder")
     parser.add_argument("--list", action="store_true", help="list the experiments and stop")
@@ -104,8 +121,9 @@ def main(argv=None) -> int:
     results = Path(args.results)
     unknown = [name for name in args.names if name not in experiments]
     if unknown:
-        parser.error(f"unknown experiment(s) {', '.join(unknown)}; choose from: "
-                     f"{', '.join(experiments)}")
+        parser.error(
+            f"unknown experiment(s) {', '.join(unknown)}; choose from: {', '.join(experiments)}"
+        )
     if args.list:
         for experiment in experiments.values():
             for out, command in experiment.runs(results):

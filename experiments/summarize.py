@@ -4,6 +4,7 @@ Every number in the README is read from a file under ``results/`` (``metrics.jso
 ``sweep.csv``, ``command.json``, ``bench*/bench.json``); nothing is typed in by hand except
 the reference pipelines' reported figures, which come from ``experiments/index.toml``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,12 @@ from digitcnn.results import describe_execution
 __all__ = ["write_readme"]
 
 # S2's own table (SPEC.md): train % / test % per optimizer and dropout.
-S2_REPORTED = {("sgd", "0.3"): ("96.4", "97.33"), ("rmsprop", "0.3"): ("99.47", "99.2"),
-               ("adam", "0.3"): ("99.54", "99.4"), ("adam", "0.2"): ("99.33", "99.2")}
+S2_REPORTED = {
+    ("sgd", "0.3"): ("96.4", "97.33"),
+    ("rmsprop", "0.3"): ("99.47", "99.2"),
+    ("adam", "0.3"): ("99.54", "99.4"),
+    ("adam", "0.2"): ("99.33", "99.2"),
+}
 
 
 def _read(path: Path) -> dict | None:
@@ -32,35 +37,51 @@ def _pct(value: float | None) -> str:
 def _run_cells(out: Path, name: str, metrics: dict, command: dict | None) -> dict:
     folds = metrics["folds"]
     kfold = len(folds) > 1
-    accuracy = (f"{_pct(metrics['accuracy_mean'])} ± {_pct(metrics['accuracy_std'])}"
-                if kfold else _pct(metrics["accuracy"]))
+    accuracy = (
+        f"{_pct(metrics['accuracy_mean'])} ± {_pct(metrics['accuracy_std'])}"
+        if kfold
+        else _pct(metrics["accuracy"])
+    )
     device = describe_execution(metrics.get("device", "cpu"), metrics.get("execution"))
-    return {"accuracy": accuracy, "pooled": _pct(metrics["accuracy"]),
-            "train_s": f"{metrics['wall_s']:.1f}",
-            "whole_s": f"{command['wall_s']:.1f}" if command else "n/a",
-            "device": device, "command": command["command"] if command else "(not run)",
-            "link": f"[{name}]({out.name}/)"}
+    return {
+        "accuracy": accuracy,
+        "pooled": _pct(metrics["accuracy"]),
+        "train_s": f"{metrics['wall_s']:.1f}",
+        "whole_s": f"{command['wall_s']:.1f}" if command else "n/a",
+        "device": device,
+        "command": command["command"] if command else "(not run)",
+        "link": f"[{name}]({out.name}/)",
+    }
 
 
 def _seeded_cells(experiment, out: Path) -> dict | None:
-    runs = [(_read(out / f"seed{s}" / "metrics.json"), _read(out / f"seed{s}" / "command.json"))
-            for s in experiment.seeds]
+    runs = [
+        (_read(out / f"seed{s}" / "metrics.json"), _read(out / f"seed{s}" / "command.json"))
+        for s in experiment.seeds
+    ]
     if any(m is None for m, _ in runs):
         return None
     totals = [m["accuracy"] for m, _ in runs]
     fold_spread = [m["accuracy_std"] for m, _ in runs]
     first = _run_cells(out / "seed0", experiment.name, runs[0][0], runs[0][1])
-    return {**first,
-            "accuracy": (f"{_pct(np.mean(totals))} ± {_pct(np.std(totals, ddof=1))} over seeds "
-                         f"{', '.join(map(str, experiment.seeds))} ("
-                         + " / ".join(_pct(t) for t in totals)
-                         + f"; fold std {_pct(np.mean(fold_spread))})"),
-            "pooled": " / ".join(_pct(t) for t in totals),
-            "train_s": " / ".join(f"{m['wall_s']:.1f}" for m, _ in runs),
-            "whole_s": " / ".join(f"{c['wall_s']:.1f}" if c else "n/a" for _, c in runs),
-            "command": runs[0][1]["command"].replace("--seed 0", "--seed {0,1,2}")
-                       .replace("seed0", "seed{0,1,2}") if runs[0][1] else "(not run)",
-            "link": f"[{experiment.name}]({out.name}/)"}
+    return {
+        **first,
+        "accuracy": (
+            f"{_pct(np.mean(totals))} ± {_pct(np.std(totals, ddof=1))} over seeds "
+            f"{', '.join(map(str, experiment.seeds))} ("
+            + " / ".join(_pct(t) for t in totals)
+            + f"; fold std {_pct(np.mean(fold_spread))})"
+        ),
+        "pooled": " / ".join(_pct(t) for t in totals),
+        "train_s": " / ".join(f"{m['wall_s']:.1f}" for m, _ in runs),
+        "whole_s": " / ".join(f"{c['wall_s']:.1f}" if c else "n/a" for _, c in runs),
+        "command": runs[0][1]["command"]
+        .replace("--seed 0", "--seed {0,1,2}")
+        .replace("seed0", "seed{0,1,2}")
+        if runs[0][1]
+        else "(not run)",
+        "link": f"[{experiment.name}]({out.name}/)",
+    }
 
 
 def _sweep_cells(experiment, out: Path) -> dict | None:
@@ -69,17 +90,23 @@ def _sweep_cells(experiment, out: Path) -> dict | None:
     if not rows:
         return None
     best = max(rows, key=lambda r: float(r["accuracy_mean"]))
-    accuracy = (f"best cell {best['cell']}: {_pct(float(best['accuracy_mean']))} ± "
-                f"{_pct(float(best['accuracy_std']))} ({len(rows)} cells; all in its sweep.md)")
+    accuracy = (
+        f"best cell {best['cell']}: {_pct(float(best['accuracy_mean']))} ± "
+        f"{_pct(float(best['accuracy_std']))} ({len(rows)} cells; all in its sweep.md)"
+    )
     device = "cpu"
     metrics = _read(out / "cells" / best["cell"] / "metrics.json")
     if metrics:
         device = _run_cells(out, experiment.name, metrics, None)["device"]
-    return {"accuracy": accuracy, "pooled": _pct(float(best["accuracy_pooled"])),
-            "train_s": f"{sum(float(r['wall_s']) for r in rows):.0f} (all cells)",
-            "whole_s": f"{command['wall_s']:.0f}" if command else "n/a", "device": device,
-            "command": command["command"] if command else "(not run)",
-            "link": f"[{experiment.name}]({out.name}/sweep.md)"}
+    return {
+        "accuracy": accuracy,
+        "pooled": _pct(float(best["accuracy_pooled"])),
+        "train_s": f"{sum(float(r['wall_s']) for r in rows):.0f} (all cells)",
+        "whole_s": f"{command['wall_s']:.0f}" if command else "n/a",
+        "device": device,
+        "command": command["command"] if command else "(not run)",
+        "link": f"[{experiment.name}]({out.name}/sweep.md)",
+    }
 
 
 def _sweep_rows(out: Path) -> list[dict]:
@@ -103,18 +130,25 @@ def _row_of(experiment, results: Path) -> dict | None:
 
 
 def main_table(experiments: dict, results: Path) -> list[str]:
-    lines = ["| experiment | pipeline | data used here | ours: accuracy % (mean ± std over "
-             "folds; holdout: one split) | reported | train + eval s | whole command s | "
-             "device | command |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| experiment | pipeline | data used here | ours: accuracy % (mean ± std over "
+        "folds; holdout: one split) | reported | train + eval s | whole command s | "
+        "device | command |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for experiment in experiments.values():
         row = _row_of(experiment, results)
         if row is None:
-            lines.append(f"| {experiment.name} | {experiment.pipeline} | {experiment.data} | "
-                         f"not run yet | {experiment.reported} | | | | |")
+            lines.append(
+                f"| {experiment.name} | {experiment.pipeline} | {experiment.data} | "
+                f"not run yet | {experiment.reported} | | | | |"
+            )
             continue
-        lines.append(f"| {row['link']} | {experiment.pipeline} | {experiment.data} | "
-                     f"{row['accuracy']} | {experiment.reported} | {row['train_s']} | "
-                     f"{row['whole_s']} | {row['device']} | `{row['command']}` |")
+        lines.append(
+            f"| {row['link']} | {experiment.pipeline} | {experiment.data} | "
+            f"{row['accuracy']} | {experiment.reported} | {row['train_s']} | "
+            f"{row['whole_s']} | {row['device']} | `{row['command']}` |"
+        )
     return lines
 
 
@@ -122,18 +156,22 @@ def s2_table(results: Path) -> list[str]:
     rows = _sweep_rows(results / "s2_optimizers")
     if not rows:
         return ["(s2_optimizers has not been run.)"]
-    lines = ["| optimizer | dropout | ours: val. acc % (mean ± std, 4 folds) | ours: train acc % "
-             "(last epoch) | S2: train % | S2: test % | best − cell (points) | p |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| optimizer | dropout | ours: val. acc % (mean ± std, 4 folds) | ours: train acc % "
+        "(last epoch) | S2: train % | S2: test % | best − cell (points) | p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         key = (row["optimizer"], row["dropout"])
         reported = S2_REPORTED.get(key, ("—", "—"))
         difference = float(row["difference_best_minus_cell"])
         p = row["p"] if row["p"] else "(best)"
-        lines.append(f"| {row['optimizer']} | {row['dropout']} | "
-                     f"{_pct(float(row['accuracy_mean']))} ± {_pct(float(row['accuracy_std']))} | "
-                     f"{_pct(float(row['train_accuracy']))} | {reported[0]} | {reported[1]} | "
-                     f"{100 * difference:+.2f} | {_p(p)} |")
+        lines.append(
+            f"| {row['optimizer']} | {row['dropout']} | "
+            f"{_pct(float(row['accuracy_mean']))} ± {_pct(float(row['accuracy_std']))} | "
+            f"{_pct(float(row['train_accuracy']))} | {reported[0]} | {reported[1]} | "
+            f"{100 * difference:+.2f} | {_p(p)} |"
+        )
     return lines
 
 
@@ -155,22 +193,36 @@ def best_against_svm(experiments: dict, results: Path) -> list[str]:
         return ["(uci_best and uci_svm have not both been run.)"]
     comparison = compare_runs(seeds, [svm])
     for side in ("first", "second"):  # named from the repository root, wherever it lies
-        comparison[side]["runs"] = [str(Path(run).relative_to(results.parent))
-                                    for run in comparison[side]["runs"]]
+        comparison[side]["runs"] = [
+            str(Path(run).relative_to(results.parent)) for run in comparison[side]["runs"]
+        ]
     (results / "uci_best" / "against_svm.json").write_text(json.dumps(comparison, indent=2) + "\n")
-    lines = ["First side: the best recipe, per-fold accuracy averaged over its seeds; second "
-             "side: SVC(C=10) on the same folds.", "", format_comparison(comparison), "",
-             "Command: `python -m digitcnn.compare "
-             + " ".join(str(p.relative_to(results.parent)) for p in seeds)
-             + f" --against {svm.relative_to(results.parent)}`"]
-    writers = [(name, _read(results / name / "metrics.json"))
-               for name in ("uci_best_writers", "uci_svm_writers")]
+    lines = [
+        "First side: the best recipe, per-fold accuracy averaged over its seeds; second "
+        "side: SVC(C=10) on the same folds.",
+        "",
+        format_comparison(comparison),
+        "",
+        "Command: `python -m digitcnn.compare "
+        + " ".join(str(p.relative_to(results.parent)) for p in seeds)
+        + f" --against {svm.relative_to(results.parent)}`",
+    ]
+    writers = [
+        (name, _read(results / name / "metrics.json"))
+        for name in ("uci_best_writers", "uci_svm_writers")
+    ]
     if all(m for _, m in writers):
-        lines += ["", "Writer-disjoint split (train on `optdigits.tra`, test on `optdigits.tes`, "
-                      "written by different people):", "",
-                  "| run | accuracy % | correct / rows |", "|---|---|---|"]
-        lines += [f"| {name} | {_pct(m['accuracy'])} | {m['correct']} / {m['n']} |"
-                  for name, m in writers]
+        lines += [
+            "",
+            "Writer-disjoint split (train on `optdigits.tra`, test on `optdigits.tes`, "
+            "written by different people):",
+            "",
+            "| run | accuracy % | correct / rows |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {_pct(m['accuracy'])} | {m['correct']} / {m['n']} |" for name, m in writers
+        ]
     return lines
 
 
@@ -180,63 +232,96 @@ def speed_section(results: Path) -> list[str]:
     # the one in bench/
     uci_folder = "bench_uci" if _read(results / "bench_uci" / "bench.json") else "bench"
     for folder, name, what in (
-            (uci_folder, "uci", "UCI, S5 recipe, against `reference_loop.py` (its own work)"),
-            ("bench", "mnist", "MNIST scale: Fashion-MNIST's 60,000 training images, S2's "
-                               "model, 4 folds x 1 epoch, against the plain DataLoader loop "
-                               "`benchmarks.inprocess.plain_loop`"),
-            ("bench_fast", "uci", "the fast UCI recipe against the S5 reference loop"),
-            ("bench_skorch", "skorch", "scikit-learn's `cross_val_score` of `DigitClassifier` "
-                                       "against skorch's `NeuralNetClassifier` (UCI, S5's "
-                                       "model, the same 4 shuffled folds, 10 epochs, batch "
-                                       "64, Adam 1e-3, StepLR 0.7, CPU)")):
+        (uci_folder, "uci", "UCI, S5 recipe, against `reference_loop.py` (its own work)"),
+        (
+            "bench",
+            "mnist",
+            "MNIST scale: Fashion-MNIST's 60,000 training images, S2's "
+            "model, 4 folds x 1 epoch, against the plain DataLoader loop "
+            "`benchmarks.inprocess.plain_loop`",
+        ),
+        ("bench_fast", "uci", "the fast UCI recipe against the S5 reference loop"),
+        (
+            "bench_skorch",
+            "skorch",
+            "scikit-learn's `cross_val_score` of `DigitClassifier` "
+            "against skorch's `NeuralNetClassifier` (UCI, S5's "
+            "model, the same 4 shuffled folds, 10 epochs, batch "
+            "64, Adam 1e-3, StepLR 0.7, CPU)",
+        ),
+    ):
         report = _read(results / folder / "bench.json")
         if not report or name not in report.get("cases", {}):
             continue
         case = report["cases"][name]
         # since the startup case, uci measures the default command (plots and report on, at a
         # terminal) beside --no-plots; older files measured --no-plots alone
-        default = ("no_plots_ratio_median" in case
-                   and f"the default command (plots and report on, at a terminal; report.html "
-                       f"ready after {case['digitcnn_report_ready_s_median']:.2f} s): ")
-        lines += [f"**{what}** (`{folder}/bench.json`, {report['repeats']} alternating pairs, "
-                  f"medians{_cpu(report)}; command in the file): {default or ''}whole process "
-                  f"{case['digitcnn_wall_s_median']:.2f} s against "
-                  f"{case['reference_wall_s_median']:.2f} s, ratio "
-                  f"**{case['ratio_median']:.3f}**"
-                  + (f"; with `--no-plots` {case['no_plots_wall_s_median']:.2f} s, ratio "
-                     f"**{case['no_plots_ratio_median']:.3f}**" if default else "")
-                  + "; training and evaluation in-process "
-                  f"{case['digitcnn_train_s_median']:.2f} s against "
-                  f"{case['reference_train_s_median']:.2f} s, ratio "
-                  f"**{case['train_ratio_median']:.3f}**; accuracy "
-                  f"{_pct(case['digitcnn_accuracy_median'])}% against "
-                  f"{_pct(case['reference_accuracy_median'])}%; peak memory (PSS, all "
-                  f"processes) {case['digitcnn_peak_tree_pss_mib']:.0f} MiB against "
-                  f"{case['reference_peak_tree_pss_mib']:.0f} MiB.", ""]
+        default = (
+            "no_plots_ratio_median" in case
+            and f"the default command (plots and report on, at a terminal; report.html "
+            f"ready after {case['digitcnn_report_ready_s_median']:.2f} s): "
+        )
+        lines += [
+            f"**{what}** (`{folder}/bench.json`, {report['repeats']} alternating pairs, "
+            f"medians{_cpu(report)}; command in the file): {default or ''}whole process "
+            f"{case['digitcnn_wall_s_median']:.2f} s against "
+            f"{case['reference_wall_s_median']:.2f} s, ratio "
+            f"**{case['ratio_median']:.3f}**"
+            + (
+                f"; with `--no-plots` {case['no_plots_wall_s_median']:.2f} s, ratio "
+                f"**{case['no_plots_ratio_median']:.3f}**"
+                if default
+                else ""
+            )
+            + "; training and evaluation in-process "
+            f"{case['digitcnn_train_s_median']:.2f} s against "
+            f"{case['reference_train_s_median']:.2f} s, ratio "
+            f"**{case['train_ratio_median']:.3f}**; accuracy "
+            f"{_pct(case['digitcnn_accuracy_median'])}% against "
+            f"{_pct(case['reference_accuracy_median'])}%; peak memory (PSS, all "
+            f"processes) {case['digitcnn_peak_tree_pss_mib']:.0f} MiB against "
+            f"{case['reference_peak_tree_pss_mib']:.0f} MiB.",
+            "",
+        ]
     lines += ray_lines(results)
     lines += startup_lines(results)
     scaling = (_read(results / "bench" / "bench.json") or {}).get("cases", {}).get("scaling")
     if scaling:
         modes = list(dict.fromkeys(r["mode"] for r in scaling["folds"]))
-        lines += ["**Time against folds** (`bench/scaling.png`; S5 recipe on UCI, 10 epochs, "
-                  "training and evaluation in-process, seconds):", "",
-                  "| folds | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
+        lines += [
+            "**Time against folds** (`bench/scaling.png`; S5 recipe on UCI, 10 epochs, "
+            "training and evaluation in-process, seconds):",
+            "",
+            "| folds | " + " | ".join(modes) + " |",
+            "|---|" + "---|" * len(modes),
+        ]
         for folds in dict.fromkeys(r["folds"] for r in scaling["folds"]):
             times = {r["mode"]: r["train_s"] for r in scaling["folds"] if r["folds"] == folds}
             lines.append(f"| {folds} | " + " | ".join(f"{times[m]:.2f}" for m in modes) + " |")
-        lines += ["", "Time against rows (4 folds): " + ", ".join(
-            f"{r['rows']:,} rows {r['train_s']:.2f} s" for r in scaling["rows"]) + ".", ""]
+        lines += [
+            "",
+            "Time against rows (4 folds): "
+            + ", ".join(f"{r['rows']:,} rows {r['train_s']:.2f} s" for r in scaling["rows"])
+            + ".",
+            "",
+        ]
     choices = (_read(results / "bench_choices" / "bench.json") or {}).get("cases", {})
     if "choices" in choices:
-        lines += ["**Each CPU choice** (`bench_choices/bench.json`; one UCI S5 fold, 10 epochs, "
-                  "in-process, median seconds; digitcnn runs two such folds at once, one per "
-                  "core): " + "; ".join(f"{name} {result['median_s']:.2f} s"
-                                         for name, result in choices["choices"].items()) + ".", ""]
+        lines += [
+            "**Each CPU choice** (`bench_choices/bench.json`; one UCI S5 fold, 10 epochs, "
+            "in-process, median seconds; digitcnn runs two such folds at once, one per "
+            "core): "
+            + "; ".join(
+                f"{name} {result['median_s']:.2f} s" for name, result in choices["choices"].items()
+            )
+            + ".",
+            "",
+        ]
     return lines or ["(no benchmark in results/ yet: `python -m benchmarks`.)"]
 
 
 def _cpu(report: dict) -> str:
-    """", on CPU_MODEL (AMX|no AMX)" for a bench.json that records its CPU (older ones do
+    """ ", on CPU_MODEL (AMX|no AMX)" for a bench.json that records its CPU (older ones do
     not): ratios compare within one machine only."""
     cpu = report.get("cpu")
     if not cpu:
@@ -252,14 +337,17 @@ def ray_lines(results: Path) -> list[str]:
     if not case:
         return []
     equal = {True: "equal", False: "**not equal**"}
-    return [f"**Ray against the local executor** (`bench_ray/bench.json`, {report['repeats']} "
-            f"alternating pairs, medians{_cpu(report)}): `{case['commands']['ray']}` "
-            f"{case['digitcnn_wall_s_median']:.2f} s against the same without `--executor ray` "
-            f"{case['reference_wall_s_median']:.2f} s, ratio **{case['ratio_median']:.3f}**; "
-            f"sweep.csv {equal[case['sweep_csv_equal']]} apart from wall_s, comparisons.csv "
-            f"{equal[case['comparisons_csv_equal']]}; peak memory (PSS, all processes) "
-            f"{case['digitcnn_peak_tree_pss_mib']:.0f} MiB against "
-            f"{case['reference_peak_tree_pss_mib']:.0f} MiB.", ""]
+    return [
+        f"**Ray against the local executor** (`bench_ray/bench.json`, {report['repeats']} "
+        f"alternating pairs, medians{_cpu(report)}): `{case['commands']['ray']}` "
+        f"{case['digitcnn_wall_s_median']:.2f} s against the same without `--executor ray` "
+        f"{case['reference_wall_s_median']:.2f} s, ratio **{case['ratio_median']:.3f}**; "
+        f"sweep.csv {equal[case['sweep_csv_equal']]} apart from wall_s, comparisons.csv "
+        f"{equal[case['comparisons_csv_equal']]}; peak memory (PSS, all processes) "
+        f"{case['digitcnn_peak_tree_pss_mib']:.0f} MiB against "
+        f"{case['reference_peak_tree_pss_mib']:.0f} MiB.",
+        "",
+    ]
 
 
 def startup_lines(results: Path) -> list[str]:
@@ -273,22 +361,31 @@ def startup_lines(results: Path) -> list[str]:
     else:
         return []
     commands = startup["commands"]
-    lines = [f"**Start-up** (`{folder}/bench.json`, {report['repeats']} rounds, "
-             f"medians{_cpu(report)}, whole processes): " + ", ".join(f"`{name}` {row['median_s']:.2f} s"
-                                             for name, row in commands.items())
-             + f"; `import digitcnn.kfold` minus `import torch`: "
-               f"{startup['import_kfold_minus_torch_s']:+.2f} s.", "",
-             "| S5 command (`" + startup["kfold_command"].split(" -m ", 1)[-1] + "`) | whole "
-             "process s | training (`wall_s`) s | beyond training s | beyond training minus "
-             "`import torch` s | report.html ready after s | accuracy % |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"**Start-up** (`{folder}/bench.json`, {report['repeats']} rounds, "
+        f"medians{_cpu(report)}, whole processes): "
+        + ", ".join(f"`{name}` {row['median_s']:.2f} s" for name, row in commands.items())
+        + f"; `import digitcnn.kfold` minus `import torch`: "
+        f"{startup['import_kfold_minus_torch_s']:+.2f} s.",
+        "",
+        "| S5 command (`" + startup["kfold_command"].split(" -m ", 1)[-1] + "`) | whole "
+        "process s | training (`wall_s`) s | beyond training s | beyond training minus "
+        "`import torch` s | report.html ready after s | accuracy % |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, row in startup["runs"].items():
-        lines.append(f"| {name} | {row['wall_s_median']:.2f} | {row['train_s_median']:.2f} | "
-                     f"{row['overhead_s_median']:.2f} | {row['overhead_minus_torch_s']:+.2f} | "
-                     f"{row['report_ready_s_median']:.2f} | {_pct(row['accuracy_median'])} |")
-    lines += ["", "At a terminal the command returns once `metrics.json` is written and draws "
-              "`evaluation.json`, the plots and `report.html` in a background process; in a "
-              "script (stdout not a terminal) it waits for them.", ""]
+        lines.append(
+            f"| {name} | {row['wall_s_median']:.2f} | {row['train_s_median']:.2f} | "
+            f"{row['overhead_s_median']:.2f} | {row['overhead_minus_torch_s']:+.2f} | "
+            f"{row['report_ready_s_median']:.2f} | {_pct(row['accuracy_median'])} |"
+        )
+    lines += [
+        "",
+        "At a terminal the command returns once `metrics.json` is written and draws "
+        "`evaluation.json`, the plots and `report.html` in a background process; in a "
+        "script (stdout not a terminal) it waits for them.",
+        "",
+    ]
     return lines
 
 
@@ -312,29 +409,44 @@ NOTES = """\
 
 
 def write_readme(experiments: dict, results: Path) -> Path:
-    text = "\n".join([
-        "# Results", "",
-        "Generated by `python experiments/run_all.py` (the experiments are listed in "
-        "`experiments/index.toml`; `--readme` only rewrites this page). Every figure below is "
-        "read from the run folders beside this file; each row's command reproduces it from "
-        "the repository root with `../shared/data` beside it. Folders hold `metrics.json`, "
-        "`evaluation.json`, `folds.csv`, `config.json`, `command.json`, the key plots and a "
-        "self-contained `report.html`; out-of-fold predictions and per-fold files are "
-        "regenerated by the commands, not committed.", "",
-        "## Every pipeline, ours beside the reported number", "",
-        *main_table(experiments, results), "",
-        "## S2's optimizer x dropout table", "",
-        "S2 trained on MNIST's 60,000 training images and tested on its 10,000 test images; "
-        "ours is 4-fold cross-validation on those 10,000 test images, every cell on the same "
-        "folds, 15 epochs, batch 64, Keras' default learning rates, pixels / 255. p is the "
-        "corrected resampled t-test (Nadeau and Bengio, 2003) of the best cell against each "
-        "other cell.", "",
-        *s2_table(results), "",
-        "## The best UCI recipe against the SVM", "",
-        *best_against_svm(experiments, results), "",
-        "## Speed", "",
-        *speed_section(results),
-        "## Where our data differs from the pipelines'", "", NOTES])
+    text = "\n".join(
+        [
+            "# Results",
+            "",
+            "Generated by `python experiments/run_all.py` (the experiments are listed in "
+            "`experiments/index.toml`; `--readme` only rewrites this page). Every figure below is "
+            "read from the run folders beside this file; each row's command reproduces it from "
+            "the repository root with `../shared/data` beside it. Folders hold `metrics.json`, "
+            "`evaluation.json`, `folds.csv`, `config.json`, `command.json`, the key plots and a "
+            "self-contained `report.html`; out-of-fold predictions and per-fold files are "
+            "regenerated by the commands, not committed.",
+            "",
+            "## Every pipeline, ours beside the reported number",
+            "",
+            *main_table(experiments, results),
+            "",
+            "## S2's optimizer x dropout table",
+            "",
+            "S2 trained on MNIST's 60,000 training images and tested on its 10,000 test images; "
+            "ours is 4-fold cross-validation on those 10,000 test images, every cell on the same "
+            "folds, 15 epochs, batch 64, Keras' default learning rates, pixels / 255. p is the "
+            "corrected resampled t-test (Nadeau and Bengio, 2003) of the best cell against each "
+            "other cell.",
+            "",
+            *s2_table(results),
+            "",
+            "## The best UCI recipe against the SVM",
+            "",
+            *best_against_svm(experiments, results),
+            "",
+            "## Speed",
+            "",
+            *speed_section(results),
+            "## Where our data differs from the pipelines'",
+            "",
+            NOTES,
+        ]
+    )
     path = results / "README.md"
     path.write_text(text)
     return path

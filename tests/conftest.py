@@ -1,4 +1,5 @@
 """Shared fixtures: small synthetic data files in tmp_path, and the real data when present."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Small MNIST-format (IDX) files for tests: written in tmp_path, gzipped or plain."""
+
 import gzip
 import struct
 from pathlib import Path
@@ -7,8 +8,10 @@ import numpy as np
 
 from digitcnn.datasets.idx import IMAGES_MAGIC, LABELS_MAGIC
 
-OFFICIAL_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+OFFICIAL_NAMES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def idx_images(images: np.ndarray, magic: int = IMAGES_MAGIC) -> bytes:
@@ -23,8 +26,10 @@ def idx_labels(labels: np.ndarray, magic: int = LABELS_MAGIC) -> bytes:
 
 def synthetic_digits(count: int, seed: int, side: int = 28) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, size=(count, side, side), dtype=np.uint8),
-            rng.integers(0, 10, size=count).astype(np.int64))
+    return (
+        rng.integers(0, 256, size=(count, side, side), dtype=np.uint8),
+        rng.integers(0, 10, size=count).astype(np.int64),
+    )
 
 
 def idx_name(name: str, dots: bool = False, gz: bool = True) -> str:

@@ -1,6 +1,7 @@
 """The library without a run configuration: training on tensors with a Recipe, scikit-learn
 splitter objects, the per-epoch hook in every way of training folds, and settings errors that
 name the setting for each front end."""
+
 import numpy as np
 import pytest
 import torch
@@ -12,9 +13,10 @@ from digitcnn.cv.splits import make_splits
 from digitcnn.errors import ConfigError
 
 FAST = dict(epochs=3, batch_size=32, quiet=True, verify=False)
-cpu_only = pytest.mark.skipif(torch.cuda.is_available(),
-                              reason="fold processes train on the CPU only; the default device "
-                                     "here is CUDA")
+cpu_only = pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="fold processes train on the CPU only; the default device here is CUDA",
+)
 
 
 def test_fit_trains_a_model_on_tensors_without_a_run_config():
@@ -41,14 +43,18 @@ def test_recipe_limits_name_the_setting_in_each_front_ends_words():
     assert caught.value.cli_message() == "--lr 0.0 must be positive"
     with pytest.raises(ConfigError, match=r"^batch_size=0 must be at least 1$"):
         digitcnn.RunConfig(batch_size=0)
-    with pytest.raises(ValueError, match=r"^DigitClassifier: validation_fraction=1\.5 must be in "
-                                         r"\(0, 1\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^DigitClassifier: validation_fraction=1\.5 must be in "
+        r"\(0, 1\)$",
+    ):
         digitcnn.DigitClassifier(validation_fraction=1.5).run_config()
 
 
 def test_a_splitter_object_gives_the_folds_of_the_named_scheme(optdigits_dir):
-    config = digitcnn.RunConfig(data_dir=str(optdigits_dir), cv="stratified", random_state=0,
-                                workers=1, **FAST)
+    config = digitcnn.RunConfig(
+        data_dir=str(optdigits_dir), cv="stratified", random_state=0, workers=1, **FAST
+    )
     dataset = load_for_config(config)
     splitter = StratifiedKFold(4, shuffle=True, random_state=0)
     by_name, by_object = make_splits(dataset, config), make_splits(dataset, config, splitter)
@@ -67,7 +73,9 @@ def test_a_group_splitter_gets_the_dataset_groups_and_its_errors_are_one_line(op
     groups = dataset.groups
     for train, val in splits:  # the original train and test files never share a fold
         assert set(groups[train]).isdisjoint(groups[val])
-    with pytest.raises(ConfigError, match=r"splitter GroupKFold\(n_splits=3.*\) cannot split 'uci' \(180 rows\)"):
+    with pytest.raises(
+        ConfigError, match=r"splitter GroupKFold\(n_splits=3.*\) cannot split 'uci' \(180 rows\)"
+    ):
         make_splits(dataset, config, GroupKFold(3))  # two groups only
     with pytest.raises(ConfigError, match="has no split"):
         make_splits(dataset, config, object())
@@ -91,23 +99,28 @@ class Recorder(digitcnn.Callback):
         self.runs.append(result.accuracy)
 
 
-@pytest.mark.parametrize("mode", [
-    dict(workers=1), pytest.param(dict(workers=2, threads=1), marks=cpu_only),
-    dict(fold_parallel=True)], ids=["in-turn", "fold-processes", "fold-parallel"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        dict(workers=1),
+        pytest.param(dict(workers=2, threads=1), marks=cpu_only),
+        dict(fold_parallel=True),
+    ],
+    ids=["in-turn", "fold-processes", "fold-parallel"],
+)
 def test_every_way_of_training_folds_calls_the_hook_and_stops_a_fold(optdigits_dir, mode):
     config = digitcnn.RunConfig(data_dir=str(optdigits_dir), **{**FAST, **mode})
     dataset = load_for_config(config)
     recorder = Recorder()
     result = run_kfold(dataset, config, callbacks=[recorder])
     assert sorted((fold, epoch) for fold, epoch, _ in recorder.epochs) == [
-        (fold, epoch) for fold in range(4) for epoch in range(3)]
+        (fold, epoch) for fold in range(4) for epoch in range(3)
+    ]
     for fold, epoch, val_loss in recorder.epochs:  # what the hook heard is what was recorded
         assert val_loss == round(result.folds[fold].val_loss[epoch], 6)
     assert sorted(recorder.folds) == [0, 1, 2, 3] and recorder.runs == [result.accuracy]
     stopper = Recorder(stop_fold=1)
     stopped = run_kfold(dataset, config, callbacks=[stopper])
-    # in this process the fold ends after the epoch that asked; a fold process hears the
-    # request at its next epoch's end
-    expected = 2 if mode.get("workers") == 2 else 1
-    assert stopped.folds[1].epochs_run == expected and stopped.folds[1].stopped_early
+    # the fold ends after the epoch that asked, in this process or in a fold process
+    assert stopped.folds[1].epochs_run == 1 and stopped.folds[1].stopped_early
     assert [f.epochs_run for f in stopped.folds if f.fold != 1] == [3, 3, 3]

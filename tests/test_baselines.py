@@ -1,8 +1,10 @@
 """sklearn baselines on digitcnn's folds, and the paired comparison of finished runs."""
+
 import json
 
 import numpy as np
 import pytest
+from conftest import real_data
 from sklearn.model_selection import KFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC
@@ -17,12 +19,11 @@ from digitcnn.cv.splits import make_splits, splits_sha256
 from digitcnn.errors import ConfigError
 from digitcnn.runstore.files import write_final
 
-from conftest import real_data
-
 
 def uci(optdigits_dir, **changes):
-    config = digitcnn.RunConfig(data_dir=str(optdigits_dir), **{"verify": False, "quiet": True,
-                                                                **changes})
+    config = digitcnn.RunConfig(
+        data_dir=str(optdigits_dir), **{"verify": False, "quiet": True, **changes}
+    )
     return load_for_config(config), config
 
 
@@ -32,8 +33,7 @@ def sklearn_fold_accuracies(estimator, dataset, folds=4):
     return cross_val_score(estimator, features, dataset.labels.numpy(), cv=splitter)
 
 
-@pytest.mark.parametrize("name, reference", [("svm", SVC(C=10)),
-                                             ("knn", KNeighborsClassifier(3))])
+@pytest.mark.parametrize("name, reference", [("svm", SVC(C=10)), ("knn", KNeighborsClassifier(3))])
 def test_baseline_equals_sklearn_on_the_same_folds(optdigits_dir, name, reference):
     dataset, config = uci(optdigits_dir)
     result = baselines.run_baseline(dataset, config, name)
@@ -65,11 +65,29 @@ def test_unknown_estimator_names_the_valid_ones(optdigits_dir):
 
 def test_cli_writes_a_run_folder_without_training_curves(optdigits_dir, tmp_path, capsys):
     out = tmp_path / "svm"
-    assert baselines_cli.main(["--data-dir", str(optdigits_dir), "--no-verify", "--estimator", "svm",
-                           "--C", "3", "--out", str(out)]) == 0
+    assert (
+        baselines_cli.main(
+            [
+                "--data-dir",
+                str(optdigits_dir),
+                "--no-verify",
+                "--estimator",
+                "svm",
+                "--C",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["baseline"] == {"estimator": "svm", "C": 3.0, "kernel": "rbf",
-                                   "features": "pixels / 16"}
+    assert metrics["baseline"] == {
+        "estimator": "svm",
+        "C": 3.0,
+        "kernel": "rbf",
+        "features": "pixels / 16",
+    }
     assert metrics["n"] == 180 and len(metrics["folds"]) == 4
     assert json.loads((out / "config.json").read_text())["model"] == "svm"
     for present in ("oof.npz", "evaluation.json", "report.html", "confusion.png", "roc.png"):
@@ -84,8 +102,7 @@ def test_real_uci_svm_is_specs_99_18_percent():
     dataset, config = uci(real_data("optdigits"), verify=True)
     result = baselines.run_baseline(dataset, config, "svm")
     assert result.accuracy == pytest.approx(0.991814946619217)  # SPEC: 99.18%
-    assert result.accuracy == pytest.approx(
-        np.mean(sklearn_fold_accuracies(SVC(C=10), dataset)))
+    assert result.accuracy == pytest.approx(np.mean(sklearn_fold_accuracies(SVC(C=10), dataset)))
 
 
 # ---------------------------------------------------------------------------- compare
@@ -122,22 +139,34 @@ def test_compare_cli_needs_finished_runs(tmp_path, capsys):
     assert "no metrics.json; pass the folder of a finished run" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--C", "0"], r"--C 0\.0 must be a positive finite number \(the SVC's regularisation "
-                   r"strength; SPEC used 10\)"),
-    (["--C", "nan"], r"--C nan must be a positive finite number"),
-    (["--C=-inf"], r"--C -inf must be a positive finite number"),
-    (["--estimator", "knn", "--neighbors", "0"], r"--neighbors 0 must be a whole number of at "
-                                                 r"least 1 \(kNN's k; SPEC used 3\)"),
-    (["--estimator", "knn", "--neighbors", "1000"], r"--neighbors 1000 is more than the 135 rows "
-                                                    r"of the smallest training fold; choose at "
-                                                    r"most 135 \(SPEC used 3\)"),
-])
-def test_bad_baseline_settings_exit_2_with_one_line(optdigits_dir, tmp_path, capsys, argv,
-                                                    message):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--C", "0"],
+            r"--C 0\.0 must be a positive finite number \(the SVC's regularisation "
+            r"strength; SPEC used 10\)",
+        ),
+        (["--C", "nan"], r"--C nan must be a positive finite number"),
+        (["--C=-inf"], r"--C -inf must be a positive finite number"),
+        (
+            ["--estimator", "knn", "--neighbors", "0"],
+            r"--neighbors 0 must be a whole number of at "
+            r"least 1 \(kNN's k; SPEC used 3\)",
+        ),
+        (
+            ["--estimator", "knn", "--neighbors", "1000"],
+            r"--neighbors 1000 is more than the 135 rows "
+            r"of the smallest training fold; choose at "
+            r"most 135 \(SPEC used 3\)",
+        ),
+    ],
+)
+def test_bad_baseline_settings_exit_2_with_one_line(optdigits_dir, tmp_path, capsys, argv, message):
     out = tmp_path / "svm"
-    code = baselines_cli.main(["--data-dir", str(optdigits_dir), "--no-verify", "--quiet", "--out",
-                           str(out), *argv])
+    code = baselines_cli.main(
+        ["--data-dir", str(optdigits_dir), "--no-verify", "--quiet", "--out", str(out), *argv]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("digitcnn.baselines: error: ")
@@ -151,11 +180,16 @@ def test_baselines_cli_refuses_nan_c(tmp_path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "digitcnn.baselines", "--C", "nan", "--out",
-                           str(tmp_path / "svm")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "digitcnn.baselines", "--C", "nan", "--out", str(tmp_path / "svm")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stderr == (
         "digitcnn.baselines: error: --C nan must be a positive finite number (the SVC's "
-        "regularisation strength; SPEC used 10)\n")
+        "regularisation strength; SPEC used 10)\n"
+    )
 
 
 def test_neighbors_up_to_the_training_rows_work(optdigits_dir):

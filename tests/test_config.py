@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import re
 import subprocess
@@ -26,32 +27,41 @@ def test_toml_then_flags_override(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('epochs = 3\nbatch-size = 32\n[run]\nscaler = "global"\n')
     config = parse(["--config", str(path), "--epochs", "5", "--no-shuffle"])
-    assert (config.epochs, config.batch_size, config.scaler, config.shuffle) == (5, 32, "global", False)
+    assert (config.epochs, config.batch_size, config.scaler, config.shuffle) == (
+        5,
+        32,
+        "global",
+        False,
+    )
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
-        RunConfig().epochs = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RunConfig().epochs = 3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"folds": 1}, r"folds=1 must be at least 2 \(K-fold needs two folds .*--cv writers"),
-    ({"epochs": 0}, r"epochs=0 must be at least 1"),
-    ({"scaler": "minmax"}, r"scaler='minmax' is not valid; choose one of: standard, global"),
-    ({"lr": 0.0}, r"lr=0.0 must be positive"),
-    ({"gamma": 1.5}, r"gamma=1.5 must be in \(0, 1\]"),
-    ({"dropout": 1.0}, r"dropout=1.0 must be in \[0, 1\)"),
-    ({"limit": 1}, r"limit=1 must be at least 2"),
-    ({"nesterov": True}, r"nesterov=True needs optimizer 'sgd' and a positive momentum"),
-    ({"cv": "full", "early_stopping": True}, r"cv='full' leaves no validation rows"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"folds": 1}, r"folds=1 must be at least 2 \(K-fold needs two folds .*--cv writers"),
+        ({"epochs": 0}, r"epochs=0 must be at least 1"),
+        ({"scaler": "minmax"}, r"scaler='minmax' is not valid; choose one of: standard, global"),
+        ({"lr": 0.0}, r"lr=0.0 must be positive"),
+        ({"gamma": 1.5}, r"gamma=1.5 must be in \(0, 1\]"),
+        ({"dropout": 1.0}, r"dropout=1.0 must be in \[0, 1\)"),
+        ({"limit": 1}, r"limit=1 must be at least 2"),
+        ({"nesterov": True}, r"nesterov=True needs optimizer 'sgd' and a positive momentum"),
+        ({"cv": "full", "early_stopping": True}, r"cv='full' leaves no validation rows"),
+    ],
+)
 def test_invalid_settings_name_the_setting(changes, message):
     with pytest.raises(SettingError, match=f"^{message}") as caught:
         RunConfig(**changes)
     # the command line words the same error with the flag
     name = caught.value.name
-    assert caught.value.cli_message() == str(caught.value).replace(f"{name}=",
-                                                                   f"--{name.replace('_', '-')} ")
+    assert caught.value.cli_message() == str(caught.value).replace(
+        f"{name}=", f"--{name.replace('_', '-')} "
+    )
 
 
 def test_unknown_toml_key_and_bad_toml(tmp_path):
@@ -82,8 +92,19 @@ FLOAT_FIELDS = [f for f in fields(RunConfig) if field_kind(f)[0] is float]
 
 def test_float_fields_are_found():
     names = {f.name for f in FLOAT_FIELDS}
-    assert {"lr", "dropout", "gamma", "momentum", "weight_decay", "label_smoothing",
-            "val_fraction", "min_delta", "plateau_factor", "min_lr", "rotation"} <= names
+    assert {
+        "lr",
+        "dropout",
+        "gamma",
+        "momentum",
+        "weight_decay",
+        "label_smoothing",
+        "val_fraction",
+        "min_delta",
+        "plateau_factor",
+        "min_lr",
+        "rotation",
+    } <= names
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
@@ -91,32 +112,50 @@ def test_float_fields_are_found():
 def test_non_finite_float_settings_are_refused(setting, value, tmp_path):
     flag = setting.name.replace("_", "-")
     text = {math.inf: "inf", -math.inf: "-inf"}.get(value, "nan")
-    with pytest.raises(SettingError, match=rf"^{setting.name}={text} is not a finite number; "
-                                           r"give a finite value \(default .*\)$"):
+    with pytest.raises(
+        SettingError,
+        match=rf"^{setting.name}={text} is not a finite number; "
+        r"give a finite value \(default .*\)$",
+    ):
         RunConfig(**{setting.name: value})
     with pytest.raises(SettingError) as caught:
         parse([f"--{flag}={text}"])
     assert caught.value.cli_message().startswith(f"--{flag} {text} is not a finite number")
     path = tmp_path / "run.toml"
     path.write_text(f"{flag} = {text}\n")
-    with pytest.raises(ConfigError, match=rf"run\.toml: {setting.name} = {text} is not a finite "
-                                          "number"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"run\.toml: {setting.name} = {text} is not a finite "
+        "number",
+    ):
         parse(["--config", str(path)])
 
 
-@pytest.mark.parametrize("line, message", [
-    ('hflip = "false"', r"hflip = 'false' is not true or false but text; give true or false "
-                        r"\(in TOML without quotes\)"),
-    ('plots = "false"', r"plots = 'false' is not true or false but text"),
-    ("shuffle = 0", r"shuffle = 0 is not true or false but a whole number"),
-    ("epochs = true", r"epochs = True is not a whole number but a boolean; give a whole number"),
-    ("epochs = 2.5", r"epochs = 2\.5 is not a whole number but a number"),
-    ('lr = "0.01"', r"lr = '0\.01' is not a number but text; give a number such as 0\.5"),
-    ("model = 5", r"model = 5 is not text but a whole number; give text \(in TOML in quotes"),
-    ("folds = [4]", r"folds = \[4\] is not a whole number but a list"),
-    ("data-dir = 2024-01-01", r"data_dir = datetime\.date\(2024, 1, 1\) is not text but a date"),
-    ("run = 3", r"run = 3 is not a table; put settings at the top level or under a \[run\]"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (
+            'hflip = "false"',
+            r"hflip = 'false' is not true or false but text; give true or false "
+            r"\(in TOML without quotes\)",
+        ),
+        ('plots = "false"', r"plots = 'false' is not true or false but text"),
+        ("shuffle = 0", r"shuffle = 0 is not true or false but a whole number"),
+        (
+            "epochs = true",
+            r"epochs = True is not a whole number but a boolean; give a whole number",
+        ),
+        ("epochs = 2.5", r"epochs = 2\.5 is not a whole number but a number"),
+        ('lr = "0.01"', r"lr = '0\.01' is not a number but text; give a number such as 0\.5"),
+        ("model = 5", r"model = 5 is not text but a whole number; give text \(in TOML in quotes"),
+        ("folds = [4]", r"folds = \[4\] is not a whole number but a list"),
+        (
+            "data-dir = 2024-01-01",
+            r"data_dir = datetime\.date\(2024, 1, 1\) is not text but a date",
+        ),
+        ("run = 3", r"run = 3 is not a table; put settings at the top level or under a \[run\]"),
+    ],
+)
 def test_toml_values_of_the_wrong_type_are_refused(tmp_path, line, message):
     path = tmp_path / "run.toml"
     path.write_text(line + "\n")
@@ -149,7 +188,7 @@ def test_python_values_are_checked_and_narrowed(tmp_path):
     with pytest.raises(ConfigError, match=r"^epochs=None is not a whole number but empty"):
         RunConfig(epochs=None)
     with pytest.raises(ConfigError, match=r"^lr=(10\*\*400|1000)"):
-        RunConfig(lr=10 ** 400)
+        RunConfig(lr=10**400)
 
 
 @pytest.mark.parametrize("how", ["flag", "toml"])
@@ -157,8 +196,12 @@ def test_cli_refuses_nan_lr_with_one_line(tmp_path, how):
     path = tmp_path / "run.toml"
     path.write_text("lr = nan\n")
     argv = ["--lr", "nan"] if how == "flag" else ["--config", str(path)]
-    done = subprocess.run([sys.executable, "-m", "digitcnn.kfold", *argv, "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "digitcnn.kfold", *argv, "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1
     where = "--lr nan" if how == "flag" else f"{path}: lr = nan"
@@ -169,28 +212,68 @@ def test_cli_refuses_nan_lr_with_one_line(tmp_path, how):
 # ----------------------------------------------------------------------------- diverging runs
 
 
-@pytest.mark.parametrize("mode", [["--workers", "1"], ["--workers", "2"], ["--fold-parallel"]],
-                         ids=["in-turn", "fold-processes", "fold-parallel"])
+@pytest.mark.parametrize(
+    "mode",
+    [["--workers", "1"], ["--workers", "2"], ["--fold-parallel"]],
+    ids=["in-turn", "fold-processes", "fold-parallel"],
+)
 def test_run_whose_loss_turns_nan_is_stopped(optdigits_dir, tmp_path, mode):
     out = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "digitcnn.kfold", "--data-dir", str(optdigits_dir), "--no-verify",
-         "--folds", "2", "--epochs", "2", "--optimizer", "sgd", "--momentum", "0.9", "--lr",
-         "1e6", "--quiet", "--out", str(out), *mode], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "digitcnn.kfold",
+            "--data-dir",
+            str(optdigits_dir),
+            "--no-verify",
+            "--folds",
+            "2",
+            "--epochs",
+            "2",
+            "--optimizer",
+            "sgd",
+            "--momentum",
+            "0.9",
+            "--lr",
+            "1e6",
+            "--quiet",
+            "--out",
+            str(out),
+            *mode,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
-    assert re.match(r"digitcnn\.kfold: error: fold [01], epoch 1: the (training|validation) loss is nan: "
-                    r"training diverged, so the run is stopped and no results are written; "
-                    r"lower --lr \(now 1e\+06; try a tenth\), or check --momentum, --scheduler "
-                    r"and --scaler \(now 0\.9, step, standard\)$", done.stderr), done.stderr
+    assert re.match(
+        r"digitcnn\.kfold: error: fold [01], epoch 1: the (training|validation) loss is nan: "
+        r"training diverged, so the run is stopped and no results are written; "
+        r"lower --lr \(now 1e\+06; try a tenth\), or check --momentum, --scheduler "
+        r"and --scaler \(now 0\.9, step, standard\)$",
+        done.stderr,
+    ), done.stderr
     assert not (out / "metrics.json").exists()
 
 
 def test_diverging_fold_raises_from_the_python_api(optdigits_dir):
     from digitcnn.cv.runner import load_for_config, run_kfold
 
-    config = RunConfig(data_dir=str(optdigits_dir), verify=False, folds=2, epochs=1, lr=1e6,
-                       optimizer="sgd", momentum=0.9, quiet=True, workers=1)
-    with pytest.raises(ConfigError, match=r"fold 0, epoch 1: the (training|validation) loss is nan"):
+    config = RunConfig(
+        data_dir=str(optdigits_dir),
+        verify=False,
+        folds=2,
+        epochs=1,
+        lr=1e6,
+        optimizer="sgd",
+        momentum=0.9,
+        quiet=True,
+        workers=1,
+    )
+    with pytest.raises(
+        ConfigError, match=r"fold 0, epoch 1: the (training|validation) loss is nan"
+    ):
         run_kfold(load_for_config(config), config)
 
 
@@ -198,10 +281,26 @@ def test_every_setting_has_a_role_and_the_lists_follow_from_them():
     from digitcnn import config, settings
 
     assert {f.metadata["role"] for f in fields(RunConfig)} <= set(settings.ROLES)
-    assert set(config.PRESENTATION_KEYS) == {"out", "quiet", "plots", "threads", "workers",
-                                             "save_models"}
-    assert config.SPLIT_KEYS == ("dataset", "data_dir", "split", "verify", "limit", "cv",
-                                 "val_fraction", "folds", "shuffle", "random_state")
+    assert set(config.PRESENTATION_KEYS) == {
+        "out",
+        "quiet",
+        "plots",
+        "threads",
+        "workers",
+        "save_models",
+    }
+    assert config.SPLIT_KEYS == (
+        "dataset",
+        "data_dir",
+        "split",
+        "verify",
+        "limit",
+        "cv",
+        "val_fraction",
+        "folds",
+        "shuffle",
+        "random_state",
+    )
     assert set(config.NOT_SWEEPABLE) == {*config.SPLIT_KEYS, "out", "quiet", "plots"}
     assert set(config.BASELINE_SETTINGS) == {*config.SPLIT_KEYS, "seed", "out", "plots", "quiet"}
     with pytest.raises(ValueError, match="unknown role"):

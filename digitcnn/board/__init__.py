@@ -5,9 +5,10 @@
 ``RUN_DIR`` is a saved model (``.json``/``.safetensors`` or its folder) or a K-fold run saved
 with ``--save-models``, used as its fold ensemble (as :mod:`digitcnn.predict` loads them). The
 page sends the drawing as a PNG; the server brings it to the model's input exactly as
-``python -m digitcnn.predict`` does for a PNG file (:func:`digitcnn.datasets.preprocess.mnist_style`, and
-:func:`digitcnn.datasets.preprocess.optdigits_images` for an 8x8 UCI model) and answers with the class
-probabilities and the image the model saw. "Save as" stores the drawing under
+``python -m digitcnn.predict`` does for a PNG file
+(:func:`digitcnn.datasets.preprocess.mnist_style`, and
+:func:`digitcnn.datasets.preprocess.optdigits_images` for an 8x8 UCI model) and answers with
+the class probabilities and the image the model saw. "Save as" stores the drawing under
 ``SAVE_DIR/<digit>/<name chosen by the server>.png``, the layout ``--dataset images`` and
 ``--add-train-images`` read.
 
@@ -17,6 +18,7 @@ The command line is :mod:`digitcnn.board.cli`; the server (:class:`~digitcnn.boa
 :func:`~digitcnn.board.server.create_app`) is :mod:`digitcnn.board.server`, imported only when
 the board starts: ``python -m digitcnn.board --help`` imports neither torch nor the web stack.
 """
+
 __all__ = ["PROG", "DEFAULT_SAVE_DIR"]
 
 PROG = "digitcnn.board"

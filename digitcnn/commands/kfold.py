@@ -4,14 +4,21 @@ TOML config (``--help`` lists every flag); defaults are pipeline S5's recipe on 
 The Python API is :func:`digitcnn.run_kfold`. This module imports no torch at its top: the
 runner is imported when a run starts, so ``--help`` and a bad flag answer at once.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from digitcnn.commands.flags import (EXECUTOR_ARGUMENTS, RUN_FLAGS, default_out_dir,
-                                     executor_flags, executor_settings, resumed_config)
+from digitcnn.commands.flags import (
+    EXECUTOR_ARGUMENTS,
+    RUN_FLAGS,
+    default_out_dir,
+    executor_flags,
+    executor_settings,
+    resumed_config,
+)
 from digitcnn.commands.session import Session, load_quietly, print_summary, run_session
 from digitcnn.config import RunConfig, config_from_args
 from digitcnn.errors import cli_entry
@@ -19,8 +26,14 @@ from digitcnn.errors import cli_entry
 __all__ = ["main", "run_command"]
 
 
-def run_command(config: RunConfig, command: str, resume: bool = False, overwrite: bool = False,
-                what: str = "results", executor: dict | None = None) -> int:
+def run_command(
+    config: RunConfig,
+    command: str,
+    resume: bool = False,
+    overwrite: bool = False,
+    what: str = "results",
+    executor: dict | None = None,
+) -> int:
     """A K-fold (or single) run of ``command``, as its CLI does it (see
     :func:`digitcnn.commands.session.run_session`); ``executor``: the Ray settings from
     :func:`~digitcnn.commands.flags.executor_settings`, None on this machine. Returns the exit
@@ -47,11 +60,11 @@ def run_command(config: RunConfig, command: str, resume: bool = False, overwrite
         from digitcnn.runstore.files import write_final
 
         with connected(ray):
-            result = run_kfold(dataset, config, out_dir=out, resume=resume, command=command,
-                               executor=ray)
+            result = run_kfold(
+                dataset, config, out_dir=out, resume=resume, command=command, executor=ray
+            )
         background = report_in_background()
-        write_final(result, out, plots=config.plots, images=dataset.images,
-                    background=background)
+        write_final(result, out, plots=config.plots, images=dataset.images, background=background)
         if not config.quiet:
             print_summary(result, out, what, background, config.plots)
 
@@ -64,13 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = "python -m digitcnn.kfold"
     flags = [*RUN_FLAGS, *EXECUTOR_ARGUMENTS]
     config, extras = config_from_args(
-        argv, prog,
+        argv,
+        prog,
         "K-fold cross-validation of a digit CNN; defaults are pipeline S5's recipe on UCI "
         "optdigits.",
-        extra_arguments=flags)
+        extra_arguments=flags,
+    )
     executor = executor_settings(extras)
     if extras.resume is not None:
-        config = resumed_config(argv, prog, "digitcnn.kfold", extras.resume, extras.overwrite,
-                                extra_arguments=flags)
-    return run_command(config, "digitcnn.kfold", extras.resume is not None, extras.overwrite,
-                       executor=executor)
+        config = resumed_config(
+            argv, prog, "digitcnn.kfold", extras.resume, extras.overwrite, extra_arguments=flags
+        )
+    return run_command(
+        config, "digitcnn.kfold", extras.resume is not None, extras.overwrite, executor=executor
+    )

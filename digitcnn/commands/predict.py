@@ -13,18 +13,19 @@ directory run with ``--save-models``, whose fold models' probabilities are avera
   these give ``file,label,probability`` rows.
 
 A model trained on UCI optdigits (8x8 inputs) reads 28x28 digits (pictures, MNIST, Kaggle; not
-a .npy array, taken as it is) in optdigits' form (:func:`digitcnn.datasets.preprocess.optdigits_images`), as
-``python -m digitcnn.board`` does.
+a .npy array, taken as it is) in optdigits' form
+(:func:`digitcnn.datasets.preprocess.optdigits_images`), as ``python -m digitcnn.board`` does.
 
 ``--labels FILE`` (a CSV with a ``Label`` column, or ``.npy``) supplies true labels for an
 unlabelled input, so that accuracy is reported.
 
 This module is the command line; the Python API is :mod:`digitcnn.inference`.
 """
+
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from digitcnn._io import atomic_write_text
 from digitcnn.config import OneLineParser
@@ -34,18 +35,29 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m digitcnn.predict",
-                           description="Predict digits with a saved model or a K-fold ensemble.",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", required=True,
-                        help="saved model (.json/.safetensors) or K-fold run directory")
-    parser.add_argument("--input", required=True,
-                        help="Kaggle CSV, IDX folder, image folder, image file or .npy")
+    parser = OneLineParser(
+        prog="python -m digitcnn.predict",
+        description="Predict digits with a saved model or a K-fold ensemble.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model", required=True, help="saved model (.json/.safetensors) or K-fold run directory"
+    )
+    parser.add_argument(
+        "--input", required=True, help="Kaggle CSV, IDX folder, image folder, image file or .npy"
+    )
     parser.add_argument("--out", required=True, help="CSV to write (submission.csv for Kaggle)")
-    parser.add_argument("--labels", default=None,
-                        help="true labels for an unlabelled input (CSV with Label column or .npy)")
-    parser.add_argument("--tta", type=int, default=0,
-                        help="test-time augmentation: average over this many augmented copies")
+    parser.add_argument(
+        "--labels",
+        default=None,
+        help="true labels for an unlabelled input (CSV with Label column or .npy)",
+    )
+    parser.add_argument(
+        "--tta",
+        type=int,
+        default=0,
+        help="test-time augmentation: average over this many augmented copies",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
@@ -55,21 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Imported here, not at the top: `--help` must answer without importing torch.
-    from digitcnn.inference import (check_tta, load_models, model_images, output_csv, predict,
-                                    read_input, read_labels)
+    from digitcnn.inference import (
+        check_tta,
+        load_models,
+        model_images,
+        output_csv,
+        predict,
+        read_input,
+        read_labels,
+    )
 
     check_tta(args.tta)
     models = load_models(args.model, args.device)
     with warnings_as_lines("digitcnn.predict"):
         inputs = read_input(args.input)
     if args.labels is not None:
-        inputs.labels = read_labels(args.labels, len(inputs.images),
-                                    len(models[0].meta["classes"]))
+        inputs.labels = read_labels(args.labels, len(inputs.images), len(models[0].meta["classes"]))
     expected = models[0].input_shape
     inputs.images = model_images(inputs, expected)
     if tuple(inputs.images.shape[1:]) != expected:
-        raise DataError(f"{args.input}: images are {tuple(inputs.images.shape[1:])} but the model "
-                        f"takes {expected}; use a model trained on this kind of image")
+        raise DataError(
+            f"{args.input}: images are {tuple(inputs.images.shape[1:])} but the model "
+            f"takes {expected}; use a model trained on this kind of image"
+        )
     predictions = predict(models, inputs, args.tta)
     atomic_write_text(args.out, output_csv(inputs, predictions))
     if not args.quiet:
@@ -87,6 +107,7 @@ def _print_summary(out: str, model_count: int, truth, predictions) -> None:
         for fold, accuracy in enumerate(predictions.model_accuracies(truth)):
             print(f"model {fold}: accuracy {100 * accuracy:.2f}%")
     correct = int((predictions.labels == truth).sum())
-    print(f"{'ensemble' if model_count > 1 else 'model'} accuracy "
-          f"{100 * predictions.accuracy(truth):.2f}% ({correct}/{len(truth)})")
-
+    print(
+        f"{'ensemble' if model_count > 1 else 'model'} accuracy "
+        f"{100 * predictions.accuracy(truth):.2f}% ({correct}/{len(truth)})"
+    )

@@ -5,6 +5,7 @@ or failed run prints one line saying how to resume it.
 
 :func:`run_session` is that flow; each command gives it what to prepare and what to run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,15 @@ if TYPE_CHECKING:
     from digitcnn.datasets.base import DigitDataset
     from digitcnn.results import KFoldResult
 
-__all__ = ["Session", "ReceivedSignal", "sigterm_as_interrupt", "run_session", "resume_hint",
-           "load_quietly", "print_summary"]
+__all__ = [
+    "Session",
+    "ReceivedSignal",
+    "sigterm_as_interrupt",
+    "run_session",
+    "resume_hint",
+    "load_quietly",
+    "print_summary",
+]
 
 Prepared = TypeVar("Prepared")
 
@@ -89,21 +97,26 @@ class Session:
 
 def resume_hint(session: Session) -> str:
     """How to continue the run of ``session``: the one resume line of every command."""
-    return (f"continue with: python -m {session.command} --resume {session.out}"
-            f"{session.resume_flags}")
+    return (
+        f"continue with: python -m {session.command} --resume {session.out}{session.resume_flags}"
+    )
 
 
 def _interrupted_line(session: Session) -> str:
     state = inspect_folder(session.out)
     if state.kind not in ("run", "sweep") or state.finished:
         return f"{session.command}: interrupted before the run started; nothing was written"
-    saved = ("finished cells and folds are" if state.kind == "sweep" else
-             f"{len(list((session.out / 'folds').glob('fold*.json')))} finished fold(s) are")
+    saved = (
+        "finished cells and folds are"
+        if state.kind == "sweep"
+        else f"{len(list((session.out / 'folds').glob('fold*.json')))} finished fold(s) are"
+    )
     return f"{session.command}: interrupted; {saved} saved in {session.out}; {resume_hint(session)}"
 
 
-def run_session(session: Session, prepare: Callable[[], Prepared],
-                run: Callable[[Prepared], None]) -> int:
+def run_session(
+    session: Session, prepare: Callable[[], Prepared], run: Callable[[Prepared], None]
+) -> int:
     """Check the folder, ``prepare()`` (load and validate: nothing is written yet), claim the
     folder and ``run(prepared)`` in it. Ctrl-C and SIGTERM leave what is finished and one line
     on how to resume; a write that fails after the run started says the same. Returns the
@@ -113,8 +126,9 @@ def run_session(session: Session, prepare: Callable[[], Prepared],
         try:
             check_out_dir(out, session.command, session.resume, session.overwrite)
             prepared = prepare()
-            with claim_out_dir(out, session.command, session.command, session.resume,
-                               session.overwrite):
+            with claim_out_dir(
+                out, session.command, session.command, session.resume, session.overwrite
+            ):
                 try:
                     run(prepared)
                 except OutputError as err:  # e.g. the disk filled up in the middle of the run
@@ -137,8 +151,7 @@ def load_quietly(config: RunConfig, prog: str) -> DigitDataset:
         return load_for_config(config)
 
 
-def print_summary(result: KFoldResult, out: Path, what: str, background: bool,
-                  plots: bool) -> None:
+def print_summary(result: KFoldResult, out: Path, what: str, background: bool, plots: bool) -> None:
     """The run's summary table and where its files are."""
     # why here: the report module imports NumPy and the evaluation, which --help must not
     from digitcnn.reporting.report import REPORT_LOG
@@ -146,5 +159,7 @@ def print_summary(result: KFoldResult, out: Path, what: str, background: bool,
     print(result.summary())
     print(f"{what} written to {out}")
     if background:
-        print(f"report.html{' and the plots' if plots else ''}: being drawn in the "
-              f"background into {out} ({REPORT_LOG} there until done)")
+        print(
+            f"report.html{' and the plots' if plots else ''}: being drawn in the "
+            f"background into {out} ({REPORT_LOG} there until done)"
+        )

@@ -4,18 +4,24 @@ This module reads the command line and plans the cells without importing torch o
 :func:`main` imports the runner only once the plan is made, so that ``--help`` and every
 error in the grid or the settings answer at once.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from digitcnn.commands.flags import (EXECUTOR_ARGUMENTS, default_out_dir, executor_flags,
-                                     executor_from_argv, given_settings)
+from digitcnn.commands.flags import (
+    EXECUTOR_ARGUMENTS,
+    default_out_dir,
+    executor_flags,
+    executor_from_argv,
+    given_settings,
+)
 from digitcnn.commands.session import Session, run_session
-from digitcnn.config import PRESENTATION_KEYS, RunConfig, config_from_args
+from digitcnn.config import PRESENTATION_KEYS, Argument, RunConfig, config_from_args
 from digitcnn.errors import ConfigError, cli_entry, warnings_as_lines
 from digitcnn.runstore.folder import check_out_dir
 from digitcnn.runstore.resume import refuse_changed_settings
@@ -30,18 +36,43 @@ def default_sweep_dir(config: RunConfig, root: str | Path = "results") -> Path:
     return default_out_dir(config, root, prefix="sweep-")
 
 
-GRID_ARGUMENTS = [
-    (("--grid",), {"nargs": "+", "action": "extend", "metavar": "NAME=V1,V2", "default": None,
-                   "help": "an axis of the grid: a setting and its values (tie settings with "
-                           "':', e.g. optimizer:lr=sgd:0.01,adam:0.001)"}),
-    (("--grid-file",), {"metavar": "FILE.toml", "default": None,
-                        "help": "TOML file with a [grid] table of lists; its other keys are "
-                                "base settings as in --config"}),
-    (("--resume",), {"metavar": "DIR", "default": None,
-                     "help": "finish the sweep in DIR: run its cells without metrics.json"}),
-    (("--overwrite",), {"action": "store_true",
-                        "help": "replace the sweep already in --out: it is moved to "
-                                "OUT.old-<UTC time> and deleted once the new sweep has finished"}),
+GRID_ARGUMENTS: list[Argument] = [
+    (
+        ("--grid",),
+        {
+            "nargs": "+",
+            "action": "extend",
+            "metavar": "NAME=V1,V2",
+            "default": None,
+            "help": "an axis of the grid: a setting and its values (tie settings with "
+            "':', e.g. optimizer:lr=sgd:0.01,adam:0.001)",
+        },
+    ),
+    (
+        ("--grid-file",),
+        {
+            "metavar": "FILE.toml",
+            "default": None,
+            "help": "TOML file with a [grid] table of lists; its other keys are "
+            "base settings as in --config",
+        },
+    ),
+    (
+        ("--resume",),
+        {
+            "metavar": "DIR",
+            "default": None,
+            "help": "finish the sweep in DIR: run its cells without metrics.json",
+        },
+    ),
+    (
+        ("--overwrite",),
+        {
+            "action": "store_true",
+            "help": "replace the sweep already in --out: it is moved to "
+            "OUT.old-<UTC time> and deleted once the new sweep has finished",
+        },
+    ),
     *EXECUTOR_ARGUMENTS,
 ]
 
@@ -54,42 +85,57 @@ def plan_from_args(argv: Sequence[str] | None = None) -> tuple[list[Cell], Path,
     grid_file = early.parse_known_args(argv)[0].grid_file
     base_settings, file_axes = load_grid_file(grid_file) if grid_file else ({}, [])
     config, extras = config_from_args(
-        argv, "python -m digitcnn.sweep",
+        argv,
+        "python -m digitcnn.sweep",
         "K-fold runs of every cell of a grid of settings on the same folds, with a paired "
         "comparison of the best cell against the others.",
-        extra_arguments=GRID_ARGUMENTS, defaults=base_settings)
+        extra_arguments=GRID_ARGUMENTS,
+        defaults=base_settings,
+    )
     if extras.resume is not None:
-        return _resumed_cells(argv, Path(extras.resume), extras.overwrite, base_settings), \
-            Path(extras.resume), True
+        return (
+            _resumed_cells(argv, Path(extras.resume), extras.overwrite, base_settings),
+            Path(extras.resume),
+            True,
+        )
     cli_axes = parse_grid(extras.grid or [])
     names = {axis.name for axis in cli_axes}
     axes = [axis for axis in file_axes if axis.name not in names] + cli_axes
     out = Path(config.out) if config.out else default_sweep_dir(config)
     if config.cv == "full":
-        raise ConfigError("--cv full has no validation rows, so there is nothing to compare; "
-                          "use --cv kfold, stratified, writers or holdout")
+        raise ConfigError(
+            "--cv full has no validation rows, so there is nothing to compare; "
+            "use --cv kfold, stratified, writers or holdout"
+        )
     cells = expand_grid(config.replace(out=str(out)), axes, out)
     check_out_dir(out, "digitcnn.sweep", overwrite=extras.overwrite)
     return cells, out, False
 
 
-def _resumed_cells(argv: Sequence[str], out: Path, overwrite: bool,
-                   file_settings: dict) -> list[Cell]:
+def _resumed_cells(
+    argv: Sequence[str], out: Path, overwrite: bool, file_settings: dict
+) -> list[Cell]:
     """The stored cells of the sweep in ``out``; a grid, or a setting that differs from the
     cells' own, given on the command line is refused (presentation settings are applied)."""
     if overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other: --resume continues the "
-                          "sweep in its folder, --overwrite replaces it")
+        raise ConfigError(
+            "--resume and --overwrite exclude each other: --resume continues the "
+            "sweep in its folder, --overwrite replaces it"
+        )
     check_out_dir(out, "digitcnn.sweep", resume=True)
-    given = given_settings(argv, "python -m digitcnn.sweep", extra_arguments=GRID_ARGUMENTS,
-                           keep=("grid", "grid_file"))
+    given = given_settings(
+        argv, "python -m digitcnn.sweep", extra_arguments=GRID_ARGUMENTS, keep=("grid", "grid_file")
+    )
     for flag in ("grid", "grid_file"):
         if given.pop(flag, None) is not None:
-            raise ConfigError(f"--{flag_name(flag)} with --resume {out}: a resumed sweep "
-                              "runs its own grid; drop it, or start a new sweep with a fresh --out")
+            raise ConfigError(
+                f"--{flag_name(flag)} with --resume {out}: a resumed sweep "
+                "runs its own grid; drop it, or start a new sweep with a fresh --out"
+            )
     given = {**file_settings, **given}
-    cells = stored_cells(out, **{k: v for k, v in given.items()
-                                 if k in PRESENTATION_KEYS and k != "out"})
+    cells = stored_cells(
+        out, **{k: v for k, v in given.items() if k in PRESENTATION_KEYS and k != "out"}
+    )
     for cell in cells:
         refuse_changed_settings(cell.config.to_dict(), given, out)
     return cells

@@ -11,14 +11,13 @@ Python API::
 
 CLI: ``python -m digitcnn.baselines --estimator svm`` (:mod:`digitcnn.commands.baselines`).
 """
+
 from __future__ import annotations
 
 import math
 import numbers
-import sys
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,11 +30,15 @@ from digitcnn.training.runtime import library_versions
 if TYPE_CHECKING:  # the data readers import torch: not needed for --help
     from digitcnn.datasets.base import DigitDataset
 
-__all__ = ["ESTIMATORS", "make_estimator", "check_baseline_settings", "baseline_scores",
-           "run_baseline"]
+__all__ = [
+    "ESTIMATORS",
+    "make_estimator",
+    "check_baseline_settings",
+    "baseline_scores",
+    "run_baseline",
+]
 
 ESTIMATORS = ("svm", "knn")
-
 
 
 def make_estimator(name: str, c: float = 10.0, neighbors: int = 3):
@@ -56,12 +59,14 @@ def check_baseline_settings(c: float, neighbors: int) -> None:
     """``c`` a positive finite number, ``neighbors`` a whole number of at least 1 (the upper
     bound, the training rows, is checked once the folds are known); else ConfigError."""
     if isinstance(c, bool) or not isinstance(c, numbers.Real) or not (math.isfinite(c) and c > 0):
-        raise ConfigError(f"--C {c!r} must be a positive finite number (the SVC's "
-                          "regularisation strength; SPEC used 10)")
-    if isinstance(neighbors, bool) or not isinstance(neighbors, numbers.Integral) \
-            or neighbors < 1:
-        raise ConfigError(f"--neighbors {neighbors!r} must be a whole number of at least 1 "
-                          "(kNN's k; SPEC used 3)")
+        raise ConfigError(
+            f"--C {c!r} must be a positive finite number (the SVC's "
+            "regularisation strength; SPEC used 10)"
+        )
+    if isinstance(neighbors, bool) or not isinstance(neighbors, numbers.Integral) or neighbors < 1:
+        raise ConfigError(
+            f"--neighbors {neighbors!r} must be a whole number of at least 1 (kNN's k; SPEC used 3)"
+        )
 
 
 def baseline_scores(estimator, features: np.ndarray, num_classes: int) -> np.ndarray:
@@ -92,11 +97,17 @@ def baseline_scores(estimator, features: np.ndarray, num_classes: int) -> np.nda
     return scores.astype(np.float32)
 
 
-def run_baseline(dataset: DigitDataset, config: RunConfig = RunConfig(),
-                 estimator: str = "svm", c: float = 10.0, neighbors: int = 3) -> KFoldResult:
+def run_baseline(
+    dataset: DigitDataset,
+    config: RunConfig | None = None,
+    estimator: str = "svm",
+    c: float = 10.0,
+    neighbors: int = 3,
+) -> KFoldResult:
     """Fit ``estimator`` on each training fold of ``config``'s splits; pixels divided by the
     dataset's maximum (features/16 on UCI, /255 on MNIST). Returns a :class:`KFoldResult`
     with the same folds, counts and out-of-fold scores as a CNN run on the same config."""
+    config = RunConfig() if config is None else config
     if dataset.labels is None:
         raise ConfigError(f"{dataset.name}: the dataset has no labels; a baseline needs them")
     make_estimator(estimator, c, neighbors)  # an unknown name fails before any work
@@ -104,8 +115,10 @@ def run_baseline(dataset: DigitDataset, config: RunConfig = RunConfig(),
     splits = make_splits(dataset, config)
     smallest = min(len(train_rows) for train_rows, _ in splits)
     if estimator == "knn" and neighbors > smallest:
-        raise ConfigError(f"--neighbors {neighbors} is more than the {smallest} rows of the "
-                          f"smallest training fold; choose at most {smallest} (SPEC used 3)")
+        raise ConfigError(
+            f"--neighbors {neighbors} is more than the {smallest} rows of the "
+            f"smallest training fold; choose at most {smallest} (SPEC used 3)"
+        )
     features = dataset.images.reshape(len(dataset), -1).numpy().astype(np.float64)
     features /= dataset.max_value
     labels = dataset.labels.numpy()
@@ -114,23 +127,46 @@ def run_baseline(dataset: DigitDataset, config: RunConfig = RunConfig(),
     folds = []
     for fold, (train_rows, val_rows) in enumerate(splits):
         fold_started = time.perf_counter()
-        model = make_estimator(estimator, c, neighbors).fit(features[train_rows],
-                                                             labels[train_rows])
+        model = make_estimator(estimator, c, neighbors).fit(
+            features[train_rows], labels[train_rows]
+        )
         scores = baseline_scores(model, features[val_rows], num_classes)
         predicted = scores.argmax(axis=1)
         confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
         np.add.at(confusion, (labels[val_rows], predicted), 1)
-        folds.append(FoldResult(
-            fold=fold, n_train=len(train_rows), n_val=len(val_rows),
-            correct=int(np.trace(confusion)), loss=float("nan"), confusion=confusion,
-            train_loss=[], val_loss=[], val_accuracy=[], lrs=[], lr=float("nan"),
-            seed=config.seed, val_indices=np.asarray(val_rows),
-            wall_s=time.perf_counter() - fold_started, val_log_probs=scores))
-    settings = {"estimator": estimator, **({"C": c, "kernel": "rbf"}
-                                           if estimator == "svm" else {"n_neighbors": neighbors}),
-                "features": f"pixels / {dataset.max_value}"}
-    return KFoldResult(config=config.replace(model=estimator), dataset=dataset.info(),
-                       folds=folds, device="cpu", versions=library_versions(),
-                       splits_sha256=splits_sha256(splits),
-                       wall_s=time.perf_counter() - started, num_classes=num_classes,
-                       labels=labels, extra={"baseline": settings})
+        folds.append(
+            FoldResult(
+                fold=fold,
+                n_train=len(train_rows),
+                n_val=len(val_rows),
+                correct=int(np.trace(confusion)),
+                loss=float("nan"),
+                confusion=confusion,
+                train_loss=[],
+                val_loss=[],
+                val_accuracy=[],
+                lrs=[],
+                lr=float("nan"),
+                seed=config.seed,
+                val_indices=np.asarray(val_rows),
+                wall_s=time.perf_counter() - fold_started,
+                val_log_probs=scores,
+            )
+        )
+    settings = {
+        "estimator": estimator,
+        **({"C": c, "kernel": "rbf"} if estimator == "svm" else {"n_neighbors": neighbors}),
+        "features": f"pixels / {dataset.max_value}",
+    }
+    return KFoldResult(
+        config=config.replace(model=estimator),
+        dataset=dataset.info(),
+        folds=folds,
+        device="cpu",
+        versions=library_versions(),
+        splits_sha256=splits_sha256(splits),
+        wall_s=time.perf_counter() - started,
+        num_classes=num_classes,
+        labels=labels,
+        extra={"baseline": settings},
+    )

@@ -24,21 +24,20 @@ driver cancels the outstanding tasks; ``--resume`` then trains only the missing 
 Ray is an optional dependency (``pip install -e ".[ray]"``) and is imported only here,
 inside the functions that use it.
 """
+
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import logging
-import os
 import signal
-import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,51 +53,64 @@ __all__ = ["RayExecutor", "connected", "INSTALL_COMMAND"]
 
 INSTALL_COMMAND = 'pip install -e ".[ray]"'
 
-# Test-only hook (tests/cv/test_distributed.py): when this variable names an existing file, the
-# first fold task to find it deletes it and kills its own worker process, as a crash would.
-KILL_WORKER_MARKER = "DIGITCNN_TEST_KILL_WORKER"
-
 
 def _import_ray():
     try:
         import ray
     except ImportError:
-        raise ConfigError(f"--executor ray needs Ray, which is not installed; install it with: "
-                          f"{INSTALL_COMMAND}") from None
+        raise ConfigError(
+            f"--executor ray needs Ray, which is not installed; install it with: {INSTALL_COMMAND}"
+        ) from None
     return ray
 
 
-def _kill_worker_once_for_tests() -> None:
-    marker = os.environ.get(KILL_WORKER_MARKER)
-    if marker:
-        try:
-            os.remove(marker)  # only one task wins the marker
-        except FileNotFoundError:
-            return
-        os._exit(1)
-
-
-def _fold_task(dataset, extra, config, fold: int, train_rows, val_rows, global_scaler,
-               use_gpu: bool, threads: int):
+def _fold_task(
+    dataset,
+    extra,
+    config,
+    fold: int,
+    train_rows,
+    val_rows,
+    global_scaler,
+    use_gpu: bool,
+    threads: int,
+):
     """One fold on a Ray worker: :func:`digitcnn.cv.folds.run_fold`, as a local run trains it.
 
     Returns (FoldResult, precision used, {path relative to the run folder: bytes} of the files
     the fold wrote: its saved model with ``--save-models``), for the driver to write.
     """
-    _kill_worker_once_for_tests()
     torch.set_num_threads(threads)  # workers are reused: set it for every task
     configure_determinism(config.deterministic)
     # A task uses a GPU only when it reserved one; "auto" must not grab a GPU Ray gave
     # to another task.
-    device = select_device("cuda" if use_gpu and config.device == "auto" else
-                           "cpu" if config.device == "auto" else config.device)
+    device = select_device(
+        "cuda"
+        if use_gpu and config.device == "auto"
+        else "cpu"
+        if config.device == "auto"
+        else config.device
+    )
     # Ray hands numpy arguments over read-only, straight from the object store.
     train_rows, val_rows = np.array(train_rows), np.array(val_rows)
     with tempfile.TemporaryDirectory(prefix="digitcnn-fold-") as scratch:
-        result = run_fold(dataset, config, fold, train_rows, val_rows, device, global_scaler,
-                          (), extra, Path(scratch))
-        files = {str(path.relative_to(scratch)): path.read_bytes()
-                 for path in sorted(Path(scratch).rglob("*")) if path.is_file()}
+        result = run_fold(
+            dataset,
+            config,
+            fold,
+            train_rows,
+            val_rows,
+            device,
+            global_scaler,
+            (),
+            extra,
+            Path(scratch),
+        )
+        files = {
+            str(path.relative_to(scratch)): path.read_bytes()
+            for path in sorted(Path(scratch).rglob("*"))
+            if path.is_file()
+        }
     return result, resolve_precision(config.precision, device), files
 
 
@@ -151,8 +163,10 @@ class RayExecutor:
         if self.task_gpus is not None and self.task_gpus < 0:
             raise ConfigError(f"--task-gpus {self.task_gpus:g} must not be negative")
         if self.task_gpus is not None and self.task_gpus > 1 and self.task_gpus % 1:
-            raise ConfigError(f"--task-gpus {self.task_gpus:g}: more than one GPU must be a "
-                              "whole number (fractions share one GPU)")
+            raise ConfigError(
+                f"--task-gpus {self.task_gpus:g}: more than one GPU must be a "
+                "whole number (fractions share one GPU)"
+            )
         if self.max_retries < 0:
             raise ConfigError(f"--max-retries {self.max_retries} must not be negative")
         if importlib.util.find_spec("ray") is None:  # say so before any data are loaded
@@ -160,7 +174,7 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ connection
 
-    def __enter__(self) -> "RayExecutor":
+    def __enter__(self) -> RayExecutor:
         self.connect()
         return self
 
@@ -179,18 +193,27 @@ class RayExecutor:
         try:
             if self.address is None:
                 # "local": never join another Ray instance that happens to run on this machine.
-                ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False,
-                         _temp_dir=self.temp_dir, **options)
+                ray.init(
+                    address="local",
+                    num_cpus=self.num_cpus,
+                    include_dashboard=False,
+                    _temp_dir=self.temp_dir,
+                    **options,
+                )
             else:
                 ray.init(address=self.address, **options)
         except Exception as err:  # Ray raises several types (ConnectionError, auth, value)
-            where = "start a local Ray instance" if self.address is None else \
-                f"join the Ray cluster at --address {self.address}"
-            raise ConfigError(f"--executor ray: could not {where} ({one_line(err)[:300]}); "
-                              "start a cluster with `ray start --head` and pass the address "
-                              "it prints (on a cluster with token authentication, set "
-                              "RAY_AUTH_MODE=token and give this machine the cluster's token)"
-                              ) from None
+            where = (
+                "start a local Ray instance"
+                if self.address is None
+                else f"join the Ray cluster at --address {self.address}"
+            )
+            raise ConfigError(
+                f"--executor ray: could not {where} ({one_line(err)[:300]}); "
+                "start a cluster with `ray start --head` and pass the address "
+                "it prints (on a cluster with token authentication, set "
+                "RAY_AUTH_MODE=token and give this machine the cluster's token)"
+            ) from None
         finally:
             if threading.current_thread() is threading.main_thread() and sigterm is not None:
                 signal.signal(signal.SIGTERM, sigterm)
@@ -210,22 +233,30 @@ class RayExecutor:
         if gpus is None:
             gpus = 1.0 if cluster.get("GPU", 0) > 0 and config.device != "cpu" else 0.0
         if gpus > 0 and config.device == "cpu":
-            raise ConfigError(f"--task-gpus {gpus:g} with --device cpu: leave --task-gpus out "
-                              "or use --device auto")
+            raise ConfigError(
+                f"--task-gpus {gpus:g} with --device cpu: leave --task-gpus out "
+                "or use --device auto"
+            )
         if gpus == 0 and config.device == "cuda":
-            raise ConfigError("--device cuda with --executor ray needs GPUs per task: give "
-                              "--task-gpus (e.g. 0.25: four folds share a GPU)")
+            raise ConfigError(
+                "--device cuda with --executor ray needs GPUs per task: give "
+                "--task-gpus (e.g. 0.25: four folds share a GPU)"
+            )
         if config.device == "mps":
             raise ConfigError("--device mps is not available to Ray tasks; use --device auto")
         nodes = [node.get("Resources", {}) for node in self._ray.nodes() if node.get("Alive")]
         # A task that no node can hold would wait forever: refuse it now.
-        for name, amount, flag in (("CPU", self.task_cpus, "--task-cpus"),
-                                   ("GPU", gpus, "--task-gpus")):
+        for name, amount, flag in (
+            ("CPU", self.task_cpus, "--task-cpus"),
+            ("GPU", gpus, "--task-gpus"),
+        ):
             largest = max((node.get(name, 0.0) for node in nodes), default=0.0)
             if amount > largest:
-                raise ConfigError(f"{flag} {amount:g}: no node of the Ray cluster has that many "
-                                  f"{name}s (the largest has {largest:g}); ask for at most "
-                                  f"{largest:g}")
+                raise ConfigError(
+                    f"{flag} {amount:g}: no node of the Ray cluster has that many "
+                    f"{name}s (the largest has {largest:g}); ask for at most "
+                    f"{largest:g}"
+                )
         return gpus
 
     def _threads(self, config) -> int:
@@ -233,28 +264,48 @@ class RayExecutor:
 
     def _execution(self, config, gpus: float, precisions: set) -> dict:
         if not precisions:  # every fold was already on disk: what this machine would use
-            precisions = {resolve_precision(config.precision,
-                                            torch.device("cuda" if gpus > 0 else "cpu"))}
+            precisions = {
+                resolve_precision(config.precision, torch.device("cuda" if gpus > 0 else "cpu"))
+            }
         cpus = self._ray.cluster_resources().get("CPU", 0.0)
-        return {"executor": "ray", "address": self.address or "local",
-                "precision": "+".join(sorted(precisions)),
-                "fold_parallel": False, "workers": max(1, int(cpus // self.task_cpus)),
-                "threads_per_worker": self._threads(config), "task_cpus": self.task_cpus,
-                "task_gpus": gpus, "max_retries": self.max_retries}
+        return {
+            "executor": "ray",
+            "address": self.address or "local",
+            "precision": "+".join(sorted(precisions)),
+            "fold_parallel": False,
+            "workers": max(1, int(cpus // self.task_cpus)),
+            "threads_per_worker": self._threads(config),
+            "task_cpus": self.task_cpus,
+            "task_gpus": gpus,
+            "max_retries": self.max_retries,
+        }
 
     # ------------------------------------------------------------------ running
 
-    def run_kfold(self, dataset, config, out_dir=None, resume: bool = False,
-                  command: str = "digitcnn.kfold", splitter=None,
-                  callbacks: Sequence[Callback] = ()):
+    def run_kfold(
+        self,
+        dataset,
+        config,
+        out_dir=None,
+        resume: bool = False,
+        command: str = "digitcnn.kfold",
+        splitter=None,
+        callbacks: Sequence[Callback] = (),
+    ):
         """:func:`digitcnn.cv.runner.run_kfold` with one Ray task per fold."""
-        ((_, result),) = list(self.run_many([(None, dataset, config, out_dir)], resume,
-                                            command, splitter, callbacks))
+        ((_, result),) = list(
+            self.run_many([(None, dataset, config, out_dir)], resume, command, splitter, callbacks)
+        )
         return result
 
-    def run_many(self, runs: Sequence[tuple[Any, Any, Any, Any]], resume: bool = False,
-                 command: str = "digitcnn.kfold", splitter=None,
-                 callbacks: Sequence[Callback] = ()) -> Iterator[tuple[Any, Any]]:
+    def run_many(
+        self,
+        runs: Sequence[tuple[Any, Any, Any, Any]],
+        resume: bool = False,
+        command: str = "digitcnn.kfold",
+        splitter=None,
+        callbacks: Sequence[Callback] = (),
+    ) -> Iterator[tuple[Any, Any]]:
         """Train the folds of all ``runs`` ((key, dataset, config, out_dir) each) as Ray tasks
         at once; yield (key, :class:`KFoldResult`) as each run's last fold ends.
 
@@ -286,16 +337,36 @@ class RayExecutor:
             for key, dataset, config, out_dir in runs:
                 gpus = self._gpus(config)
                 plan = plan_run(dataset, config, out_dir, resume, command, splitter)
-                state = _Run(key, dataset, config, None if out_dir is None else Path(out_dir),
-                             plan, "cuda" if gpus > 0 else "cpu", time.perf_counter(),
-                             len(plan.pending), gpus)
+                state = _Run(
+                    key,
+                    dataset,
+                    config,
+                    None if out_dir is None else Path(out_dir),
+                    plan,
+                    "cuda" if gpus > 0 else "cpu",
+                    time.perf_counter(),
+                    len(plan.pending),
+                    gpus,
+                )
                 states.append(state)
-                task = remote.options(num_cpus=self.task_cpus, num_gpus=gpus,
-                                      max_retries=self.max_retries, retry_exceptions=False)
+                task = remote.options(
+                    num_cpus=self.task_cpus,
+                    num_gpus=gpus,
+                    max_retries=self.max_retries,
+                    retry_exceptions=False,
+                )
                 for fold, train_rows, val_rows in plan.pending:
-                    ref = task.remote(put(dataset), put(plan.extra), config, fold, train_rows,
-                                      val_rows, plan.global_scaler, gpus > 0,
-                                      self._threads(config))
+                    ref = task.remote(
+                        put(dataset),
+                        put(plan.extra),
+                        config,
+                        fold,
+                        train_rows,
+                        val_rows,
+                        plan.global_scaler,
+                        gpus > 0,
+                        self._threads(config),
+                    )
                     jobs[ref] = (state, fold)
             for state in states:
                 if state.remaining == 0:  # a resumed run whose folds were all finished
@@ -309,8 +380,7 @@ class RayExecutor:
                     state.precisions.add(precision)
                     state.remaining -= 1
                     _write_files(state.out_dir, files)
-                    fold_ended(callbacks, result, state.out_dir, state.config.epochs,
-                               replay=True)
+                    fold_ended(callbacks, result, state.out_dir, state.config.epochs, replay=True)
                     if state.remaining == 0:
                         yield state.key, self._collect(state, callbacks)
         except KeyboardInterrupt:
@@ -338,9 +408,16 @@ class RayExecutor:
 
     def _collect(self, state: _Run, callbacks: Sequence[Callback]):
         execution = self._execution(state.config, state.gpus, state.precisions)
-        result = collect_run(state.dataset, state.config, state.plan, state.trained,
-                             state.device, time.perf_counter() - state.started, execution,
-                             overlapping=True)
+        result = collect_run(
+            state.dataset,
+            state.config,
+            state.plan,
+            state.trained,
+            state.device,
+            time.perf_counter() - state.started,
+            execution,
+            overlapping=True,
+        )
         for callback in callbacks:
             callback.on_run_end(result)
         return result

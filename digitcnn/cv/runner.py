@@ -17,13 +17,14 @@ done), its pending folds trained by one executor (:mod:`digitcnn.cv.executors` o
 machine, :class:`digitcnn.cv.distributed.RayExecutor` on a cluster), then collected
 (:func:`collect_run`). CLI: ``python -m digitcnn.kfold`` (:mod:`digitcnn.kfold`).
 """
+
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,27 +38,47 @@ from digitcnn.errors import DataError
 from digitcnn.results import FoldResult, KFoldResult
 from digitcnn.runstore.files import write_fold
 from digitcnn.runstore.resume import finished_folds, start_run_folder
+
 # A module, not its function: tests replace scaling.fit_scaler in it.
 from digitcnn.training import scaling
 from digitcnn.training.callbacks import Callback, ProgressBar, replay_epochs
-from digitcnn.training.runtime import (configure_determinism, cpu_cores, fold_seed, fold_workers,
-                                       library_versions, resolve_precision, select_device,
-                                       warm_up)
+from digitcnn.training.runtime import (
+    configure_determinism,
+    cpu_cores,
+    fold_seed,
+    fold_workers,
+    library_versions,
+    resolve_precision,
+    select_device,
+    warm_up,
+)
 
-__all__ = ["run_kfold", "RunPlan", "plan_run", "collect_run", "run_timing", "load_for_config",
-           "load_extra_training", "fold_ended", "choose_execution"]
+__all__ = [
+    "run_kfold",
+    "RunPlan",
+    "plan_run",
+    "collect_run",
+    "run_timing",
+    "load_for_config",
+    "load_extra_training",
+    "fold_ended",
+    "choose_execution",
+]
 
 
 def load_for_config(config: RunConfig) -> DigitDataset:
     """The dataset a config names, cut to ``config.limit`` rows when asked."""
     dataset = load(config.dataset, config.data_dir, split=config.split, verify=config.verify)
     if dataset.labels is None:
-        raise DataError(f"{dataset.source}: has no labels, so it can only be predicted on, not "
-                        "cross-validated; use the labelled training file")
+        raise DataError(
+            f"{dataset.source}: has no labels, so it can only be predicted on, not "
+            "cross-validated; use the labelled training file"
+        )
     if config.limit is not None and config.limit < len(dataset):
         # The subset is seeded by the run's seed and kept in the original order.
-        rows = np.sort(np.random.default_rng(config.seed).choice(len(dataset), config.limit,
-                                                                 replace=False))
+        rows = np.sort(
+            np.random.default_rng(config.seed).choice(len(dataset), config.limit, replace=False)
+        )
         dataset = dataset.subset(rows)
     return dataset
 
@@ -67,21 +88,28 @@ def load_extra_training(config: RunConfig, dataset: DigitDataset) -> DigitDatase
     if config.add_train_images is None:
         return None
     if not Path(config.add_train_images).is_dir():
-        raise DataError(f"--add-train-images {config.add_train_images}: no such folder; pass a "
-                        "folder of digit images in subfolders 0..9 (see --dataset images)")
+        raise DataError(
+            f"--add-train-images {config.add_train_images}: no such folder; pass a "
+            "folder of digit images in subfolders 0..9 (see --dataset images)"
+        )
     extra = load("images", config.add_train_images, verify=config.verify)
     if extra.input_shape != dataset.input_shape:
-        raise DataError(f"{config.add_train_images}: images are {extra.input_shape[1]}x"
-                        f"{extra.input_shape[2]} but {dataset.name} is {dataset.input_shape[1]}x"
-                        f"{dataset.input_shape[2]}; add own images to a 28x28 dataset (mnist, "
-                        "kaggle)")
+        raise DataError(
+            f"{config.add_train_images}: images are {extra.input_shape[1]}x"
+            f"{extra.input_shape[2]} but {dataset.name} is {dataset.input_shape[1]}x"
+            f"{dataset.input_shape[2]}; add own images to a 28x28 dataset (mnist, "
+            "kaggle)"
+        )
     if extra.max_value != dataset.max_value:
-        raise DataError(f"{config.add_train_images}: pixel range 0..{extra.max_value} differs from "
-                        f"{dataset.name}'s 0..{dataset.max_value}")
+        raise DataError(
+            f"{config.add_train_images}: pixel range 0..{extra.max_value} differs from "
+            f"{dataset.name}'s 0..{dataset.max_value}"
+        )
     return extra
 
 
 # ----------------------------------------------------------------------- planning and resuming
+
 
 @dataclass
 class RunPlan:
@@ -106,13 +134,21 @@ class RunPlan:
     @property
     def pending(self) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """(fold, train_rows, val_rows) of every fold still to train."""
-        return [(fold, train, val) for fold, (train, val) in enumerate(self.splits)
-                if fold not in self.finished]
+        return [
+            (fold, train, val)
+            for fold, (train, val) in enumerate(self.splits)
+            if fold not in self.finished
+        ]
 
 
-def plan_run(dataset: DigitDataset, config: RunConfig, out_dir: str | Path | None = None,
-             resume: bool = False, command: str = "digitcnn.kfold",
-             splitter: Splitter | None = None) -> RunPlan:
+def plan_run(
+    dataset: DigitDataset,
+    config: RunConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    command: str = "digitcnn.kfold",
+    splitter: Splitter | None = None,
+) -> RunPlan:
     """Split ``dataset`` (``splitter``, or ``config.cv``'s scheme) and validate the run; start
     ``out_dir`` (when given: config.json and splits.json) and, with ``resume``, collect the
     folds already finished there."""
@@ -122,15 +158,26 @@ def plan_run(dataset: DigitDataset, config: RunConfig, out_dir: str | Path | Non
     fingerprint = splits_sha256(splits)
     versions = library_versions()
     extra = load_extra_training(config, dataset)
-    global_scaler = (scaling.fit_scaler("global", dataset.images, dataset.max_value)
-                     if config.scaler == "global" else None)
+    global_scaler = (
+        scaling.fit_scaler("global", dataset.images, dataset.max_value)
+        if config.scaler == "global"
+        else None
+    )
     check_model(config, dataset)
     finished: dict[int, FoldResult] = {}
     if out_dir is not None:
         out_dir = Path(out_dir)
         folds = [(k, fold_seed(config.seed, k), val) for k, (_, val) in enumerate(splits)]
-        start_run_folder(out_dir, config, fingerprint, versions, folds, resume, command,
-                         splitter=None if splitter is None else repr(splitter))
+        start_run_folder(
+            out_dir,
+            config,
+            fingerprint,
+            versions,
+            folds,
+            resume,
+            command,
+            splitter=None if splitter is None else repr(splitter),
+        )
         if resume:
             finished = finished_folds(out_dir, splits)
     return RunPlan(splits, fingerprint, versions, extra, global_scaler, finished)
@@ -144,14 +191,24 @@ def run_timing(trained: Sequence[FoldResult], wall_s: float, overlapping: bool =
     summed alike."""
     train = sum(fold.train_s for fold in trained)
     evaluation = sum(fold.eval_s for fold in trained)
-    setup = (sum(fold.wall_s - fold.train_s - fold.eval_s for fold in trained) if overlapping
-             else wall_s - train - evaluation)
+    setup = (
+        sum(fold.wall_s - fold.train_s - fold.eval_s for fold in trained)
+        if overlapping
+        else wall_s - train - evaluation
+    )
     return {"setup_s": setup, "train_s": train, "eval_s": evaluation, "wall_s": wall_s}
 
 
-def collect_run(dataset: DigitDataset, config: RunConfig, plan: RunPlan,
-                trained: Sequence[FoldResult], device: str, wall_s: float,
-                execution: dict, overlapping: bool = False) -> KFoldResult:
+def collect_run(
+    dataset: DigitDataset,
+    config: RunConfig,
+    plan: RunPlan,
+    trained: Sequence[FoldResult],
+    device: str,
+    wall_s: float,
+    execution: dict,
+    overlapping: bool = False,
+) -> KFoldResult:
     """The run's :class:`KFoldResult` from the folds it found finished and those it trained
     (``overlapping``: at the same time, see :func:`run_timing`)."""
     timing = run_timing(trained, wall_s, overlapping)
@@ -159,13 +216,22 @@ def collect_run(dataset: DigitDataset, config: RunConfig, plan: RunPlan,
     dataset_info = dataset.info()
     if plan.extra is not None:
         dataset_info["added_to_training"] = plan.extra.info()
-    return KFoldResult(config=config, dataset=dataset_info, folds=folds, device=device,
-                       versions=plan.versions, splits_sha256=plan.splits_sha256, wall_s=wall_s,
-                       num_classes=len(dataset.classes), labels=dataset.labels.numpy(),
-                       extra={"execution": execution, "timing": timing})
+    return KFoldResult(
+        config=config,
+        dataset=dataset_info,
+        folds=folds,
+        device=device,
+        versions=plan.versions,
+        splits_sha256=plan.splits_sha256,
+        wall_s=wall_s,
+        num_classes=len(dataset.classes),
+        labels=dataset.targets().numpy(),
+        extra={"execution": execution, "timing": timing},
+    )
 
 
 # ----------------------------------------------------------------------- running
+
 
 def choose_execution(config: RunConfig, device: torch.device, pending: int) -> dict:
     """How this machine trains ``pending`` folds: ``fold_parallel`` (one fold-batched model),
@@ -182,27 +248,46 @@ def choose_execution(config: RunConfig, device: torch.device, pending: int) -> d
     threads = config.threads or (max(1, cpu_cores() // workers) if workers > 1 else None)
     if threads is not None and workers == 1:
         torch.set_num_threads(threads)
-    return {"precision": resolve_precision(config.precision, device),
-            "fold_parallel": parallel, "workers": workers,
-            "threads_per_worker": threads or torch.get_num_threads()}
+    return {
+        "precision": resolve_precision(config.precision, device),
+        "fold_parallel": parallel,
+        "workers": workers,
+        "threads_per_worker": threads or torch.get_num_threads(),
+    }
 
 
-def _train_pending(dataset: DigitDataset, config: RunConfig, plan: RunPlan, execution: dict,
-                   device: torch.device, callbacks: Sequence[Callback],
-                   out_dir: Path | None) -> Iterator[FoldResult]:
+def _train_pending(
+    dataset: DigitDataset,
+    config: RunConfig,
+    plan: RunPlan,
+    execution: dict,
+    device: torch.device,
+    callbacks: Sequence[Callback],
+    out_dir: Path | None,
+) -> Iterator[FoldResult]:
     """The executor ``execution`` names, training ``plan``'s pending folds."""
-    common = dict(global_scaler=plan.global_scaler, callbacks=callbacks, extra=plan.extra,
-                  out_dir=out_dir)
+    scaler, extra = plan.global_scaler, plan.extra
     if execution["fold_parallel"]:
-        return run_folds_parallel(dataset, config, plan.pending, device, **common)
+        return run_folds_parallel(
+            dataset, config, plan.pending, device, scaler, callbacks, extra, out_dir
+        )
     if execution["workers"] > 1:
-        return run_folds_in_processes(dataset, config, plan.pending, execution["workers"],
-                                      execution["threads_per_worker"], **common)
-    return run_folds_in_turn(dataset, config, plan.pending, device, **common)
+        workers, threads = execution["workers"], execution["threads_per_worker"]
+        return run_folds_in_processes(
+            dataset, config, plan.pending, workers, threads, scaler, callbacks, extra, out_dir
+        )
+    return run_folds_in_turn(
+        dataset, config, plan.pending, device, scaler, callbacks, extra, out_dir
+    )
 
 
-def fold_ended(callbacks: Sequence[Callback], result: FoldResult, out_dir: Path | None,
-               epochs: int, replay: bool = False) -> None:
+def fold_ended(
+    callbacks: Sequence[Callback],
+    result: FoldResult,
+    out_dir: Path | None,
+    epochs: int,
+    replay: bool = False,
+) -> None:
     """A fold trained now: written at once (for --resume), then told to ``callbacks``
     (after its epochs, when it trained out of their reach: ``replay``)."""
     if out_dir is not None:
@@ -213,11 +298,16 @@ def fold_ended(callbacks: Sequence[Callback], result: FoldResult, out_dir: Path 
         callback.on_fold_end(result)
 
 
-def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
-              out_dir: str | Path | None = None, resume: bool = False,
-              command: str = "digitcnn.kfold", executor=None,
-              splitter: Splitter | None = None,
-              callbacks: Sequence[Callback] = ()) -> KFoldResult:
+def run_kfold(
+    dataset: DigitDataset,
+    config: RunConfig | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    command: str = "digitcnn.kfold",
+    executor=None,
+    splitter: Splitter | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> KFoldResult:
     """Cross-validate ``config.model`` on ``dataset``; see :class:`KFoldResult` for the metrics.
 
     Args:
@@ -236,9 +326,11 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
         callbacks: :class:`~digitcnn.training.callbacks.Callback` objects that hear every
             fold's epochs, each fold's end and the run's end, however the folds train.
     """
+    config = RunConfig() if config is None else config
     if executor is not None:
-        return executor.run_kfold(dataset, config, out_dir, resume, command, splitter=splitter,
-                                  callbacks=callbacks)
+        return executor.run_kfold(
+            dataset, config, out_dir, resume, command, splitter=splitter, callbacks=callbacks
+        )
     configure_determinism(config.deterministic)
     device = select_device(config.device)
     plan = plan_run(dataset, config, out_dir, resume, command, splitter)
@@ -246,22 +338,33 @@ def run_kfold(dataset: DigitDataset, config: RunConfig = RunConfig(),
     started = time.perf_counter()
     warm_up(device)
     execution = choose_execution(config, device, len(plan.pending))
-    progress = ProgressBar(len(plan.splits), config.epochs, len(plan.finished),
-                           f"{dataset.name}/{config.model}",
-                           show=not config.quiet and sys.stderr.isatty())
+    progress = ProgressBar(
+        len(plan.splits),
+        config.epochs,
+        len(plan.finished),
+        f"{dataset.name}/{config.model}",
+        show=not config.quiet and sys.stderr.isatty(),
+    )
     hooks = [progress, *callbacks]
     trained = []
     try:
-        for result in _train_pending(dataset, config, plan, execution, device, hooks, out_dir):
-            trained.append(result)
-            fold_ended(hooks, result, out_dir, config.epochs)
+        for fold in _train_pending(dataset, config, plan, execution, device, hooks, out_dir):
+            trained.append(fold)
+            fold_ended(hooks, fold, out_dir, config.epochs)
     finally:
         progress.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    result = collect_run(dataset, config, plan, trained, str(device),
-                         time.perf_counter() - started, execution,
-                         overlapping=execution["workers"] > 1)
+    result = collect_run(
+        dataset,
+        config,
+        plan,
+        trained,
+        str(device),
+        time.perf_counter() - started,
+        execution,
+        overlapping=execution["workers"] > 1,
+    )
     for callback in callbacks:
         callback.on_run_end(result)
     return result

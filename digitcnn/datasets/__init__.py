@@ -12,8 +12,14 @@ Modules, in import order (each imports only those above it):
 The adapters are imported here so that they are registered whichever part of the package is
 imported first: ``from digitcnn.datasets.base import load`` runs this file before ``base``.
 """
-from digitcnn.datasets.base import (DigitDataset, list_datasets, load, register_dataset,
-                                    resolve_data_dir)
+
+from digitcnn.datasets.base import (
+    DigitDataset,
+    list_datasets,
+    load,
+    register_dataset,
+    resolve_data_dir,
+)
 from digitcnn.datasets.idx import parse_idx_images, parse_idx_labels
 from digitcnn.datasets.images import load_images
 from digitcnn.datasets.kaggle import load_kaggle
@@ -22,7 +28,22 @@ from digitcnn.datasets.preprocess import mnist_style, open_image, optdigits_imag
 from digitcnn.datasets.uci import load_uci
 from digitcnn.datasets.utils import read_first_line, read_int_csv
 
-__all__ = ["DigitDataset", "list_datasets", "load", "register_dataset", "resolve_data_dir",
-           "load_uci", "load_mnist", "load_kaggle", "load_images", "parse_idx_images",
-           "parse_idx_labels", "mnist_style", "open_image", "optdigits_images", "optdigits_style",
-           "read_first_line", "read_int_csv"]
+__all__ = [
+    "DigitDataset",
+    "list_datasets",
+    "load",
+    "register_dataset",
+    "resolve_data_dir",
+    "load_uci",
+    "load_mnist",
+    "load_kaggle",
+    "load_images",
+    "parse_idx_images",
+    "parse_idx_labels",
+    "mnist_style",
+    "open_image",
+    "optdigits_images",
+    "optdigits_style",
+    "read_first_line",
+    "read_int_csv",
+]

@@ -10,21 +10,30 @@ The built-in adapters (:mod:`~digitcnn.datasets.uci`, :mod:`~digitcnn.datasets.m
 :func:`register_dataset` when imported; ``digitcnn/datasets/__init__.py`` imports them, so
 importing anything from ``digitcnn.datasets`` makes them all available to :func:`load`.
 """
+
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from digitcnn.errors import DataError
 
-__all__ = ["DigitDataset", "load", "list_datasets", "register_dataset", "resolve_data_dir",
-           "check_split", "DATA_DIR_ENV", "SPLITS"]
+__all__ = [
+    "DigitDataset",
+    "load",
+    "list_datasets",
+    "register_dataset",
+    "resolve_data_dir",
+    "check_split",
+    "DATA_DIR_ENV",
+    "SPLITS",
+]
 
 DATA_DIR_ENV = "DIGITCNN_DATA_DIR"
 SPLITS = ("train", "test", "all")
@@ -59,30 +68,49 @@ class DigitDataset:
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.images.shape[1] != 1:
-            raise DataError(f"{self.name}: images must have shape (N, 1, H, W), got "
-                            f"{tuple(self.images.shape)}; reshape them before building the dataset")
+            raise DataError(
+                f"{self.name}: images must have shape (N, 1, H, W), got "
+                f"{tuple(self.images.shape)}; reshape them before building the dataset"
+            )
         if self.images.dtype != torch.uint8:
-            raise DataError(f"{self.name}: images must be uint8, got {self.images.dtype}; "
-                            "convert with .to(torch.uint8) after checking the value range")
+            raise DataError(
+                f"{self.name}: images must be uint8, got {self.images.dtype}; "
+                "convert with .to(torch.uint8) after checking the value range"
+            )
         if self.labels is not None:
             if self.labels.shape != (len(self.images),):
-                raise DataError(f"{self.name}: {len(self.images)} images but labels of shape "
-                                f"{tuple(self.labels.shape)}; give one label per image")
+                raise DataError(
+                    f"{self.name}: {len(self.images)} images but labels of shape "
+                    f"{tuple(self.labels.shape)}; give one label per image"
+                )
             if self.labels.dtype != torch.int64:
                 raise DataError(f"{self.name}: labels must be int64, got {self.labels.dtype}")
-            if len(self.labels) and (int(self.labels.min()) < 0
-                                     or int(self.labels.max()) >= len(self.classes)):
+            if len(self.labels) and (
+                int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)
+            ):
                 bad = int(((self.labels < 0) | (self.labels >= len(self.classes))).nonzero()[0])
-                raise DataError(f"{self.name}: label {int(self.labels[bad])} at row {bad} is out of "
-                                f"range 0..{len(self.classes) - 1}; fix that row's label")
+                raise DataError(
+                    f"{self.name}: label {int(self.labels[bad])} at row {bad} is out of "
+                    f"range 0..{len(self.classes) - 1}; fix that row's label"
+                )
         for name in ("groups", "files"):
             column = getattr(self, name)
             if column is not None and len(column) != len(self.images):
-                raise DataError(f"{self.name}: {name} has {len(column)} entries for "
-                                f"{len(self.images)} images")
+                raise DataError(
+                    f"{self.name}: {name} has {len(column)} entries for {len(self.images)} images"
+                )
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def targets(self) -> torch.Tensor:
+        """The (N,) int64 labels; a DataError for a set without them (a Kaggle test.csv)."""
+        if self.labels is None:
+            raise DataError(
+                f"{self.source}: has no labels, so it can only be predicted on, not trained or "
+                "cross-validated; use the labelled training file"
+            )
+        return self.labels
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -93,20 +121,28 @@ class DigitDataset:
     def has_labels(self) -> bool:
         return self.labels is not None
 
-    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> "DigitDataset":
+    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> DigitDataset:
         """The rows at ``indices``, in that order, with the same name and provenance."""
         index = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
         pick = index.numpy()
-        return replace(self, images=self.images[index],
-                       labels=None if self.labels is None else self.labels[index],
-                       groups=None if self.groups is None else self.groups[pick],
-                       files=None if self.files is None else self.files[pick])
+        return replace(
+            self,
+            images=self.images[index],
+            labels=None if self.labels is None else self.labels[index],
+            groups=None if self.groups is None else self.groups[pick],
+            files=None if self.files is None else self.files[pick],
+        )
 
     def info(self) -> dict:
         """JSON-ready provenance: name, row count, source, checksums, input shape."""
-        return {"name": self.name, "n": len(self), "source": self.source,
-                "sha256": dict(self.sha256), "input_shape": list(self.input_shape),
-                "max_value": self.max_value}
+        return {
+            "name": self.name,
+            "n": len(self),
+            "source": self.source,
+            "sha256": dict(self.sha256),
+            "input_shape": list(self.input_shape),
+            "max_value": self.max_value,
+        }
 
 
 # ----------------------------------------------------------------------------- registry
@@ -122,9 +158,11 @@ def register_dataset(name: str, loader: str | Callable[..., DigitDataset] | None
     Use as a decorator (``@register_dataset("mine")``) or call with a loader or a
     ``"module:function"`` path.
     """
+
     def decorate(fn):
         _ADAPTERS[name] = fn
         return fn
+
     return decorate(loader) if loader is not None else decorate
 
 
@@ -133,8 +171,9 @@ def list_datasets() -> list[str]:
     return sorted(_ADAPTERS)
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None, split: str = "all",
-         **options) -> DigitDataset:
+def load(
+    name: str, data_dir: str | os.PathLike | None = None, split: str = "all", **options
+) -> DigitDataset:
     """Load a dataset by name.
 
     Args:
@@ -166,8 +205,10 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     path = Path(chosen).expanduser()
     if not path.exists():
         origin = "--data-dir" if data_dir is not None else f"${DATA_DIR_ENV}"
-        raise DataError(f"data folder {path} ({origin}) does not exist; "
-                        "pass the folder that holds the dataset's files")
+        raise DataError(
+            f"data folder {path} ({origin}) does not exist; "
+            "pass the folder that holds the dataset's files"
+        )
     return path
 
 

@@ -8,6 +8,7 @@ they map onto :class:`~digitcnn.datasets.base.DigitDataset`'s convention unchang
 Kaggle serves the files only to a logged-in user who accepted the competition's rules, so
 there is no download here: the files come from ``data_dir`` or the cache.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,8 +25,16 @@ from digitcnn.datasets.base import DigitDataset, check_split, register_dataset
 from digitcnn.datasets.utils import read_first_line, read_int_csv
 from digitcnn.errors import DataError
 
-__all__ = ["load_kaggle", "KAGGLE_FILES", "KAGGLE_SIDE", "KAGGLE_MAX", "PIXEL_COLUMNS",
-           "TRAIN_COLUMNS", "KAGGLE_HOW_TO_GET", "CONTAMINATION_WARNING"]
+__all__ = [
+    "load_kaggle",
+    "KAGGLE_FILES",
+    "KAGGLE_SIDE",
+    "KAGGLE_MAX",
+    "PIXEL_COLUMNS",
+    "TRAIN_COLUMNS",
+    "KAGGLE_HOW_TO_GET",
+    "CONTAMINATION_WARNING",
+]
 
 KAGGLE_SIDE = 28
 KAGGLE_MAX = 255
@@ -38,20 +47,24 @@ KAGGLE_FILES = {"train": "train.csv", "test": "test.csv"}
 KAGGLE_ZIP = "digit-recognizer.zip"
 # Where a user may have put the files inside --data-dir, besides the folder itself.
 KAGGLE_SUBFOLDERS = ("digit-recognizer", "kaggle")
-KAGGLE_HOW_TO_GET = ("Kaggle serves these files only to logged-in users: accept the rules at "
-                     "https://www.kaggle.com/competitions/digit-recognizer, run `kaggle "
-                     "competitions download -c digit-recognizer`, unzip digit-recognizer.zip, "
-                     "then pass --data-dir FOLDER (or set $DIGITCNN_DATA_DIR)")
+KAGGLE_HOW_TO_GET = (
+    "Kaggle serves these files only to logged-in users: accept the rules at "
+    "https://www.kaggle.com/competitions/digit-recognizer, run `kaggle "
+    "competitions download -c digit-recognizer`, unzip digit-recognizer.zip, "
+    "then pass --data-dir FOLDER (or set $DIGITCNN_DATA_DIR)"
+)
 CONTAMINATION_WARNING = (
     "Kaggle's Digit Recognizer digits (train.csv and test.csv) are MNIST's 70,000 images "
     "reshuffled: a model trained on MNIST (its train or test part) has seen Kaggle's test "
     "images, so its Kaggle score is contaminated; train on Kaggle's train.csv alone for a "
-    "submission")
+    "submission"
+)
 
 
 @register_dataset("kaggle")
-def load_kaggle(data_dir: str | os.PathLike | None = None, split: str = "all",
-                verify: bool = True) -> DigitDataset:
+def load_kaggle(
+    data_dir: str | os.PathLike | None = None, split: str = "all", verify: bool = True
+) -> DigitDataset:
     """Kaggle Digit Recognizer: uint8 images (N, 1, 28, 28), int64 labels (N,) or None.
 
     Sources, in order: ``data_dir`` (the folder itself, or its ``digit-recognizer/`` or
@@ -88,21 +101,24 @@ def load_kaggle(data_dir: str | os.PathLike | None = None, split: str = "all",
         elif path.is_dir():
             dataset = _read_from_folder(path, split, origin="")
         else:
-            raise DataError(f"{path}: no such file or folder; pass the folder holding Kaggle's "
-                            "train.csv and test.csv")
+            raise DataError(
+                f"{path}: no such file or folder; pass the folder holding Kaggle's "
+                "train.csv and test.csv"
+            )
     else:
         dataset = _read_from_folder(cache_dir("kaggle"), split, origin="the cache ")
     _warn_contamination_once()
     return dataset
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_contamination_once() -> None:
     # Cached so that it warns once per process, not once per fold or per call.
     warnings.warn(CONTAMINATION_WARNING, RuntimeWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- finding files
+
 
 def _read_from_folder(folder: Path, split: str, origin: str) -> DigitDataset:
     found = _kaggle_files_in(folder)
@@ -120,8 +136,11 @@ def _read_from_folder(folder: Path, split: str, origin: str) -> DigitDataset:
 def _kaggle_files_in(folder: Path) -> dict[str, Path]:
     """split -> path of the Kaggle files in the first of ``folder`` and its subfolders with any."""
     for candidate in (folder, *(folder / name for name in KAGGLE_SUBFOLDERS)):
-        found = {part: candidate / name for part, name in KAGGLE_FILES.items()
-                 if (candidate / name).is_file()}
+        found = {
+            part: candidate / name
+            for part, name in KAGGLE_FILES.items()
+            if (candidate / name).is_file()
+        }
         if found:
             return found
     return {}
@@ -129,52 +148,79 @@ def _kaggle_files_in(folder: Path) -> dict[str, Path]:
 
 def _nothing_found_message(folder: Path, origin: str) -> str:
     if (folder / KAGGLE_ZIP).is_file():
-        return (f"{folder}: found {KAGGLE_ZIP} but no train.csv or test.csv; unzip it first "
-                f"(unzip {folder / KAGGLE_ZIP} -d {folder})")
+        return (
+            f"{folder}: found {KAGGLE_ZIP} but no train.csv or test.csv; unzip it first "
+            f"(unzip {folder / KAGGLE_ZIP} -d {folder})"
+        )
     if origin:
-        return (f"no --data-dir given and no Kaggle train.csv/test.csv in {origin}({folder}); "
-                + KAGGLE_HOW_TO_GET)
-    return (f"{folder}: no train.csv or test.csv there or in its "
-            f"{'/ or '.join(KAGGLE_SUBFOLDERS)}/ subfolder; " + KAGGLE_HOW_TO_GET)
+        return (
+            f"no --data-dir given and no Kaggle train.csv/test.csv in {origin}({folder}); "
+            + KAGGLE_HOW_TO_GET
+        )
+    return (
+        f"{folder}: no train.csv or test.csv there or in its "
+        f"{'/ or '.join(KAGGLE_SUBFOLDERS)}/ subfolder; " + KAGGLE_HOW_TO_GET
+    )
 
 
 def _missing_part_message(folder: Path, origin: str, part: str, found: dict[str, Path]) -> str:
     present = next(iter(found.values()))
     if part == "train":
-        return (f"{origin}{present.parent}: no train.csv, only test.csv, which has no labels; "
-                f"split='train' needs Kaggle's train.csv: " + KAGGLE_HOW_TO_GET)
-    return (f"{origin}{present.parent}: no test.csv, only train.csv; split='test' needs Kaggle's "
-            "test.csv (or use split='train' for the labelled rows): " + KAGGLE_HOW_TO_GET)
+        return (
+            f"{origin}{present.parent}: no train.csv, only test.csv, which has no labels; "
+            f"split='train' needs Kaggle's train.csv: " + KAGGLE_HOW_TO_GET
+        )
+    return (
+        f"{origin}{present.parent}: no test.csv, only train.csv; split='test' needs Kaggle's "
+        "test.csv (or use split='train' for the labelled rows): " + KAGGLE_HOW_TO_GET
+    )
 
 
 def _read_single_file(path: Path, split: str) -> DigitDataset:
     # Bounded: a file of one endless line (or binary junk) must not be read whole here.
     # Split on ';' and tabs too, so that a file saved with them is told what to fix.
-    first_field = re.split(r"[,;\t]", read_first_line(path, KAGGLE_MAX_LINE), 1)[0].strip()
+    first_field = re.split(r"[,;\t]", read_first_line(path, KAGGLE_MAX_LINE), maxsplit=1)[0].strip()
     labelled = first_field == TRAIN_COLUMNS[0]
     if split == "train" and not labelled:
-        raise DataError(f"{path}: has no label column (it is a test.csv), so split='train' "
-                        "cannot use it; pass Kaggle's train.csv")
+        raise DataError(
+            f"{path}: has no label column (it is a test.csv), so split='train' "
+            "cannot use it; pass Kaggle's train.csv"
+        )
     if split == "test" and labelled:
-        raise DataError(f"{path}: has a label column (it is a train.csv), but split='test' "
-                        "means Kaggle's unlabelled test.csv; pass that file, or use "
-                        "split='train' or 'all'")
+        raise DataError(
+            f"{path}: has a label column (it is a train.csv), but split='test' "
+            "means Kaggle's unlabelled test.csv; pass that file, or use "
+            "split='train' or 'all'"
+        )
     return _read_kaggle_csv(path, labelled)
 
 
 # ----------------------------------------------------------------------------- reading
+
 
 def _read_kaggle_csv(path: Path, labelled: bool) -> DigitDataset:
     """One Kaggle CSV, validated, as a DigitDataset (labels None when ``labelled`` is False)."""
     columns = TRAIN_COLUMNS if labelled else PIXEL_COLUMNS
     # Returned as uint8: the reader checks each block's values in int64 before narrowing,
     # so no int64 copy of the whole table is ever made and nothing wraps.
-    table = read_int_csv(path, len(columns), (0, KAGGLE_MAX), header=columns, dtype=np.uint8,
-                         column_ranges={0: (0, 9)} if labelled else None)
+    table = read_int_csv(
+        path,
+        len(columns),
+        (0, KAGGLE_MAX),
+        header=columns,
+        dtype=np.uint8,
+        column_ranges={0: (0, 9)} if labelled else None,
+    )
     first_pixel = 1 if labelled else 0
     # Row-major pixel order (X = i*28 + j) is exactly what a C-order reshape produces.
     pixels = np.ascontiguousarray(table[:, first_pixel:])
     images = torch.from_numpy(pixels).view(-1, 1, KAGGLE_SIDE, KAGGLE_SIDE)
     labels = torch.from_numpy(table[:, 0].astype(np.int64)) if labelled else None
-    return DigitDataset(images=images, labels=labels, name="kaggle", source=str(path),
-                        sha256={path.name: sha256_of(path)}, max_value=KAGGLE_MAX)
+    return DigitDataset(
+        images=images,
+        labels=labels,
+        name="kaggle",
+        source=str(path),
+        sha256={path.name: sha256_of(path)},
+        max_value=KAGGLE_MAX,
+    )

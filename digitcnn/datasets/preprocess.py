@@ -9,6 +9,7 @@ into UCI optdigits' 8x8 counts. :func:`~digitcnn.datasets.images.load_images` ap
 :func:`mnist_style` to a folder of labelled files; a drawing-board app or a predict command
 calls it on one image.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,9 +24,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digitcnn.errors import DataError
 
-__all__ = ["mnist_style", "optdigits_style", "optdigits_images", "open_image", "read_image_bytes",
-           "MAX_IMAGE_PIXELS", "MAX_IMAGE_FILE_BYTES", "MNIST_SIDE", "MNIST_BOX", "MNIST_CENTRE",
-           "MIN_INK_CONTRAST"]
+__all__ = [
+    "mnist_style",
+    "optdigits_style",
+    "optdigits_images",
+    "open_image",
+    "read_image_bytes",
+    "MAX_IMAGE_PIXELS",
+    "MAX_IMAGE_FILE_BYTES",
+    "MNIST_SIDE",
+    "MNIST_BOX",
+    "MNIST_CENTRE",
+    "MIN_INK_CONTRAST",
+]
 
 MNIST_SIDE = 28
 MNIST_BOX = 20
@@ -52,6 +63,7 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as Pillow's convert
 
 
 # ----------------------------------------------------------------------------- one image
+
 
 def mnist_style(image: Image.Image | np.ndarray) -> np.ndarray:
     """One digit picture as an MNIST-style image: uint8 array (28, 28), ink bright on 0.
@@ -84,10 +96,15 @@ def _as_gray(image: Image.Image | np.ndarray) -> np.ndarray:
     values = np.asarray(image)
     if values.ndim == 3 and values.shape[2] == 1:
         values = values[:, :, 0]
-    if values.ndim not in (2, 3) or (values.ndim == 3 and values.shape[2] not in (3, 4)) \
-            or values.size == 0:
-        raise DataError(f"an image must have shape (H, W), (H, W, 3) or (H, W, 4), got "
-                        f"{values.shape}; pass a grayscale or RGB(A) picture")
+    if (
+        values.ndim not in (2, 3)
+        or (values.ndim == 3 and values.shape[2] not in (3, 4))
+        or values.size == 0
+    ):
+        raise DataError(
+            f"an image must have shape (H, W), (H, W, 3) or (H, W, 4), got "
+            f"{values.shape}; pass a grayscale or RGB(A) picture"
+        )
     values = _to_0_255(values)
     if values.ndim == 2:
         return values
@@ -148,8 +165,10 @@ def _ink_on_dark(gray: np.ndarray) -> np.ndarray:
     ink = np.clip(ink, 0.0, None)
     contrast = float(ink.max())
     if contrast < MIN_INK_CONTRAST:
-        raise DataError(f"blank image: no pixel differs from the background by more than "
-                        f"{contrast:.0f} of 255 (ink needs {MIN_INK_CONTRAST})")
+        raise DataError(
+            f"blank image: no pixel differs from the background by more than "
+            f"{contrast:.0f} of 255 (ink needs {MIN_INK_CONTRAST})"
+        )
     ink[ink < NOISE_FLOOR * contrast] = 0.0
     return ink * (255.0 / contrast)
 
@@ -157,7 +176,7 @@ def _ink_on_dark(gray: np.ndarray) -> np.ndarray:
 def _crop_to_ink(ink: np.ndarray) -> np.ndarray:
     rows = np.flatnonzero(ink.any(axis=1))
     columns = np.flatnonzero(ink.any(axis=0))
-    return ink[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+    return ink[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
 
 
 def _fit_box(patch: np.ndarray, box: int) -> np.ndarray:
@@ -181,7 +200,7 @@ def _place_by_centre_of_mass(patch: np.ndarray, side: int) -> np.ndarray:
     top = int(np.clip(np.floor(MNIST_CENTRE - centre_row + 0.5), 0, side - height))
     left = int(np.clip(np.floor(MNIST_CENTRE - centre_column + 0.5), 0, side - width))
     canvas = np.zeros((side, side), dtype=np.float64)
-    canvas[top:top + height, left:left + width] = patch
+    canvas[top : top + height, left : left + width] = patch
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
 
 
@@ -200,17 +219,19 @@ def optdigits_style(image: np.ndarray) -> np.ndarray:
     half = 127.5
     rows, columns = np.flatnonzero(ink.max(axis=1) > half), np.flatnonzero(ink.max(axis=0) > half)
     if rows.size == 0:
-        raise DataError("the image is blank: no pixel reaches half intensity; draw the digit "
-                        "darker or larger")
-    patch = ink[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+        raise DataError(
+            "the image is blank: no pixel reaches half intensity; draw the digit darker or larger"
+        )
+    patch = ink[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
     height, width = patch.shape
     factor = OPTDIGITS_BITMAP / max(height, width)
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    scaled = np.asarray(Image.fromarray(patch.astype(np.float32), mode="F")
-                        .resize(size, Image.Resampling.BILINEAR))
+    scaled = np.asarray(
+        Image.fromarray(patch.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
+    )
     bitmap = np.zeros((OPTDIGITS_BITMAP, OPTDIGITS_BITMAP), dtype=bool)
     top, left = (OPTDIGITS_BITMAP - size[1]) // 2, (OPTDIGITS_BITMAP - size[0]) // 2
-    bitmap[top:top + size[1], left:left + size[0]] = scaled > half
+    bitmap[top : top + size[1], left : left + size[0]] = scaled > half
     blocks = OPTDIGITS_BITMAP // OPTDIGITS_BLOCK
     counts = bitmap.reshape(blocks, OPTDIGITS_BLOCK, blocks, OPTDIGITS_BLOCK).sum(axis=(1, 3))
     return counts.astype(np.uint8)
@@ -219,17 +240,21 @@ def optdigits_style(image: np.ndarray) -> np.ndarray:
 def optdigits_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 1, 28, 28) MNIST-style digits -> uint8 (N, 1, 8, 8) in UCI optdigits' form
     (:func:`optdigits_style` of each): how a model trained on optdigits reads 28x28 digits."""
-    return torch.from_numpy(np.stack([optdigits_style(image) for image in images[:, 0].numpy()])
-                            [:, None])
+    return torch.from_numpy(
+        np.stack([optdigits_style(image) for image in images[:, 0].numpy()])[:, None]
+    )
 
 
 # ----------------------------------------------------------------------------- decoding
 
+
 def read_image_bytes(path: Path) -> bytes:
     size = path.stat().st_size
     if size > MAX_IMAGE_FILE_BYTES:
-        raise DataError(f"{path}: {size >> 20} MiB, more than the {MAX_IMAGE_FILE_BYTES >> 20} MiB "
-                        "digitcnn reads for one picture; scale it down or save it compressed")
+        raise DataError(
+            f"{path}: {size >> 20} MiB, more than the {MAX_IMAGE_FILE_BYTES >> 20} MiB "
+            "digitcnn reads for one picture; scale it down or save it compressed"
+        )
     return path.read_bytes()
 
 
@@ -250,10 +275,12 @@ def open_image(path: str | os.PathLike, stored: bytes | None = None) -> Image.Im
             picture = Image.open(io.BytesIO(stored))
         width, height = picture.size
         if width * height > MAX_IMAGE_PIXELS:
-            raise DataError(f"{path}: {width}x{height} pixels ({width * height / 1e6:.0f} "
-                            f"megapixels), more than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
-                            "digitcnn decodes; scale the picture down (a digit needs no more "
-                            "than a few hundred pixels a side) and try again")
+            raise DataError(
+                f"{path}: {width}x{height} pixels ({width * height / 1e6:.0f} "
+                f"megapixels), more than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
+                "digitcnn decodes; scale the picture down (a digit needs no more "
+                "than a few hundred pixels a side) and try again"
+            )
         factor = _reduction_factor(width, height)
         if factor > 1 and picture.format == "JPEG":
             # JPEG decodes at 1/2, 1/4 or 1/8 scale directly, without the full-size pixels.
@@ -265,8 +292,12 @@ def open_image(path: str | os.PathLike, stored: bytes | None = None) -> Image.Im
         if isinstance(err, DataError):
             raise
         # Pillow's own message would name the in-memory buffer, not the file.
-        reason = ("Pillow cannot identify its format" if isinstance(err, UnidentifiedImageError)
-                  else f"{type(err).__name__}: {err}")
-        raise DataError(f"{path}: cannot be decoded as an image ({reason}); remove it from the "
-                        "folder or replace it with a valid PNG/JPG") from None
-
+        reason = (
+            "Pillow cannot identify its format"
+            if isinstance(err, UnidentifiedImageError)
+            else f"{type(err).__name__}: {err}"
+        )
+        raise DataError(
+            f"{path}: cannot be decoded as an image ({reason}); remove it from the "
+            "folder or replace it with a valid PNG/JPG"
+        ) from None

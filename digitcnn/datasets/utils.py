@@ -5,6 +5,7 @@ file, line and column of the first bad value; :func:`read_first_line` reads a he
 :func:`verify_checksum` refuses a modified official file; :func:`call_with_timeout`,
 :func:`is_offline` and :func:`fetch_timeout` bound what a download may cost.
 """
+
 from __future__ import annotations
 
 import io
@@ -13,16 +14,28 @@ import re
 import socket
 import threading
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from digitcnn.errors import DataError
 
-__all__ = ["read_int_csv", "read_first_line", "verify_checksum", "call_with_timeout",
-           "is_offline", "fetch_timeout", "OFFLINE_ENV", "FETCH_TIMEOUT_ENV", "CSV_BLOCK_BYTES",
-           "CSV_BYTES_PER_VALUE", "GZIP_MAGIC", "ZIP_MAGIC", "UTF8_BOM"]
+__all__ = [
+    "read_int_csv",
+    "read_first_line",
+    "verify_checksum",
+    "call_with_timeout",
+    "is_offline",
+    "fetch_timeout",
+    "OFFLINE_ENV",
+    "FETCH_TIMEOUT_ENV",
+    "CSV_BLOCK_BYTES",
+    "CSV_BYTES_PER_VALUE",
+    "GZIP_MAGIC",
+    "ZIP_MAGIC",
+    "UTF8_BOM",
+]
 
 OFFLINE_ENV = "DIGITCNN_OFFLINE"
 FETCH_TIMEOUT_ENV = "DIGITCNN_FETCH_TIMEOUT"
@@ -31,9 +44,11 @@ FETCH_TIMEOUT_ENV = "DIGITCNN_FETCH_TIMEOUT"
 def verify_checksum(path: Path, expected: str | None, digest: str, verify: bool) -> None:
     """Refuse a file whose official name promises contents that it does not have."""
     if verify and expected is not None and digest != expected:
-        raise DataError(f"{path}: SHA-256 {digest[:12]}... does not match the official file's "
-                        f"{expected[:12]}...; the file is corrupt or modified: download it again, "
-                        "or pass --no-verify to use it as it is")
+        raise DataError(
+            f"{path}: SHA-256 {digest[:12]}... does not match the official file's "
+            f"{expected[:12]}...; the file is corrupt or modified: download it again, "
+            "or pass --no-verify to use it as it is"
+        )
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -63,32 +78,47 @@ def read_first_line(path: Path, limit: int = 1 << 16) -> str:
         raw = handle.readline(limit + 1)
     _refuse_compressed(path, raw)
     if raw.startswith(UTF8_BOM):
-        raw = raw[len(UTF8_BOM):]
+        raw = raw[len(UTF8_BOM) :]
     if b"\x00" in raw:
-        raise DataError(f"{path}: line 1: holds a NUL byte: the file is binary or UTF-16 text, "
-                        "not a CSV; save it as a UTF-8 (or ASCII) CSV")
+        raise DataError(
+            f"{path}: line 1: holds a NUL byte: the file is binary or UTF-16 text, "
+            "not a CSV; save it as a UTF-8 (or ASCII) CSV"
+        )
     if len(raw) > limit and not raw.endswith(b"\n"):
-        raise DataError(f"{path}: line 1 is longer than {limit} bytes; this is not the CSV "
-                        "expected here: check the file")
+        raise DataError(
+            f"{path}: line 1 is longer than {limit} bytes; this is not the CSV "
+            "expected here: check the file"
+        )
     try:
         return raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: line 1: byte 0x{raw[err.start]:02x} is not UTF-8 text; save "
-                        "the file as a UTF-8 (or ASCII) CSV") from None
+        raise DataError(
+            f"{path}: line 1: byte 0x{raw[err.start]:02x} is not UTF-8 text; save "
+            "the file as a UTF-8 (or ASCII) CSV"
+        ) from None
 
 
 def _refuse_compressed(path: Path, start: bytes) -> None:
     if start.startswith(GZIP_MAGIC):
-        raise DataError(f"{path}: is gzip-compressed, not a plain CSV; decompress it first "
-                        f"(gunzip -c {path} > {Path(path).stem}-plain.csv) and pass that file")
+        raise DataError(
+            f"{path}: is gzip-compressed, not a plain CSV; decompress it first "
+            f"(gunzip -c {path} > {Path(path).stem}-plain.csv) and pass that file"
+        )
     if start.startswith(ZIP_MAGIC):
-        raise DataError(f"{path}: is a zip archive, not a plain CSV; unzip it first and pass "
-                        "the CSV inside")
+        raise DataError(
+            f"{path}: is a zip archive, not a plain CSV; unzip it first and pass the CSV inside"
+        )
 
 
-def read_int_csv(path: Path, n_columns: int, value_range: tuple[int, int], *,
-                 header: Sequence[str] | None = None, dtype=np.int64,
-                 column_ranges: Mapping[int, tuple[int, int]] | None = None) -> np.ndarray:
+def read_int_csv(
+    path: Path,
+    n_columns: int,
+    value_range: tuple[int, int],
+    *,
+    header: Sequence[str] | None = None,
+    dtype=np.int64,
+    column_ranges: Mapping[int, tuple[int, int]] | None = None,
+) -> np.ndarray:
     """Read a comma-separated table of integers, validated; returns an (rows, n_columns) array.
 
     Values are parsed into int64 from text that cannot overflow it (the fast path takes only
@@ -143,11 +173,13 @@ def read_int_csv(path: Path, n_columns: int, value_range: tuple[int, int], *,
             values = _parse_fast(block, n_columns, bounds)
             if values is None:
                 values = _parse_lines(path, block, line_number, n_columns, bounds, header_text)
-            table[rows:rows + len(values)] = values
+            table[rows : rows + len(values)] = values
             rows += len(values)
     if rows == 0:
-        raise DataError(f"{path}: has {'a header but ' if header is not None else ''}no rows; "
-                        "download the file again")
+        raise DataError(
+            f"{path}: has {'a header but ' if header is not None else ''}no rows; "
+            "download the file again"
+        )
     table.resize((rows, n_columns), refcheck=False)
     return table
 
@@ -158,13 +190,17 @@ def _check_header(path: Path, text: str, header: Sequence[str]) -> None:
     shown = text[:60] + ("..." if len(text) > 60 else "")
     for separator, name in ((";", "semicolons"), ("\t", "tabs")):
         if [cell.strip() for cell in text.split(separator)] == list(header):
-            raise DataError(f"{path}: line 1: the header {shown!r} separates the columns with "
-                            f"{name}; this file must be comma-separated: save it again with "
-                            f"commas (e.g. pandas.read_csv(path, sep={separator!r}).to_csv(path, "
-                            "index=False))")
+            raise DataError(
+                f"{path}: line 1: the header {shown!r} separates the columns with "
+                f"{name}; this file must be comma-separated: save it again with "
+                f"commas (e.g. pandas.read_csv(path, sep={separator!r}).to_csv(path, "
+                "index=False))"
+            )
     expected = ",".join(header[:3]) + ",..." + header[-1]
-    raise DataError(f"{path}: line 1: header {shown!r} is not the expected {expected!r} "
-                    f"({len(header)} columns); is this the right file?")
+    raise DataError(
+        f"{path}: line 1: header {shown!r} is not the expected {expected!r} "
+        f"({len(header)} columns); is this the right file?"
+    )
 
 
 def _csv_blocks(handle, path: Path, line_number: int, max_line: int):
@@ -175,9 +211,11 @@ def _csv_blocks(handle, path: Path, line_number: int, max_line: int):
         nul = chunk.find(b"\x00")
         if nul >= 0:
             where = line_number + carry.count(b"\n") + chunk.count(b"\n", 0, nul)
-            raise DataError(f"{path}: line {where}: holds a NUL byte: the file is binary, "
-                            "UTF-16 text or a corrupt (sparse) copy, not a CSV; save it as a "
-                            "UTF-8 (or ASCII) CSV, or download it again")
+            raise DataError(
+                f"{path}: line {where}: holds a NUL byte: the file is binary, "
+                "UTF-16 text or a corrupt (sparse) copy, not a CSV; save it as a "
+                "UTF-8 (or ASCII) CSV, or download it again"
+            )
         if not chunk:
             if carry.strip():
                 yield carry, line_number
@@ -189,8 +227,10 @@ def _csv_blocks(handle, path: Path, line_number: int, max_line: int):
             yield block, line_number
             line_number += block.count(b"\n")
         if len(carry) > max_line:
-            raise DataError(f"{path}: line {line_number} is longer than {max_line} bytes; this "
-                            "is not the CSV expected here: check the file or download it again")
+            raise DataError(
+                f"{path}: line {line_number} is longer than {max_line} bytes; this "
+                "is not the CSV expected here: check the file or download it again"
+            )
 
 
 def _parse_fast(block: bytes, n_columns: int, bounds: np.ndarray) -> np.ndarray | None:
@@ -208,9 +248,9 @@ def _parse_fast(block: bytes, n_columns: int, bounds: np.ndarray) -> np.ndarray 
             return None  # a lone CR ends a line for pandas but not for the line-by-line parser
     width = len(str(int(np.abs(bounds).max())))
     digits = codes >= ord("0")  # only digits, ',', CR and LF are left, and '0' is above them
-    run = digits[:codes.size - width].copy()
+    run = digits[: codes.size - width].copy()
     for shift in range(1, width + 1):
-        run &= digits[shift:codes.size - width + shift]
+        run &= digits[shift : codes.size - width + shift]
     if run.any():
         return None
     try:
@@ -218,13 +258,24 @@ def _parse_fast(block: bytes, n_columns: int, bounds: np.ndarray) -> np.ndarray 
             # index_col=False keeps pandas from silently taking the first column as an index
             # when every row has one value too many; it warns instead.
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(io.BytesIO(block), header=None, dtype=np.int64, engine="c",
-                                na_filter=True, skip_blank_lines=True, index_col=False)
+            frame = pd.read_csv(
+                io.BytesIO(block),
+                header=None,
+                dtype=np.int64,
+                engine="c",
+                na_filter=True,
+                skip_blank_lines=True,
+                index_col=False,
+            )
     except (ValueError, OverflowError, pd.errors.ParserError, pd.errors.ParserWarning):
         return None
     values = frame.to_numpy()
-    if values.dtype != np.int64 or values.ndim != 2 or values.shape[1] != n_columns \
-            or not _in_range(values, bounds):
+    if (
+        values.dtype != np.int64
+        or values.ndim != 2
+        or values.shape[1] != n_columns
+        or not _in_range(values, bounds)
+    ):
         return None
     return values
 
@@ -234,8 +285,7 @@ def _in_range(values: np.ndarray, bounds: np.ndarray) -> bool:
     if len(values) == 0:
         return True
     # Column extremes first: comparing the full table would build large temporaries.
-    return bool((values.min(axis=0) >= bounds[0]).all()
-                and (values.max(axis=0) <= bounds[1]).all())
+    return bool((values.min(axis=0) >= bounds[0]).all() and (values.max(axis=0) <= bounds[1]).all())
 
 
 def _column_bounds(n_columns, value_range, column_ranges) -> np.ndarray:
@@ -245,8 +295,14 @@ def _column_bounds(n_columns, value_range, column_ranges) -> np.ndarray:
     return bounds
 
 
-def _parse_lines(path: Path, block: bytes, line_number: int, n_columns: int,
-                 bounds: np.ndarray, header_text: str | None) -> np.ndarray:
+def _parse_lines(
+    path: Path,
+    block: bytes,
+    line_number: int,
+    n_columns: int,
+    bounds: np.ndarray,
+    header_text: str | None,
+) -> np.ndarray:
     """int64 (rows, n_columns) of a block parsed line by line; DataError at the first bad one."""
     rows = []
     for offset, raw in enumerate(block.split(b"\n")):
@@ -254,22 +310,29 @@ def _parse_lines(path: Path, block: bytes, line_number: int, n_columns: int,
         try:
             line = raw.decode("utf-8").strip(_BLANK)
         except UnicodeDecodeError as err:
-            raise DataError(f"{path}: line {number}: byte 0x{raw[err.start]:02x} is not UTF-8 "
-                            "text; save the file as a UTF-8 (or ASCII) CSV") from None
+            raise DataError(
+                f"{path}: line {number}: byte 0x{raw[err.start]:02x} is not UTF-8 "
+                "text; save the file as a UTF-8 (or ASCII) CSV"
+            ) from None
         if not line:
             continue
         if header_text is not None and line == header_text.strip(_BLANK):
-            raise DataError(f"{path}: line {number}: the header line is repeated; delete "
-                            "that line")
+            raise DataError(f"{path}: line {number}: the header line is repeated; delete that line")
         fields = line.split(",")
         if len(fields) != n_columns:
             hint = " (truncated row?)" if len(fields) < n_columns else ""
             if len(fields) == 1 and len(line.split(";")) == n_columns:
                 hint = " (the values are separated by ';': save the file with commas)"
-            raise DataError(f"{path}: line {number}: expected {n_columns} comma-separated "
-                            f"values, found {len(fields)}{hint}; fix or delete that line")
-        rows.append([_parse_cell(path, number, column, text, bounds[:, column])
-                     for column, text in enumerate(fields)])
+            raise DataError(
+                f"{path}: line {number}: expected {n_columns} comma-separated "
+                f"values, found {len(fields)}{hint}; fix or delete that line"
+            )
+        rows.append(
+            [
+                _parse_cell(path, number, column, text, bounds[:, column])
+                for column, text in enumerate(fields)
+            ]
+        )
     return np.array(rows, dtype=np.int64).reshape(-1, n_columns)
 
 
@@ -279,14 +342,15 @@ def _parse_cell(path: Path, line_number: int, column: int, text: str, bounds) ->
     if match is None:
         if text.strip(_BLANK).upper() in ("", "NA", "NAN", "NULL", "NONE"):
             raise DataError(f"{where}: missing value; fill it in or delete that line")
-        raise DataError(f"{where}: {text.strip(_BLANK)[:20]!r} is not an integer; fix that "
-                        "value")
+        raise DataError(f"{where}: {text.strip(_BLANK)[:20]!r} is not an integer; fix that value")
     sign, digits = match.groups()
     low, high = int(bounds[0]), int(bounds[1])
     significant = digits.lstrip("0")
     if len(significant) > 18:  # beyond int64, and beyond Python's int-from-text limit
-        raise DataError(f"{where}: value {sign}{significant[:12]}... ({len(significant)} "
-                        f"digits) is out of range {low}..{high}; fix that value")
+        raise DataError(
+            f"{where}: value {sign}{significant[:12]}... ({len(significant)} "
+            f"digits) is out of range {low}..{high}; fix that value"
+        )
     value = int(sign + digits)
     if not low <= value <= high:
         raise DataError(f"{where}: value {value} is out of range {low}..{high}; fix that value")
@@ -294,6 +358,7 @@ def _parse_cell(path: Path, line_number: int, column: int, text: str, bounds) ->
 
 
 # ----------------------------------------------------------------------------- network
+
 
 def is_offline(offline: bool | None) -> bool:
     """``offline`` when given, else whether ``$DIGITCNN_OFFLINE`` is set (to anything)."""

@@ -13,11 +13,35 @@ Example::
     predictions = predict(models, read_input("test.csv"), tta=4)
     predictions.labels                                 # (N,) int64
 """
-from digitcnn.inference.ensemble import (MAX_TTA, Predictions, check_tta, ensemble_probabilities,
-                                         load_models, output_csv, predict)
-from digitcnn.inference.inputs import (MAX_INPUT_VALUES, PredictionInput, model_images,
-                                       read_input, read_labels)
 
-__all__ = ["PredictionInput", "read_input", "read_labels", "model_images", "Predictions",
-           "load_models", "ensemble_probabilities", "check_tta", "predict", "output_csv",
-           "MAX_TTA", "MAX_INPUT_VALUES"]
+from digitcnn.inference.ensemble import (
+    MAX_TTA,
+    Predictions,
+    check_tta,
+    ensemble_probabilities,
+    load_models,
+    output_csv,
+    predict,
+)
+from digitcnn.inference.inputs import (
+    MAX_INPUT_VALUES,
+    PredictionInput,
+    model_images,
+    read_input,
+    read_labels,
+)
+
+__all__ = [
+    "PredictionInput",
+    "read_input",
+    "read_labels",
+    "model_images",
+    "Predictions",
+    "load_models",
+    "ensemble_probabilities",
+    "check_tta",
+    "predict",
+    "output_csv",
+    "MAX_TTA",
+    "MAX_INPUT_VALUES",
+]

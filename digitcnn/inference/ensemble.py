@@ -1,13 +1,14 @@
 """Predictions of one saved model or a K-fold run's fold ensemble: the class probabilities
 averaged over the models and, with test-time augmentation, over augmented copies of the inputs.
 """
+
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -17,8 +18,15 @@ from digitcnn.inference.inputs import PredictionInput, model_images
 from digitcnn.training.augment import PRESETS
 from digitcnn.training.runtime import select_device
 
-__all__ = ["Predictions", "load_models", "ensemble_probabilities", "check_tta", "predict",
-           "output_csv", "MAX_TTA"]
+__all__ = [
+    "Predictions",
+    "load_models",
+    "ensemble_probabilities",
+    "check_tta",
+    "predict",
+    "output_csv",
+    "MAX_TTA",
+]
 
 # Test-time augmentation costs one full pass over the inputs per copy, and past a few dozen
 # copies the average no longer changes: a larger --tta is a typo, refused at once.
@@ -55,16 +63,24 @@ def load_models(path: str | Path, device: str | None = None) -> list[SavedModel]
     if path.is_dir() and (path / "config.json").is_file():
         found = find_saved_models(path)
         if not found:
-            raise CheckpointError(f"{path}: this run kept no models; rerun it with --save-models "
-                                  "(python -m digitcnn.train saves its model)")
+            raise CheckpointError(
+                f"{path}: this run kept no models; rerun it with --save-models "
+                "(python -m digitcnn.train saves its model)"
+            )
         models = [load_model(p) for p in found]
     else:
         models = [load_model(path)]
     return models if target is None else [model.to(target) for model in models]
 
 
-def ensemble_probabilities(models: Sequence[SavedModel], images: torch.Tensor, *,
-                           tta: int = 0, seed: int = 0, batch_size: int = 1000) -> Predictions:
+def ensemble_probabilities(
+    models: Sequence[SavedModel],
+    images: torch.Tensor,
+    *,
+    tta: int = 0,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> Predictions:
     """Mean class probabilities over models and (with ``tta`` > 0) over ``tta`` augmented
     copies plus the original. Probabilities are averaged, not log-probabilities: that is the
     mixture the ensemble stands for."""
@@ -89,9 +105,11 @@ def ensemble_probabilities(models: Sequence[SavedModel], images: torch.Tensor, *
 def check_tta(tta: int) -> None:
     """Refuse a number of test-time augmented copies outside 0..MAX_TTA."""
     if not 0 <= tta <= MAX_TTA:
-        raise ConfigError(f"--tta {tta} must be 0 or more, at most {MAX_TTA} (each copy is one "
-                          "more pass over every input, and the average settles after a few "
-                          "dozen)")
+        raise ConfigError(
+            f"--tta {tta} must be 0 or more, at most {MAX_TTA} (each copy is one "
+            "more pass over every input, and the average settles after a few "
+            "dozen)"
+        )
 
 
 def predict(models: Sequence[SavedModel], inputs: PredictionInput, tta: int = 0) -> Predictions:
@@ -99,8 +117,10 @@ def predict(models: Sequence[SavedModel], inputs: PredictionInput, tta: int = 0)
     (:func:`~digitcnn.inference.inputs.model_images`); the models must share one input shape."""
     shapes = {m.input_shape for m in models}
     if len(shapes) != 1:
-        raise CheckpointError(f"the models take different input shapes {sorted(shapes)}; "
-                              "ensemble models trained on the same data only")
+        raise CheckpointError(
+            f"the models take different input shapes {sorted(shapes)}; "
+            "ensemble models trained on the same data only"
+        )
     return ensemble_probabilities(models, model_images(inputs, shapes.pop()), tta=tta)
 
 

@@ -8,18 +8,32 @@ The names are imported lazily (PEP 562): ``python -m digitcnn.models --help`` im
 package before its ``__main__``, and must answer without importing torch. Any name taken from
 here first imports :mod:`.zoo`, so the library's models are registered whatever is asked for.
 """
+
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
-    **dict.fromkeys(["ModelSpec", "register_model", "create_model", "list_models", "model_spec",
-                     "count_parameters", "flat_features", "initialize", "INITS",
-                     "describe_models", "format_models"], "registry"),
-    **dict.fromkeys(["Dropout", "s1", "s2", "s3", "s4", "s5", "digitnet", "digitnet_small"],
-                    "zoo"),
-    **dict.fromkeys(["FoldLinear", "FoldFlatten", "stack_folds", "fold_state",
-                     "load_fold_state"], "stacked"),
+    **dict.fromkeys(
+        [
+            "ModelSpec",
+            "register_model",
+            "create_model",
+            "list_models",
+            "model_spec",
+            "count_parameters",
+            "flat_features",
+            "initialize",
+            "INITS",
+            "describe_models",
+            "format_models",
+        ],
+        "registry",
+    ),
+    **dict.fromkeys(["Dropout", "s1", "s2", "s3", "s4", "s5", "digitnet", "digitnet_small"], "zoo"),
+    **dict.fromkeys(
+        ["FoldLinear", "FoldFlatten", "stack_folds", "fold_state", "load_fold_state"], "stacked"
+    ),
     "main": "__main__",
 }
 

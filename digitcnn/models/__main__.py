@@ -1,5 +1,6 @@
 """``python -m digitcnn.models``: each registered model, its parameter count per input size and
 the smallest image it accepts."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,9 @@ __all__ = ["main"]
 
 def main(argv=None) -> int:
     """List the registered models; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m digitcnn.models",
-                                     description="List the registered models.")
+    parser = argparse.ArgumentParser(
+        prog="python -m digitcnn.models", description="List the registered models."
+    )
     parser.parse_args(argv)
     print(models.format_models(models.describe_models()))
     return 0

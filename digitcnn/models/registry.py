@@ -9,20 +9,31 @@ log-probabilities whatever recipe trains it. The library's own builders
 (:mod:`digitcnn.models.zoo`) register themselves when that module is imported, which
 ``from digitcnn.models import ...`` always does first.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
 from digitcnn.errors import ModelError
 
-__all__ = ["ModelSpec", "register_model", "create_model", "list_models", "model_spec",
-           "count_parameters", "flat_features", "initialize", "INITS", "describe_models",
-           "format_models"]
+__all__ = [
+    "ModelSpec",
+    "register_model",
+    "create_model",
+    "list_models",
+    "model_spec",
+    "count_parameters",
+    "flat_features",
+    "initialize",
+    "INITS",
+    "describe_models",
+    "format_models",
+]
 
 INITS = ("kaiming-xavier", "default")
 
@@ -48,6 +59,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 def register_model(name: str | None = None, *, min_size: int = 8, description: str = ""):
     """Decorator that registers a builder under ``name`` (default: the function's name)."""
+
     def decorate(builder: Callable[..., nn.Sequential]):
         key = name or builder.__name__
         if key in _REGISTRY:
@@ -55,6 +67,7 @@ def register_model(name: str | None = None, *, min_size: int = 8, description: s
         doc = (builder.__doc__ or "").strip().splitlines()
         _REGISTRY[key] = ModelSpec(key, builder, min_size, description or (doc[0] if doc else ""))
         return builder
+
     return decorate
 
 
@@ -69,8 +82,13 @@ def model_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
-def create_model(name: str, input_shape: tuple[int, int, int] = (1, 8, 8), num_classes: int = 10,
-                 init: str = "kaiming-xavier", **kwargs) -> nn.Sequential:
+def create_model(
+    name: str,
+    input_shape: tuple[int, int, int] = (1, 8, 8),
+    num_classes: int = 10,
+    init: str = "kaiming-xavier",
+    **kwargs,
+) -> nn.Sequential:
     """Build a registered model for images of ``input_shape`` = (C, H, W).
 
     Args:
@@ -88,9 +106,11 @@ def create_model(name: str, input_shape: tuple[int, int, int] = (1, 8, 8), num_c
     spec = model_spec(name)
     channels, height, width = input_shape
     if min(height, width) < spec.min_size:
-        raise ModelError(f"model {name!r} needs images of at least {spec.min_size}x{spec.min_size}, "
-                         f"got {height}x{width}; choose a model that accepts this size "
-                         "(python -m digitcnn.models lists them)")
+        raise ModelError(
+            f"model {name!r} needs images of at least {spec.min_size}x{spec.min_size}, "
+            f"got {height}x{width}; choose a model that accepts this size "
+            "(python -m digitcnn.models lists them)"
+        )
     if init not in INITS:
         raise ModelError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
     try:
@@ -140,8 +160,14 @@ def describe_models(sizes=((1, 8, 8), (1, 28, 28))) -> list[dict]:
         for shape in sizes:
             if min(shape[1:]) >= spec.min_size:
                 counts[f"{shape[1]}x{shape[2]}"] = count_parameters(create_model(name, shape))
-        rows.append({"name": name, "description": spec.description, "min_size": spec.min_size,
-                     "parameters": counts})
+        rows.append(
+            {
+                "name": name,
+                "description": spec.description,
+                "min_size": spec.min_size,
+                "parameters": counts,
+            }
+        )
     return rows
 
 
@@ -149,9 +175,18 @@ def format_models(rows: list[dict]) -> str:
     """:func:`describe_models` rows as an aligned text table; "-" marks a size too small."""
     sizes = list(dict.fromkeys(size for row in rows for size in row["parameters"]))
     header = ["model", "min input", *(f"params {size}" for size in sizes), "description"]
-    body = [[row["name"], f"{row['min_size']}x{row['min_size']}",
-             *(f"{row['parameters'][size]:,}" if size in row["parameters"] else "-"
-               for size in sizes), row["description"]] for row in rows]
+    body = [
+        [
+            row["name"],
+            f"{row['min_size']}x{row['min_size']}",
+            *(
+                f"{row['parameters'][size]:,}" if size in row["parameters"] else "-"
+                for size in sizes
+            ),
+            row["description"],
+        ]
+        for row in rows
+    ]
     widths = [max(len(line[column]) for line in [header, *body]) for column in range(len(header))]
 
     def render(line: list[str]) -> str:

@@ -4,6 +4,7 @@ Each builder maps ``(input_shape, num_classes, **options)`` to an ``nn.Sequentia
 ``LogSoftmax`` and registers itself (:func:`digitcnn.models.registry.register_model`) under
 its name, with the smallest image size it accepts.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,12 +40,22 @@ def s5(input_shape=(1, 8, 8), num_classes=10, dropout: float = 0.5) -> nn.Sequen
 
     Smallest input 3x3: its 3x3 convolutions run on the full-size map."""
     features = nn.Sequential(
-        nn.Conv2d(input_shape[0], 32, 3, 1, 1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, 1, 1), nn.ReLU(),
-        nn.MaxPool2d(2, 2), Dropout(dropout), nn.Flatten())
+        nn.Conv2d(input_shape[0], 32, 3, 1, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, 1, 1),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        Dropout(dropout),
+        nn.Flatten(),
+    )
     return nn.Sequential(
-        *features, nn.Linear(flat_features(features, input_shape), 128), nn.ReLU(),
-        Dropout(dropout), nn.Linear(128, num_classes), nn.LogSoftmax(dim=1))
+        *features,
+        nn.Linear(flat_features(features, input_shape), 128),
+        nn.ReLU(),
+        Dropout(dropout),
+        nn.Linear(128, num_classes),
+        nn.LogSoftmax(dim=1),
+    )
 
 
 def _keras_same_conv(in_channels: int, out_channels: int, kernel: int) -> list[nn.Module]:
@@ -54,13 +65,20 @@ def _keras_same_conv(in_channels: int, out_channels: int, kernel: int) -> list[n
     input on every call; an explicit ``ZeroPad2d`` does it once, silently.
     """
     before, after = (kernel - 1) // 2, kernel // 2
-    return [nn.ZeroPad2d((before, after, before, after)), nn.Conv2d(in_channels, out_channels, kernel)]
+    return [
+        nn.ZeroPad2d((before, after, before, after)),
+        nn.Conv2d(in_channels, out_channels, kernel),
+    ]
 
 
-@register_model("s1", min_size=24,
-                description="S1: Kaggle Keras CNN (5x5 and 6x6 'same' convs, 3 pools, Dense 256)")
-def s1(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.15,
-       dense_dropout: float = 0.5) -> nn.Sequential:
+@register_model(
+    "s1",
+    min_size=24,
+    description="S1: Kaggle Keras CNN (5x5 and 6x6 'same' convs, 3 pools, Dense 256)",
+)
+def s1(
+    input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.15, dense_dropout: float = 0.5
+) -> nn.Sequential:
     """S1: Conv(32,5x5,same) ReLU MaxPool2 Dropout MaxPool2 Dropout Conv(128,6x6,same) ReLU
     Conv(128,6x6,same) ReLU MaxPool2 Dropout Flatten Linear(.,256) ReLU Dropout(dense_dropout)
     Linear(256,classes) LogSoftmax.
@@ -74,18 +92,35 @@ def s1(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.15,
     see padding (on 8x8 input it slides over a 2x2 map), which is not S1's model any more.
     """
     features = nn.Sequential(
-        nn.Conv2d(input_shape[0], 32, 5, padding=2), nn.ReLU(),
-        nn.MaxPool2d(2), Dropout(dropout), nn.MaxPool2d(2), Dropout(dropout),
-        *_keras_same_conv(32, 128, 6), nn.ReLU(),
-        *_keras_same_conv(128, 128, 6), nn.ReLU(),
-        nn.MaxPool2d(2), Dropout(dropout), nn.Flatten())
+        nn.Conv2d(input_shape[0], 32, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        Dropout(dropout),
+        nn.MaxPool2d(2),
+        Dropout(dropout),
+        *_keras_same_conv(32, 128, 6),
+        nn.ReLU(),
+        *_keras_same_conv(128, 128, 6),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        Dropout(dropout),
+        nn.Flatten(),
+    )
     return nn.Sequential(
-        *features, nn.Linear(flat_features(features, input_shape), 256), nn.ReLU(),
-        Dropout(dense_dropout), nn.Linear(256, num_classes), nn.LogSoftmax(dim=1))
+        *features,
+        nn.Linear(flat_features(features, input_shape), 256),
+        nn.ReLU(),
+        Dropout(dense_dropout),
+        nn.Linear(256, num_classes),
+        nn.LogSoftmax(dim=1),
+    )
 
 
-@register_model("s2", min_size=18,
-                description="S2: MNIST study '64-64-64' (3 valid 3x3 convs, 80,266 params on 28x28)")
+@register_model(
+    "s2",
+    min_size=18,
+    description="S2: MNIST study '64-64-64' (3 valid 3x3 convs, 80,266 params on 28x28)",
+)
 def s2(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.3) -> nn.Sequential:
     """S2 "64-64-64": Conv(64,3x3,valid) ReLU MaxPool2 Conv(64,3x3,valid) ReLU MaxPool2
     Conv(64,3x3,valid) ReLU Flatten Dropout Linear(.,classes) LogSoftmax.
@@ -96,16 +131,27 @@ def s2(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.3) -> nn.Sequ
     Smallest input 18x18 (-> 16, 8, 6, 3, 1): on 17x17 the second pool gets a 1x1 map.
     """
     features = nn.Sequential(
-        nn.Conv2d(input_shape[0], 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten())
+        nn.Conv2d(input_shape[0], 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+    )
     return nn.Sequential(
-        *features, Dropout(dropout), nn.Linear(flat_features(features, input_shape), num_classes),
-        nn.LogSoftmax(dim=1))
+        *features,
+        Dropout(dropout),
+        nn.Linear(flat_features(features, input_shape), num_classes),
+        nn.LogSoftmax(dim=1),
+    )
 
 
-@register_model("s3", min_size=10,
-                description="S3: drawing-board Keras CNN (2 valid 3x3 convs, 2 pools)")
+@register_model(
+    "s3", min_size=10, description="S3: drawing-board Keras CNN (2 valid 3x3 convs, 2 pools)"
+)
 def s3(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.25) -> nn.Sequential:
     """S3: Conv(32,3x3,valid) ReLU MaxPool2 Conv(64,3x3,valid) ReLU MaxPool2 Flatten Dropout
     Linear(.,classes) LogSoftmax.
@@ -116,17 +162,28 @@ def s3(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.25) -> nn.Seq
     Smallest input 10x10 (-> 8, 4, 2, 1): on 9x9 the second pool gets a 1x1 map.
     """
     features = nn.Sequential(
-        nn.Conv2d(input_shape[0], 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        nn.Conv2d(input_shape[0], 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+    )
     return nn.Sequential(
-        *features, Dropout(dropout), nn.Linear(flat_features(features, input_shape), num_classes),
-        nn.LogSoftmax(dim=1))
+        *features,
+        Dropout(dropout),
+        nn.Linear(flat_features(features, input_shape), num_classes),
+        nn.LogSoftmax(dim=1),
+    )
 
 
-@register_model("s4", min_size=6,
-                description="S4: Kaggle TF CNN (32-32 pool 64-64 pool, 'same' 3x3, Dense 256)")
-def s4(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.25,
-       dense_dropout: float = 0.5) -> nn.Sequential:
+@register_model(
+    "s4", min_size=6, description="S4: Kaggle TF CNN (32-32 pool 64-64 pool, 'same' 3x3, Dense 256)"
+)
+def s4(
+    input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.25, dense_dropout: float = 0.5
+) -> nn.Sequential:
     """S4: Conv(32,3x3,same) ReLU Conv(32,3x3,same) ReLU MaxPool2 Dropout
     Conv(64,3x3,same) ReLU Conv(64,3x3,same) ReLU MaxPool2 Dropout Flatten Linear(.,256) ReLU
     Dropout(dense_dropout) Linear(256,classes) LogSoftmax.
@@ -142,26 +199,47 @@ def s4(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.25,
     must be at least as large as their kernel.
     """
     features = nn.Sequential(
-        nn.Conv2d(input_shape[0], 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), Dropout(dropout),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), Dropout(dropout),
-        nn.Flatten())
+        nn.Conv2d(input_shape[0], 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        Dropout(dropout),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        Dropout(dropout),
+        nn.Flatten(),
+    )
     return nn.Sequential(
-        *features, nn.Linear(flat_features(features, input_shape), 256), nn.ReLU(),
-        Dropout(dense_dropout), nn.Linear(256, num_classes), nn.LogSoftmax(dim=1))
+        *features,
+        nn.Linear(flat_features(features, input_shape), 256),
+        nn.ReLU(),
+        Dropout(dense_dropout),
+        nn.Linear(256, num_classes),
+        nn.LogSoftmax(dim=1),
+    )
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
     # No conv bias: the BatchNorm shift right after it would cancel it.
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
-@register_model("digitnet", min_size=3,
-                description="DigitNet (recommended): BatchNorm CNN, any size >= 3, 8x8 and 28x28")
-def digitnet(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.2,
-             width: int = 32) -> nn.Sequential:
+@register_model(
+    "digitnet",
+    min_size=3,
+    description="DigitNet (recommended): BatchNorm CNN, any size >= 3, 8x8 and 28x28",
+)
+def digitnet(
+    input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.2, width: int = 32
+) -> nn.Sequential:
     """DigitNet, digitcnn's default model: a small BatchNorm CNN for 8x8 to 28x28 digits.
 
     Three stages of 3x3 conv-BN-ReLU blocks (padding 1, no conv bias): two blocks of
@@ -192,13 +270,21 @@ def digitnet(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.2,
             channels = out_channels
     # Global average pooling as a plain AvgPool2d over the whole final map, a layer that
     # fold-batched training (digitcnn.training.parallel) runs unchanged on K folds' channels.
-    layers += [nn.AvgPool2d((map_height, map_width)), nn.Flatten(), Dropout(dropout),
-               nn.Linear(channels, num_classes), nn.LogSoftmax(dim=1)]
+    layers += [
+        nn.AvgPool2d((map_height, map_width)),
+        nn.Flatten(),
+        Dropout(dropout),
+        nn.Linear(channels, num_classes),
+        nn.LogSoftmax(dim=1),
+    ]
     return nn.Sequential(*layers).to(memory_format=torch.channels_last)
 
 
-@register_model("digitnet_small", min_size=3,
-                description="DigitNet at half width (16, 32, 64 channels): the fast recipe's model")
+@register_model(
+    "digitnet_small",
+    min_size=3,
+    description="DigitNet at half width (16, 32, 64 channels): the fast recipe's model",
+)
 def digitnet_small(input_shape=(1, 28, 28), num_classes=10, dropout: float = 0.2) -> nn.Sequential:
     """:func:`digitnet` with ``width=16``: about a quarter of its multiply-adds (35,674
     parameters), for the fast recipes where wall time matters more than the last tenth of a

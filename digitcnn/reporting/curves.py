@@ -1,9 +1,11 @@
 """ROC and precision-recall curves of one group of predictions, as JSON-ready lists for the
 figures (see :mod:`digitcnn.reporting.evaluation` for the conventions). sklearn.metrics is
 imported inside the functions that use it."""
+
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -81,13 +83,15 @@ def roc_curves(probs, targets) -> dict:
         fps, tps, thresholds = _roc(one_hot[:, label], probs[:, label])
         full.append(_rates(fps, tps))
         fpr, tpr, thresholds = _roc_points(fps, tps, thresholds)
-        per_class.append({"fpr": float_list(fpr), "tpr": float_list(tpr),
-                          "thresholds": float_list(thresholds)})
-    curves = {"per_class": per_class}
+        per_class.append(
+            {"fpr": float_list(fpr), "tpr": float_list(tpr), "thresholds": float_list(thresholds)}
+        )
+    curves: dict[str, Any] = {"per_class": per_class}
     if len(targets) and defined.any():
         grid = np.unique(np.concatenate([full[c][0] for c in range(num_classes) if defined[c]]))
-        mean_tpr = np.mean([np.interp(grid, *full[c]) for c in range(num_classes)
-                            if defined[c]], axis=0)
+        mean_tpr = np.mean(
+            [np.interp(grid, *full[c]) for c in range(num_classes) if defined[c]], axis=0
+        )
         grid, mean_tpr = _drop_collinear(grid, mean_tpr)
         curves["macro"] = {"fpr": float_list(grid), "tpr": float_list(mean_tpr)}
         # micro = every (row, class) pair as one binary decision
@@ -132,5 +136,7 @@ def precision_recall_curves(probs, targets) -> dict:
     num_classes = probs.shape[1]
     one_hot = class_indicator(targets, num_classes)
     # micro = every (row, class) pair as one binary decision
-    return {"per_class": [_pr_curve(one_hot[:, c], probs[:, c]) for c in range(num_classes)],
-            "micro": _pr_curve(one_hot.reshape(-1), probs.reshape(-1))}
+    return {
+        "per_class": [_pr_curve(one_hot[:, c], probs[:, c]) for c in range(num_classes)],
+        "micro": _pr_curve(one_hot.reshape(-1), probs.reshape(-1)),
+    }

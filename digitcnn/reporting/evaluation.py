@@ -32,31 +32,42 @@ Example::
     report = evaluate_run(np.load("results/run/oof.npz"))   # or a KFoldResult
     report["pooled"]["macro"]["f1"], report["pooled"]["micro"]["roc_auc"]
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from digitcnn.errors import DataError
 from digitcnn.metrics import confusion_counts, mean_std
 from digitcnn.reporting.curves import precision_recall_curves, roc_curves
-from digitcnn.reporting.scores import (classification_scores, confusion_scores,
-                                       precision_recall_scores, probabilities, roc_scores)
+from digitcnn.reporting.scores import (
+    classification_scores,
+    confusion_scores,
+    precision_recall_scores,
+    probabilities,
+    roc_scores,
+)
 
-__all__ = ["evaluate_predictions", "oof_arrays", "evaluate_run", "without_curves",
-           "FOLD_SUMMARY"]
+__all__ = ["evaluate_predictions", "oof_arrays", "evaluate_run", "without_curves", "FOLD_SUMMARY"]
 
 # Per-fold spread reported for these (group, metric) pairs: mean and std (ddof=1) over folds.
-FOLD_SUMMARY = {"accuracy": (None, "accuracy"), "macro_precision": ("macro", "precision"),
-                "macro_recall": ("macro", "recall"), "macro_f1": ("macro", "f1"),
-                "weighted_f1": ("weighted", "f1"), "macro_roc_auc": ("macro", "roc_auc"),
-                "micro_roc_auc": ("micro", "roc_auc"),
-                "macro_average_precision": ("macro", "average_precision"),
-                "micro_average_precision": ("micro", "average_precision")}
+FOLD_SUMMARY = {
+    "accuracy": (None, "accuracy"),
+    "macro_precision": ("macro", "precision"),
+    "macro_recall": ("macro", "recall"),
+    "macro_f1": ("macro", "f1"),
+    "weighted_f1": ("weighted", "f1"),
+    "macro_roc_auc": ("macro", "roc_auc"),
+    "micro_roc_auc": ("micro", "roc_auc"),
+    "macro_average_precision": ("macro", "average_precision"),
+    "micro_average_precision": ("micro", "average_precision"),
+}
 
 
 def evaluate_predictions(log_probs, targets, curves: bool = False) -> dict:
@@ -82,18 +93,26 @@ def evaluate_predictions(log_probs, targets, curves: bool = False) -> dict:
     scores = classification_scores(predicted, targets, num_classes)
     roc = roc_scores(probs, targets)
     pr = precision_recall_scores(probs, targets)
-    result = {"n": int(len(targets)), "accuracy": scores["accuracy"],
-              "per_class": {**scores["per_class"], "roc_auc": roc["per_class"],
-                            "average_precision": pr["per_class"]},
-              "macro": {**scores["macro"], "roc_auc": roc["macro"],
-                        "average_precision": pr["macro"]},
-              "weighted": scores["weighted"],
-              "micro": {"roc_auc": roc["micro"], "average_precision": pr["micro"]},
-              **confusion_scores(confusion_counts(torch.from_numpy(predicted),
-                                                  torch.from_numpy(targets), num_classes))}
+    result = {
+        "n": int(len(targets)),
+        "accuracy": scores["accuracy"],
+        "per_class": {
+            **scores["per_class"],
+            "roc_auc": roc["per_class"],
+            "average_precision": pr["per_class"],
+        },
+        "macro": {**scores["macro"], "roc_auc": roc["macro"], "average_precision": pr["macro"]},
+        "weighted": scores["weighted"],
+        "micro": {"roc_auc": roc["micro"], "average_precision": pr["micro"]},
+        **confusion_scores(
+            confusion_counts(torch.from_numpy(predicted), torch.from_numpy(targets), num_classes)
+        ),
+    }
     if curves:
-        result["curves"] = {"roc": roc_curves(probs, targets),
-                            "pr": precision_recall_curves(probs, targets)}
+        result["curves"] = {
+            "roc": roc_curves(probs, targets),
+            "pr": precision_recall_curves(probs, targets),
+        }
     return result
 
 
@@ -109,22 +128,30 @@ def oof_arrays(source: Any) -> dict[str, np.ndarray]:
     if hasattr(source, "out_of_fold"):
         source = source.out_of_fold()
     if not isinstance(source, Mapping) and not hasattr(source, "files"):
-        raise DataError(f"cannot evaluate a {type(source).__name__}; pass a KFoldResult, the "
-                        "dict of out_of_fold() or the oof.npz file")
+        raise DataError(
+            f"cannot evaluate a {type(source).__name__}; pass a KFoldResult, the "
+            "dict of out_of_fold() or the oof.npz file"
+        )
     keys = set(source.files if hasattr(source, "files") else source.keys())
     missing = sorted({"log_probs", "true"} - keys)
     if missing:
-        raise DataError(f"out-of-fold predictions without {', '.join(missing)}; evaluation needs "
-                        "the true labels and the (N, C) log-probabilities (a KFoldResult with "
-                        "labels, or the oof.npz of a run)")
+        raise DataError(
+            f"out-of-fold predictions without {', '.join(missing)}; evaluation needs "
+            "the true labels and the (N, C) log-probabilities (a KFoldResult with "
+            "labels, or the oof.npz of a run)"
+        )
     arrays = {key: np.asarray(source[key]) for key in keys}
     log_probs, true = arrays["log_probs"], arrays["true"]
     if log_probs.ndim != 2 or len(true) != len(log_probs):
-        raise DataError(f"log_probs of shape {log_probs.shape} do not match {len(true)} true "
-                        "labels; expected (N, C) and (N,)")
+        raise DataError(
+            f"log_probs of shape {log_probs.shape} do not match {len(true)} true "
+            "labels; expected (N, C) and (N,)"
+        )
     if len(true) and (true.min() < 0 or true.max() >= log_probs.shape[1]):
-        raise DataError(f"true labels range {true.min()}..{true.max()} but log_probs have "
-                        f"{log_probs.shape[1]} classes")
+        raise DataError(
+            f"true labels range {true.min()}..{true.max()} but log_probs have "
+            f"{log_probs.shape[1]} classes"
+        )
     arrays.setdefault("fold", np.zeros(len(true), dtype=np.int64))
     arrays.setdefault("row", np.arange(len(true)))
     return arrays
@@ -154,8 +181,13 @@ def evaluate_run(source: Any, curves: bool = False) -> dict:
     if per_fold:
         summed = np.sum([np.asarray(f["confusion"]) for f in per_fold], axis=0)
         pooled.update(confusion_scores(summed))
-    return {"n": int(len(true)), "num_classes": int(log_probs.shape[1]), "pooled": pooled,
-            "folds": per_fold, "fold_summary": _fold_summary(per_fold)}
+    return {
+        "n": int(len(true)),
+        "num_classes": int(log_probs.shape[1]),
+        "pooled": pooled,
+        "folds": per_fold,
+        "fold_summary": _fold_summary(per_fold),
+    }
 
 
 def _fold_summary(per_fold: list[dict]) -> dict:

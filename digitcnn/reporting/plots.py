@@ -6,20 +6,31 @@ pandas and scipy), one axes for the grid of misclassified digits instead of one 
 and each figure laid out once with fixed margins instead of ``bbox_inches="tight"``, which
 draws every figure twice.
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from digitcnn.metrics import normalize_confusion
 from digitcnn._io import atomic_write_bytes
+from digitcnn.metrics import normalize_confusion
 
-__all__ = ["plot_confusion", "plot_loss_curves", "plot_training_curves", "plot_roc",
-           "plot_precision_recall", "plot_per_class_f1", "plot_misclassified",
-           "misclassified_order", "plot_sweep", "run_title", "save_figure"]
+__all__ = [
+    "plot_confusion",
+    "plot_loss_curves",
+    "plot_training_curves",
+    "plot_roc",
+    "plot_precision_recall",
+    "plot_per_class_f1",
+    "plot_misclassified",
+    "misclassified_order",
+    "plot_sweep",
+    "run_title",
+    "save_figure",
+]
 
 
 def _pyplot():
@@ -32,11 +43,13 @@ def _pyplot():
 
 
 def run_title(result) -> str:
-    """"<dataset> / <model> / <k> folds / accuracy <pooled>%", the title of every run figure
+    """ "<dataset> / <model> / <k> folds / accuracy <pooled>%", the title of every run figure
     (a run without validation rows says so instead of showing an accuracy)."""
     folds = len(result.folds)
-    head = (f"{result.dataset['name']} / {result.config.model} / {folds} "
-            f"fold{'s' if folds != 1 else ''}")
+    head = (
+        f"{result.dataset['name']} / {result.config.model} / {folds} "
+        f"fold{'s' if folds != 1 else ''}"
+    )
     if not result.n:
         return f"{head} / no validation rows (trained on all {result.folds[-1].n_train:,})"
     return f"{head} / accuracy {100 * result.accuracy:.2f}%"
@@ -57,13 +70,21 @@ def save_figure(figure, path: Path) -> Path:
 
 def _heatmap(axis, values: np.ndarray, text: Sequence[str], vmax: float, colorbar: bool) -> None:
     """A (C, C) heatmap with each cell's value written on it, rows true, columns predicted."""
-    image = axis.imshow(values, cmap="Blues", vmin=0, vmax=vmax, interpolation="nearest",
-                        aspect="auto")
+    image = axis.imshow(
+        values, cmap="Blues", vmin=0, vmax=vmax, interpolation="nearest", aspect="auto"
+    )
     classes = np.arange(values.shape[0])
     dark = values > 0.6 * vmax  # white text where the cell is dark
     for (row, column), label in zip(np.ndindex(values.shape), text):
-        axis.text(column, row, label, ha="center", va="center", fontsize=8,
-                  color="white" if dark[row, column] else "black")
+        axis.text(
+            column,
+            row,
+            label,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if dark[row, column] else "black",
+        )
     axis.set(xticks=classes, yticks=classes, xlabel="predicted", ylabel="true")
     if colorbar:
         axis.figure.colorbar(image, ax=axis)
@@ -83,8 +104,12 @@ def plot_confusion(confusion, path: str | Path, title: str = "") -> Path:
     return save_figure(figure, Path(path))
 
 
-def plot_loss_curves(train_losses: Sequence[Sequence[float]], val_losses: Sequence[Sequence[float]],
-                     path: str | Path, title: str = "") -> Path:
+def plot_loss_curves(
+    train_losses: Sequence[Sequence[float]],
+    val_losses: Sequence[Sequence[float]],
+    path: str | Path,
+    title: str = "",
+) -> Path:
     """Train (solid) and validation (dashed) loss per epoch, one colour per fold."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(8, 5), layout="constrained")
@@ -92,8 +117,13 @@ def plot_loss_curves(train_losses: Sequence[Sequence[float]], val_losses: Sequen
     for fold, (train, val) in enumerate(zip(train_losses, val_losses)):
         epochs = np.arange(1, len(train) + 1)
         axis.plot(epochs, train, color=colours(fold % 10), label=f"fold {fold} train")
-        axis.plot(epochs[:len(val)], val, color=colours(fold % 10), linestyle="--",
-                  label=f"fold {fold} val")
+        axis.plot(
+            epochs[: len(val)],
+            val,
+            color=colours(fold % 10),
+            linestyle="--",
+            label=f"fold {fold} val",
+        )
     axis.set(xlabel="epoch", ylabel="NLL loss", title=title)
     axis.grid(alpha=0.3)
     axis.legend(ncol=2, fontsize=8)
@@ -105,7 +135,7 @@ def _ragged(curves: Sequence[Sequence[float]]) -> np.ndarray:
     longest = max((len(c) for c in curves), default=0)
     table = np.full((len(curves), longest), np.nan)
     for row, curve in enumerate(curves):
-        table[row, :len(curve)] = curve
+        table[row, : len(curve)] = curve
     return table
 
 
@@ -120,18 +150,29 @@ def _mean_band(axis, curves, colour: str, label: str) -> None:
     counts = (~np.isnan(table)).sum(axis=0)
     mean = np.nanmean(table, axis=0)
     # std over the folds that reached the epoch (ddof=1); one fold alone has no band
-    spread = np.array([np.nanstd(column, ddof=1) if n > 1 else 0.0
-                       for column, n in zip(table.T, counts)])
+    spread = np.array(
+        [np.nanstd(column, ddof=1) if n > 1 else 0.0 for column, n in zip(table.T, counts)]
+    )
     axis.plot(epochs, mean, color=colour, linewidth=2.2, label=f"{label} (mean of {len(table)})")
-    axis.fill_between(epochs, mean - spread, mean + spread, color=colour, alpha=0.18,
-                      linewidth=0, label=f"{label} +-1 std")
+    axis.fill_between(
+        epochs,
+        mean - spread,
+        mean + spread,
+        color=colour,
+        alpha=0.18,
+        linewidth=0,
+        label=f"{label} +-1 std",
+    )
 
 
-def plot_training_curves(train_loss: Sequence[Sequence[float]],
-                         val_loss: Sequence[Sequence[float]],
-                         train_accuracy: Sequence[Sequence[float]],
-                         val_accuracy: Sequence[Sequence[float]],
-                         path: str | Path, title: str = "") -> Path:
+def plot_training_curves(
+    train_loss: Sequence[Sequence[float]],
+    val_loss: Sequence[Sequence[float]],
+    train_accuracy: Sequence[Sequence[float]],
+    val_accuracy: Sequence[Sequence[float]],
+    path: str | Path,
+    title: str = "",
+) -> Path:
     """Loss (left) and accuracy (right) per epoch: each fold thin, the fold mean bold with a
     +-1 std band; train blue, validation orange. Lists hold one per-epoch list per fold;
     validation lists may be empty (a run without validation rows)."""
@@ -139,8 +180,10 @@ def plot_training_curves(train_loss: Sequence[Sequence[float]],
     from matplotlib.ticker import MaxNLocator
 
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
-    for axis, train, val, name in ((loss_axis, train_loss, val_loss, "NLL loss"),
-                                   (accuracy_axis, train_accuracy, val_accuracy, "accuracy")):
+    for axis, train, val, name in (
+        (loss_axis, train_loss, val_loss, "NLL loss"),
+        (accuracy_axis, train_accuracy, val_accuracy, "accuracy"),
+    ):
         _mean_band(axis, train, "tab:blue", "train")
         _mean_band(axis, val, "tab:orange", "validation")
         axis.set(xlabel="epoch", ylabel=name, title=name)
@@ -160,8 +203,16 @@ def _zoom_limits(curves: Sequence[tuple[np.ndarray, np.ndarray]], x_to: float) -
     return max(0.0, low - 0.02)
 
 
-def _full_and_corner(draw, full_title: str, corner_title: str, corner_x: tuple[float, float],
-                     corner_from: float, legend_at: str, title: str, path: str | Path) -> Path:
+def _full_and_corner(
+    draw,
+    full_title: str,
+    corner_title: str,
+    corner_x: tuple[float, float],
+    corner_from: float,
+    legend_at: str,
+    title: str,
+    path: str | Path,
+) -> Path:
     """The same curves in two panels: the full range left, a corner enlarged right.
 
     ``draw(axis, colours)`` plots the curves onto ``axis`` and returns the (x, y) arrays of the
@@ -175,8 +226,7 @@ def _full_and_corner(draw, full_title: str, corner_title: str, corner_x: tuple[f
         drawn = draw(axis, colours)
         axis.grid(alpha=0.3)
     axes[0].set(title=full_title, xlim=(0, 1), ylim=(0, 1.01))
-    axes[1].set(title=corner_title, xlim=corner_x,
-                ylim=(_zoom_limits(drawn, corner_from), 1.002))
+    axes[1].set(title=corner_title, xlim=corner_x, ylim=(_zoom_limits(drawn, corner_from), 1.002))
     axes[1].legend(fontsize=8, loc=legend_at)
     figure.suptitle(title)
     return save_figure(figure, Path(path))
@@ -190,28 +240,46 @@ def plot_roc(curves: dict, auc: dict, path: str | Path, title: str = "") -> Path
         curves: ``evaluate_run(..., curves=True)["pooled"]["curves"]["roc"]``.
         auc: ``{"per_class": [C], "micro": float, "macro": float}`` AUCs for the legend.
     """
+
     def draw(axis, colours) -> list[tuple[np.ndarray, np.ndarray]]:
         drawn = []
         for label, curve in enumerate(curves["per_class"]):
             x, y = np.asarray(curve["fpr"]), np.asarray(curve["tpr"])
-            axis.plot(x, y, color=colours(label % 10), linewidth=1,
-                      label=f"{label}: AUC {auc['per_class'][label]:.4f}")
+            axis.plot(
+                x,
+                y,
+                color=colours(label % 10),
+                linewidth=1,
+                label=f"{label}: AUC {auc['per_class'][label]:.4f}",
+            )
             drawn.append((x, y))
         if "micro" in curves:
-            axis.plot(curves["micro"]["fpr"], curves["micro"]["tpr"], "k--", linewidth=2,
-                      label=f"micro: AUC {auc['micro']:.4f}")
-            axis.plot(curves["macro"]["fpr"], curves["macro"]["tpr"], "k:", linewidth=2,
-                      label=f"macro: AUC {auc['macro']:.4f} (mean of classes)")
+            axis.plot(
+                curves["micro"]["fpr"],
+                curves["micro"]["tpr"],
+                "k--",
+                linewidth=2,
+                label=f"micro: AUC {auc['micro']:.4f}",
+            )
+            axis.plot(
+                curves["macro"]["fpr"],
+                curves["macro"]["tpr"],
+                "k:",
+                linewidth=2,
+                label=f"macro: AUC {auc['macro']:.4f} (mean of classes)",
+            )
         axis.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle="-.")
         axis.set(xlabel="false positive rate", ylabel="true positive rate")
         return drawn
 
-    return _full_and_corner(draw, "ROC, one class vs rest", "top-left corner", (0, 0.1), 0.1,
-                            "lower right", title, path)
+    return _full_and_corner(
+        draw, "ROC, one class vs rest", "top-left corner", (0, 0.1), 0.1, "lower right", title, path
+    )
 
 
-def plot_precision_recall(curves: dict, average_precision: dict, path: str | Path,
-                          title: str = "") -> Path:
+def plot_precision_recall(
+    curves: dict, average_precision: dict, path: str | Path, title: str = ""
+) -> Path:
     """Precision-recall curves per class (thin, AP in the legend) and micro (black dashed);
     full range left, the top-right corner enlarged right.
 
@@ -219,26 +287,46 @@ def plot_precision_recall(curves: dict, average_precision: dict, path: str | Pat
         curves: ``evaluate_run(..., curves=True)["pooled"]["curves"]["pr"]``.
         average_precision: ``{"per_class": [C], "micro": float, "macro": float}``.
     """
+
     def draw(axis, colours) -> list[tuple[np.ndarray, np.ndarray]]:
         drawn = []
         for label, curve in enumerate(curves["per_class"]):
             recall, precision = np.asarray(curve["recall"]), np.asarray(curve["precision"])
-            axis.step(recall, precision, where="post", color=colours(label % 10), linewidth=1,
-                      label=f"{label}: AP {average_precision['per_class'][label]:.4f}")
+            axis.step(
+                recall,
+                precision,
+                where="post",
+                color=colours(label % 10),
+                linewidth=1,
+                label=f"{label}: AP {average_precision['per_class'][label]:.4f}",
+            )
             drawn.append((recall[::-1], precision[::-1]))
         micro = curves["micro"]
-        axis.step(micro["recall"], micro["precision"], "k--", where="post", linewidth=2,
-                  label=f"micro: AP {average_precision['micro']:.4f} "
-                        f"(macro {average_precision['macro']:.4f})")
+        axis.step(
+            micro["recall"],
+            micro["precision"],
+            "k--",
+            where="post",
+            linewidth=2,
+            label=f"micro: AP {average_precision['micro']:.4f} "
+            f"(macro {average_precision['macro']:.4f})",
+        )
         axis.set(xlabel="recall", ylabel="precision")
         return drawn
 
-    return _full_and_corner(draw, "precision-recall, one class vs rest", "top-right corner",
-                            (0.9, 1.0), 0.9, "lower left", title, path)
+    return _full_and_corner(
+        draw,
+        "precision-recall, one class vs rest",
+        "top-right corner",
+        (0.9, 1.0),
+        0.9,
+        "lower left",
+        title,
+        path,
+    )
 
 
-def plot_per_class_f1(per_class: dict, macro_f1: float, path: str | Path,
-                      title: str = "") -> Path:
+def plot_per_class_f1(per_class: dict, macro_f1: float, path: str | Path, title: str = "") -> Path:
     """F1 per class as bars (value written on each), precision and recall as markers, and
     the macro F1 as a line. The y axis starts just below the lowest value so that differences
     of a fraction of a percent stay visible; its lower limit is printed on the axis.
@@ -253,19 +341,32 @@ def plot_per_class_f1(per_class: dict, macro_f1: float, path: str | Path,
     axis.bar(classes, f1, color="tab:blue", alpha=0.8, label="F1")
     axis.plot(classes, per_class["precision"], "v", color="tab:red", label="precision")
     axis.plot(classes, per_class["recall"], "^", color="tab:green", label="recall")
-    axis.axhline(macro_f1, color="black", linestyle="--", linewidth=1,
-                 label=f"macro F1 {macro_f1:.4f}")
+    axis.axhline(
+        macro_f1, color="black", linestyle="--", linewidth=1, label=f"macro F1 {macro_f1:.4f}"
+    )
     values = np.concatenate([f1, per_class["precision"], per_class["recall"]])
     low = max(0.0, np.floor((np.nanmin(values) - 0.01) * 50) / 50) if len(values) else 0.0
     for x, value in zip(classes, f1):
         # inside the bar's top, where the precision/recall markers do not cover it
-        axis.annotate(f"{value:.3f}", (x, value), ha="center", va="top", fontsize=8,
-                      color="white", fontweight="bold", xytext=(0, -4),
-                      textcoords="offset points")
-    axis.set(xticks=classes,
-             xticklabels=[f"{c}\n(n={n})" for c, n in zip(classes, per_class["support"])],
-             ylim=(low, 1.005), xlabel="class (validation rows)", ylabel="score",
-             title=f"{title}\nper-class F1 (y axis from {low:.2f})")
+        axis.annotate(
+            f"{value:.3f}",
+            (x, value),
+            ha="center",
+            va="top",
+            fontsize=8,
+            color="white",
+            fontweight="bold",
+            xytext=(0, -4),
+            textcoords="offset points",
+        )
+    axis.set(
+        xticks=classes,
+        xticklabels=[f"{c}\n(n={n})" for c, n in zip(classes, per_class["support"])],
+        ylim=(low, 1.005),
+        xlabel="class (validation rows)",
+        ylabel="score",
+        title=f"{title}\nper-class F1 (y axis from {low:.2f})",
+    )
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4)
     return save_figure(figure, Path(path))
@@ -280,8 +381,17 @@ def misclassified_order(true, predicted, probability, limit: int = 40) -> np.nda
     return wrong[np.argsort(-probability[wrong], kind="stable")][:limit]
 
 
-def plot_misclassified(images, rows, true, predicted, probability, path: str | Path,
-                       title: str = "", limit: int = 40, columns: int = 8) -> Path:
+def plot_misclassified(
+    images,
+    rows,
+    true,
+    predicted,
+    probability,
+    path: str | Path,
+    title: str = "",
+    limit: int = 40,
+    columns: int = 8,
+) -> Path:
     """A grid of misclassified digits, the most confident mistakes first.
 
     The digits are tiled into one image drawn on one axes (a grid of 40 axes took most of the
@@ -301,8 +411,7 @@ def plot_misclassified(images, rows, true, predicted, probability, path: str | P
     count = max(len(shown), 1)
     columns = min(columns, count)
     lines = -(-count // columns)
-    height, width = (np.asarray(images[int(rows[shown[0]])]).shape[-2:] if len(shown)
-                     else (8, 8))
+    height, width = np.asarray(images[int(rows[shown[0]])]).shape[-2:] if len(shown) else (8, 8)
     # blank pixels between digits; under each digit, room for its two-line label
     gap, label = max(1, width // 4), height // 2 + 1
     mosaic = np.zeros((lines * (height + label), columns * (width + gap)), dtype=np.float32)
@@ -315,24 +424,39 @@ def plot_misclassified(images, rows, true, predicted, probability, path: str | P
     for slot, index in enumerate(shown):
         line, column = divmod(slot, columns)
         top, left = line * (height + label), column * (width + gap)
-        mosaic[top:top + height, left:left + width] = np.asarray(images[int(rows[index])])[0]
-        axis.text(left + width / 2 - 0.5, top + height,
-                  f"true {true[index]} \u2192 {predicted[index]}\np={probability[index]:.2f}, "
-                  f"row {rows[index]}", ha="center", va="top", fontsize=7.5)
+        mosaic[top : top + height, left : left + width] = np.asarray(images[int(rows[index])])[0]
+        axis.text(
+            left + width / 2 - 0.5,
+            top + height,
+            f"true {true[index]} \u2192 {predicted[index]}\np={probability[index]:.2f}, "
+            f"row {rows[index]}",
+            ha="center",
+            va="top",
+            fontsize=7.5,
+        )
     # dark ink on white, as digits are written
     axis.imshow(mosaic, cmap="gray_r", interpolation="nearest", aspect="auto")
     axis.set(xlim=(-0.5, mosaic.shape[1] - 0.5), ylim=(mosaic.shape[0] - 0.5, -0.5))
     total = int((true != predicted).sum())
     if not len(shown):
-        axis.text(0.5, 0.5, "no misclassified rows", ha="center", va="center",
-                  transform=axis.transAxes)
-    figure.suptitle(f"{title}\n{len(shown)} of {total} misclassified validation rows, "
-                    "most confident first", fontsize=9)
+        axis.text(
+            0.5, 0.5, "no misclassified rows", ha="center", va="center", transform=axis.transAxes
+        )
+    figure.suptitle(
+        f"{title}\n{len(shown)} of {total} misclassified validation rows, most confident first",
+        fontsize=9,
+    )
     return save_figure(figure, Path(path))
 
 
-def plot_sweep(names: Sequence[str], fold_accuracies: Sequence[Sequence[float]],
-               pooled: Sequence[float], best: int, path: str | Path, title: str = "") -> Path:
+def plot_sweep(
+    names: Sequence[str],
+    fold_accuracies: Sequence[Sequence[float]],
+    pooled: Sequence[float],
+    best: int,
+    path: str | Path,
+    title: str = "",
+) -> Path:
     """Validation accuracy of every cell of a sweep, one row per cell: each fold's accuracy as
     a dot, the mean over folds with a +-1 std error bar, the pooled accuracy as a cross; the
     best cell (highest mean) in red.
@@ -347,15 +471,41 @@ def plot_sweep(names: Sequence[str], fold_accuracies: Sequence[Sequence[float]],
     for row, (accuracies, total) in enumerate(zip(fold_accuracies, pooled)):
         values = 100 * np.asarray(accuracies, dtype=float)
         colour = "tab:red" if row == best else "tab:blue"
-        axis.scatter(values, row + jitter.uniform(-0.12, 0.12, len(values)), s=14,
-                     color=colour, alpha=0.55, label="fold" if row == 0 else None)
+        axis.scatter(
+            values,
+            row + jitter.uniform(-0.12, 0.12, len(values)),
+            s=14,
+            color=colour,
+            alpha=0.55,
+            label="fold" if row == 0 else None,
+        )
         spread = values.std(ddof=1) if len(values) > 1 else 0.0
-        axis.errorbar(values.mean(), row, xerr=spread, fmt="o", color=colour, markersize=7,
-                      capsize=4, linewidth=1.6, label="mean +-1 std" if row == 0 else None)
-        axis.plot(100 * total, row, "x", color="black", markersize=7, zorder=4,
-                  label="pooled" if row == 0 else None)
-    axis.set(yticks=np.arange(len(names)), xlabel="validation accuracy (%)",
-             ylim=(len(names) - 0.5, -0.5), title=f"{title}\nbest (red): {names[best]}")
+        axis.errorbar(
+            values.mean(),
+            row,
+            xerr=spread,
+            fmt="o",
+            color=colour,
+            markersize=7,
+            capsize=4,
+            linewidth=1.6,
+            label="mean +-1 std" if row == 0 else None,
+        )
+        axis.plot(
+            100 * total,
+            row,
+            "x",
+            color="black",
+            markersize=7,
+            zorder=4,
+            label="pooled" if row == 0 else None,
+        )
+    axis.set(
+        yticks=np.arange(len(names)),
+        xlabel="validation accuracy (%)",
+        ylim=(len(names) - 0.5, -0.5),
+        title=f"{title}\nbest (red): {names[best]}",
+    )
     axis.set_yticklabels(names, fontsize=8)
     axis.grid(axis="x", alpha=0.3)
     axis.legend(fontsize=8, loc="best")

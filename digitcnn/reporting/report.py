@@ -11,6 +11,7 @@ While a background report is being drawn the run folder holds ``report.log``; it
 when ``report.html`` is in place and keeps the error if drawing failed. Every file is written
 atomically and ``report.html`` last, so a folder holding it has its whole report.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,9 @@ import pickle
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -28,13 +29,26 @@ from digitcnn._io import atomic_write_text, write_json
 from digitcnn.errors import ConfigError, DataError, exit_cli
 from digitcnn.reporting.evaluation import evaluate_run, without_curves
 from digitcnn.reporting.page import render_report
-from digitcnn.reporting.plots import (misclassified_order, plot_confusion, plot_loss_curves,
-                                      plot_misclassified, plot_per_class_f1,
-                                      plot_precision_recall, plot_roc, plot_training_curves,
-                                      run_title)
+from digitcnn.reporting.plots import (
+    misclassified_order,
+    plot_confusion,
+    plot_loss_curves,
+    plot_misclassified,
+    plot_per_class_f1,
+    plot_precision_recall,
+    plot_roc,
+    plot_training_curves,
+    run_title,
+)
 
-__all__ = ["write_run_report", "draw_evaluation_figures", "start_report",
-           "report_in_background", "REPORT_ENV", "REPORT_LOG"]
+__all__ = [
+    "write_run_report",
+    "draw_evaluation_figures",
+    "start_report",
+    "report_in_background",
+    "REPORT_ENV",
+    "REPORT_LOG",
+]
 
 
 # ``background`` or ``wait``: overrides the CLIs' choice (background exactly when stdout is a
@@ -45,8 +59,14 @@ REPORT_ENV = "DIGITCNN_REPORT"
 REPORT_LOG = "report.log"
 
 
-def write_run_report(result, directory: str | Path, oof: dict, figures: Sequence[Path] = (),
-                     plots: bool = True, images=None) -> dict | None:
+def write_run_report(
+    result,
+    directory: str | Path,
+    oof: dict,
+    figures: Sequence[Path] = (),
+    plots: bool = True,
+    images=None,
+) -> dict | None:
     """Write ``evaluation.json`` (when there are out-of-fold rows with labels), the figures
     (when ``plots``) and, last, ``report.html``. Returns the evaluation, or None.
 
@@ -66,13 +86,15 @@ def write_run_report(result, directory: str | Path, oof: dict, figures: Sequence
     drawn = list(figures)
     if plots:
         drawn += draw_evaluation_figures(result, directory, evaluation, oof, images)
-    atomic_write_text(directory / "report.html",
-                      render_report(result, evaluation, drawn, plots=plots))
+    atomic_write_text(
+        directory / "report.html", render_report(result, evaluation, drawn, plots=plots)
+    )
     return evaluation
 
 
-def draw_evaluation_figures(result, directory: Path, evaluation: dict | None, oof: dict,
-                            images=None) -> list[Path]:
+def draw_evaluation_figures(
+    result, directory: Path, evaluation: dict | None, oof: dict, images=None
+) -> list[Path]:
     """confusion.png for a run with validation rows; loss_curves.png and training_curves.png
     for a run with epochs; roc, precision_recall, per_class_f1 with an evaluation;
     misclassified.png with an evaluation and the images."""
@@ -82,32 +104,67 @@ def draw_evaluation_figures(result, directory: Path, evaluation: dict | None, oo
     if result.n:  # a --full run has no validation rows to tabulate
         drawn.append(plot_confusion(result.confusion, directory / "confusion.png", title))
     if result.trained_by_epochs:
-        drawn.append(plot_loss_curves([f.train_loss for f in folds], [f.val_loss for f in folds],
-                                      directory / "loss_curves.png", title))
+        drawn.append(
+            plot_loss_curves(
+                [f.train_loss for f in folds],
+                [f.val_loss for f in folds],
+                directory / "loss_curves.png",
+                title,
+            )
+        )
     # a fold without validation rows records placeholder validation values: leave them out
     if result.trained_by_epochs:
-        drawn.append(plot_training_curves([f.train_loss for f in folds],
-                                          [f.val_loss if f.n_val else [] for f in folds],
-                                          [f.train_accuracy for f in folds],
-                                          [f.val_accuracy if f.n_val else [] for f in folds],
-                                          directory / "training_curves.png", title))
+        drawn.append(
+            plot_training_curves(
+                [f.train_loss for f in folds],
+                [f.val_loss if f.n_val else [] for f in folds],
+                [f.train_accuracy for f in folds],
+                [f.val_accuracy if f.n_val else [] for f in folds],
+                directory / "training_curves.png",
+                title,
+            )
+        )
     if evaluation is None:
         return drawn
     pooled = evaluation["pooled"]
     per_class, macro, micro = pooled["per_class"], pooled["macro"], pooled["micro"]
-    drawn.append(plot_roc(pooled["curves"]["roc"],
-                          {"per_class": per_class["roc_auc"], "micro": micro["roc_auc"],
-                           "macro": macro["roc_auc"]}, directory / "roc.png", title))
-    drawn.append(plot_precision_recall(
-        pooled["curves"]["pr"], {"per_class": per_class["average_precision"],
-                                 "micro": micro["average_precision"],
-                                 "macro": macro["average_precision"]},
-        directory / "precision_recall.png", title))
+    drawn.append(
+        plot_roc(
+            pooled["curves"]["roc"],
+            {
+                "per_class": per_class["roc_auc"],
+                "micro": micro["roc_auc"],
+                "macro": macro["roc_auc"],
+            },
+            directory / "roc.png",
+            title,
+        )
+    )
+    drawn.append(
+        plot_precision_recall(
+            pooled["curves"]["pr"],
+            {
+                "per_class": per_class["average_precision"],
+                "micro": micro["average_precision"],
+                "macro": macro["average_precision"],
+            },
+            directory / "precision_recall.png",
+            title,
+        )
+    )
     drawn.append(plot_per_class_f1(per_class, macro["f1"], directory / "per_class_f1.png", title))
     if images is not None:
-        drawn.append(plot_misclassified(images, oof["row"], oof["true"], oof["predicted"],
-                                        _predicted_probability(oof),
-                                        directory / "misclassified.png", title))
+        drawn.append(
+            plot_misclassified(
+                images,
+                oof["row"],
+                oof["true"],
+                oof["predicted"],
+                _predicted_probability(oof),
+                directory / "misclassified.png",
+                title,
+            )
+        )
     return drawn
 
 
@@ -117,9 +174,11 @@ def _predicted_probability(oof: dict) -> np.ndarray:
 
 def _check_images(oof: dict, images) -> None:
     if images is not None and oof and len(oof["row"]) and int(oof["row"].max()) >= len(images):
-        raise DataError(f"{len(images)} images given for the misclassified grid but the "
-                        f"predictions refer to row {int(oof['row'].max())}; pass the "
-                        "images of the dataset the run was trained on")
+        raise DataError(
+            f"{len(images)} images given for the misclassified grid but the "
+            f"predictions refer to row {int(oof['row'].max())}; pass the "
+            "images of the dataset the run was trained on"
+        )
 
 
 # ----------------------------------------------------------------------------- background
@@ -136,8 +195,9 @@ def report_in_background() -> bool:
     return sys.stdout.isatty()
 
 
-def start_report(result, directory: str | Path, oof: dict, plots: bool = True,
-                 images=None) -> subprocess.Popen:
+def start_report(
+    result, directory: str | Path, oof: dict, plots: bool = True, images=None
+) -> subprocess.Popen:
     """Draw the report of ``result`` (``metrics.json`` already written) in a background process
     and return it at once.
 
@@ -152,21 +212,40 @@ def start_report(result, directory: str | Path, oof: dict, plots: bool = True,
     if images is not None and oof and "true" in oof:
         order = misclassified_order(oof["true"], oof["predicted"], _predicted_probability(oof))
         rows = np.asarray(oof["row"])[order]
-        shown = {"count": len(images), "rows": rows,
-                 "images": np.asarray(images[rows] if len(rows) else images[:0])}
+        shown = {
+            "count": len(images),
+            "rows": rows,
+            "images": np.asarray(images[rows] if len(rows) else images[:0]),
+        }
     # Handed over in an unlinked temporary file, not a pipe: a pipe would hold this process
     # until the new one has started up and read it all.
     payload = tempfile.TemporaryFile()
-    pickle.dump({"result": result, "directory": str(directory), "oof": oof, "plots": plots,
-                 "images": shown}, payload, protocol=pickle.HIGHEST_PROTOCOL)
+    pickle.dump(
+        {
+            "result": result,
+            "directory": str(directory),
+            "oof": oof,
+            "plots": plots,
+            "images": shown,
+        },
+        payload,
+        protocol=pickle.HIGHEST_PROTOCOL,
+    )
     payload.seek(0)
     log = directory / REPORT_LOG
     with payload, open(log, "w", encoding="utf-8") as stream:
-        process = subprocess.Popen([sys.executable, "-m", "digitcnn.reporting.report"],
-                                   stdin=payload, stdout=subprocess.DEVNULL,
-                                   stderr=stream, start_new_session=True, close_fds=True)
-        stream.write(f"drawing the report of {directory} in process {process.pid} since "
-                     f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "digitcnn.reporting.report"],
+            stdin=payload,
+            stdout=subprocess.DEVNULL,
+            stderr=stream,
+            start_new_session=True,
+            close_fds=True,
+        )
+        stream.write(
+            f"drawing the report of {directory} in process {process.pid} since "
+            f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
+        )
         stream.flush()
     return process
 
@@ -174,8 +253,11 @@ def start_report(result, directory: str | Path, oof: dict, plots: bool = True,
 def _draw_from_stdin() -> int:
     """The background process of :func:`start_report`."""
     if sys.stdin.isatty():
-        print("python -m digitcnn.reporting.report: draws a run's report for digitcnn's CLIs; it "
-              "reads its input from them, not from a terminal", file=sys.stderr)
+        print(
+            "python -m digitcnn.reporting.report: draws a run's report for digitcnn's CLIs; it "
+            "reads its input from them, not from a terminal",
+            file=sys.stderr,
+        )
         return 2
     payload = pickle.load(sys.stdin.buffer)
     try:
@@ -189,11 +271,15 @@ def _draw_from_stdin() -> int:
         images = np.zeros((shown["count"], *shown["images"].shape[1:]), dtype=np.uint8)
         images[shown["rows"]] = shown["images"]
     try:
-        write_run_report(payload["result"], directory, payload["oof"], plots=payload["plots"],
-                         images=images)
+        write_run_report(
+            payload["result"], directory, payload["oof"], plots=payload["plots"], images=images
+        )
     except BaseException as error:
-        print(f"digitcnn.reporting.report: the report of {directory} could not be drawn ({error}); "
-              "metrics.json and the other results are complete", file=sys.stderr)
+        print(
+            f"digitcnn.reporting.report: the report of {directory} could not be drawn ({error}); "
+            "metrics.json and the other results are complete",
+            file=sys.stderr,
+        )
         raise
     (directory / REPORT_LOG).unlink(missing_ok=True)
     return 0

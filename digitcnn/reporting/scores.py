@@ -6,9 +6,10 @@ Used by :mod:`digitcnn.reporting.evaluation` (which describes the conventions) a
 :mod:`digitcnn.reporting.curves`. sklearn.metrics and torch are imported inside the
 functions that use them: ``import digitcnn.reporting.evaluation`` stays cheap.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,8 +18,17 @@ from digitcnn.metrics import normalize_confusion
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["float_list", "as_numpy", "probabilities", "class_indicator", "defined_classes",
-           "classification_scores", "roc_scores", "precision_recall_scores", "confusion_scores"]
+__all__ = [
+    "float_list",
+    "as_numpy",
+    "probabilities",
+    "class_indicator",
+    "defined_classes",
+    "classification_scores",
+    "roc_scores",
+    "precision_recall_scores",
+    "confusion_scores",
+]
 
 
 def float_list(values) -> list[float]:
@@ -33,8 +43,7 @@ def _nanmean(values: np.ndarray) -> float:
 def as_numpy(probs, targets) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) float64 probabilities and (N,) int64 targets as numpy arrays (tensors on the CPU
     or array-likes)."""
-    return (np.asarray(probs, dtype=np.float64),
-            np.asarray(targets, dtype=np.int64).reshape(-1))
+    return (np.asarray(probs, dtype=np.float64), np.asarray(targets, dtype=np.int64).reshape(-1))
 
 
 def probabilities(log_probs) -> torch.Tensor:
@@ -73,11 +82,11 @@ def classification_scores(predicted, targets, num_classes: int) -> dict:
     predicted, targets = as_numpy(predicted, targets)
     predicted = predicted.astype(np.int64)
     support = np.bincount(targets, minlength=num_classes)
-    scores = {"per_class": {}, "macro": {}, "weighted": {}}
+    scores: dict[str, Any] = {"per_class": {}, "macro": {}, "weighted": {}}
     if len(targets):
         per_class = precision_recall_fscore_support(
-            targets, predicted, labels=np.arange(num_classes), average=None,
-            zero_division=0)[:3]
+            targets, predicted, labels=np.arange(num_classes), average=None, zero_division=0
+        )[:3]
     else:
         per_class = [np.zeros(num_classes)] * 3
     present = (support > 0) | (np.bincount(predicted, minlength=num_classes) > 0)
@@ -85,11 +94,11 @@ def classification_scores(predicted, targets, num_classes: int) -> dict:
         values = np.asarray(values, dtype=np.float64)
         scores["per_class"][name] = float_list(values)
         scores["macro"][name] = float(values[present].mean()) if present.any() else 0.0
-        scores["weighted"][name] = (float(np.average(values, weights=support))
-                                    if support.sum() else 0.0)
+        scores["weighted"][name] = (
+            float(np.average(values, weights=support)) if support.sum() else 0.0
+        )
     scores["per_class"]["support"] = [int(v) for v in support]
-    scores["accuracy"] = (float((predicted == targets).mean()) if len(targets)
-                          else float("nan"))
+    scores["accuracy"] = float((predicted == targets).mean()) if len(targets) else float("nan")
     return scores
 
 
@@ -123,11 +132,18 @@ def roc_scores(probs, targets) -> dict:
     probs, targets = as_numpy(probs, targets)
     num_classes = probs.shape[1]
     one_hot = class_indicator(targets, num_classes)
-    per_class = np.array([roc_auc_score(one_hot[:, c], probs[:, c]) if defined else np.nan
-                          for c, defined in enumerate(defined_classes(targets, num_classes))],
-                         dtype=np.float64)
-    micro = (float(roc_auc_score(one_hot.reshape(-1), probs.reshape(-1)))
-             if 0 < one_hot.sum() < one_hot.size else float("nan"))
+    per_class = np.array(
+        [
+            roc_auc_score(one_hot[:, c], probs[:, c]) if defined else np.nan
+            for c, defined in enumerate(defined_classes(targets, num_classes))
+        ],
+        dtype=np.float64,
+    )
+    micro = (
+        float(roc_auc_score(one_hot.reshape(-1), probs.reshape(-1)))
+        if 0 < one_hot.sum() < one_hot.size
+        else float("nan")
+    )
     return {"per_class": float_list(per_class), "macro": _nanmean(per_class), "micro": micro}
 
 
@@ -144,18 +160,25 @@ def precision_recall_scores(probs, targets) -> dict:
     num_classes = probs.shape[1]
     one_hot = class_indicator(targets, num_classes)
     positives = one_hot.sum(axis=0)
-    per_class = np.array([average_precision_score(one_hot[:, c], probs[:, c])
-                          if positives[c] else np.nan for c in range(num_classes)],
-                         dtype=np.float64)
-    micro = (float(average_precision_score(one_hot.reshape(-1), probs.reshape(-1)))
-             if one_hot.sum() > 0 else float("nan"))
+    per_class = np.array(
+        [
+            average_precision_score(one_hot[:, c], probs[:, c]) if positives[c] else np.nan
+            for c in range(num_classes)
+        ],
+        dtype=np.float64,
+    )
+    micro = (
+        float(average_precision_score(one_hot.reshape(-1), probs.reshape(-1)))
+        if one_hot.sum() > 0
+        else float("nan")
+    )
     return {"per_class": float_list(per_class), "macro": _nanmean(per_class), "micro": micro}
 
 
 def confusion_scores(counts) -> dict:
     """(C, C) counts (rows true) and the same normalised per true class (a row of 0s stays 0)."""
     counts = np.asarray(counts, dtype=np.int64)
-    return {"confusion": counts.tolist(),
-            "confusion_normalized": normalize_confusion(counts).tolist()}
-
-
+    return {
+        "confusion": counts.tolist(),
+        "confusion_normalized": normalize_confusion(counts).tolist(),
+    }

@@ -9,6 +9,7 @@ written to a temporary name in the same folder and renamed into place, so a cras
 never leaves a half-written file behind. Which folders a run may write, and the lock that keeps
 two runs out of one folder, are in :mod:`digitcnn.runstore.folder`.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,27 +22,46 @@ import numpy as np
 from digitcnn._io import atomic_write_bytes, atomic_write_text, read_json, write_json
 from digitcnn.errors import ConfigError
 from digitcnn.reporting.report import start_report, write_run_report
-from digitcnn.runstore.folder import check_out_dir
 from digitcnn.results import FoldResult, KFoldResult
+from digitcnn.runstore.folder import check_out_dir
 
 __all__ = ["write_run_start", "fold_path", "write_fold", "read_fold", "write_final", "save_run"]
 
 
-def write_run_start(directory: Path, config, splits_sha256: str, versions: dict,
-                    folds: list[tuple[int, int, np.ndarray]], command: str = "digitcnn.kfold",
-                    extra: dict | None = None) -> None:
+def write_run_start(
+    directory: Path,
+    config,
+    splits_sha256: str,
+    versions: dict,
+    folds: list[tuple[int, int, np.ndarray]],
+    command: str = "digitcnn.kfold",
+    extra: dict | None = None,
+) -> None:
     """``config.json`` and ``splits.json``, written before any fold trains.
 
     ``command`` (the CLI that made the run) is recorded so that only it resumes the run;
     ``extra`` adds settings that are not RunConfig fields (a baseline's estimator).
     """
-    write_json(directory / "config.json", {**config.to_dict(), **(extra or {}),
-                                           "splits_sha256": splits_sha256, "versions": versions,
-                                           "command": command})
-    write_json(directory / "splits.json",
-               {"splits_sha256": splits_sha256,
-                "folds": [{"fold": fold, "seed": seed,
-                           "val_indices": np.asarray(val).tolist()} for fold, seed, val in folds]})
+    write_json(
+        directory / "config.json",
+        {
+            **config.to_dict(),
+            **(extra or {}),
+            "splits_sha256": splits_sha256,
+            "versions": versions,
+            "command": command,
+        },
+    )
+    write_json(
+        directory / "splits.json",
+        {
+            "splits_sha256": splits_sha256,
+            "folds": [
+                {"fold": fold, "seed": seed, "val_indices": np.asarray(val).tolist()}
+                for fold, seed, val in folds
+            ],
+        },
+    )
 
 
 def fold_path(directory: Path, fold: int) -> Path:
@@ -58,10 +78,15 @@ def write_fold(directory: Path, fold: FoldResult) -> Path:
     path = fold_path(directory, fold.fold)
     if fold.val_log_probs is not None:
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, val_indices=np.asarray(fold.val_indices, dtype=np.int64),
-                            val_log_probs=np.asarray(fold.val_log_probs, dtype=np.float32))
+        np.savez_compressed(
+            buffer,
+            val_indices=np.asarray(fold.val_indices, dtype=np.int64),
+            val_log_probs=np.asarray(fold.val_log_probs, dtype=np.float32),
+        )
         atomic_write_bytes(path.with_suffix(".npz"), buffer.getvalue())
-    return write_json(path, {**fold.to_dict(), "val_indices": np.asarray(fold.val_indices).tolist()})
+    return write_json(
+        path, {**fold.to_dict(), "val_indices": np.asarray(fold.val_indices).tolist()}
+    )
 
 
 def read_fold(path: Path) -> FoldResult:
@@ -71,8 +96,10 @@ def read_fold(path: Path) -> FoldResult:
     """
     path = Path(path)
     arrays = path.with_suffix(".npz")
-    fix = (f"delete it{' and ' + arrays.name if arrays.exists() else ''} and resume again to "
-           "train this fold anew")
+    fix = (
+        f"delete it{' and ' + arrays.name if arrays.exists() else ''} and resume again to "
+        "train this fold anew"
+    )
     stored = read_json(path, fix)
     try:
         if arrays.is_file():
@@ -85,8 +112,13 @@ def read_fold(path: Path) -> FoldResult:
         raise ConfigError(f"{damaged} is damaged ({detail}); {fix}") from None
 
 
-def write_final(result: KFoldResult, directory: str | os.PathLike, plots: bool = True,
-                images=None, background: bool = False) -> Path:
+def write_final(
+    result: KFoldResult,
+    directory: str | os.PathLike,
+    plots: bool = True,
+    images=None,
+    background: bool = False,
+) -> Path:
     """``oof.npz``, ``folds.csv`` and ``metrics.json`` of ``result`` (a finished run), then
     the report: ``evaluation.json``, the plots and, last, ``report.html`` (see
     :mod:`digitcnn.reporting.report`). Returns ``directory``.
@@ -120,8 +152,13 @@ def save_run(result: KFoldResult, directory: str | os.PathLike, plots: bool = Tr
     """
     directory = Path(directory)
     check_out_dir(directory)
-    write_run_start(directory, result.config, result.splits_sha256, result.versions,
-                    [(f.fold, f.seed, f.val_indices) for f in result.folds])
+    write_run_start(
+        directory,
+        result.config,
+        result.splits_sha256,
+        result.versions,
+        [(f.fold, f.seed, f.val_indices) for f in result.folds],
+    )
     for fold in result.folds:
         write_fold(directory, fold)
     return write_final(result, directory, plots)

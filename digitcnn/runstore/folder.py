@@ -18,6 +18,7 @@ The rules every CLI follows (``digitcnn.kfold``, ``.train``, ``.sweep``, ``.base
 Everything here is checked before the first byte is written, and every OS error on the way
 (a file where a folder is wanted, no permission, a read-only file system) is one line.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,16 +28,23 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 from digitcnn._io import os_error_text
 from digitcnn.errors import ConfigError, OutputError
 
-__all__ = ["LOCK_NAME", "FolderState", "inspect_folder", "check_out_dir", "RunLock",
-           "claim_out_dir", "check_resumable"]
+__all__ = [
+    "LOCK_NAME",
+    "FolderState",
+    "inspect_folder",
+    "check_out_dir",
+    "RunLock",
+    "claim_out_dir",
+    "check_resumable",
+]
 
 LOCK_NAME = ".digitcnn.lock"
 # A lock file found empty was created by a run that has not yet written its pid into it;
@@ -120,30 +128,50 @@ def check_resumable(state: FolderState, command: str | None) -> None:
     where = state.path
     cell = state.kind == "run" and state.command == "digitcnn.sweep"  # a sweep's cell
     if command == "digitcnn.sweep" and state.kind != "sweep" and not cell:
-        held = (f"; it holds a run: resume it with python -m {state.command or 'digitcnn.kfold'} "
-                f"--resume {where}" if state.kind == "run" else "")
-        raise ConfigError(f"{where}: no sweep.json, so there is no sweep to resume there; pass "
-                          f"the folder a sweep wrote (its --out){held}")
+        held = (
+            f"; it holds a run: resume it with python -m {state.command or 'digitcnn.kfold'} "
+            f"--resume {where}"
+            if state.kind == "run"
+            else ""
+        )
+        raise ConfigError(
+            f"{where}: no sweep.json, so there is no sweep to resume there; pass "
+            f"the folder a sweep wrote (its --out){held}"
+        )
     if state.kind == "sweep" and command != "digitcnn.sweep":
-        raise ConfigError(f"{where} holds a sweep; continue it with python -m digitcnn.sweep "
-                          f"--resume {where}")
+        raise ConfigError(
+            f"{where} holds a sweep; continue it with python -m digitcnn.sweep --resume {where}"
+        )
     if state.kind not in ("run", "sweep"):
-        what = ("config.json is not a digitcnn run's" if (where / "config.json").is_file()
-                else "no config.json")
-        raise ConfigError(f"{where}: {what}, so there is no run to resume there; pass the folder "
-                          "an interrupted run wrote (its --out)")
+        what = (
+            "config.json is not a digitcnn run's"
+            if (where / "config.json").is_file()
+            else "no config.json"
+        )
+        raise ConfigError(
+            f"{where}: {what}, so there is no run to resume there; pass the folder "
+            "an interrupted run wrote (its --out)"
+        )
     if not _compatible(state.command, command):
-        hint = (f"continue the whole sweep with python -m digitcnn.sweep --resume "
-                f"{where.parent.parent}" if state.command == "digitcnn.sweep"
-                else f"resume it with python -m {state.command} --resume {where}")
+        hint = (
+            f"continue the whole sweep with python -m digitcnn.sweep --resume {where.parent.parent}"
+            if state.command == "digitcnn.sweep"
+            else f"resume it with python -m {state.command} --resume {where}"
+        )
         raise ConfigError(f"{where} was made by {state.command}, not {command}; {hint}")
     if state.finished:
-        raise ConfigError(f"{where} holds a finished run ({state.marker}); there is nothing to "
-                          "resume: read its results, or start it again with --overwrite")
+        raise ConfigError(
+            f"{where} holds a finished run ({state.marker}); there is nothing to "
+            "resume: read its results, or start it again with --overwrite"
+        )
 
 
-def check_out_dir(path: str | os.PathLike, command: str | None = None, resume: bool = False,
-                  overwrite: bool = False) -> FolderState:
+def check_out_dir(
+    path: str | os.PathLike,
+    command: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> FolderState:
     """Refuse, with one line, a results folder this run must not write; returns its state.
 
     Without ``resume``: a new or empty folder, or with ``overwrite`` one holding a digitcnn
@@ -156,14 +184,18 @@ def check_out_dir(path: str | os.PathLike, command: str | None = None, resume: b
         raise OutputError(f"--out {where} is a file, not a folder; pass a new folder")
     holder = RunLock(where).holder() if state.kind != "absent" else None
     if holder is not None:
-        raise OutputError(f"{where} is in use by another digitcnn run (pid {holder}); wait for it "
-                          "to end or choose another --out")
+        raise OutputError(
+            f"{where} is in use by another digitcnn run (pid {holder}); wait for it "
+            "to end or choose another --out"
+        )
     if resume:
         check_resumable(state, command)
         return state
     if state.kind == "foreign":
-        raise OutputError(f"--out {where} is a folder that holds files but no digitcnn run; "
-                          "digitcnn writes only its own folders: choose a new or empty folder")
+        raise OutputError(
+            f"--out {where} is a folder that holds files but no digitcnn run; "
+            "digitcnn writes only its own folders: choose a new or empty folder"
+        )
     if state.kind in ("run", "sweep") and not overwrite:
         what = "sweep" if state.kind == "sweep" else "run"
         made_by = f" of {state.command}" if state.command else ""
@@ -172,11 +204,13 @@ def check_out_dir(path: str | os.PathLike, command: str | None = None, resume: b
                 f"--out {where} holds a finished {what}{made_by} ({state.marker}); choose a fresh "
                 f"--out, or add --overwrite to replace it (the old one is moved to "
                 f"{where.name}.old-<UTC time> until the new run finishes); --resume continues "
-                "only unfinished runs")
+                "only unfinished runs"
+            )
         resume_with = state.command or command or "digitcnn.kfold"
         raise OutputError(
             f"--out {where} holds an unfinished {what}{made_by}; continue it with python -m "
-            f"{resume_with} --resume {where}, replace it with --overwrite, or choose a fresh --out")
+            f"{resume_with} --resume {where}, replace it with --overwrite, or choose a fresh --out"
+        )
     return state
 
 
@@ -230,7 +264,7 @@ class RunLock:
             return None
         return pid
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         for _ in range(5):
             try:
                 handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -245,8 +279,10 @@ class RunLock:
                 os.close(handle)
             self.owned = True
             return self
-        raise OutputError(f"{self.directory}: could not take its lock {self.path}; another run "
-                          "keeps taking it: choose another --out")
+        raise OutputError(
+            f"{self.directory}: could not take its lock {self.path}; another run "
+            "keeps taking it: choose another --out"
+        )
 
     def _take_over_if_stale(self) -> None:
         found = self._read()
@@ -256,13 +292,17 @@ class RunLock:
         if pid == os.getpid():
             raise OutputError(f"{self.directory} is already in use by this process")
         if pid is None and age < _EMPTY_LOCK_GRACE_S:
-            raise OutputError(f"{self.directory} is in use by another digitcnn run that is just "
-                              "starting; wait for it to end or choose another --out")
+            raise OutputError(
+                f"{self.directory} is in use by another digitcnn run that is just "
+                "starting; wait for it to end or choose another --out"
+            )
         if pid is not None and (host != socket.gethostname() or _alive(pid)):
             where = "" if host == socket.gethostname() else f" on {host}"
-            raise OutputError(f"{self.directory} is in use by another digitcnn run (pid {pid}"
-                              f"{where}); wait for it to end or choose another --out (if no run "
-                              f"is using it, delete {self.path})")
+            raise OutputError(
+                f"{self.directory} is in use by another digitcnn run (pid {pid}"
+                f"{where}); wait for it to end or choose another --out (if no run "
+                f"is using it, delete {self.path})"
+            )
         # Move the stale lock out of the way under a name of our own, then check that it was
         # the stale one: another process may have taken it over a moment before us.
         aside = self.path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
@@ -275,12 +315,17 @@ class RunLock:
             with contextlib.suppress(FileExistsError):
                 os.link(aside, self.path)  # a live lock: put it back unless replaced since
             aside.unlink(missing_ok=True)
-            raise OutputError(f"{self.directory} is in use by another digitcnn run; wait for it "
-                              "to end or choose another --out")
+            raise OutputError(
+                f"{self.directory} is in use by another digitcnn run; wait for it "
+                "to end or choose another --out"
+            )
         aside.unlink(missing_ok=True)
         gone = f"pid {pid}" if pid is not None else "a run that crashed while starting"
-        print(f"{self.prog}: taking over the lock of {self.directory}: its run ({gone}) is no "
-              "longer running", file=sys.stderr)
+        print(
+            f"{self.prog}: taking over the lock of {self.directory}: its run ({gone}) is no "
+            "longer running",
+            file=sys.stderr,
+        )
 
     def release(self) -> None:
         if not self.owned:
@@ -290,7 +335,7 @@ class RunLock:
         if found is not None and found[0] == os.getpid():
             self.path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc_info) -> None:
@@ -305,8 +350,9 @@ def _mkdir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise OutputError(f"--out {path}: a part of the path is a file, not a folder; pass a "
-                          "new folder") from None
+        raise OutputError(
+            f"--out {path}: a part of the path is a file, not a folder; pass a new folder"
+        ) from None
     except OSError as err:
         raise OutputError(f"cannot create {path} ({os_error_text(err)})") from None
 
@@ -319,8 +365,13 @@ def _only_lock(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def claim_out_dir(path: str | os.PathLike, prog: str, command: str | None = None,
-                  resume: bool = False, overwrite: bool = False) -> Iterator[Path | None]:
+def claim_out_dir(
+    path: str | os.PathLike,
+    prog: str,
+    command: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Iterator[Path | None]:
     """Hold ``path`` for one run: checked (:func:`check_out_dir`), created, locked.
 
     With ``overwrite`` a run already there is moved to ``PATH.old-<UTC time>``; the context
@@ -344,8 +395,9 @@ def claim_out_dir(path: str | os.PathLike, prog: str, command: str | None = None
                 os.rename(path, moved)
                 path.mkdir()
             except OSError as err:
-                raise OutputError(f"cannot move {path} aside to {moved} "
-                                  f"({os_error_text(err)})") from None
+                raise OutputError(
+                    f"cannot move {path} aside to {moved} ({os_error_text(err)})"
+                ) from None
             old_lock, lock = lock, RunLock(path, prog)
             lock.acquire()
             old_lock.path = moved / LOCK_NAME

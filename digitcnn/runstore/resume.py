@@ -1,9 +1,11 @@
 """Resuming a run from its folder: its stored settings, the folds it finished, and the
 check that a resuming command changes nothing that would change the numbers."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,13 +31,18 @@ def resume_config(run_dir: str | Path, given: RunConfig | dict | None = None) ->
     run_dir = Path(run_dir)
     path = run_dir / "config.json"
     if not path.is_file():
-        raise ConfigError(f"{run_dir}: no config.json, so there is no run to resume there; pass "
-                          "the folder a K-fold run wrote (its --out)")
-    stored = read_json(path, "the run's settings are lost, so it cannot be resumed: start it "
-                             "again with --overwrite")
+        raise ConfigError(
+            f"{run_dir}: no config.json, so there is no run to resume there; pass "
+            "the folder a K-fold run wrote (its --out)"
+        )
+    stored = read_json(
+        path,
+        "the run's settings are lost, so it cannot be resumed: start it again with --overwrite",
+    )
     if not isinstance(stored, dict):
-        raise ConfigError(f"{path}: not a run's settings (a JSON object); start the run again "
-                          "with --overwrite")
+        raise ConfigError(
+            f"{path}: not a run's settings (a JSON object); start the run again with --overwrite"
+        )
     known = set(RunConfig.__dataclass_fields__)
     config = RunConfig.from_dict({k: v for k, v in stored.items() if k in known}, str(path))
     if isinstance(given, RunConfig):
@@ -52,8 +59,12 @@ def _same(name: str, given: Any, stored: Any) -> bool:
     return given == stored
 
 
-def refuse_changed_settings(stored: dict[str, Any], given: dict[str, Any], where: Path,
-                            allowed: Sequence[str] = PRESENTATION_KEYS) -> None:
+def refuse_changed_settings(
+    stored: dict[str, Any],
+    given: dict[str, Any],
+    where: Path,
+    allowed: Sequence[str] = PRESENTATION_KEYS,
+) -> None:
     """A resumed run keeps its own settings: refuse a given setting that differs from the
     stored one, unless it only changes how the run is shown (``allowed``)."""
     for name, value in given.items():
@@ -61,20 +72,30 @@ def refuse_changed_settings(stored: dict[str, Any], given: dict[str, Any], where
             continue
         if name == "out":
             if not _same(name, value, str(where)):
-                raise ConfigError(f"--out {value} with --resume {where}: a resumed run stays in "
-                                  "its own folder; drop --out")
+                raise ConfigError(
+                    f"--out {value} with --resume {where}: a resumed run stays in "
+                    "its own folder; drop --out"
+                )
             continue
         if name in stored and not _same(name, value, stored[name]):
             flag = flag_name(name)
-            raise ConfigError(f"--{flag} {value} differs from the run in {where} ({flag} = "
-                              f"{stored[name]!r}); --resume continues a run with its own settings: "
-                              f"drop --{flag}, or start a new run with a fresh --out")
+            raise ConfigError(
+                f"--{flag} {value} differs from the run in {where} ({flag} = "
+                f"{stored[name]!r}); --resume continues a run with its own settings: "
+                f"drop --{flag}, or start a new run with a fresh --out"
+            )
 
 
-
-def start_run_folder(out_dir: Path, config: RunConfig, fingerprint: str, versions: dict,
-                     folds: list[tuple[int, int, np.ndarray]], resume: bool, command: str,
-                     splitter: str | None = None) -> None:
+def start_run_folder(
+    out_dir: Path,
+    config: RunConfig,
+    fingerprint: str,
+    versions: dict,
+    folds: list[tuple[int, int, np.ndarray]],
+    resume: bool,
+    command: str,
+    splitter: str | None = None,
+) -> None:
     """Check ``out_dir`` (see :func:`digitcnn.runstore.folder.check_out_dir`) and write
     config.json and splits.json (``folds``: each fold's number, seed and validation rows;
     ``splitter``: the repr of a splitter object that made the
@@ -84,17 +105,27 @@ def start_run_folder(out_dir: Path, config: RunConfig, fingerprint: str, version
     check_out_dir(out_dir, command, resume=resume)
     if resume:
         path = out_dir / "config.json"
-        stored = read_json(path, "the run's settings are lost, so it cannot be resumed: start "
-                                 "it again with --overwrite")
+        stored = read_json(
+            path,
+            "the run's settings are lost, so it cannot be resumed: start it again with --overwrite",
+        )
         if stored.get("splits_sha256") != fingerprint:
-            raise ConfigError(f"{path}: the run was made on other folds (splits_sha256 "
-                              f"{str(stored.get('splits_sha256'))[:12]}, now {fingerprint[:12]});"
-                              " resume with the data and settings of the original run, or start "
-                              "a new --out folder")
+            raise ConfigError(
+                f"{path}: the run was made on other folds (splits_sha256 "
+                f"{str(stored.get('splits_sha256'))[:12]}, now {fingerprint[:12]});"
+                " resume with the data and settings of the original run, or start "
+                "a new --out folder"
+            )
         return
-    write_run_start(out_dir, config, fingerprint, versions,
-                    folds,
-                    command=command, extra=None if splitter is None else {"splitter": splitter})
+    write_run_start(
+        out_dir,
+        config,
+        fingerprint,
+        versions,
+        folds,
+        command=command,
+        extra=None if splitter is None else {"splitter": splitter},
+    )
 
 
 def finished_folds(out_dir: Path, splits) -> dict[int, FoldResult]:
@@ -110,6 +141,8 @@ def finished_folds(out_dir: Path, splits) -> dict[int, FoldResult]:
             continue
         finished[fold] = read_fold(path)
         if not np.array_equal(finished[fold].val_indices, val_rows):
-            raise ConfigError(f"{path}: this fold was run on other rows; resume with the data "
-                              "and settings of the original run, or start a new --out folder")
+            raise ConfigError(
+                f"{path}: this fold was run on other rows; resume with the data "
+                "and settings of the original run, or start a new --out folder"
+            )
     return finished

@@ -45,10 +45,35 @@ runs and resume), :mod:`~digitcnn.sweep.outputs` (summaries, the t-test table, t
 the command line, :mod:`digitcnn.commands.sweep`. Importing the package imports neither torch
 nor NumPy: the runner and the outputs are imported from their modules.
 """
-from digitcnn.sweep.grid import (NOT_SWEEPABLE, SPLIT_KEYS, Cell, GridAxis, expand_grid,
-                                 grid_from_table, load_grid_file, parse_grid, parse_value,
-                                 stored_cells, toml_value, value_label, write_plan)
 
-__all__ = ["GridAxis", "Cell", "SPLIT_KEYS", "NOT_SWEEPABLE", "parse_grid", "parse_value",
-           "toml_value", "value_label", "load_grid_file", "grid_from_table", "expand_grid",
-           "write_plan", "stored_cells"]
+from digitcnn.sweep.grid import (
+    NOT_SWEEPABLE,
+    SPLIT_KEYS,
+    Cell,
+    GridAxis,
+    expand_grid,
+    grid_from_table,
+    load_grid_file,
+    parse_grid,
+    parse_value,
+    stored_cells,
+    toml_value,
+    value_label,
+    write_plan,
+)
+
+__all__ = [
+    "GridAxis",
+    "Cell",
+    "SPLIT_KEYS",
+    "NOT_SWEEPABLE",
+    "parse_grid",
+    "parse_value",
+    "toml_value",
+    "value_label",
+    "load_grid_file",
+    "grid_from_table",
+    "expand_grid",
+    "write_plan",
+    "stored_cells",
+]

@@ -1,6 +1,7 @@
 """``python -m digitcnn.sweep``: runs :func:`digitcnn.commands.sweep.main`."""
-from digitcnn.errors import exit_cli
+
 from digitcnn.commands.sweep import main
+from digitcnn.errors import exit_cli
 
 if __name__ == "__main__":
     exit_cli(main())

@@ -7,22 +7,36 @@ settings) is written to ``sweep.json`` before the first cell runs and read back 
 ``--resume``. Nothing here imports torch or NumPy: ``python -m digitcnn.sweep --help`` and
 the checks of a grid stay quick.
 """
+
 from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from digitcnn._io import read_json, read_toml, write_json
 from digitcnn.config import NOT_SWEEPABLE, SPLIT_KEYS, RunConfig, typed_settings
-from digitcnn.settings import flag_name, parse_text, typed_setting
 from digitcnn.errors import ConfigError
+from digitcnn.settings import flag_name, parse_text, typed_setting
 
-__all__ = ["GridAxis", "Cell", "SPLIT_KEYS", "NOT_SWEEPABLE", "parse_grid", "parse_value",
-           "toml_value", "value_label", "load_grid_file", "grid_from_table", "expand_grid",
-           "write_plan", "stored_cells"]
+__all__ = [
+    "GridAxis",
+    "Cell",
+    "SPLIT_KEYS",
+    "NOT_SWEEPABLE",
+    "parse_grid",
+    "parse_value",
+    "toml_value",
+    "value_label",
+    "load_grid_file",
+    "grid_from_table",
+    "expand_grid",
+    "write_plan",
+    "stored_cells",
+]
 
 FIELDS = {f.name: f for f in fields(RunConfig)}
 CELL_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._=+-]")
@@ -45,17 +59,29 @@ class Cell:
     settings: dict
     config: RunConfig
 
+    @property
+    def out(self) -> Path:
+        """The cell's run folder (its config's ``out``, which every cell has)."""
+        if self.config.out is None:
+            raise ConfigError(f"grid cell {self.name} has no folder; give the sweep an --out")
+        return Path(self.config.out)
+
 
 def _setting(name: str, origin: str) -> str:
     """The config field a grid key names (dashes or underscores), or a ConfigError."""
     field_name = name.strip().replace("-", "_")
     if field_name not in FIELDS:
-        raise ConfigError(f"{origin}: unknown setting {name!r}; grid keys are the flags of "
-                          "python -m digitcnn.kfold --help (e.g. optimizer, dropout, lr)")
+        raise ConfigError(
+            f"{origin}: unknown setting {name!r}; grid keys are the flags of "
+            "python -m digitcnn.kfold --help (e.g. optimizer, dropout, lr)"
+        )
     if field_name in NOT_SWEEPABLE:
-        reason = ("the cells of a sweep must share one split of the data to be compared fold "
-                  "by fold; run one sweep per value" if field_name in SPLIT_KEYS else
-                  "it says where and how the sweep is written; set it once for the sweep")
+        reason = (
+            "the cells of a sweep must share one split of the data to be compared fold "
+            "by fold; run one sweep per value"
+            if field_name in SPLIT_KEYS
+            else "it says where and how the sweep is written; set it once for the sweep"
+        )
         raise ConfigError(f"{origin}: {flag_name(field_name)} cannot be swept: {reason}")
     return field_name
 
@@ -102,8 +128,10 @@ def parse_grid(entries: Sequence[str]) -> list[GridAxis]:
         for item in text.split(","):
             parts = item.split(":")
             if len(parts) != len(names):
-                raise ConfigError(f"{origin}: value {item!r} has {len(parts)} part(s) for the "
-                                  f"{len(names)} settings {key}; separate tied values with ':'")
+                raise ConfigError(
+                    f"{origin}: value {item!r} has {len(parts)} part(s) for the "
+                    f"{len(names)} settings {key}; separate tied values with ':'"
+                )
             settings = {name: parse_value(name, part, origin) for name, part in zip(names, parts)}
             values.append(("+".join(part.strip() for part in parts), settings))
         axes.append(_checked_axis("+".join(names), values, origin))
@@ -132,11 +160,14 @@ def grid_from_table(table: dict, origin: str) -> list[GridAxis]:
             parsed = []
             for position, settings in enumerate(values):
                 settings = dict(settings)
-                label = (str(settings.pop("name", ""))
-                         or "+".join(value_label(v) for v in settings.values()))
+                label = str(settings.pop("name", "")) or "+".join(
+                    value_label(v) for v in settings.values()
+                )
                 if not settings:
-                    raise ConfigError(f"{where}: table {position + 1} sets nothing; give settings "
-                                      "such as optimizer = \"sgd\", lr = 0.01")
+                    raise ConfigError(
+                        f"{where}: table {position + 1} sets nothing; give settings "
+                        'such as optimizer = "sgd", lr = 0.01'
+                    )
                 names = {_setting(k, where): v for k, v in settings.items()}
                 parsed.append((label, {k: toml_value(k, v, where) for k, v in names.items()}))
             axes.append(_checked_axis(key, parsed, where))
@@ -144,8 +175,13 @@ def grid_from_table(table: dict, origin: str) -> list[GridAxis]:
             raise ConfigError(f"{where} mixes tables and plain values; use one kind per axis")
         else:
             name = _setting(key, where)
-            axes.append(_checked_axis(name, [(value_label(v), {name: toml_value(name, v, where)})
-                                             for v in values], where))
+            axes.append(
+                _checked_axis(
+                    name,
+                    [(value_label(v), {name: toml_value(name, v, where)}) for v in values],
+                    where,
+                )
+            )
     return axes
 
 
@@ -161,12 +197,16 @@ def load_grid_file(path: str | Path) -> tuple[dict, list[GridAxis]]:
     settings = {}
     for key, value in base.items():
         if isinstance(value, dict):
-            raise ConfigError(f"{path}: unexpected table [{key}]; put base settings at the top "
-                              "level or under [run], and the grid under [grid]")
+            raise ConfigError(
+                f"{path}: unexpected table [{key}]; put base settings at the top "
+                "level or under [run], and the grid under [grid]"
+            )
         name = key.replace("-", "_")
         if name not in FIELDS:
-            raise ConfigError(f"{path}: unknown setting {key!r}; valid settings are the flags "
-                              "of python -m digitcnn.kfold --help with dashes as underscores")
+            raise ConfigError(
+                f"{path}: unknown setting {key!r}; valid settings are the flags "
+                "of python -m digitcnn.kfold --help with dashes as underscores"
+            )
         settings[name] = value
     return typed_settings(settings, str(path)), grid_from_table(grid, str(path))
 
@@ -187,11 +227,13 @@ def expand_grid(base: RunConfig, axes: Sequence[GridAxis], out: str | Path) -> l
     cells = []
     for combination in itertools.product(*(axis.values for axis in axes)):
         settings: dict = {}
-        for axis, (_, values) in zip(axes, combination):
+        for _, values in combination:
             twice = sorted(set(settings) & set(values))
             if twice:
-                raise ConfigError(f"--grid: {flag_name(twice[0])} is set by two axes; set each "
-                                  "setting in one axis only")
+                raise ConfigError(
+                    f"--grid: {flag_name(twice[0])} is set by two axes; set each "
+                    "setting in one axis only"
+                )
             settings.update(values)
         name = _cell_name([(axis.name, label) for axis, (label, _) in zip(axes, combination)])
         try:
@@ -205,10 +247,16 @@ def expand_grid(base: RunConfig, axes: Sequence[GridAxis], out: str | Path) -> l
 def write_plan(out: Path, cells: Sequence[Cell], splits_sha256: str) -> None:
     """``out/sweep.json``: the folds' fingerprint and every cell's name, grid settings and
     whole config, read back by :func:`stored_cells`."""
-    write_json(Path(out) / "sweep.json", {
-        "splits_sha256": splits_sha256,
-        "cells": [{"name": c.name, "settings": c.settings, "config": c.config.to_dict()}
-                  for c in cells]})
+    write_json(
+        Path(out) / "sweep.json",
+        {
+            "splits_sha256": splits_sha256,
+            "cells": [
+                {"name": c.name, "settings": c.settings, "config": c.config.to_dict()}
+                for c in cells
+            ],
+        },
+    )
 
 
 def stored_cells(out: str | Path, quiet: bool | None = None, **shown) -> list[Cell]:
@@ -217,8 +265,10 @@ def stored_cells(out: str | Path, quiet: bool | None = None, **shown) -> list[Ce
     stored ones."""
     path = Path(out) / "sweep.json"
     if not path.is_file():
-        raise ConfigError(f"{out}: no sweep.json, so there is no sweep to resume there; pass the "
-                          "folder a sweep wrote (its --out)")
+        raise ConfigError(
+            f"{out}: no sweep.json, so there is no sweep to resume there; pass the "
+            "folder a sweep wrote (its --out)"
+        )
     fix = "the sweep's plan is lost, so it cannot be resumed: start it again with --overwrite"
     stored = read_json(path, fix)
     if quiet is not None:
@@ -227,9 +277,10 @@ def stored_cells(out: str | Path, quiet: bool | None = None, **shown) -> list[Ce
     try:
         for entry in stored["cells"]:
             # the folder may have moved since the sweep started
-            config = RunConfig.from_dict({**entry["config"], **shown,
-                                          "out": str(Path(out) / "cells" / entry["name"])},
-                                         str(path))
+            config = RunConfig.from_dict(
+                {**entry["config"], **shown, "out": str(Path(out) / "cells" / entry["name"])},
+                str(path),
+            )
             cells.append(Cell(entry["name"], entry["settings"], config))
     except (KeyError, TypeError) as err:
         raise ConfigError(f"{path}: not a sweep's plan (missing {err}); {fix}") from None

@@ -5,20 +5,38 @@
 (:class:`Callback`) hear every epoch and may stop the fold. The names are imported lazily,
 so that ``import digitcnn.training.recipe`` (which the torch-free config uses) stays light.
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from digitcnn.training.callbacks import Callback, EpochEnd
-    from digitcnn.training.loop import FitOutcome, fit
-    from digitcnn.training.recipe import EarlyStopping, Recipe, make_optimizer
-    from digitcnn.training.steps import FoldTensors
+if TYPE_CHECKING:  # the lazily imported names, for type checkers and IDEs
+    from digitcnn.training.callbacks import Callback as Callback
+    from digitcnn.training.callbacks import EpochEnd as EpochEnd
+    from digitcnn.training.loop import FitOutcome as FitOutcome
+    from digitcnn.training.loop import fit as fit
+    from digitcnn.training.recipe import (
+        EarlyStopping as EarlyStopping,
+    )
+    from digitcnn.training.recipe import (
+        Recipe as Recipe,
+    )
+    from digitcnn.training.recipe import (
+        make_optimizer as make_optimizer,
+    )
+    from digitcnn.training.steps import FoldTensors as FoldTensors
 
-_EXPORTS = {"fit": "loop", "FitOutcome": "loop", "FoldTensors": "steps", "Recipe": "recipe",
-            "make_optimizer": "recipe", "EarlyStopping": "recipe", "Callback": "callbacks",
-            "EpochEnd": "callbacks"}
+_EXPORTS = {
+    "fit": "loop",
+    "FitOutcome": "loop",
+    "FoldTensors": "steps",
+    "Recipe": "recipe",
+    "make_optimizer": "recipe",
+    "EarlyStopping": "recipe",
+    "Callback": "callbacks",
+    "EpochEnd": "callbacks",
+}
 
 __all__ = sorted(_EXPORTS)
 

@@ -5,6 +5,7 @@ is warped by one ``affine_grid`` + ``grid_sample`` call on whatever device holds
 sample with its own rotation, zoom, shifts and flips, so augmentation costs a few kernels per
 batch instead of per-sample Python.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,10 +36,10 @@ class Augmentation:
 
     rotation: float = setting("train", 0.0, "maximum rotation", low=0, high=180, why="degrees")
     zoom: float = setting("train", 0.0, "zoom range", low=0, high=1, high_open=True)
-    shift_x: float = setting("train", 0.0, "maximum horizontal shift", low=0, high=1,
-                             high_open=True)
-    shift_y: float = setting("train", 0.0, "maximum vertical shift", low=0, high=1,
-                             high_open=True)
+    shift_x: float = setting(
+        "train", 0.0, "maximum horizontal shift", low=0, high=1, high_open=True
+    )
+    shift_y: float = setting("train", 0.0, "maximum vertical shift", low=0, high=1, high_open=True)
     hflip: bool = setting("train", False, "flip half the images left-right")
     vflip: bool = setting("train", False, "flip half the images upside down")
 
@@ -47,10 +48,13 @@ class Augmentation:
 
     @property
     def active(self) -> bool:
-        return bool(self.rotation or self.zoom or self.shift_x or self.shift_y or self.hflip
-                    or self.vflip)
+        return bool(
+            self.rotation or self.zoom or self.shift_x or self.shift_y or self.hflip or self.vflip
+        )
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Warp (N, C, H, W) float ``images``; background (0) fills the uncovered area.
 
         Call it on raw pixel values, before scaling, so that the fill is true background.
@@ -66,15 +70,17 @@ class Augmentation:
         device = images.device
 
         def uniform(limit: float) -> torch.Tensor:
-            draw = torch.rand(count, generator=generator, device=generator.device if generator
-                              else "cpu")
+            draw = torch.rand(
+                count, generator=generator, device=generator.device if generator else "cpu"
+            )
             return ((draw * 2 - 1) * limit).to(device)
 
         def flips(enabled: bool) -> torch.Tensor:
             if not enabled:
                 return torch.ones(count, device=device)
-            draw = torch.rand(count, generator=generator, device=generator.device if generator
-                              else "cpu")
+            draw = torch.rand(
+                count, generator=generator, device=generator.device if generator else "cpu"
+            )
             return torch.where(draw < 0.5, -1.0, 1.0).to(device)
 
         angle = uniform(math.radians(self.rotation))
@@ -88,11 +94,17 @@ class Augmentation:
         # whole column, so a flipped sample is the exact mirror image of the unflipped one.
         # Flipping single entries instead would turn a rotation into a shear that can squash
         # the digit to a line (at 45 degrees the matrix is singular).
-        theta = torch.stack([torch.stack([cos * flip_x, -sin * flip_y, shift_x], dim=1),
-                             torch.stack([sin * flip_x, cos * flip_y, shift_y], dim=1)], dim=1)
+        theta = torch.stack(
+            [
+                torch.stack([cos * flip_x, -sin * flip_y, shift_x], dim=1),
+                torch.stack([sin * flip_x, cos * flip_y, shift_y], dim=1),
+            ],
+            dim=1,
+        )
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
-        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
-                             align_corners=False)
+        return F.grid_sample(
+            images, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
 
 
 # S1's ImageDataGenerator settings. S1 also flipped horizontally, which is wrong for digits;

@@ -130,21 +130,28 @@ class DivergenceCheck(Callback):
 class ProgressBar(Callback):
     """A tqdm bar over every fold's epochs, on stderr, drawn only at a terminal."""
 
-    def __init__(self, folds: int, epochs: int, done: int = 0, desc: str = "",
-                 show: bool | None = None) -> None:
+    def __init__(
+        self, folds: int, epochs: int, done: int = 0, desc: str = "", show: bool | None = None
+    ) -> None:
         # tqdm.auto would add asyncio's import for a notebook widget that cannot appear: the
         # bar is drawn only when stderr is a terminal, which a notebook's is not
         from tqdm import tqdm
 
         self.epochs = epochs
-        self.bar = tqdm(total=folds * epochs, initial=done * epochs, desc=desc, leave=False,
-                        file=sys.stderr,
-                        disable=not (sys.stderr.isatty() if show is None else show))
+        self.bar = tqdm(
+            total=folds * epochs,
+            initial=done * epochs,
+            desc=desc,
+            leave=False,
+            file=sys.stderr,
+            disable=not (sys.stderr.isatty() if show is None else show),
+        )
 
     def on_epoch_end(self, event: EpochEnd) -> None:
         self.bar.update(1)
-        self.bar.set_postfix(fold=event.fold, epoch=event.epoch + 1,
-                             loss=f"{event.metrics['train_loss']:.4f}")
+        self.bar.set_postfix(
+            fold=event.fold, epoch=event.epoch + 1, loss=f"{event.metrics['train_loss']:.4f}"
+        )
 
     def on_fold_end(self, result: FoldResult) -> None:
         # a fold that stopped early leaves its remaining epochs to count; a fold trained out

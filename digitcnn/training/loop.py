@@ -11,31 +11,69 @@ epoch: losses and correct counts are summed on the device and read once per epoc
 The engine's public names live where they are made (steps, recipe) and are importable from
 here too, as ``digitcnn.training.loop`` is the training API the rest of digitcnn calls.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
 
 from digitcnn.training.augment import Augmentation
 from digitcnn.training.callbacks import Callback, EpochEnd, notify_epoch
-from digitcnn.training.recipe import (EarlyStopping, FoldSchedule, Recipe, make_optimizer,
-                                      make_scheduler, rate_scaled_step, recipe_optimizer)
-from digitcnn.training.steps import (Evaluation, FoldTensors, SingleModel, Trainer, autocast,
-                                     epoch_order, evaluate, predict_log_probs, smoothed_nll,
-                                     training_forward)
+from digitcnn.training.recipe import (
+    EarlyStopping,
+    FoldSchedule,
+    Recipe,
+    make_optimizer,
+    make_scheduler,
+    rate_scaled_step,
+    recipe_optimizer,
+)
+from digitcnn.training.steps import (
+    Evaluation,
+    FoldTensors,
+    SingleModel,
+    Trainer,
+    autocast,
+    epoch_order,
+    evaluate,
+    predict_log_probs,
+    smoothed_nll,
+    training_forward,
+)
 
-__all__ = ["EpochRecord", "FitOutcome", "FoldRun", "FitLoop", "run_epoch", "fit_folds", "fit",
-           "train_epoch", "Recipe",
-           # made in steps and recipe, the engine's API all the same
-           "Evaluation", "FoldTensors", "SingleModel", "Trainer", "autocast", "epoch_order",
-           "evaluate", "predict_log_probs", "smoothed_nll", "training_forward",
-           "EarlyStopping", "FoldSchedule", "make_optimizer", "make_scheduler"]
+__all__ = [
+    "EpochRecord",
+    "FitOutcome",
+    "FoldRun",
+    "FitLoop",
+    "run_epoch",
+    "fit_folds",
+    "fit",
+    "train_epoch",
+    "Recipe",
+    # made in steps and recipe, the engine's API all the same
+    "Evaluation",
+    "FoldTensors",
+    "SingleModel",
+    "Trainer",
+    "autocast",
+    "epoch_order",
+    "evaluate",
+    "predict_log_probs",
+    "smoothed_nll",
+    "training_forward",
+    "EarlyStopping",
+    "FoldSchedule",
+    "make_optimizer",
+    "make_scheduler",
+]
 
 
 @dataclass
@@ -87,9 +125,14 @@ class FoldRun:
     epochs_run: int = 0
 
 
-def run_epoch(trainer: Trainer, optimizer: torch.optim.Optimizer, batch_size: int, *,
-              before_step: Callable[[], torch.Tensor | None] | None = None,
-              after_step: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def run_epoch(
+    trainer: Trainer,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    *,
+    before_step: Callable[[], torch.Tensor | None] | None = None,
+    after_step: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass of ``trainer`` (K folds) over its training rows: THE training pass.
 
     Returns (K,) summed losses and (K,) correct counts, on the device: nothing is read back
@@ -98,7 +141,10 @@ def run_epoch(trainer: Trainer, optimizer: torch.optim.Optimizer, batch_size: in
     optimizer's own rate serves every fold); ``after_step`` steps per-batch schedules.
     """
     steps = trainer.start_epoch(batch_size)
-    loss_sums = corrects = None
+    if steps == 0:
+        raise ValueError("an epoch needs at least one training row")
+    loss_sums: torch.Tensor | None = None
+    corrects: torch.Tensor | None = None
     for index in range(steps):
         rates = before_step() if before_step is not None else None
         loss, loss_sum, correct = trainer.train_step(index)
@@ -112,7 +158,7 @@ def run_epoch(trainer: Trainer, optimizer: torch.optim.Optimizer, batch_size: in
         corrects = correct if corrects is None else corrects + correct
         if after_step is not None:
             after_step()
-    return loss_sums, corrects
+    return cast(torch.Tensor, loss_sums), cast(torch.Tensor, corrects)  # steps > 0: set
 
 
 class FitLoop:
@@ -130,18 +176,29 @@ class FitLoop:
     (all folds together).
     """
 
-    def __init__(self, trainer: Trainer, recipe: Recipe, num_classes: int,
-                 folds: Sequence[int] | None = None, callbacks: Sequence[Callback] = ()) -> None:
+    def __init__(
+        self,
+        trainer: Trainer,
+        recipe: Recipe,
+        num_classes: int,
+        folds: Sequence[int] | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
         recipe = Recipe.of(recipe)
         self.trainer, self.config, self.num_classes = trainer, recipe, num_classes
         self.fold_numbers = list(range(trainer.folds) if folds is None else folds)
         self.callbacks = list(callbacks)
         steps_per_epoch = math.ceil(max(trainer.train_counts) / recipe.batch_size)
         self.optimizer = recipe_optimizer(trainer.parameters(), recipe)
-        self.folds = [FoldRun(FoldSchedule(recipe, steps_per_epoch),
-                              EarlyStopping(recipe.monitor, recipe.min_delta, recipe.patience,
-                                            stops=recipe.early_stopping))
-                      for _ in range(trainer.folds)]
+        self.folds = [
+            FoldRun(
+                FoldSchedule(recipe, steps_per_epoch),
+                EarlyStopping(
+                    recipe.monitor, recipe.min_delta, recipe.patience, stops=recipe.early_stopping
+                ),
+            )
+            for _ in range(trainer.folds)
+        ]
         self.device = next(iter(trainer.parameters())).device
         self.rate_cache: dict[tuple[float, ...], torch.Tensor] = {}
         self.timing = {"train_s": 0.0, "eval_s": 0.0}
@@ -165,25 +222,35 @@ class FitLoop:
         for index in trained:
             self.folds[index].history.lr.append(self.folds[index].schedule.lr)
         with self.timed("train_s"):
-            loss_sums, corrects = run_epoch(self.trainer, self.optimizer, self.config.batch_size,
-                                            before_step=self.set_rates,
-                                            after_step=self.step_schedules)
-            loss_sums, corrects = loss_sums.tolist(), corrects.tolist()  # the epoch's one read
+            loss_sums, corrects = run_epoch(
+                self.trainer,
+                self.optimizer,
+                self.config.batch_size,
+                before_step=self.set_rates,
+                after_step=self.step_schedules,
+            )
+            losses, counts = loss_sums.tolist(), corrects.tolist()  # the epoch's one read
         evaluations = self.validate()
         for index in trained:
             self.folds[index].evaluation = evaluations[index]
-            self.record(epoch, index, loss_sums[index], corrects[index])
+            self.record(epoch, index, losses[index], counts[index])
         return trained
 
     def end_epoch(self, epoch: int, index: int, trained: Sequence[int]) -> None:
         """Fold ``index``'s epoch event to its early stopping and the callbacks; a fold asked
         to stop stops here."""
         fold, history = self.folds[index], self.folds[index].history
-        event = EpochEnd(self.fold_numbers[index], epoch, self.config.epochs,
-                         {name: getattr(history, name)[-1] for name in
-                          ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")},
-                         has_validation=fold.evaluation is not None and fold.evaluation.n > 0,
-                         state=lambda: self.trainer.fold_state(index))
+        event = EpochEnd(
+            self.fold_numbers[index],
+            epoch,
+            self.config.epochs,
+            {
+                name: getattr(history, name)[-1]
+                for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+            },
+            has_validation=fold.evaluation is not None and fold.evaluation.n > 0,
+            state=lambda: self.trainer.fold_state(index),
+        )
         if notify_epoch([fold.stopper, *self.callbacks], event):
             fold.active = False
             if any(self.folds[other].active for other in trained if other != index):
@@ -219,10 +286,11 @@ class FitLoop:
         """Fold ``index``'s epoch in its history, schedule and early stopping."""
         config, fold = self.config, self.folds[index]
         count, history = self.trainer.train_counts[index], fold.history
+        evaluation = cast(Evaluation, fold.evaluation)  # set by run_single_epoch before this
         history.train_loss.append(loss_sum / count)
         history.train_accuracy.append(correct / count)
-        history.val_loss.append(fold.evaluation.loss)
-        history.val_accuracy.append(fold.evaluation.accuracy)
+        history.val_loss.append(evaluation.loss)
+        history.val_accuracy.append(evaluation.accuracy)
         fold.schedule.epoch_step(history.metric(config.plateau_monitor))
         fold.epochs_run = epoch + 1
 
@@ -233,16 +301,28 @@ class FitLoop:
             again = self.validate()
             for index in restored:
                 self.folds[index].evaluation = again[index]
-        config = self.config
-        return [FitOutcome(fold.history, fold.evaluation, fold.epochs_run,
-                           fold.stopper.best_epoch, not fold.active,
-                           fold.schedule.lr, **self.timing) for fold in self.folds]
+        return [
+            FitOutcome(
+                fold.history,
+                cast(Evaluation, fold.evaluation),  # every fold trained an epoch: run() checks
+                fold.epochs_run,
+                fold.stopper.best_epoch,
+                not fold.active,
+                fold.schedule.lr,
+                **self.timing,
+            )
+            for fold in self.folds
+        ]
 
     def restore(self, index: int, fold: FoldRun) -> bool:
         """Load fold ``index``'s best or stopping weights; True when its best were loaded."""
         config = self.config
-        if config.early_stopping and config.restore_best and \
-                fold.stopper.best_epoch != fold.epochs_run - 1:
+        if (
+            config.early_stopping
+            and config.restore_best
+            and fold.stopper.best_epoch != fold.epochs_run - 1
+            and fold.stopper.best_state is not None
+        ):
             self.trainer.load_fold_state(index, fold.stopper.best_state)
             return True
         if fold.stopped_state is not None:
@@ -256,18 +336,30 @@ class FitLoop:
         self.timing[key] += time.perf_counter() - started
 
 
-def fit_folds(trainer: Trainer, recipe: Recipe, *, num_classes: int,
-              folds: Sequence[int] | None = None,
-              callbacks: Sequence[Callback] = ()) -> list[FitOutcome]:
+def fit_folds(
+    trainer: Trainer,
+    recipe: Recipe,
+    *,
+    num_classes: int,
+    folds: Sequence[int] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> list[FitOutcome]:
     """Train the K folds of ``trainer`` with ``recipe`` (:class:`FitLoop`); one
     :class:`FitOutcome` per fold. ``callbacks`` hear every fold's epochs (numbered ``folds``)."""
     return FitLoop(trainer, recipe, num_classes, folds, callbacks).run()
 
 
-def fit(model: nn.Module, data: FoldTensors, recipe: Recipe | None = None, *,
-        num_classes: int | None = None, generator: torch.Generator | None = None,
-        callbacks: Sequence[Callback] = (), autocast_dtype: torch.dtype | None = None,
-        fold: int = 0) -> FitOutcome:
+def fit(
+    model: nn.Module,
+    data: FoldTensors,
+    recipe: Recipe | None = None,
+    *,
+    num_classes: int | None = None,
+    generator: torch.Generator | None = None,
+    callbacks: Sequence[Callback] = (),
+    autocast_dtype: torch.dtype | None = None,
+    fold: int = 0,
+) -> FitOutcome:
     """Train ``model`` on ``data`` with ``recipe`` (default :class:`Recipe`: S5's),
     evaluating on the validation rows each epoch. No run configuration is needed::
 
@@ -288,27 +380,48 @@ def fit(model: nn.Module, data: FoldTensors, recipe: Recipe | None = None, *,
         num_classes = int(labels.max()) + 1
     if generator is None:
         generator = torch.Generator(device=data.train_images.device).manual_seed(0)
-    trainer = SingleModel(model, data, generator, augmentation=recipe.augmentation(),
-                          label_smoothing=recipe.label_smoothing, autocast_dtype=autocast_dtype)
-    return fit_folds(trainer, recipe, num_classes=num_classes, folds=[fold],
-                     callbacks=callbacks)[0]
+    trainer = SingleModel(
+        model,
+        data,
+        generator,
+        augmentation=recipe.augmentation(),
+        label_smoothing=recipe.label_smoothing,
+        autocast_dtype=autocast_dtype,
+    )
+    return fit_folds(trainer, recipe, num_classes=num_classes, folds=[fold], callbacks=callbacks)[0]
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: FoldTensors,
-                batch_size: int, generator: torch.Generator, *,
-                augmentation: Augmentation | None = None, label_smoothing: float = 0.0,
-                batch_scheduler=None, autocast_dtype: torch.dtype | None = None
-                ) -> tuple[float, float]:
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: FoldTensors,
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    augmentation: Augmentation | None = None,
+    label_smoothing: float = 0.0,
+    batch_scheduler=None,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[float, float]:
     """One pass over the training rows in a random order; returns (mean loss, accuracy).
 
     The permutation is drawn from ``generator`` (:func:`epoch_order`). ``autocast_dtype``
     (e.g. ``torch.bfloat16``) trains under autocast; weights, optimizer state and the loss
     stay float32.
     """
-    trainer = SingleModel(model, data, generator, augmentation=augmentation,
-                          label_smoothing=label_smoothing, autocast_dtype=autocast_dtype)
-    loss_sum, correct = run_epoch(trainer, optimizer, batch_size,
-                                  after_step=None if batch_scheduler is None
-                                  else batch_scheduler.step)
+    trainer = SingleModel(
+        model,
+        data,
+        generator,
+        augmentation=augmentation,
+        label_smoothing=label_smoothing,
+        autocast_dtype=autocast_dtype,
+    )
+    loss_sum, correct = run_epoch(
+        trainer,
+        optimizer,
+        batch_size,
+        after_step=None if batch_scheduler is None else batch_scheduler.step,
+    )
     count = trainer.train_counts[0]
     return float(loss_sum[0]) / count, int(correct[0]) / count

@@ -25,10 +25,11 @@ a smaller fold pads its last batch with its own rows at weight 0, so every fold'
 mean over its real rows (the padded row does enter that step's BatchNorm statistics).
 Within an epoch nothing is read back to the host.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -38,8 +39,13 @@ from digitcnn.training.augment import Augmentation
 from digitcnn.training.callbacks import Callback
 from digitcnn.training.loop import FitOutcome, fit_folds
 from digitcnn.training.recipe import Recipe
-from digitcnn.training.steps import (Evaluation, epoch_order, evaluation_of, smoothed_nll,
-                                     training_forward)
+from digitcnn.training.steps import (
+    Evaluation,
+    epoch_order,
+    evaluation_of,
+    smoothed_nll,
+    training_forward,
+)
 
 __all__ = ["StackedFolds", "FoldBatch", "fit_parallel", "epoch_plan"]
 
@@ -66,9 +72,13 @@ class StackedFolds:
     def folds(self) -> int:
         return len(self.train_rows)
 
-    def inputs(self, rows: torch.Tensor, augmentation: Augmentation | None = None,
-               generator: torch.Generator | None = None,
-               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    def inputs(
+        self,
+        rows: torch.Tensor,
+        augmentation: Augmentation | None = None,
+        generator: torch.Generator | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> torch.Tensor:
         """(K, B) row indices -> (B, K*C, H, W) inputs of a fold-batched model, each fold
         scaled with its own statistics (fold k in channels k*C..(k+1)*C-1)."""
         folds, batch = rows.shape
@@ -78,11 +88,13 @@ class StackedFolds:
             raw = augmentation(raw, generator)
         scaled = (raw.reshape(batch, folds, -1) - self.mean) / self.scale
         return scaled.reshape(batch, folds * channels, height, width).contiguous(
-            memory_format=memory_format)
+            memory_format=memory_format
+        )
 
 
-def epoch_plan(row_sets: Sequence[torch.Tensor], generators: Sequence[torch.Generator] | None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def epoch_plan(
+    row_sets: Sequence[torch.Tensor], generators: Sequence[torch.Generator] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(K, L) row indices and (K, L) float weights (1 real, 0 padding), L the largest set.
 
     With ``generators`` each fold's rows come in its own random order (one epoch); without,
@@ -92,12 +104,15 @@ def epoch_plan(row_sets: Sequence[torch.Tensor], generators: Sequence[torch.Gene
     device = row_sets[0].device
     plan, weights = [], []
     for fold, rows in enumerate(row_sets):
-        order = (torch.arange(len(rows), device=device) if generators is None
-                 else epoch_order(len(rows), generators[fold], device))
+        order = (
+            torch.arange(len(rows), device=device)
+            if generators is None
+            else epoch_order(len(rows), generators[fold], device)
+        )
         missing = longest - len(rows)
         plan.append(rows[torch.cat([order, order[:missing]])])
         weight = torch.ones(longest, device=device)
-        weight[len(rows):] = 0.0
+        weight[len(rows) :] = 0.0
         weights.append(weight)
     return torch.stack(plan), torch.stack(weights)
 
@@ -106,11 +121,18 @@ class FoldBatch:
     """K folds as one fold-batched model over :class:`StackedFolds`: the
     :class:`~digitcnn.training.steps.Trainer` of fold-parallel training."""
 
-    def __init__(self, models: Sequence[nn.Module], data: StackedFolds,
-                 generators: Sequence[torch.Generator], augment_generator: torch.Generator, *,
-                 augmentation: Augmentation | None = None, label_smoothing: float = 0.0,
-                 autocast_dtype: torch.dtype | None = None,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        data: StackedFolds,
+        generators: Sequence[torch.Generator],
+        augment_generator: torch.Generator,
+        *,
+        augmentation: Augmentation | None = None,
+        label_smoothing: float = 0.0,
+        autocast_dtype: torch.dtype | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ):
         self.folds = len(models)
         self.model = stack_folds(models, memory_format)
         self.data, self.generators, self.augment_generator = data, generators, augment_generator
@@ -118,7 +140,7 @@ class FoldBatch:
         self.memory_format = memory_format
         self.forward = training_forward(self.model, autocast_dtype)
         self.train_counts = [len(rows) for rows in data.train_rows]
-        self.plan = self.weights = None
+        self.plan = self.weights = torch.empty(0)  # this epoch's, set by start_epoch
         self.bounds: list[tuple[int, int]] = []
 
     def parameters(self):
@@ -128,16 +150,18 @@ class FoldBatch:
         self.model.train()
         self.plan, self.weights = epoch_plan(self.data.train_rows, self.generators)
         length = self.plan.shape[1]
-        self.bounds = [(start, min(start + batch_size, length))
-                       for start in range(0, length, batch_size)]
+        self.bounds = [
+            (start, min(start + batch_size, length)) for start in range(0, length, batch_size)
+        ]
         return len(self.bounds)
 
     def train_step(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         start, end = self.bounds[index]
         rows, weights = self.plan[:, start:end], self.weights[:, start:end]
         labels = self.data.labels[rows]  # (K, B)
-        inputs = self.data.inputs(rows, self.augmentation, self.augment_generator,
-                                  self.memory_format)
+        inputs = self.data.inputs(
+            rows, self.augmentation, self.augment_generator, self.memory_format
+        )
         log_probs = self.forward(inputs)  # (K, B, classes), float32
         nll = smoothed_nll(log_probs, labels, self.label_smoothing, reduction="none")  # (K, B)
         counts = weights.sum(dim=1)
@@ -150,12 +174,19 @@ class FoldBatch:
         """Every fold on its validation rows, in eval mode and float32, all folds at once."""
         self.model.eval()
         plan, _ = epoch_plan(self.data.val_rows, None)
-        outputs = [self.model(self.data.inputs(plan[:, start:start + batch_size],
-                                               memory_format=self.memory_format)).float()
-                   for start in range(0, plan.shape[1], batch_size)]
+        outputs = [
+            self.model(
+                self.data.inputs(
+                    plan[:, start : start + batch_size], memory_format=self.memory_format
+                )
+            ).float()
+            for start in range(0, plan.shape[1], batch_size)
+        ]
         log_probs = torch.cat(outputs, dim=1)  # (K, V, classes)
-        return [evaluation_of(log_probs[fold, :len(rows)], self.data.labels[rows], num_classes)
-                for fold, rows in enumerate(self.data.val_rows)]
+        return [
+            evaluation_of(log_probs[fold, : len(rows)], self.data.labels[rows], num_classes)
+            for fold, rows in enumerate(self.data.val_rows)
+        ]
 
     def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
         return fold_state(self.model, self.folds, fold)
@@ -164,13 +195,19 @@ class FoldBatch:
         load_fold_state(self.model, self.folds, fold, state)
 
 
-def fit_parallel(models: Sequence[nn.Module], stacked: StackedFolds, recipe: Recipe, *,
-                 num_classes: int,
-                 generators: Sequence[torch.Generator], augment_generator: torch.Generator,
-                 folds: Sequence[int] | None = None, callbacks: Sequence[Callback] = (),
-                 autocast_dtype: torch.dtype | None = None,
-                 memory_format: torch.memory_format = torch.contiguous_format
-                 ) -> list[FitOutcome]:
+def fit_parallel(
+    models: Sequence[nn.Module],
+    stacked: StackedFolds,
+    recipe: Recipe,
+    *,
+    num_classes: int,
+    generators: Sequence[torch.Generator],
+    augment_generator: torch.Generator,
+    folds: Sequence[int] | None = None,
+    callbacks: Sequence[Callback] = (),
+    autocast_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> list[FitOutcome]:
     """Train K freshly built ``models`` together; they end with their trained (or best) weights.
 
     ``generators`` give each fold's batch order; ``augment_generator`` draws the augmentation
@@ -180,12 +217,17 @@ def fit_parallel(models: Sequence[nn.Module], stacked: StackedFolds, recipe: Rec
     :class:`FitOutcome` per fold, like :func:`digitcnn.training.loop.fit`.
     """
     recipe = Recipe.of(recipe)
-    trainer = FoldBatch(models, stacked, generators, augment_generator,
-                        augmentation=recipe.augmentation(),
-                        label_smoothing=recipe.label_smoothing, autocast_dtype=autocast_dtype,
-                        memory_format=memory_format)
-    outcomes = fit_folds(trainer, recipe, num_classes=num_classes, folds=folds,
-                         callbacks=callbacks)
+    trainer = FoldBatch(
+        models,
+        stacked,
+        generators,
+        augment_generator,
+        augmentation=recipe.augmentation(),
+        label_smoothing=recipe.label_smoothing,
+        autocast_dtype=autocast_dtype,
+        memory_format=memory_format,
+    )
+    outcomes = fit_folds(trainer, recipe, num_classes=num_classes, folds=folds, callbacks=callbacks)
     for fold, model in enumerate(models):
         model.load_state_dict(trainer.fold_state(fold))
     return outcomes

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from digitcnn.settings import SettingError, check_settings, setting
 from digitcnn.training.augment import PRESETS, Augmentation, augmentation_from_preset
@@ -151,29 +151,44 @@ def make_optimizer(
     import torch
 
     parameters = list(parameters)
-    decay = {} if weight_decay is None else {"weight_decay": weight_decay}
-    fused = {"fused": True} if parameters and all(
-        p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in parameters) else {}
+    # keyword options only where set, so that each optimizer keeps its own defaults
+    decay: dict[str, Any] = {} if weight_decay is None else {"weight_decay": weight_decay}
+    fused: dict[str, Any] = (
+        {"fused": True}
+        if parameters
+        and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in parameters)
+        else {}
+    )
     if optimizer == "adam":
         return torch.optim.Adam(parameters, lr=lr, **decay, **fused)
     if optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=lr, **decay, **fused)
     if optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, nesterov=nesterov, **decay,
-                               **fused)
+        return torch.optim.SGD(
+            parameters, lr=lr, momentum=momentum, nesterov=nesterov, **decay, **fused
+        )
     if optimizer == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=lr, momentum=momentum, **decay)
-    raise SettingError("optimizer", optimizer, f"is not valid; choose one of: {', '.join(OPTIMIZERS)}")
+    raise SettingError(
+        "optimizer", optimizer, f"is not valid; choose one of: {', '.join(OPTIMIZERS)}"
+    )
 
 
 def recipe_optimizer(parameters: Iterable[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
     """:func:`make_optimizer` with ``recipe``'s optimizer settings."""
-    return make_optimizer(parameters, recipe.optimizer, recipe.lr, recipe.momentum,
-                          recipe.nesterov, recipe.weight_decay)
+    return make_optimizer(
+        parameters,
+        recipe.optimizer,
+        recipe.lr,
+        recipe.momentum,
+        recipe.nesterov,
+        recipe.weight_decay,
+    )
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: Recipe, steps_per_epoch: int
-                   ) -> tuple[Any, bool]:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: Recipe, steps_per_epoch: int
+) -> tuple[Any, bool]:
     """The schedule ``config`` names for ``optimizer`` and whether it steps per batch
     (OneCycle) rather than per epoch."""
     import torch
@@ -182,17 +197,25 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: Recipe, steps_per_e
     if kind == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma), False
     if kind == "plateau":
-        mode = "max" if config.plateau_monitor == "val_accuracy" else "min"
+        mode: Literal["min", "max"] = "max" if config.plateau_monitor == "val_accuracy" else "min"
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=mode, factor=config.plateau_factor, patience=config.plateau_patience,
-            min_lr=config.min_lr), False
+            optimizer,
+            mode=mode,
+            factor=config.plateau_factor,
+            patience=config.plateau_patience,
+            min_lr=config.min_lr,
+        ), False
     if kind == "onecycle":
         # OneCycle cycles momentum (Adam's beta1) against the rate; for SGD/RMSprop that
         # would silently add momentum to a run configured without it.
         cycle = config.optimizer in ("adam", "adamw") or config.momentum > 0
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-            cycle_momentum=cycle), True
+            optimizer,
+            max_lr=config.lr,
+            epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
+            cycle_momentum=cycle,
+        ), True
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs), False
     if kind == "none":
@@ -272,8 +295,13 @@ class EarlyStopping(Callback):
     the fold to stop; otherwise it only records the best epoch.
     """
 
-    def __init__(self, monitor: str = "val_accuracy", min_delta: float = 0.0, patience: int = 4,
-                 stops: bool = True) -> None:
+    def __init__(
+        self,
+        monitor: str = "val_accuracy",
+        min_delta: float = 0.0,
+        patience: int = 4,
+        stops: bool = True,
+    ) -> None:
         self.monitor, self.min_delta, self.patience = monitor, abs(min_delta), patience
         self.stops = stops
         self.sign = 1.0 if monitor == "val_accuracy" else -1.0

@@ -3,6 +3,7 @@
 torch is imported inside the functions that use it, so that the CLIs, which import this
 module, answer ``--help`` without importing torch.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,9 +17,20 @@ from digitcnn.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["select_device", "seed_everything", "configure_determinism", "library_versions",
-           "fold_seed", "fold_generator", "warm_up", "resolve_precision", "autocast_dtype",
-           "cpu_cores", "fold_workers", "cpu_description"]
+__all__ = [
+    "select_device",
+    "seed_everything",
+    "configure_determinism",
+    "library_versions",
+    "fold_seed",
+    "fold_generator",
+    "warm_up",
+    "resolve_precision",
+    "autocast_dtype",
+    "cpu_cores",
+    "fold_workers",
+    "cpu_description",
+]
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -28,10 +40,13 @@ def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but torch sees no CUDA device; "
-                          "use --device cpu or --device auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None)
-                              and torch.backends.mps.is_available()):
+        raise ConfigError(
+            "--device cuda was asked for but torch sees no CUDA device; "
+            "use --device cpu or --device auto"
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise ConfigError("--device mps was asked for but is not available; use --device auto")
     return torch.device(name)
 
@@ -78,11 +93,14 @@ def resolve_precision(name: str, device: torch.device) -> str:
         return "fp32"
     if name == "bf16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("--precision bf16: this GPU has no bfloat16 support; use "
-                              "--precision fp32")
+            raise ConfigError(
+                "--precision bf16: this GPU has no bfloat16 support; use --precision fp32"
+            )
         if device.type not in ("cpu", "cuda"):
-            raise ConfigError(f"--precision bf16 is supported on the CPU and CUDA, not on "
-                              f"{device.type}; use --precision fp32")
+            raise ConfigError(
+                f"--precision bf16 is supported on the CPU and CUDA, not on "
+                f"{device.type}; use --precision fp32"
+            )
         return "bf16"
     return "bf16" if device.type == "cpu" and _cpu_has_amx() else "fp32"
 
@@ -126,8 +144,10 @@ def configure_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     # torch.use_deterministic_algorithms imports torch._inductor (seconds of start-up), so it
     # is called only to change the setting.
-    if (torch.are_deterministic_algorithms_enabled() != deterministic
-            or torch.is_deterministic_algorithms_warn_only_enabled()):
+    if (
+        torch.are_deterministic_algorithms_enabled() != deterministic
+        or torch.is_deterministic_algorithms_warn_only_enabled()
+    ):
         torch.use_deterministic_algorithms(deterministic, warn_only=False)
 
 

@@ -4,6 +4,7 @@ sklearn's ``StandardScaler`` computes the statistics (float64, ddof=0, unit scal
 constant pixels, exactly as S5 used it); applying them is a broadcast on device tensors, so
 raw uint8 images can stay on the device and be scaled there.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,24 +52,31 @@ class Scaler:
         return {"kind": self.kind, "mean": self.mean.tolist(), "scale": self.scale.tolist()}
 
     @classmethod
-    def from_dict(cls, values, features: int, where: str) -> "Scaler":
+    def from_dict(cls, values, features: int, where: str) -> Scaler:
         """The scaler a saved model's ``{kind, mean, scale}`` describes, for ``features``
         pixels; anything else (a wrong length, text, NaN, a scale of 0 or below, which would
         divide by zero or flip the pixels) raises CheckpointError naming ``where`` (the file)."""
         fix = "save the model again"
         if not isinstance(values, dict):
-            raise CheckpointError(f"{where}: scaler must be an object with kind, mean and scale, "
-                                  f"not {type(values).__name__}; {fix}")
+            raise CheckpointError(
+                f"{where}: scaler must be an object with kind, mean and scale, "
+                f"not {type(values).__name__}; {fix}"
+            )
         if values.get("kind") not in SCALERS:
-            raise CheckpointError(f"{where}: scaler kind {values.get('kind')!r} is not one of "
-                                  f"{', '.join(SCALERS)}; {fix}")
-        mean, scale = (_numbers(values.get(name), name, features, where)
-                       for name in ("mean", "scale"))
+            raise CheckpointError(
+                f"{where}: scaler kind {values.get('kind')!r} is not one of "
+                f"{', '.join(SCALERS)}; {fix}"
+            )
+        mean, scale = (
+            _numbers(values.get(name), name, features, where) for name in ("mean", "scale")
+        )
         positive = scale.astype(np.float32) > 0  # float32: 1e-300 would divide by zero
         if not positive.all():
             bad = int(np.flatnonzero(~positive)[0])
-            raise CheckpointError(f"{where}: scaler scale[{bad}] is {scale[bad]}; every scale must "
-                                  f"be a positive number (pixels are divided by it); {fix}")
+            raise CheckpointError(
+                f"{where}: scaler scale[{bad}] is {scale[bad]}; every scale must "
+                f"be a positive number (pixels are divided by it); {fix}"
+            )
         return cls(values["kind"], mean, scale)
 
 
@@ -76,30 +84,38 @@ def _numbers(values, name: str, count: int, where: str) -> np.ndarray:
     """``values``, a JSON list of ``count`` finite numbers, as float64; else CheckpointError."""
     if not isinstance(values, list) or len(values) != count:
         got = f"{len(values)} values" if isinstance(values, list) else type(values).__name__
-        raise CheckpointError(f"{where}: scaler {name} must be a list of {count} numbers (one per "
-                              f"pixel of the input), got {got}; save the model again")
+        raise CheckpointError(
+            f"{where}: scaler {name} must be a list of {count} numbers (one per "
+            f"pixel of the input), got {got}; save the model again"
+        )
     for position, value in enumerate(values):
         if not isinstance(value, numbers.Real) or isinstance(value, bool):
-            raise CheckpointError(f"{where}: scaler {name}[{position}] is {value!r}, not a "
-                                  "number; save the model again")
+            raise CheckpointError(
+                f"{where}: scaler {name}[{position}] is {value!r}, not a "
+                "number; save the model again"
+            )
         try:
             finite = math.isfinite(value)
         except OverflowError:  # an integer beyond float's range
             finite = False
         if not finite:
-            raise CheckpointError(f"{where}: scaler {name}[{position}] is {value!r}, not a "
-                                  "finite number; save the model again")
+            raise CheckpointError(
+                f"{where}: scaler {name}[{position}] is {value!r}, not a "
+                "finite number; save the model again"
+            )
     array = np.asarray(values, dtype=np.float64)
     # applied in float32: a value beyond its range would become inf there
     too_large = np.flatnonzero(np.abs(array) > np.finfo(np.float32).max)
     if len(too_large):
-        raise CheckpointError(f"{where}: scaler {name}[{too_large[0]}] is "
-                              f"{values[too_large[0]]!r}, beyond float32's range; save the model "
-                              "again")
+        raise CheckpointError(
+            f"{where}: scaler {name}[{too_large[0]}] is "
+            f"{values[too_large[0]]!r}, beyond float32's range; save the model "
+            "again"
+        )
     return array
 
 
-def fit_scaler(kind: str, fit_images: torch.Tensor, max_value: int) -> Scaler:
+def fit_scaler(kind: str, fit_images: torch.Tensor, max_value: float) -> Scaler:
     """Fit a scaler on ``fit_images`` (N, C, H, W).
 
     ``standard`` and ``global`` are the same computation; they differ in which rows the

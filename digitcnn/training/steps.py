@@ -11,12 +11,14 @@ epoch).
 K folds as one fold-batched model. Both take their loss (:func:`smoothed_nll`) and their
 evaluation (:func:`evaluation_of`) from here.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +27,19 @@ from torch import nn
 from digitcnn.metrics import confusion_counts
 from digitcnn.training.augment import Augmentation
 
-__all__ = ["FoldTensors", "Evaluation", "evaluation_of", "smoothed_nll", "autocast",
-           "training_forward", "epoch_order", "Trainer", "SingleModel", "predict_log_probs",
-           "evaluate"]
+__all__ = [
+    "FoldTensors",
+    "Evaluation",
+    "evaluation_of",
+    "smoothed_nll",
+    "autocast",
+    "training_forward",
+    "epoch_order",
+    "Trainer",
+    "SingleModel",
+    "predict_log_probs",
+    "evaluate",
+]
 
 
 @dataclass
@@ -50,10 +62,17 @@ class FoldTensors:
     memory_format: torch.memory_format = torch.contiguous_format
 
     @classmethod
-    def of(cls, train_images: torch.Tensor, train_labels: torch.Tensor,
-           val_images: torch.Tensor | None = None, val_labels: torch.Tensor | None = None, *,
-           mean: torch.Tensor | float = 0.0, scale: torch.Tensor | float = 1.0,
-           memory_format: torch.memory_format = torch.contiguous_format) -> FoldTensors:
+    def of(
+        cls,
+        train_images: torch.Tensor,
+        train_labels: torch.Tensor,
+        val_images: torch.Tensor | None = None,
+        val_labels: torch.Tensor | None = None,
+        *,
+        mean: torch.Tensor | float = 0.0,
+        scale: torch.Tensor | float = 1.0,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> FoldTensors:
         """One fold from plain tensors: (N, C, H, W) images and (N,) int64 labels, already on
         their device; no validation rows when ``val_images`` is None. Inputs are
         ``(x - mean) / scale`` (default: the images as given, as float32)."""
@@ -66,11 +85,22 @@ class FoldTensors:
             tensor = torch.as_tensor(value, dtype=torch.float32, device=device)
             return tensor.expand(pixels).contiguous() if tensor.dim() == 0 else tensor.reshape(-1)
 
-        return cls(train_images, train_labels.long(), val_images, val_labels.long(),
-                   per_pixel(mean), per_pixel(scale), memory_format)
+        return cls(
+            train_images,
+            train_labels.long(),
+            val_images,
+            val_labels.long(),
+            per_pixel(mean),
+            per_pixel(scale),
+            memory_format,
+        )
 
-    def inputs(self, raw: torch.Tensor, augmentation: Augmentation | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+    def inputs(
+        self,
+        raw: torch.Tensor,
+        augmentation: Augmentation | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """(B, C, H, W) raw pixels -> scaled float32 model inputs, augmented when asked."""
         images = raw.float()
         if augmentation is not None and augmentation.active:
@@ -78,7 +108,6 @@ class FoldTensors:
         shape = images.shape
         scaled = (images.reshape(shape[0], -1) - self.mean) / self.scale
         return scaled.reshape(shape).contiguous(memory_format=self.memory_format)
-
 
 
 @dataclass
@@ -109,12 +138,15 @@ class Evaluation:
     def accuracy(self) -> float:
         return self.correct / self.n if self.n else 0.0
 
-
     @classmethod
-    def empty(cls, num_classes: int) -> "Evaluation":
+    def empty(cls, num_classes: int) -> Evaluation:
         """No rows to evaluate (training on every row, ``--full``)."""
-        return cls(float("nan"), 0, torch.zeros(num_classes, num_classes, dtype=torch.int64),
-                   torch.zeros(0, num_classes))
+        return cls(
+            float("nan"),
+            0,
+            torch.zeros(num_classes, num_classes, dtype=torch.int64),
+            torch.zeros(0, num_classes),
+        )
 
 
 def evaluation_of(log_probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Evaluation:
@@ -124,8 +156,9 @@ def evaluation_of(log_probs: torch.Tensor, labels: torch.Tensor, num_classes: in
     return Evaluation(float(loss_sum), len(labels), confusion.cpu(), log_probs.cpu())
 
 
-def smoothed_nll(log_probs: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0,
-                 reduction: str = "mean") -> torch.Tensor:
+def smoothed_nll(
+    log_probs: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0, reduction: str = "mean"
+) -> torch.Tensor:
     """NLL of (..., C) log-probabilities against (...) targets, with label smoothing.
 
     ``reduction="mean"`` (default) takes (N, C) and gives the mean, equal to
@@ -138,12 +171,13 @@ def smoothed_nll(log_probs: torch.Tensor, targets: torch.Tensor, smoothing: floa
         loss = F.nll_loss(log_probs, targets)
         spread = log_probs.mean(dim=-1).mean() if smoothing else None
     elif reduction == "none":
-        loss = F.nll_loss(log_probs.flatten(0, -2), targets.reshape(-1),
-                          reduction="none").view_as(targets)
+        loss = F.nll_loss(log_probs.flatten(0, -2), targets.reshape(-1), reduction="none").view_as(
+            targets
+        )
         spread = log_probs.mean(dim=-1) if smoothing else None
     else:
         raise ValueError(f"unknown reduction {reduction!r}; choose 'mean' or 'none'")
-    return (1 - smoothing) * loss - smoothing * spread if smoothing else loss
+    return (1 - smoothing) * loss - smoothing * spread if spread is not None else loss
 
 
 def autocast(device_type: str, dtype: torch.dtype | None):
@@ -164,7 +198,11 @@ def training_forward(model: nn.Module, dtype: torch.dtype | None = None):
         return model
     device_type = next(model.parameters()).device.type
     head = model[-1] if isinstance(model, nn.Sequential) and len(model) > 1 else None
-    body = model[:-1] if isinstance(head, nn.LogSoftmax) else model
+    body = (
+        model[:-1]
+        if isinstance(model, nn.Sequential) and isinstance(head, nn.LogSoftmax)
+        else model
+    )
     tail = head if isinstance(head, nn.LogSoftmax) else nn.Identity()
 
     def forward(inputs: torch.Tensor) -> torch.Tensor:
@@ -222,9 +260,16 @@ class SingleModel:
 
     folds = 1
 
-    def __init__(self, model: nn.Module, data: FoldTensors, generator: torch.Generator, *,
-                 augmentation: Augmentation | None = None, label_smoothing: float = 0.0,
-                 autocast_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        data: FoldTensors,
+        generator: torch.Generator,
+        *,
+        augmentation: Augmentation | None = None,
+        label_smoothing: float = 0.0,
+        autocast_dtype: torch.dtype | None = None,
+    ):
         self.model, self.data, self.generator = model, data, generator
         self.augmentation, self.label_smoothing = augmentation, label_smoothing
         self.forward = training_forward(model, autocast_dtype)
@@ -244,8 +289,9 @@ class SingleModel:
         batch = self.batches[index]
         data = self.data
         labels = data.train_labels[batch]
-        log_probs = self.forward(data.inputs(data.train_images[batch], self.augmentation,
-                                             self.generator))
+        log_probs = self.forward(
+            data.inputs(data.train_images[batch], self.augmentation, self.generator)
+        )
         loss = smoothed_nll(log_probs, labels, self.label_smoothing)
         correct = (log_probs.detach().argmax(dim=1) == labels).sum()
         return loss, (loss.detach() * len(batch))[None], correct[None]
@@ -261,12 +307,15 @@ class SingleModel:
 
 
 @torch.no_grad()
-def predict_log_probs(model: nn.Module, data: FoldTensors, images: torch.Tensor,
-                      batch_size: int) -> torch.Tensor:
+def predict_log_probs(
+    model: nn.Module, data: FoldTensors, images: torch.Tensor, batch_size: int
+) -> torch.Tensor:
     """(N, C) log-probabilities of raw ``images`` (N, C, H, W), in eval mode, no augmentation."""
     model.eval()
-    outputs = [model(data.inputs(images[start:start + batch_size]))
-               for start in range(0, len(images), batch_size)]
+    outputs = [
+        model(data.inputs(images[start : start + batch_size]))
+        for start in range(0, len(images), batch_size)
+    ]
     return torch.cat(outputs).float() if outputs else images.new_zeros((0, 0), dtype=torch.float32)
 
 
@@ -275,5 +324,6 @@ def evaluate(model: nn.Module, data: FoldTensors, batch_size: int, num_classes: 
     labels = data.val_labels
     if len(labels) == 0:  # training on every row (--full): nothing to evaluate
         return Evaluation.empty(num_classes)
-    return evaluation_of(predict_log_probs(model, data, data.val_images, batch_size), labels,
-                         num_classes)
+    return evaluation_of(
+        predict_log_probs(model, data, data.val_images, batch_size), labels, num_classes
+    )

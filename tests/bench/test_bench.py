@@ -1,15 +1,15 @@
 """The benchmark's own machinery on tiny work (its figures come from full runs, not tests)."""
+
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import real_data
 
 from benchmarks import inprocess, measure, processes
 from benchmarks.__main__ import build_parser, main
-
-from conftest import real_data
 
 
 def test_run_with_rusage_reports_the_childs_own_peak():
@@ -20,9 +20,11 @@ def test_run_with_rusage_reports_the_childs_own_peak():
         "from benchmarks.measure import run_with_rusage\n"
         "small = run_with_rusage([sys.executable, '-c', \"print('ok')\"])\n"
         "big = run_with_rusage([sys.executable, '-c', 'x = bytearray(200 * 2**20)'])\n"
-        "print(json.dumps([small['peak_rss_mib'], big['peak_rss_mib'], small['stdout']]))\n")
-    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                               timeout=120, check=True)
+        "print(json.dumps([small['peak_rss_mib'], big['peak_rss_mib'], small['stdout']]))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
     small, big, printed = json.loads(completed.stdout)
     assert printed.strip() == "ok"
     assert big > small + 150
@@ -30,8 +32,23 @@ def test_run_with_rusage_reports_the_childs_own_peak():
 
 def test_augment_case_times_both_settings(tmp_path):
     mnist = real_data("mnist")
-    assert main(["--cases", "augment", "--repeats", "1", "--augment-rows", "256",
-                       "--mnist-dir", str(mnist), "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "--cases",
+                "augment",
+                "--repeats",
+                "1",
+                "--augment-rows",
+                "256",
+                "--mnist-dir",
+                str(mnist),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "bench.json").read_text())["cases"]["augment"]
     assert len(report["plain_s"]) == len(report["augmented_s"]) == 1
     assert report["ratio_median"] == pytest.approx(report["augmented_s"][0] / report["plain_s"][0])
@@ -56,13 +73,17 @@ def test_tree_memory_counts_forked_workers_that_wait4_misses():
         "        x = bytearray(150 * 2**20); time.sleep(1.5); os._exit(0)\n"
         "    pids.append(pid)\n"
         "for pid in pids:\n"
-        "    os.waitpid(pid, 0)\n")
-    probe = ("import json, sys\n"
-             "from benchmarks.measure import run_with_rusage\n"
-             f"run = run_with_rusage([sys.executable, '-c', {workers!r}], sample_memory=True)\n"
-             "print(json.dumps([run['peak_rss_mib'], run['peak_tree_pss_mib']]))\n")
-    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                               timeout=120, check=True)
+        "    os.waitpid(pid, 0)\n"
+    )
+    probe = (
+        "import json, sys\n"
+        "from benchmarks.measure import run_with_rusage\n"
+        f"run = run_with_rusage([sys.executable, '-c', {workers!r}], sample_memory=True)\n"
+        "print(json.dumps([run['peak_rss_mib'], run['peak_tree_pss_mib']]))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
     largest_process, tree = json.loads(completed.stdout)
     assert largest_process < 250
     assert tree > 300
@@ -74,18 +95,43 @@ def test_uci_case_reports_the_steady_state_beside_the_whole_process(optdigits_di
     process, whose second run (after the warm-up) is reported with its time split."""
     reference = tmp_path / "reference_loop.py"
     reference.write_text(  # a stand-in yardstick that prints what the real one prints
-        "import json\nprint(json.dumps({'accuracy': 50.0, 'wall_s': 0.5, 'device': 'cpu'}))\n")
-    assert main(["--cases", "uci", "--device", "cpu", "--repeats", "1",
-                       "--uci-dir", str(optdigits_dir), "--reference", str(reference),
-                       "--out", str(tmp_path / "out"), "--extra", "--epochs", "1",
-                       "--no-verify", "--workers", "1", "--threads", "1"]) == 0
+        "import json\nprint(json.dumps({'accuracy': 50.0, 'wall_s': 0.5, 'device': 'cpu'}))\n"
+    )
+    assert (
+        main(
+            [
+                "--cases",
+                "uci",
+                "--device",
+                "cpu",
+                "--repeats",
+                "1",
+                "--uci-dir",
+                str(optdigits_dir),
+                "--reference",
+                str(reference),
+                "--out",
+                str(tmp_path / "out"),
+                "--extra",
+                "--epochs",
+                "1",
+                "--no-verify",
+                "--workers",
+                "1",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     case = json.loads((tmp_path / "out" / "bench.json").read_text())["cases"]["uci"]
     steady = case["steady_state"]
     assert steady["device"] == "cpu" and steady["process_wall_s"] > steady["steady"]["wall_s"]
     for run in (steady["first"], steady["steady"]):
         assert set(run) == {"accuracy", "setup_s", "train_s", "eval_s", "wall_s"}
-        assert run["train_s"] > 0 and run["setup_s"] + run["train_s"] + run["eval_s"] == \
-            pytest.approx(run["wall_s"])
+        assert run["train_s"] > 0 and run["setup_s"] + run["train_s"] + run[
+            "eval_s"
+        ] == pytest.approx(run["wall_s"])
     assert steady["first"]["accuracy"] == steady["steady"]["accuracy"]  # the same run, twice
 
 
@@ -100,17 +146,35 @@ def test_mnist_epochs_reach_both_sides():
 def test_startup_case_measures_help_imports_and_the_three_commands(tmp_path, optdigits_dir):
     """Tiny work (1 epoch): every figure is there and consistent; the timings come from full
     runs, not from this test."""
-    assert main(["--cases", "startup", "--repeats", "1", "--uci-dir", str(optdigits_dir),
-                       "--out", str(tmp_path), "--extra", "--epochs", "1", "--threads",
-                       "1", "--no-verify"]) == 0
+    assert (
+        main(
+            [
+                "--cases",
+                "startup",
+                "--repeats",
+                "1",
+                "--uci-dir",
+                str(optdigits_dir),
+                "--out",
+                str(tmp_path),
+                "--extra",
+                "--epochs",
+                "1",
+                "--threads",
+                "1",
+                "--no-verify",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "bench.json").read_text())["cases"]["startup"]
     assert set(report["commands"]) == set(processes.STARTUP_COMMANDS)
     assert report["import_kfold_minus_torch_s"] == pytest.approx(
         report["commands"]["import digitcnn.kfold"]["median_s"]
-        - report["commands"]["import torch"]["median_s"])
+        - report["commands"]["import torch"]["median_s"]
+    )
     runs = report["runs"]
-    assert set(runs) == {"plots, at a terminal", "--no-plots, at a terminal",
-                         "plots, in a script"}
+    assert set(runs) == {"plots, at a terminal", "--no-plots, at a terminal", "plots, in a script"}
     for row in runs.values():
         assert row["overhead_s"][0] == pytest.approx(row["wall_s"][0] - row["train_s"][0])
         assert row["report_ready_s"][0] >= row["wall_s"][0] * 0.999
@@ -122,9 +186,21 @@ def test_startup_case_measures_help_imports_and_the_three_commands(tmp_path, opt
 
 def test_a_terminal_run_returns_before_its_report(tmp_path, optdigits_dir):
     out = tmp_path / "run"
-    command = processes.digitcnn_command(out, ["--data-dir", str(optdigits_dir), "--epochs", "1",
-                                            "--folds", "2", "--threads", "1", "--no-verify"],
-                                      plots=True)
+    command = processes.digitcnn_command(
+        out,
+        [
+            "--data-dir",
+            str(optdigits_dir),
+            "--epochs",
+            "1",
+            "--folds",
+            "2",
+            "--threads",
+            "1",
+            "--no-verify",
+        ],
+        plots=True,
+    )
     run = measure.run_with_rusage(command, terminal=True)
     assert run["returncode"] == 0, run["stderr"]
     assert (out / "metrics.json").is_file()
@@ -139,10 +215,25 @@ def test_ray_case_races_both_executors_and_compares_their_tables(tmp_path, optdi
     that their sweep.csv and comparisons.csv agree."""
     pytest.importorskip("ray")
     grid = tmp_path / "grid.toml"
-    grid.write_text(f'dataset = "uci"\ndata-dir = "{optdigits_dir}"\nmodel = "s5"\n'
-                    'folds = 2\nverify = false\n[grid]\nlr = [0.001, 0.002]\n')
-    assert main(["--cases", "ray", "--repeats", "1", "--ray-grid", str(grid),
-                       "--out", str(tmp_path / "out")]) == 0
+    grid.write_text(
+        f'dataset = "uci"\ndata-dir = "{optdigits_dir}"\nmodel = "s5"\n'
+        "folds = 2\nverify = false\n[grid]\nlr = [0.001, 0.002]\n"
+    )
+    assert (
+        main(
+            [
+                "--cases",
+                "ray",
+                "--repeats",
+                "1",
+                "--ray-grid",
+                str(grid),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     case = json.loads((tmp_path / "out" / "bench.json").read_text())["cases"]["ray"]
     assert case["sweep_csv_equal"] and case["comparisons_csv_equal"]
     assert case["ratio_median"] > 0 and case["digitcnn_peak_tree_pss_mib"] > 0

@@ -1,5 +1,6 @@
 """The drawing board: its refusals, its preprocessing against digitcnn.predict's, and the page in
 a real headless Chromium drawing held-out MNIST digits with pointer events."""
+
 from __future__ import annotations
 
 import csv
@@ -18,23 +19,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT, real_data
 
-pytest.importorskip("starlette", reason="the board extra is not installed: "
-                                        'pip install "digitcnn[board]"')
+pytest.importorskip(
+    "starlette", reason='the board extra is not installed: pip install "digitcnn[board]"'
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 PNG = {"content-type": "image/png"}
 LATENCY_LIMIT_MS = 100.0
 
 
 def child_env() -> dict:
     """The environment of a CLI subprocess: this checkout first on the path, one thread."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
 
 
 def save_untrained(path: Path, shape=(1, 28, 28), seed: int = 0) -> Path:
@@ -47,12 +57,19 @@ def save_untrained(path: Path, shape=(1, 28, 28), seed: int = 0) -> Path:
     torch.manual_seed(seed)
     pixels = int(np.prod(shape))
     top = 16.0 if shape[1:] == (8, 8) else 255.0
-    return save_model(digitcnn.create_model("digitnet_small", shape).eval(), path,
-                      meta={"model": "digitnet_small", "input_shape": list(shape),
-                            "num_classes": 10, "classes": list(range(10)), "model_options": {},
-                            "init": "default",
-                            "scaler": {"kind": "max", "mean": [0.0] * pixels,
-                                       "scale": [top] * pixels}})
+    return save_model(
+        digitcnn.create_model("digitnet_small", shape).eval(),
+        path,
+        meta={
+            "model": "digitnet_small",
+            "input_shape": list(shape),
+            "num_classes": 10,
+            "classes": list(range(10)),
+            "model_options": {},
+            "init": "default",
+            "scaler": {"kind": "max", "mean": [0.0] * pixels, "scale": [top] * pixels},
+        },
+    )
 
 
 def fake_run(folder: Path, models: int = 2, shape=(1, 28, 28)) -> Path:
@@ -112,8 +129,13 @@ def test_page_and_assets_come_from_the_package(board):
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE)
     assert page.headers["content-security-policy"].startswith("default-src 'self'")
     assert client.get("/api/info").json() == {
-        "model": "digitnet_small", "models": 2, "classes": [str(d) for d in range(10)],
-        "input_shape": [1, 28, 28], "source": str(board.source), "save_dir": str(board.save_dir)}
+        "model": "digitnet_small",
+        "models": 2,
+        "classes": [str(d) for d in range(10)],
+        "input_shape": [1, 28, 28],
+        "source": str(board.source),
+        "save_dir": str(board.save_dir),
+    }
 
 
 def test_every_asset_is_package_data():
@@ -124,9 +146,9 @@ def test_every_asset_is_package_data():
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
 
-    from digitcnn.board.server import STATIC
-
     from setuptools import find_namespace_packages
+
+    from digitcnn.board.server import STATIC
 
     config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     # the packages pyproject ships: setuptools finds them by its include patterns
@@ -151,13 +173,17 @@ def test_predict_answers_with_probabilities_and_the_image_seen(board):
     assert np.array_equal(np.array(body["seen"]).reshape(28, 28), expected)
 
 
-@pytest.mark.parametrize("content, headers, status, message", [
-    (b"\x89PNG\r\n\x1a\n" + bytes(1 << 20), PNG, 413, "more than the 1,048,576 bytes"),
-    (b"GIF89a" + bytes(100), PNG, 415, "not a PNG image"),
-    (b"\x89PNG\r\n\x1a\n" + b"broken", PNG, 400, "the PNG cannot be decoded"),
-    (None, {"content-type": "text/plain"}, 415, "Content-Type text/plain"),
-    (None, {}, 415, "Content-Type missing"),
-], ids=["oversize", "gif", "broken-png", "text-plain", "no-content-type"])
+@pytest.mark.parametrize(
+    "content, headers, status, message",
+    [
+        (b"\x89PNG\r\n\x1a\n" + bytes(1 << 20), PNG, 413, "more than the 1,048,576 bytes"),
+        (b"GIF89a" + bytes(100), PNG, 415, "not a PNG image"),
+        (b"\x89PNG\r\n\x1a\n" + b"broken", PNG, 400, "the PNG cannot be decoded"),
+        (None, {"content-type": "text/plain"}, 415, "Content-Type text/plain"),
+        (None, {}, 415, "Content-Type missing"),
+    ],
+    ids=["oversize", "gif", "broken-png", "text-plain", "no-content-type"],
+)
 @pytest.mark.parametrize("endpoint", ["/api/predict", "/api/save?digit=1"])
 def test_refusals(board, endpoint, content, headers, status, message):
     content = drawing_png(a_digit()) if content is None else content
@@ -190,9 +216,12 @@ def test_huge_canvas_and_blank_drawing_are_refused(board):
 
 @pytest.mark.parametrize("digit", ["", "10", "../3", "3/../../x", "a"])
 def test_save_refuses_a_digit_that_is_not_a_class(board, digit):
-    answer = client_for(board).post("/api/save", params={"digit": digit},
-                                    content=drawing_png(a_digit()), headers=PNG)
-    assert answer.status_code == 400 and "is not one of the model's classes" in answer.json()["error"]
+    answer = client_for(board).post(
+        "/api/save", params={"digit": digit}, content=drawing_png(a_digit()), headers=PNG
+    )
+    assert (
+        answer.status_code == 400 and "is not one of the model's classes" in answer.json()["error"]
+    )
     assert not board.save_dir.exists()
 
 
@@ -201,11 +230,13 @@ def test_save_writes_a_png_the_images_adapter_reads_back(board):
 
     client = client_for(board)
     png = drawing_png(a_digit())
-    names = [client.post("/api/save?digit=0", content=png, headers=PNG).json()["saved"]
-             for _ in range(2)]
+    names = [
+        client.post("/api/save?digit=0", content=png, headers=PNG).json()["saved"] for _ in range(2)
+    ]
     names.append(client.post("/api/save?digit=7", content=png, headers=PNG).json()["saved"])
-    assert len(set(names)) == 3 and all(re.fullmatch(r"\d/board-\d{8}T\d{6}-[0-9a-f]{8}\.png", n)
-                                        for n in names)
+    assert len(set(names)) == 3 and all(
+        re.fullmatch(r"\d/board-\d{8}T\d{6}-[0-9a-f]{8}\.png", n) for n in names
+    )
     assert (board.save_dir / names[0]).read_bytes() == png
     dataset = load_images(board.save_dir)
     assert sorted(dataset.files.tolist()) == sorted(names)
@@ -217,8 +248,10 @@ def test_local_server_refuses_foreign_host_headers(board):
 
     from digitcnn.board.server import create_app
 
-    client = TestClient(create_app(board, allowed_hosts=["127.0.0.1", "localhost"]),
-                        base_url="http://127.0.0.1:8765")
+    client = TestClient(
+        create_app(board, allowed_hosts=["127.0.0.1", "localhost"]),
+        base_url="http://127.0.0.1:8765",
+    )
     assert client.get("/api/info").status_code == 200
     assert client.get("/api/info", headers={"host": "evil.example:8765"}).status_code == 400
 
@@ -227,9 +260,24 @@ def test_local_server_refuses_foreign_host_headers(board):
 
 
 def predict_cli(model: Path, picture: Path, out: Path) -> tuple[str, float]:
-    done = subprocess.run([sys.executable, "-m", "digitcnn.predict", "--model", str(model),
-                           "--input", str(picture), "--out", str(out), "--quiet"],
-                          capture_output=True, text=True, env=child_env(), timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "digitcnn.predict",
+            "--model",
+            str(model),
+            "--input",
+            str(picture),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     row = list(csv.DictReader(out.open()))[0]
     return row["label"], float(row["probability"])
@@ -249,8 +297,11 @@ def test_board_and_predict_give_the_same_probabilities(tmp_path, shape, mode):
 
     run = fake_run(tmp_path / "run", models=2, shape=shape)
     png = drawing_png(a_digit(), mode=mode)
-    answer = client_for(Board.from_path(run, tmp_path / "saved")).post(
-        "/api/predict", content=png, headers=PNG).json()
+    answer = (
+        client_for(Board.from_path(run, tmp_path / "saved"))
+        .post("/api/predict", content=png, headers=PNG)
+        .json()
+    )
     assert answer["seen_shape"] == list(shape[1:])
     if shape == (1, 8, 8):
         assert answer["seen_max"] == 16 and 0 < max(answer["seen"]) <= 16
@@ -266,8 +317,13 @@ def test_board_and_predict_give_the_same_probabilities(tmp_path, shape, mode):
 
 
 def run_board(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "digitcnn.board", *args], capture_output=True,
-                          text=True, env=child_env(), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "digitcnn.board", *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=timeout,
+    )
 
 
 def test_bad_model_folders_give_one_line_and_exit_2(tmp_path):
@@ -275,9 +331,11 @@ def test_bad_model_folders_give_one_line_and_exit_2(tmp_path):
     no_models = tmp_path / "no-models"
     no_models.mkdir()
     (no_models / "config.json").write_text("{}")
-    cases = {tmp_path / "missing": "no such file or folder",
-             tmp_path / "empty": "neither a digitcnn run (no config.json) nor a saved model",
-             no_models: "this run kept no models; rerun it with --save-models"}
+    cases = {
+        tmp_path / "missing": "no such file or folder",
+        tmp_path / "empty": "neither a digitcnn run (no config.json) nor a saved model",
+        no_models: "this run kept no models; rerun it with --save-models",
+    }
     for folder, message in cases.items():
         done = run_board("--model", str(folder), "--port", "0")
         assert done.returncode == 2, done.stderr
@@ -288,14 +346,19 @@ def test_bad_model_folders_give_one_line_and_exit_2(tmp_path):
 
 def test_without_the_extra_it_says_what_to_install(tmp_path):
     run = fake_run(tmp_path / "run", models=1)
-    code = ("import sys\nsys.modules['uvicorn'] = None\n"  # as if uvicorn were not installed
-            "from digitcnn.board.cli import main\n"
-            f"sys.exit(main(['--model', {str(run)!r}, '--port', '0']))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=child_env(), timeout=120)
+    code = (
+        "import sys\nsys.modules['uvicorn'] = None\n"  # as if uvicorn were not installed
+        "from digitcnn.board.cli import main\n"
+        f"sys.exit(main(['--model', {str(run)!r}, '--port', '0']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120
+    )
     assert done.returncode == 2
-    assert done.stderr.strip() == ("digitcnn.board: error: the drawing board needs uvicorn, "
-                                   "which is not installed; run: pip install \"digitcnn[board]\"")
+    assert done.stderr.strip() == (
+        "digitcnn.board: error: the drawing board needs uvicorn, "
+        'which is not installed; run: pip install "digitcnn[board]"'
+    )
 
 
 def test_other_host_warns_and_a_bad_address_is_one_line(tmp_path):
@@ -305,8 +368,10 @@ def test_other_host_warns_and_a_bad_address_is_one_line(tmp_path):
     done = run_board("--model", str(run), "--host", "192.0.2.1", "--port", "0")
     assert done.returncode == 2
     warning, error = done.stderr.strip().splitlines()
-    assert warning.startswith("digitcnn.board: warning: listening on 192.0.2.1, not on "
-                              "127.0.0.1: anyone who can reach this machine")
+    assert warning.startswith(
+        "digitcnn.board: warning: listening on 192.0.2.1, not on "
+        "127.0.0.1: anyone who can reach this machine"
+    )
     assert error.startswith("digitcnn.board: error: cannot listen on 192.0.2.1:0")
 
 
@@ -320,8 +385,9 @@ def test_port_in_use_is_one_line(tmp_path):
         port = taken.getsockname()[1]
         done = run_board("--model", str(run), "--port", str(port))
     assert done.returncode == 2
-    assert done.stderr.strip().startswith(f"digitcnn.board: error: cannot listen on "
-                                          f"127.0.0.1:{port}")
+    assert done.stderr.strip().startswith(
+        f"digitcnn.board: error: cannot listen on 127.0.0.1:{port}"
+    )
 
 
 class BoardServer:
@@ -329,12 +395,26 @@ class BoardServer:
 
     def __init__(self, model: Path, save_dir: Path):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "digitcnn.board", "--model", str(model), "--port", "0",
-             "--save-dir", str(save_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=child_env())
+            [
+                sys.executable,
+                "-m",
+                "digitcnn.board",
+                "--model",
+                str(model),
+                "--port",
+                "0",
+                "--save-dir",
+                str(save_dir),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
         lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout],
-                         daemon=True).start()
+        threading.Thread(
+            target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True
+        ).start()
         try:
             first = lines.get(timeout=180)
         except queue.Empty:
@@ -364,8 +444,9 @@ def test_server_runs_on_loopback_and_stops(tmp_path):
     try:
         with urllib.request.urlopen(server.url + "api/info", timeout=30) as response:
             assert json.load(response)["models"] == 1
-        request = urllib.request.Request(server.url + "api/predict", data=b"not a png",
-                                         headers=PNG, method="POST")
+        request = urllib.request.Request(
+            server.url + "api/predict", data=b"not a png", headers=PNG, method="POST"
+        )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)
         assert refused.value.code == 415
@@ -393,10 +474,22 @@ def mnist_model(tmp_path_factory):
 
     data = digitcnn.load("mnist", data_dir=real_data("mnist"))
     subset = data.subset(np.arange(4000))
-    config = digitcnn.RunConfig(dataset="mnist", model="digitnet_small", cv="holdout",
-                                val_fraction=0.2, epochs=3, batch_size=64, optimizer="adamw",
-                                lr=1e-2, scheduler="onecycle", scaler="max", save_models=True,
-                                plots=False, quiet=True, workers=1)
+    config = digitcnn.RunConfig(
+        dataset="mnist",
+        model="digitnet_small",
+        cv="holdout",
+        val_fraction=0.2,
+        epochs=3,
+        batch_size=64,
+        optimizer="adamw",
+        lr=1e-2,
+        scheduler="onecycle",
+        scaler="max",
+        save_models=True,
+        plots=False,
+        quiet=True,
+        workers=1,
+    )
     out = tmp_path_factory.mktemp("board") / "run"
     result = run_kfold(subset, config, out_dir=out)
     assert result.accuracy > 0.9, result.accuracy  # clear digits are recognised
@@ -445,8 +538,11 @@ def wait_until(page, condition: str, timeout: float = 30.0):
 
 def wait_for_answer(page) -> float:
     """Wait until the shown answer includes the last stroke; its latency in ms."""
-    wait_until(page, "document.body.dataset.strokesEnded !== undefined && "
-                     "document.body.dataset.answeredStroke === document.body.dataset.strokesEnded")
+    wait_until(
+        page,
+        "document.body.dataset.strokesEnded !== undefined && "
+        "document.body.dataset.answeredStroke === document.body.dataset.strokesEnded",
+    )
     return float(page.evaluate("document.body.dataset.latencyMs"))
 
 
@@ -492,8 +588,12 @@ def test_drawing_in_chromium(mnist_model, tmp_path):
                     latencies[digit] = wait_for_answer(page)
                     assert page.inner_text("#guess") == str(digit)
                     assert page.evaluate("document.body.dataset.guess") == str(digit)
-                    bars = [float(v) for v in page.eval_on_selector_all(
-                        "#bars li", "items => items.map(i => i.dataset.probability)")]
+                    bars = [
+                        float(v)
+                        for v in page.eval_on_selector_all(
+                            "#bars li", "items => items.map(i => i.dataset.probability)"
+                        )
+                    ]
                     assert int(np.argmax(bars)) == digit and sum(bars) == pytest.approx(1, abs=1e-4)
                 screenshot = tmp_path / "board.png"
                 page.screenshot(path=str(screenshot))
@@ -537,7 +637,9 @@ def test_drawing_in_chromium(mnist_model, tmp_path):
     picture = np.asarray(Image.open(screenshot).convert("L"), dtype=np.float64)
     assert picture.std() > 20 and len(np.unique(picture)) > 50  # not a blank page
     median = float(np.median(latencies["strokes"]))
-    print(f"\nboard latency, pointerup to updated bars: 1: {latencies[1]:.1f} ms, 0: "
-          f"{latencies[0]:.1f} ms, single strokes: "
-          f"{', '.join(f'{v:.1f}' for v in latencies['strokes'])} ms (median {median:.1f})")
+    print(
+        f"\nboard latency, pointerup to updated bars: 1: {latencies[1]:.1f} ms, 0: "
+        f"{latencies[0]:.1f} ms, single strokes: "
+        f"{', '.join(f'{v:.1f}' for v in latencies['strokes'])} ms (median {median:.1f})"
+    )
     assert median < LATENCY_LIMIT_MS

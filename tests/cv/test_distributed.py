@@ -7,6 +7,7 @@ which CLI runs join with ``--address`` (the real client path). Each is stopped b
 process, never by ``ray stop`` (which would stop every Ray instance on the machine). Ports and
 temporary folders are this module's own, so that other Ray users of the machine are safe.
 """
+
 import csv
 import json
 import os
@@ -24,21 +25,33 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from conftest import REPO_ROOT, synthetic_optdigits, without_timings, write_table  # noqa: E402
+from ray_faults import KILL_WORKER_MARKER  # noqa: E402
+
 from digitcnn.commands import kfold, sweep  # noqa: E402
-from digitcnn.cv.runner import load_for_config, run_kfold  # noqa: E402
 from digitcnn.config import RunConfig  # noqa: E402
-from digitcnn.cv.distributed import KILL_WORKER_MARKER, RayExecutor  # noqa: E402
+from digitcnn.cv.distributed import RayExecutor  # noqa: E402
+from digitcnn.cv.runner import load_for_config, run_kfold  # noqa: E402
 from digitcnn.errors import ConfigError, ModelError  # noqa: E402
 from digitcnn.runstore.files import write_final  # noqa: E402
-
-from conftest import REPO_ROOT, synthetic_optdigits, without_timings, write_table  # noqa: E402
 
 START_TIMEOUT = 180  # seconds: Ray starts slowly on a busy 2-core machine
 RUN_TIMEOUT = 300
 FAST = dict(epochs=2, batch_size=32, threads=1, quiet=True, verify=False, plots=False)
 # Slow enough per fold that a run is still going when the test interrupts it.
-SLOW = ["--threads", "1", "--no-verify", "--epochs", "15", "--batch-size", "8", "--folds", "3",
-        "--quiet", "--no-plots"]
+SLOW = [
+    "--threads",
+    "1",
+    "--no-verify",
+    "--epochs",
+    "15",
+    "--batch-size",
+    "8",
+    "--folds",
+    "3",
+    "--quiet",
+    "--no-plots",
+]
 
 
 # Token authentication of the separate head: its processes and the drivers that join it.
@@ -65,10 +78,17 @@ def ray_root():
     saved = dict(os.environ)
     # The local instance lives and dies with this process: no token. The head and its
     # drivers (subprocesses) use token authentication with a token of their own (CLUSTER_ENV).
-    os.environ.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-                       KILL_WORKER_MARKER: str(root / "kill-worker"),
-                       "PYTHONPATH": os.pathsep.join(
-                           p for p in [str(REPO_ROOT), saved.get("PYTHONPATH")] if p)})
+    os.environ.update(
+        {
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            KILL_WORKER_MARKER: str(root / "kill-worker"),
+            # the workers import the test's fault hook (tests/ray_faults.py) too
+            "PYTHONPATH": os.pathsep.join(
+                p for p in [str(REPO_ROOT), str(REPO_ROOT / "tests"), saved.get("PYTHONPATH")] if p
+            ),
+        }
+    )
     yield root
     os.environ.clear()
     os.environ.update(saved)
@@ -77,27 +97,61 @@ def ray_root():
 
 @pytest.fixture(scope="module")
 def local_ray(ray_root):
-    """A local 2-CPU Ray instance in this process, as ``--executor ray`` starts one."""
-    executor = RayExecutor(num_cpus=2, temp_dir=str(ray_root / "local"))
+    """A local 2-CPU Ray instance in this process, as ``--executor ray`` starts one, whose
+    workers carry the test's fault hook (:mod:`ray_faults`); the executor uses it as it is."""
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=str(ray_root / "local"),
+        logging_level="ERROR",
+        runtime_env={"worker_process_setup_hook": "ray_faults.install"},
+    )
+    executor = RayExecutor()
     executor.connect()
     yield executor
-    executor.close()
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
 def head(ray_root):
     """``ray start --head`` on 127.0.0.1 with free ports; yields its address."""
     port = _free_port()
-    ports = {f"--{name}": str(_free_port()) for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-        "runtime-env-agent-port", "metrics-export-port", "node-manager-port",
-        "object-manager-port")}
+    ports = {
+        f"--{name}": str(_free_port())
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+            "node-manager-port",
+            "object-manager-port",
+        )
+    }
     log = (ray_root / "head.log").open("w")
     process = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--port", str(port), "--node-ip-address",
-         "127.0.0.1", "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats",
-         "--temp-dir", str(ray_root / "head"), *[v for pair in ports.items() for v in pair]],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=_cluster_env())
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(port),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            "2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--temp-dir",
+            str(ray_root / "head"),
+            *[v for pair in ports.items() for v in pair],
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+        env=_cluster_env(),
+    )
     deadline = time.monotonic() + START_TIMEOUT
     while "Ray runtime started" not in (ray_root / "head.log").read_text():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -141,15 +195,20 @@ def _metrics(out: Path) -> dict:
 
 
 def _cli(*args, timeout=RUN_TIMEOUT, **popen):
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=timeout, **popen)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
 
 
 # ----------------------------------------------------------------------------- local instance
 
 
-def test_ray_run_equals_the_local_run_file_for_file(local_ray, data_dir, local_reference,
-                                                    tmp_path):
+def test_ray_run_equals_the_local_run_file_for_file(local_ray, data_dir, local_reference, tmp_path):
     reference_dir, reference = local_reference
     config = _config(data_dir, save_models=True)
     out = tmp_path / "ray"
@@ -164,27 +223,32 @@ def test_ray_run_equals_the_local_run_file_for_file(local_ray, data_dir, local_r
     for k in range(4):
         for name in (f"folds/fold{k}.npz", f"folds/fold{k}/model.safetensors"):
             assert (out / name).read_bytes() == (reference_dir / name).read_bytes(), name
-        assert json.loads((out / f"folds/fold{k}/model.json").read_text())["metrics"] == \
-            json.loads((reference_dir / f"folds/fold{k}/model.json").read_text())["metrics"]
+        assert (
+            json.loads((out / f"folds/fold{k}/model.json").read_text())["metrics"]
+            == json.loads((reference_dir / f"folds/fold{k}/model.json").read_text())["metrics"]
+        )
     assert (out / "oof.npz").read_bytes() == (reference_dir / "oof.npz").read_bytes()
 
 
-def test_a_killed_worker_is_retried_with_identical_results(local_ray, data_dir,
-                                                           local_reference, tmp_path):
+def test_a_killed_worker_is_retried_with_identical_results(
+    local_ray, data_dir, local_reference, tmp_path
+):
     marker = Path(os.environ[KILL_WORKER_MARKER])
-    marker.touch()  # arms the test-only hook: the first fold task to see it kills its worker
+    marker.touch()  # arms ray_faults' hook: the first fold task to see it kills its worker
     config = _config(data_dir, save_models=True)
     out = tmp_path / "ray"
-    write_final(run_kfold(load_for_config(config), config, out_dir=out, executor=local_ray),
-                out, plots=False)
+    write_final(
+        run_kfold(load_for_config(config), config, out_dir=out, executor=local_ray),
+        out,
+        plots=False,
+    )
     assert not marker.exists()  # a worker did die in the middle of this run
     assert _metrics(out) == local_reference[1]
 
 
 def test_a_digitcnn_error_in_a_task_is_one_line_exit_2(local_ray, data_dir, tmp_path, capsys):
     # s1 needs 24x24 images: the error is raised inside each fold task, on the worker
-    argv = ["--data-dir", str(data_dir), "--model", "s1", "--quiet", "--no-verify",
-            "--epochs", "1"]
+    argv = ["--data-dir", str(data_dir), "--model", "s1", "--quiet", "--no-verify", "--epochs", "1"]
     with pytest.raises(ModelError, match="needs images of at least 24x24"):
         config = _config(data_dir, model="s1")
         run_kfold(load_for_config(config), config, executor=local_ray)
@@ -201,19 +265,34 @@ def test_a_digitcnn_error_in_a_task_is_one_line_exit_2(local_ray, data_dir, tmp_
 
 
 def test_sweep_through_ray_gives_the_local_tables(local_ray, data_dir, tmp_path):
-    grid = ["--data-dir", str(data_dir), "--epochs", "1", "--batch-size", "32", "--threads",
-            "1", "--no-verify", "--quiet", "--no-plots", "--grid", "dropout=0.2,0.6",
-            "lr=0.001,0.003"]
+    grid = [
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--threads",
+        "1",
+        "--no-verify",
+        "--quiet",
+        "--no-plots",
+        "--grid",
+        "dropout=0.2,0.6",
+        "lr=0.001,0.003",
+    ]
     assert sweep.main([*grid, "--workers", "1", "--out", str(tmp_path / "local")]) == 0
     assert sweep.main([*grid, "--executor", "ray", "--out", str(tmp_path / "ray")]) == 0
     local = list(csv.DictReader((tmp_path / "local" / "sweep.csv").open()))
     remote = list(csv.DictReader((tmp_path / "ray" / "sweep.csv").open()))
     assert len(remote) == 4
     for a, b in zip(local, remote):
-        assert {k: v for k, v in a.items() if k != "wall_s"} == \
-            {k: v for k, v in b.items() if k != "wall_s"}
-    assert (tmp_path / "ray" / "comparisons.csv").read_text() == \
-        (tmp_path / "local" / "comparisons.csv").read_text()
+        assert {k: v for k, v in a.items() if k != "wall_s"} == {
+            k: v for k, v in b.items() if k != "wall_s"
+        }
+    assert (tmp_path / "ray" / "comparisons.csv").read_text() == (
+        tmp_path / "local" / "comparisons.csv"
+    ).read_text()
     for cell in (tmp_path / "ray" / "cells").iterdir():
         assert json.loads((cell / "metrics.json").read_text())["execution"]["executor"] == "ray"
 
@@ -221,8 +300,10 @@ def test_sweep_through_ray_gives_the_local_tables(local_ray, data_dir, tmp_path)
 def test_impossible_resources_are_refused_instead_of_waiting_forever(local_ray, data_dir):
     config = _config(data_dir)
     dataset = load_for_config(config)
-    for executor, message in [(RayExecutor(task_cpus=64), "--task-cpus 64: no node"),
-                              (RayExecutor(task_gpus=0.5), "--task-gpus 0.5: no node")]:
+    for executor, message in [
+        (RayExecutor(task_cpus=64), "--task-cpus 64: no node"),
+        (RayExecutor(task_gpus=0.5), "--task-gpus 0.5: no node"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             run_kfold(dataset, config, executor=executor)
 
@@ -230,11 +311,14 @@ def test_impossible_resources_are_refused_instead_of_waiting_forever(local_ray, 
 # ----------------------------------------------------------------------------- bad usage
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--task-cpus", "2"], "--task-cpus applies to --executor ray only"),
-    (["--executor", "ray", "--task-cpus", "0"], "--task-cpus 0 must be positive"),
-    (["--executor", "ray", "--task-gpus", "1.5"], "more than one GPU must be a whole number"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--task-cpus", "2"], "--task-cpus applies to --executor ray only"),
+        (["--executor", "ray", "--task-cpus", "0"], "--task-cpus 0 must be positive"),
+        (["--executor", "ray", "--task-gpus", "1.5"], "more than one GPU must be a whole number"),
+    ],
+)
 def test_executor_flag_errors(argv, message, data_dir, capsys):
     assert kfold.main(["--data-dir", str(data_dir), *argv]) == 2
     err = capsys.readouterr().err
@@ -245,13 +329,17 @@ def test_without_ray_the_cli_names_the_install_command(data_dir, tmp_path, monke
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "ray" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ray" else real_find_spec(name, *a),
+    )
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     common = ["--data-dir", str(data_dir), "--executor", "ray", "--quiet"]
-    for main, argv in [(kfold.main, common + ["--out", str(tmp_path / "run")]),
-                       (sweep.main, common + ["--out", str(tmp_path / "sweep"), "--grid",
-                                              "dropout=0.2,0.3"])]:
+    for main, argv in [
+        (kfold.main, common + ["--out", str(tmp_path / "run")]),
+        (sweep.main, common + ["--out", str(tmp_path / "sweep"), "--grid", "dropout=0.2,0.3"]),
+    ]:
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.strip().endswith('install it with: pip install -e ".[ray]"')
@@ -265,8 +353,17 @@ def test_without_ray_the_cli_names_the_install_command(data_dir, tmp_path, monke
 @pytest.fixture(scope="module")
 def slow_reference(data_dir, ray_root):
     """metrics.json of the local executor's uninterrupted run with the SLOW settings."""
-    config = RunConfig(data_dir=str(data_dir), threads=1, verify=False, epochs=15, batch_size=8,
-                       folds=3, quiet=True, plots=False, workers=1)
+    config = RunConfig(
+        data_dir=str(data_dir),
+        threads=1,
+        verify=False,
+        epochs=15,
+        batch_size=8,
+        folds=3,
+        quiet=True,
+        plots=False,
+        workers=1,
+    )
     out = ray_root / "slow-reference"
     write_final(run_kfold(load_for_config(config), config, out_dir=out), out, False)
     return _metrics(out)
@@ -275,15 +372,23 @@ def slow_reference(data_dir, ray_root):
 def _free_cpus_after_driver(head: str, timeout: float = 60.0) -> float:
     """The head's free CPUs once no task holds one (or when ``timeout`` runs out), read by a
     new driver: 2.0 when the interrupted driver's tasks ended with it."""
-    code = ("import sys, time, ray\n"
-            f"ray.init(address={head!r}, logging_level='ERROR')\n"
-            f"deadline = time.monotonic() + {timeout}\n"
-            "while ray.available_resources().get('CPU', 0.0) < 2.0 and "
-            "time.monotonic() < deadline:\n"
-            "    time.sleep(0.5)\n"
-            "print(ray.available_resources().get('CPU', 0.0))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout + 60, env=_cluster_env(), cwd=REPO_ROOT)
+    code = (
+        "import sys, time, ray\n"
+        f"ray.init(address={head!r}, logging_level='ERROR')\n"
+        f"deadline = time.monotonic() + {timeout}\n"
+        "while ray.available_resources().get('CPU', 0.0) < 2.0 and "
+        "time.monotonic() < deadline:\n"
+        "    time.sleep(0.5)\n"
+        "print(ray.available_resources().get('CPU', 0.0))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 60,
+        env=_cluster_env(),
+        cwd=REPO_ROOT,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return float(done.stdout.split()[-1])
 
@@ -293,37 +398,66 @@ def _default_ctrl_c() -> None:
 
 
 @pytest.mark.parametrize("how, exit_code", [("kill", None), ("ctrl-c", 130), ("sigterm", 143)])
-def test_driver_interrupted_on_a_cluster_then_resumed(head, data_dir, slow_reference, tmp_path,
-                                                     how, exit_code):
+def test_driver_interrupted_on_a_cluster_then_resumed(
+    head, data_dir, slow_reference, tmp_path, how, exit_code
+):
     """The CLI joins the head with --address (the real client path); the driver dies or is
     interrupted after its first fold; --resume trains only the missing folds."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "digitcnn.kfold", "--data-dir", str(data_dir), *SLOW,
-               "--executor", "ray", "--address", head]
-    process = subprocess.Popen([*command, "--out", str(out)], cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=_default_ctrl_c, env=_cluster_env())
+    command = [
+        sys.executable,
+        "-m",
+        "digitcnn.kfold",
+        "--data-dir",
+        str(data_dir),
+        *SLOW,
+        "--executor",
+        "ray",
+        "--address",
+        head,
+    ]
+    process = subprocess.Popen(
+        [*command, "--out", str(out)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_ctrl_c,
+        env=_cluster_env(),
+    )
     deadline = time.monotonic() + RUN_TIMEOUT
     while not list((out / "folds").glob("fold*.json")):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"no fold finished: {process.communicate()[1][-3000:]}")
         time.sleep(0.05)
-    process.send_signal({"kill": signal.SIGKILL, "ctrl-c": signal.SIGINT,
-                         "sigterm": signal.SIGTERM}[how])
+    process.send_signal(
+        {"kill": signal.SIGKILL, "ctrl-c": signal.SIGINT, "sigterm": signal.SIGTERM}[how]
+    )
     _, err = process.communicate(timeout=120)
     assert not (out / "metrics.json").exists()
     finished = {path.name: path.read_bytes() for path in (out / "folds").glob("fold*.json")}
     assert 1 <= len(finished) < 3
     if exit_code is not None:  # Ctrl-C and SIGTERM: tasks cancelled, the resume command shown
         assert process.returncode == exit_code, err
-        assert (f"continue with: python -m digitcnn.kfold --resume {out} --executor ray "
-                f"--address {head}") in err
+        assert (
+            f"continue with: python -m digitcnn.kfold --resume {out} --executor ray "
+            f"--address {head}"
+        ) in err
         assert "Traceback" not in err
     assert _free_cpus_after_driver(head) == 2.0  # its tasks ended with the driver
 
-    resumed = _cli("digitcnn.kfold", "--resume", str(out), "--quiet", "--executor", "ray",
-                   "--address", head, env=_cluster_env())
+    resumed = _cli(
+        "digitcnn.kfold",
+        "--resume",
+        str(out),
+        "--quiet",
+        "--executor",
+        "ray",
+        "--address",
+        head,
+        env=_cluster_env(),
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not list(out.rglob("*.tmp"))
     for name, content in finished.items():  # only the missing folds were trained

@@ -1,4 +1,5 @@
 """DigitClassifier: scikit-learn's own estimator checks, interoperability, errors, persistence."""
+
 from __future__ import annotations
 
 import pickle
@@ -7,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import real_data
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.exceptions import NotFittedError
@@ -20,8 +22,6 @@ import digitcnn
 from digitcnn import DigitClassifier
 from digitcnn.models import list_models, register_model
 
-from conftest import real_data
-
 STRIP_MODEL = "test_strip"
 
 
@@ -29,9 +29,14 @@ def _strip_model(input_shape=(1, 8, 8), num_classes=10, dropout: float = 0.0) ->
     """A tiny CNN for any image of at least 1x1 pixels, 1xF strips included: one padded 3x3
     convolution of 4 channels, then a linear layer over every position."""
     channels, height, width = input_shape
-    return nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Dropout(dropout), nn.Linear(4 * height * width, num_classes),
-                         nn.LogSoftmax(dim=1))
+    return nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(4 * height * width, num_classes),
+        nn.LogSoftmax(dim=1),
+    )
 
 
 if STRIP_MODEL not in list_models():
@@ -40,8 +45,16 @@ if STRIP_MODEL not in list_models():
 
 def tiny(**params) -> DigitClassifier:
     """Quick settings for toy data: the strip model, 2 epochs, batch 16, rate 1e-2, CPU."""
-    return DigitClassifier(**{"model": STRIP_MODEL, "epochs": 2, "batch_size": 16, "lr": 1e-2,
-                              "device": "cpu", **params})
+    return DigitClassifier(
+        **{
+            "model": STRIP_MODEL,
+            "epochs": 2,
+            "batch_size": 16,
+            "lr": 1e-2,
+            "device": "cpu",
+            **params,
+        }
+    )
 
 
 # scikit-learn's checks feed 1 to 10 features of toy data (blobs, uniform noise); the estimator
@@ -68,30 +81,44 @@ def test_layouts_give_the_same_model(digits):
     for layout in (X.reshape(-1, 8, 8), X.reshape(-1, 1, 8, 8)):
         other = DigitClassifier(epochs=1, device="cpu").fit(layout[:400], y[:400])
         assert other.n_features_in_ == 64 and other.image_shape_ == (1, 8, 8)
-        np.testing.assert_array_equal(other.predict_proba(layout[400:]),
-                                      flat.predict_proba(X[400:]))
+        np.testing.assert_array_equal(
+            other.predict_proba(layout[400:]), flat.predict_proba(X[400:])
+        )
     # flat rows and images of the fitted size are interchangeable at prediction
     np.testing.assert_array_equal(flat.predict(X[400:].reshape(-1, 8, 8)), flat.predict(X[400:]))
 
 
 def test_fit_learns_and_records_history(digits):
     X, y = digits
-    clf = DigitClassifier(epochs=3, batch_size=32, lr=3e-3, device="cpu",
-                          validation_fraction=0.25).fit(X[:500], y[:500])
+    clf = DigitClassifier(
+        epochs=3, batch_size=32, lr=3e-3, device="cpu", validation_fraction=0.25
+    ).fit(X[:500], y[:500])
     assert clf.score(X[500:], y[500:]) > 0.7
     assert [row["epoch"] for row in clf.history_] == [1, 2, 3]
-    assert set(clf.history_[0]) == {"epoch", "train_loss", "train_accuracy", "lr", "valid_loss",
-                                    "valid_accuracy"}
+    assert set(clf.history_[0]) == {
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "lr",
+        "valid_loss",
+        "valid_accuracy",
+    }
     assert clf.history_[-1]["train_loss"] < clf.history_[0]["train_loss"]
     assert [row["lr"] for row in clf.history_] == pytest.approx([3e-3, 2.1e-3, 1.47e-3])
     assert set(DigitClassifier(epochs=1, device="cpu").fit(X, y).history_[0]) == {
-        "epoch", "train_loss", "train_accuracy", "lr"}
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "lr",
+    }
 
 
 def test_any_label_values_map_to_classes_and_back(digits):
     X, y = digits
-    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
-                      "nine"], dtype=object)
+    names = np.array(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
+        dtype=object,
+    )
     clf = tiny(epochs=1).fit(X[:300], names[y[:300]])
     assert list(clf.classes_) == sorted(names)
     assert set(clf.predict(X[300:])) <= set(names)
@@ -133,7 +160,7 @@ def test_warm_start_and_partial_fit_continue_training(digits):
     assert not torch.equal(weights[0], next(clf.model_.parameters()))
     streaming = tiny()
     for start in range(0, 300, 100):
-        streaming.partial_fit(X[start:start + 100], y[start:start + 100], classes=np.arange(10))
+        streaming.partial_fit(X[start : start + 100], y[start : start + 100], classes=np.arange(10))
     assert [row["epoch"] for row in streaming.history_] == [1, 2, 3]
     assert streaming.score(X[300:], y[300:]) > 0.5
     with pytest.raises(ValueError, match="X has 16 features"):
@@ -146,17 +173,21 @@ def test_early_stopping_needs_and_uses_a_validation_split(digits):
     X, y = digits
     with pytest.raises(ValueError, match="validation_fraction"):
         tiny(early_stopping=True).fit(X, y)
-    clf = tiny(early_stopping=True, patience=1, min_delta=0.5, epochs=5,
-               validation_fraction=0.2).fit(X, y)
+    clf = tiny(
+        early_stopping=True, patience=1, min_delta=0.5, epochs=5, validation_fraction=0.2
+    ).fit(X, y)
     assert clf.n_epochs_ == 2 and len(clf.history_) == 2 and clf.best_epoch_ == 0
 
 
-@pytest.mark.parametrize("X, match", [
-    (np.zeros((10, 3, 8, 8)), r"one channel, \(n, 1, H, W\)"),
-    (np.zeros((10, 1, 1, 8, 8)), "5 dimensions"),
-    (np.full((10, 64), np.nan), "Input X contains NaN"),
-    (np.full((10, 64), 1e300), "beyond float32's range"),
-])
+@pytest.mark.parametrize(
+    "X, match",
+    [
+        (np.zeros((10, 3, 8, 8)), r"one channel, \(n, 1, H, W\)"),
+        (np.zeros((10, 1, 1, 8, 8)), "5 dimensions"),
+        (np.full((10, 64), np.nan), "Input X contains NaN"),
+        (np.full((10, 64), 1e300), "beyond float32's range"),
+    ],
+)
 def test_bad_input_is_a_value_error(X, match):
     with pytest.raises(ValueError, match=match):
         tiny().fit(X, np.arange(10) % 2)
@@ -214,8 +245,9 @@ def test_clone_pipeline_and_grid_search(digits):
     clf = tiny(epochs=1, lr=3e-3)
     copy = clone(clf)
     assert copy.get_params() == clf.get_params() and not hasattr(copy, "model_")
-    pipeline = make_pipeline(FunctionTransformer(lambda pixels: pixels / 16.0),
-                             tiny(epochs=2, scaler="none"))
+    pipeline = make_pipeline(
+        FunctionTransformer(lambda pixels: pixels / 16.0), tiny(epochs=2, scaler="none")
+    )
     pipeline.fit(X[:400], y[:400])
     assert pipeline.score(X[400:], y[400:]) > 0.6
     search = GridSearchCV(tiny(), {"lr": [1e-2, 1e-4], "epochs": [1, 2]}, cv=2)
@@ -241,8 +273,7 @@ def test_cross_val_score_matches_run_kfold_on_uci():
     assert np.abs(scores - expected).max() < 0.02  # the other folds: same work, other seeds
     splits = list(cv.split(X))
     for k in (1, 2, 3):
-        fold_k = cross_val_score(DigitClassifier(random_state=k, **settings), X, y,
-                                 cv=[splits[k]])
+        fold_k = cross_val_score(DigitClassifier(random_state=k, **settings), X, y, cv=[splits[k]])
         assert fold_k[0] == expected[k]
     assert expected[0] > 0.9
 

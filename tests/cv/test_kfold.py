@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT, real_data, synthetic_optdigits, without_timings, write_table
 from sklearn.model_selection import KFold
 
 import digitcnn
@@ -13,20 +14,20 @@ from digitcnn import kfold
 from digitcnn.cv.folds import run_fold
 from digitcnn.cv.runner import load_for_config, run_kfold
 from digitcnn.cv.splits import make_splits
-from digitcnn.training import loop as engine, scaling
 from digitcnn.errors import ConfigError
+from digitcnn.training import loop as engine
+from digitcnn.training import scaling
 from digitcnn.training.runtime import select_device
-
-from conftest import REPO_ROOT, real_data, write_table, synthetic_optdigits, without_timings
 
 FAST = dict(epochs=3, batch_size=32, quiet=True, verify=False)
 
 
 # Fold processes are a CPU feature: with CUDA present the default device is the GPU, where the
 # folds train in one process (fold-parallel), so the tests of fold processes skip there.
-cpu_only = pytest.mark.skipif(torch.cuda.is_available(),
-                              reason="fold processes train on the CPU only; the default device "
-                                     "here is CUDA")
+cpu_only = pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="fold processes train on the CPU only; the default device here is CUDA",
+)
 # On CUDA, cuDNN and cuBLAS may pick other kernels from run to run, so tests that compare two
 # runs number for number ask for deterministic algorithms there (as a user would, with
 # --deterministic); on the CPU runs are identical without it.
@@ -55,7 +56,7 @@ def test_folds_cover_every_row_once(optdigits_dir):
     assert result.confusion.sum() == 180
     assert result.accuracy == pytest.approx(np.trace(result.confusion) / 180)
     assert result.folds[0].lrs == pytest.approx([1e-3, 7e-4, 4.9e-4])
-    assert result.folds[0].lr == pytest.approx(1e-3 * 0.7 ** 3)
+    assert result.folds[0].lr == pytest.approx(1e-3 * 0.7**3)
 
 
 def test_reruns_are_identical(optdigits_dir):
@@ -73,8 +74,7 @@ def test_each_fold_starts_fresh(optdigits_dir):
     dataset = load_for_config(config)
     full = run_kfold(dataset, config)
     train_rows, val_rows = make_splits(dataset, config)[2]
-    alone = run_fold(dataset, config, 2, train_rows, val_rows,
-                           select_device(config.device))
+    alone = run_fold(dataset, config, 2, train_rows, val_rows, select_device(config.device))
     assert alone.train_loss == full.folds[2].train_loss
     assert np.array_equal(alone.confusion, full.folds[2].confusion)
     assert len({f.seed for f in full.folds}) == 4
@@ -124,26 +124,43 @@ def test_limit_takes_a_seeded_subset(optdigits_dir):
 
 def test_too_many_folds(optdigits_dir):
     config = small_config(optdigits_dir, folds=200)
-    with pytest.raises(ConfigError, match=r"--folds 200 is more than the 180 rows of 'uci'; "
-                                          r"use at most 180 folds"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--folds 200 is more than the 180 rows of 'uci'; "
+        r"use at most 180 folds",
+    ):
         run_kfold(load_for_config(config), config)
 
 
 def test_cli_writes_the_run_directory(optdigits_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    code = kfold.main(["--data-dir", str(optdigits_dir), "--no-verify", "--epochs", "2",
-                       "--out", str(out)])
+    code = kfold.main(
+        ["--data-dir", str(optdigits_dir), "--no-verify", "--epochs", "2", "--out", str(out)]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "accuracy" in printed and f"results written to {out}" in printed
     assert {p.name for p in out.iterdir()} == {
-        "config.json", "splits.json", "folds.csv", "folds", "oof.npz", "metrics.json",
-        "confusion.png", "loss_curves.png", "evaluation.json", "report.html",
-        "training_curves.png", "roc.png", "precision_recall.png", "per_class_f1.png",
-        "misclassified.png"}
+        "config.json",
+        "splits.json",
+        "folds.csv",
+        "folds",
+        "oof.npz",
+        "metrics.json",
+        "confusion.png",
+        "loss_curves.png",
+        "evaluation.json",
+        "report.html",
+        "training_curves.png",
+        "roc.png",
+        "precision_recall.png",
+        "per_class_f1.png",
+        "misclassified.png",
+    }
     assert oct((out / "metrics.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
     assert sorted(p.name for p in (out / "folds").iterdir()) == sorted(
-        [f"fold{k}.json" for k in range(4)] + [f"fold{k}.npz" for k in range(4)])
+        [f"fold{k}.json" for k in range(4)] + [f"fold{k}.npz" for k in range(4)]
+    )
     with np.load(out / "oof.npz") as oof:
         assert oof["row"].tolist() == list(range(180))
         assert oof["log_probs"].shape == (180, 10)
@@ -153,11 +170,30 @@ def test_cli_writes_the_run_directory(optdigits_dir, tmp_path, capsys):
         correct = int((oof["predicted"] == oof["true"]).sum())
         assert correct == int(np.trace(np.array(metrics_of(out)["confusion"])))
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("accuracy", "accuracy_mean", "accuracy_std", "loss", "confusion", "folds",
-                "dataset", "device", "wall_s", "versions"):
+    for key in (
+        "accuracy",
+        "accuracy_mean",
+        "accuracy_std",
+        "loss",
+        "confusion",
+        "folds",
+        "dataset",
+        "device",
+        "wall_s",
+        "versions",
+    ):
         assert key in metrics
-    assert set(metrics["folds"][0]) >= {"fold", "n_train", "n_val", "accuracy", "loss",
-                                        "confusion", "train_loss", "val_loss", "lr"}
+    assert set(metrics["folds"][0]) >= {
+        "fold",
+        "n_train",
+        "n_val",
+        "accuracy",
+        "loss",
+        "confusion",
+        "train_loss",
+        "val_loss",
+        "lr",
+    }
     assert metrics["dataset"]["n"] == 180 and len(metrics["dataset"]["sha256"]) == 2
     assert np.array(metrics["confusion"]).sum() == 180
     config = json.loads((out / "config.json").read_text())
@@ -186,17 +222,32 @@ def bad_column_file(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--dataset", "emnist"], r"unknown dataset 'emnist'; choose one of"),
-    (["--model", "resnet"], r"unknown model 'resnet'; choose one of: .*s5"),
-    (["--folds", "1"], r"--folds 1 must be at least 2"),
-    (["--folds", "500"], r"--folds 500 is more than the 180 rows"),
-    (["--scaler", "zscore"], r"argument --scaler: invalid choice: 'zscore'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset", "emnist"], r"unknown dataset 'emnist'; choose one of"),
+        (["--model", "resnet"], r"unknown model 'resnet'; choose one of: .*s5"),
+        (["--folds", "1"], r"--folds 1 must be at least 2"),
+        (["--folds", "500"], r"--folds 500 is more than the 180 rows"),
+        (["--scaler", "zscore"], r"argument --scaler: invalid choice: 'zscore'"),
+    ],
+)
 def test_cli_bad_usage_is_one_line(optdigits_dir, capsys, argv, message):
     try:
-        code = kfold.main(["--data-dir", str(optdigits_dir), "--no-verify", "--epochs", "1",
-                           "--quiet", "--no-plots", "--out", str(optdigits_dir / "out")] + argv)
+        code = kfold.main(
+            [
+                "--data-dir",
+                str(optdigits_dir),
+                "--no-verify",
+                "--epochs",
+                "1",
+                "--quiet",
+                "--no-plots",
+                "--out",
+                str(optdigits_dir / "out"),
+            ]
+            + argv
+        )
     except SystemExit as stop:  # argparse's own usage errors exit directly
         code = stop.code
     assert code == 2
@@ -224,20 +275,52 @@ def test_cli_bad_data_is_one_line(tmp_path, capsys):
 def test_python_dash_m_end_to_end(optdigits_dir, tmp_path):
     out = tmp_path / "cli"
     completed = subprocess.run(
-        [sys.executable, "-m", "digitcnn.kfold", "--data-dir", str(optdigits_dir), "--no-verify",
-         "--epochs", "1", "--folds", "3", "--out", str(out), "--no-plots"],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "digitcnn.kfold",
+            "--data-dir",
+            str(optdigits_dir),
+            "--no-verify",
+            "--epochs",
+            "1",
+            "--folds",
+            "3",
+            "--out",
+            str(out),
+            "--no-plots",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stderr
     assert "Warning" not in completed.stderr
     assert json.loads((out / "metrics.json").read_text())["n"] == 180
-    failed = subprocess.run([sys.executable, "-m", "digitcnn.kfold", "--folds", "0"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    failed = subprocess.run(
+        [sys.executable, "-m", "digitcnn.kfold", "--folds", "0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert failed.returncode == 2 and failed.stderr.count("\n") == 1
 
 
 def test_offline_without_data_dir_falls_back(tmp_path, capsys):
-    code = kfold.main(["--epochs", "1", "--limit", "200", "--quiet", "--no-plots",
-                       "--out", str(tmp_path / "fallback")])
+    code = kfold.main(
+        [
+            "--epochs",
+            "1",
+            "--limit",
+            "200",
+            "--quiet",
+            "--no-plots",
+            "--out",
+            str(tmp_path / "fallback"),
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert "sklearn's bundled copy instead: 1,797 of the 5,620 rows" in err
@@ -259,8 +342,7 @@ def test_s5_recipe_on_real_uci(tmp_path):
 def test_real_uci_reruns_identical(tmp_path):
     folder = real_data("optdigits")
     config = digitcnn.RunConfig(data_dir=str(folder), limit=1200, epochs=2, quiet=True, **EXACT)
-    runs = [without_timings(run_kfold(load_for_config(config), config).metrics())
-            for _ in range(2)]
+    runs = [without_timings(run_kfold(load_for_config(config), config).metrics()) for _ in range(2)]
     assert runs[0] == runs[1]
 
 
@@ -269,9 +351,20 @@ def test_deterministic_cli_reruns_write_identical_metrics(optdigits_dir, tmp_pat
     write the same metrics.json apart from the timings."""
     metrics = []
     for name in ("first", "second"):
-        argv = ["--data-dir", str(optdigits_dir), "--no-verify", "--quiet", "--no-plots",
-                "--epochs", "2", "--batch-size", "32", "--deterministic", "--out",
-                str(tmp_path / name)]
+        argv = [
+            "--data-dir",
+            str(optdigits_dir),
+            "--no-verify",
+            "--quiet",
+            "--no-plots",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--deterministic",
+            "--out",
+            str(tmp_path / name),
+        ]
         assert kfold.main(argv) == 0
         metrics.append(json.loads((tmp_path / name / "metrics.json").read_text()))
     assert metrics[0]["device"] == str(select_device("auto"))
@@ -284,8 +377,7 @@ def test_timing_splits_the_run_into_setup_training_and_evaluation(optdigits_dir,
     timing = result.metrics()["timing"]
     assert set(timing) == {"setup_s", "train_s", "eval_s", "wall_s"}
     assert timing["train_s"] > 0 and timing["eval_s"] > 0 and timing["setup_s"] >= 0
-    assert timing["setup_s"] + timing["train_s"] + timing["eval_s"] == pytest.approx(
-        result.wall_s)
+    assert timing["setup_s"] + timing["train_s"] + timing["eval_s"] == pytest.approx(result.wall_s)
     assert sum(f.train_s for f in result.folds) == pytest.approx(timing["train_s"])
     assert all(f.train_s + f.eval_s <= f.wall_s for f in result.folds)
 
@@ -302,7 +394,8 @@ def test_fold_processes_give_the_numbers_of_one_process(optdigits_dir):
     assert in_processes.extra["execution"]["workers"] == 2
     assert in_turn.extra["execution"]["workers"] == 1
     assert in_processes.ran_on.startswith("cpu") and in_processes.ran_on.endswith(
-        ", 2 fold processes")
+        ", 2 fold processes"
+    )
     assert "fold processes" not in in_turn.ran_on
     assert without_timings(in_processes.metrics()) == without_timings(in_turn.metrics())
     assert [f.fold for f in in_processes.folds] == [0, 1, 2, 3]
@@ -315,7 +408,8 @@ def test_fold_processes_write_each_fold_and_resume(optdigits_dir, tmp_path):
     out = tmp_path / "run"
     first = run_kfold(dataset, config, out_dir=out)
     assert sorted(p.name for p in (out / "folds").glob("fold*.json")) == [
-        f"fold{k}.json" for k in range(4)]
+        f"fold{k}.json" for k in range(4)
+    ]
     (out / "folds" / "fold2.json").unlink()
     resumed = run_kfold(dataset, config, out_dir=out, resume=True)
     assert resumed.extra["execution"]["workers"] == 1  # one fold left: no pool for it
@@ -342,8 +436,9 @@ def test_bf16_and_fp32_agree_on_real_uci():
     folder = real_data("optdigits")
     accuracies = {}
     for precision in ("bf16", "fp32"):
-        config = digitcnn.RunConfig(data_dir=str(folder), limit=2000, epochs=3, quiet=True,
-                                    precision=precision, workers=1)
+        config = digitcnn.RunConfig(
+            data_dir=str(folder), limit=2000, epochs=3, quiet=True, precision=precision, workers=1
+        )
         result = run_kfold(load_for_config(config), config)
         assert result.extra["execution"]["precision"] == precision
         accuracies[precision] = result.accuracy

@@ -1,4 +1,5 @@
 """Interrupted runs: every finished fold is on disk, and --resume completes the run exactly."""
+
 import json
 import shutil
 import signal
@@ -8,12 +9,23 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT, without_timings
 
 # Slow enough per fold (many small batches) that the run is still going when we interrupt it.
-SLOW_FOLDS = ["--no-fold-parallel", "--threads", "1", "--no-verify", "--epochs", "15", "--batch-size", "8", "--folds", "3", "--quiet",
-              "--no-plots"]
+SLOW_FOLDS = [
+    "--no-fold-parallel",
+    "--threads",
+    "1",
+    "--no-verify",
+    "--epochs",
+    "15",
+    "--batch-size",
+    "8",
+    "--folds",
+    "3",
+    "--quiet",
+    "--no-plots",
+]
 
 
 def _default_ctrl_c() -> None:
@@ -23,10 +35,24 @@ def _default_ctrl_c() -> None:
 
 
 def start(optdigits_dir, out, more=()):
-    return subprocess.Popen([sys.executable, "-m", "digitcnn.kfold", "--data-dir",
-                             str(optdigits_dir), "--out", str(out), *SLOW_FOLDS, *more],
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=_default_ctrl_c)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "digitcnn.kfold",
+            "--data-dir",
+            str(optdigits_dir),
+            "--out",
+            str(out),
+            *SLOW_FOLDS,
+            *more,
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_ctrl_c,
+    )
 
 
 def wait_for_first_fold(folder, process, timeout=120):
@@ -67,16 +93,34 @@ def wait_gone(pids, timeout=30) -> set[int]:
 
 
 def finish(optdigits_dir, out):
-    return subprocess.run([sys.executable, "-m", "digitcnn.kfold", "--resume", str(out), "--quiet"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "digitcnn.kfold", "--resume", str(out), "--quiet"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("how", ["kill", "ctrl-c", "sigterm"])
 def test_interrupt_then_resume_gives_identical_metrics(optdigits_dir, tmp_path, how):
     reference = tmp_path / "uninterrupted"
-    completed = subprocess.run([sys.executable, "-m", "digitcnn.kfold", "--data-dir",
-                                str(optdigits_dir), "--out", str(reference)] + SLOW_FOLDS,
-                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "digitcnn.kfold",
+            "--data-dir",
+            str(optdigits_dir),
+            "--out",
+            str(reference),
+        ]
+        + SLOW_FOLDS,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr
 
     out = tmp_path / "interrupted"
@@ -84,8 +128,9 @@ def test_interrupt_then_resume_gives_identical_metrics(optdigits_dir, tmp_path, 
     process = start(optdigits_dir, out, ["--workers", "2"] if how == "sigterm" else [])
     wait_for_first_fold(out / "folds", process)
     workers = descendants(process.pid)
-    process.send_signal({"kill": signal.SIGKILL, "ctrl-c": signal.SIGINT,
-                         "sigterm": signal.SIGTERM}[how])
+    process.send_signal(
+        {"kill": signal.SIGKILL, "ctrl-c": signal.SIGINT, "sigterm": signal.SIGTERM}[how]
+    )
     _, err = process.communicate(timeout=60)
     assert not (out / "metrics.json").exists()
     assert len(list((out / "folds").glob("fold*.json"))) < 3  # stopped before the end
@@ -98,7 +143,8 @@ def test_interrupt_then_resume_gives_identical_metrics(optdigits_dir, tmp_path, 
         (line,) = err.strip().splitlines()
         assert line.startswith("digitcnn.kfold: interrupted; ") and line.endswith(
             f"finished fold(s) are saved in {out}; continue with: python -m digitcnn.kfold "
-            f"--resume {out}"), line
+            f"--resume {out}"
+        ), line
         assert process.returncode == {"ctrl-c": 130, "sigterm": 143}[how]
     if how == "sigterm":
         assert len(workers) >= 2, workers  # the fold processes were running
@@ -109,8 +155,9 @@ def test_interrupt_then_resume_gives_identical_metrics(optdigits_dir, tmp_path, 
     resumed = finish(optdigits_dir, out)
     assert resumed.returncode == 0, resumed.stderr
     if how == "kill":
-        assert (f"taking over the lock of {out}: its run (pid {process.pid}) is no longer "
-                "running") in resumed.stderr
+        assert (
+            f"taking over the lock of {out}: its run (pid {process.pid}) is no longer running"
+        ) in resumed.stderr
     assert not list(out.rglob("*.tmp")) and not (out / ".digitcnn.lock").exists()
     first = without_timings(json.loads((reference / "metrics.json").read_text()))
     second = without_timings(json.loads((out / "metrics.json").read_text()))
@@ -122,12 +169,39 @@ def test_timeout_sends_sigterm_one_line_exit_143_no_orphans(optdigits_dir, tmp_p
     """What a scheduler does: SIGTERM to the run and its process group."""
     out = tmp_path / "run"
     process = subprocess.Popen(
-        ["timeout", "--preserve-status", "-s", "TERM", "40", sys.executable, "-m",
-         "digitcnn.kfold", "--data-dir", str(optdigits_dir), "--out", str(out), "--epochs",
-         "500", "--batch-size", "4", "--folds", "3", "--workers", "2", "--threads", "1",
-         "--no-verify", "--quiet", "--no-plots"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_default_ctrl_c)
+        [
+            "timeout",
+            "--preserve-status",
+            "-s",
+            "TERM",
+            "40",
+            sys.executable,
+            "-m",
+            "digitcnn.kfold",
+            "--data-dir",
+            str(optdigits_dir),
+            "--out",
+            str(out),
+            "--epochs",
+            "500",
+            "--batch-size",
+            "4",
+            "--folds",
+            "3",
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--no-verify",
+            "--quiet",
+            "--no-plots",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_ctrl_c,
+    )
     seen = set()
     while process.poll() is None:
         seen |= descendants(process.pid)

@@ -6,14 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import real_data, synthetic_optdigits, write_table
 
 import digitcnn
 from digitcnn._io import cache_dir
 from digitcnn.datasets import uci as data
 from digitcnn.datasets.base import DigitDataset
 from digitcnn.errors import DataError
-
-from conftest import real_data, synthetic_optdigits, write_table
 
 
 def test_uci_from_original_files(optdigits_dir):
@@ -94,8 +93,11 @@ def test_ucimlrepo_result_is_cached(monkeypatch):
 
 
 def test_offline_falls_back_to_sklearn_with_warning():
-    with pytest.warns(RuntimeWarning, match=r"sklearn's bundled copy instead: 1,797 of the 5,620 "
-                                            r"rows .* --data-dir"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"sklearn's bundled copy instead: 1,797 of the 5,620 "
+        r"rows .* --data-dir",
+    ):
         dataset = digitcnn.load("uci")
     assert len(dataset) == 1797
     assert dataset.images.shape == (1797, 1, 8, 8)
@@ -131,15 +133,30 @@ def write_bad(folder, line_number, replacement):
     write_table(folder / "optdigits.tes", synthetic_optdigits(10))
 
 
-@pytest.mark.parametrize("line, change, message", [
-    (7, lambda l: l.rsplit(",", 20)[0], r"optdigits.tra: line 7: expected 65 comma-separated values, "
-                                        r"found 45 \(truncated row\?\)"),
-    (3, lambda l: l + ",4", r"line 3: expected 65 comma-separated values, found 66"),
-    (5, lambda l: "17" + l[l.index(","):], r"line 5, column 1: value 17 is out of range 0..16"),
-    (9, lambda l: l.rsplit(",", 1)[0] + ",12", r"line 9, column 65: value 12 is out of range 0..9"),
-    (2, lambda l: "x" + l[l.index(","):], r"line 2, column 1: 'x' is not an integer"),
-    (4, lambda l: "," + l[l.index(",") + 1:], r"line 4, column 1: missing value"),
-])
+@pytest.mark.parametrize(
+    "line, change, message",
+    [
+        (
+            7,
+            lambda l: l.rsplit(",", 20)[0],
+            r"optdigits.tra: line 7: expected 65 comma-separated values, "
+            r"found 45 \(truncated row\?\)",
+        ),
+        (3, lambda l: l + ",4", r"line 3: expected 65 comma-separated values, found 66"),
+        (
+            5,
+            lambda l: "17" + l[l.index(",") :],
+            r"line 5, column 1: value 17 is out of range 0..16",
+        ),
+        (
+            9,
+            lambda l: l.rsplit(",", 1)[0] + ",12",
+            r"line 9, column 65: value 12 is out of range 0..9",
+        ),
+        (2, lambda l: "x" + l[l.index(",") :], r"line 2, column 1: 'x' is not an integer"),
+        (4, lambda l: "," + l[l.index(",") + 1 :], r"line 4, column 1: missing value"),
+    ],
+)
 def test_bad_rows_are_named(tmp_path, line, change, message):
     write_bad(tmp_path, line, change)
     with pytest.raises(DataError, match=message):
@@ -174,11 +191,13 @@ def test_unknown_dataset_and_split():
 
 def test_dataset_validates_labels():
     with pytest.raises(DataError, match=r"label 12 at row 1 is out of range 0..9"):
-        DigitDataset(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.tensor([1, 12]),
-                     "toy", "test")
+        DigitDataset(
+            torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.tensor([1, 12]), "toy", "test"
+        )
     with pytest.raises(DataError, match=r"3 images but labels of shape \(2,\)"):
-        DigitDataset(torch.zeros(3, 1, 8, 8, dtype=torch.uint8), torch.tensor([1, 2]),
-                     "toy", "test")
+        DigitDataset(
+            torch.zeros(3, 1, 8, 8, dtype=torch.uint8), torch.tensor([1, 2]), "toy", "test"
+        )
 
 
 def test_subset_keeps_rows_and_provenance(optdigits_dir):

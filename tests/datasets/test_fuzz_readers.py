@@ -8,6 +8,7 @@ allowed) within range; blank lines are skipped; a UTF-8 byte-order mark may star
 
 Bounded: a fixed set of examples (derandomized), a few hundred in all, well under a minute.
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,14 +29,23 @@ from hypothesis import strategies as st  # noqa: E402
 
 from digitcnn.errors import DataError  # noqa: E402
 
-FUZZ = settings(derandomize=True, deadline=None, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 
 
 def examples(count: int) -> settings:
     """The fixed, derandomized settings with ``count`` examples."""
     return settings(FUZZ, max_examples=count)
+
 
 pytestmark = pytest.mark.filterwarnings("ignore:Kaggle's Digit Recognizer:RuntimeWarning")
 
@@ -45,15 +55,59 @@ CELL = re.compile(r"[ \t]*(-?)([0-9]+)[ \t]*", re.ASCII)
 # Texts a cell may be replaced by: out of range for pixels or labels, at the edges of the
 # integer types a parser might narrow to, malformed, missing.
 VALID_TEXTS = ["0", "9", "16", "255", " 5 ", "007", "-0", "\t3"]
-CELL_TEXTS = ["256", "-1", "10", "17", "255", "0", "16", "9", "300", "0256", "65536", "-129",
-              "4294967296", "18446744073709551616", "99999999999999999999999", "", "NA", "nan",
-              "1.0", "1e2", " 5 ", "+3", "\u0663", "0x1f", "7;8", "1,", ",1"]
-INSERTS = [b",", b"\n", b"\r\n", b"\r", b"-", b"256", b" ", b"\t", b"\x00", b"\xff", b";",
-           b"999999999999999999999", BOM, b"NaN", b'"', b"\n\n", b"\xc3\xa9"]
+CELL_TEXTS = [
+    "256",
+    "-1",
+    "10",
+    "17",
+    "255",
+    "0",
+    "16",
+    "9",
+    "300",
+    "0256",
+    "65536",
+    "-129",
+    "4294967296",
+    "18446744073709551616",
+    "99999999999999999999999",
+    "",
+    "NA",
+    "nan",
+    "1.0",
+    "1e2",
+    " 5 ",
+    "+3",
+    "\u0663",
+    "0x1f",
+    "7;8",
+    "1,",
+    ",1",
+]
+INSERTS = [
+    b",",
+    b"\n",
+    b"\r\n",
+    b"\r",
+    b"-",
+    b"256",
+    b" ",
+    b"\t",
+    b"\x00",
+    b"\xff",
+    b";",
+    b"999999999999999999999",
+    BOM,
+    b"NaN",
+    b'"',
+    b"\n\n",
+    b"\xc3\xa9",
+]
 ENCODINGS = ["utf-8", "utf-8-sig", "utf-16", "latin-1", "cp1252"]
 
 
 # ----------------------------------------------------------------------------- mutations
+
 
 @st.composite
 def text_edits(draw, lines: list[str], first_row: int, edges: list[str]) -> list[str]:
@@ -65,8 +119,9 @@ def text_edits(draw, lines: list[str], first_row: int, edges: list[str]) -> list
         cells = lines[row].split(",")
         # The first and last columns (labels in one format or the other) as often as the rest.
         column = draw(st.integers(0, len(cells) - 1) | st.sampled_from([0, len(cells) - 1]))
-        cells[column] = draw(st.sampled_from(VALID_TEXTS) | st.sampled_from(edges)
-                             | st.sampled_from(CELL_TEXTS))
+        cells[column] = draw(
+            st.sampled_from(VALID_TEXTS) | st.sampled_from(edges) | st.sampled_from(CELL_TEXTS)
+        )
         lines[row] = ",".join(cells)
     return lines
 
@@ -81,11 +136,11 @@ def byte_edits(draw, data: bytes) -> bytes:
         if kind == "truncate":
             data = data[:at]
         elif kind == "flip" and data:
-            data = data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1:]
+            data = data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1 :]
         elif kind == "insert":
             data = data[:at] + draw(st.sampled_from(INSERTS)) + data[at:]
         elif kind == "delete":
-            data = data[:at] + data[at + draw(st.integers(1, 8)):]
+            data = data[:at] + data[at + draw(st.integers(1, 8)) :]
         elif kind == "encode":
             try:
                 data = data.decode("utf-8").encode(draw(st.sampled_from(ENCODINGS)))
@@ -96,11 +151,13 @@ def byte_edits(draw, data: bytes) -> bytes:
 
 # ----------------------------------------------------------------------------- CSV readers
 
-def reference_int_csv(data: bytes, n_columns: int, bounds: list[tuple[int, int]],
-                      header: list[str] | None) -> np.ndarray | None:
+
+def reference_int_csv(
+    data: bytes, n_columns: int, bounds: list[tuple[int, int]], header: list[str] | None
+) -> np.ndarray | None:
     """The rows of an integer CSV by the format's rules, or None when the file is invalid."""
     if data.startswith(BOM):
-        data = data[len(BOM):]
+        data = data[len(BOM) :]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -200,6 +257,7 @@ def test_fuzzed_uci_file(data):
 
 # ----------------------------------------------------------------------------- IDX
 
+
 def reference_idx(stored: bytes, magic: int) -> np.ndarray | None:
     """Images (N, 28, 28) or labels (N,) of an IDX file by the format's rules, or None."""
     if stored[:2] == b"\x1f\x8b":
@@ -231,24 +289,28 @@ def test_fuzzed_idx_files(data):
 
     rng = np.random.default_rng(2)
     count = 4
-    images = struct.pack(">IIII", 2051, count, 28, 28) + rng.integers(
-        0, 256, count * 784, dtype=np.uint8).tobytes()
+    images = (
+        struct.pack(">IIII", 2051, count, 28, 28)
+        + rng.integers(0, 256, count * 784, dtype=np.uint8).tobytes()
+    )
     labels = struct.pack(">II", 2049, count) + bytes([3, 1, 4, 1])
     gz = data.draw(st.booleans())
     which = data.draw(st.sampled_from(["images", "labels"]))
-    stored = {"images": gzip.compress(images) if gz else images,
-              "labels": gzip.compress(labels) if gz else labels}
+    stored = {
+        "images": gzip.compress(images) if gz else images,
+        "labels": gzip.compress(labels) if gz else labels,
+    }
     stored[which] = data.draw(byte_edits(stored[which]))
     ref_images = reference_idx(stored["images"], 2051)
     ref_labels = reference_idx(stored["labels"], 2049)
-    valid = (ref_images is not None and ref_labels is not None
-             and len(ref_images) == len(ref_labels))
+    valid = ref_images is not None and ref_labels is not None and len(ref_images) == len(ref_labels)
     suffix = ".gz" if gz else ""
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "t10k-images-idx3-ubyte" + suffix).write_bytes(stored["images"])
         Path(folder, "t10k-labels-idx1-ubyte" + suffix).write_bytes(stored["labels"])
-        loaded = expect(lambda: load_mnist(Path(folder), split="test", verify=False),
-                        True if valid else None)
+        loaded = expect(
+            lambda: load_mnist(Path(folder), split="test", verify=False), True if valid else None
+        )
     if loaded is not None:
         assert np.array_equal(loaded.images[:, 0].numpy(), ref_images)
         assert np.array_equal(loaded.labels.numpy(), ref_labels)
@@ -313,9 +375,27 @@ def test_fuzzed_labels_csv(image_folder, data):
         row = data.draw(st.integers(1, len(lines) - 1))
         cell = data.draw(st.integers(0, 1))
         cells = lines[row].split(",")
-        cells[cell] = data.draw(st.sampled_from(["0", "5", " 9 ", "2"]) | st.sampled_from(
-            ["12", "-1", "", "nan", " 4 ", "../a.png", "/etc/passwd", "sub/../a.png",
-             "./b.png", "B.PNG", "sub\\c.png", '"a.png"', "x.png", "a.png "]))
+        cells[cell] = data.draw(
+            st.sampled_from(["0", "5", " 9 ", "2"])
+            | st.sampled_from(
+                [
+                    "12",
+                    "-1",
+                    "",
+                    "nan",
+                    " 4 ",
+                    "../a.png",
+                    "/etc/passwd",
+                    "sub/../a.png",
+                    "./b.png",
+                    "B.PNG",
+                    "sub\\c.png",
+                    '"a.png"',
+                    "x.png",
+                    "a.png ",
+                ]
+            )
+        )
         lines[row] = ",".join(cells)
     raw = data.draw(byte_edits(("\n".join(lines) + "\n").encode()))
     reference = reference_labels_csv(raw)

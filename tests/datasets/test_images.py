@@ -1,4 +1,5 @@
 """Own digit images: MNIST-style preprocessing, folder and CSV labelling, and their errors."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,9 +12,9 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 import digitcnn
-from digitcnn.errors import DataError
 from digitcnn.datasets.images import load_images
 from digitcnn.datasets.preprocess import mnist_style
+from digitcnn.errors import DataError
 
 BLACK, WHITE = 0, 255
 
@@ -24,11 +25,17 @@ def draw_digit(digit: int, ink: int, paper: int, size=(120, 160)) -> Image.Image
     pen = ImageDraw.Draw(picture)
     width, height = size
     if digit == 1:
-        pen.line([(width * 0.58, height * 0.12), (width * 0.42, height * 0.88)], fill=ink,
-                 width=max(3, width // 10))
+        pen.line(
+            [(width * 0.58, height * 0.12), (width * 0.42, height * 0.88)],
+            fill=ink,
+            width=max(3, width // 10),
+        )
     else:
-        pen.ellipse([width * 0.22, height * 0.15, width * 0.78, height * 0.85], outline=ink,
-                    width=max(3, width // 12))
+        pen.ellipse(
+            [width * 0.22, height * 0.15, width * 0.78, height * 0.85],
+            outline=ink,
+            width=max(3, width // 12),
+        )
     return picture
 
 
@@ -81,20 +88,29 @@ def test_arrays_and_colour_modes_match_grayscale():
     # A drawing app's export: black ink on a transparent background whose colour is black too.
     alpha = 255 - gray
     rgba = np.stack([np.zeros_like(gray)] * 3 + [alpha], axis=2)
-    assert np.abs(mnist_style(Image.fromarray(rgba, "RGBA")).astype(int)
-                  - reference.astype(int)).max() <= 2
+    assert (
+        np.abs(mnist_style(Image.fromarray(rgba, "RGBA")).astype(int) - reference.astype(int)).max()
+        <= 2
+    )
 
 
 def test_blank_and_shapeless_images_are_refused():
-    with pytest.raises(DataError, match=r"blank image: no pixel differs from the background by "
-                                        r"more than 0 of 255 \(ink needs 32\)"):
+    with pytest.raises(
+        DataError,
+        match=r"blank image: no pixel differs from the background by "
+        r"more than 0 of 255 \(ink needs 32\)",
+    ):
         mnist_style(Image.new("L", (40, 40), WHITE))
-    with pytest.raises(DataError, match=r"an image must have shape \(H, W\), \(H, W, 3\) or "
-                                        r"\(H, W, 4\), got \(4, 4, 2\)"):
+    with pytest.raises(
+        DataError,
+        match=r"an image must have shape \(H, W\), \(H, W, 3\) or "
+        r"\(H, W, 4\), got \(4, 4, 2\)",
+    ):
         mnist_style(np.zeros((4, 4, 2)))
 
 
 # ----------------------------------------------------------------------------- folders
+
 
 def save(picture: Image.Image, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +184,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 # ----------------------------------------------------------------------------- errors
 
+
 def test_folder_errors(tmp_path):
     with pytest.raises(DataError, match=r"has nothing to download: pass --data-dir FOLDER"):
         load_images(None)
@@ -177,8 +194,11 @@ def test_folder_errors(tmp_path):
         load_images(tmp_path / "missing")
     (tmp_path / "3").mkdir()
     (tmp_path / "3" / "readme.txt").write_text("no images here")
-    with pytest.raises(DataError, match=r"no images found; add PNG/JPG images in subfolders "
-                                        r"named 0..9"):
+    with pytest.raises(
+        DataError,
+        match=r"no images found; add PNG/JPG images in subfolders "
+        r"named 0..9",
+    ):
         load_images(tmp_path)
     with pytest.raises(DataError, match=r"split='train' needs train/ and test/ subfolders"):
         load_images(tmp_path, split="train")
@@ -186,20 +206,33 @@ def test_folder_errors(tmp_path):
         load_images(tmp_path, split="dev")
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: (d / "3" / "bad.png").write_text("this is text"),
-     r"3/bad.png: cannot be decoded as an image \(Pillow cannot identify its format\); remove "
-     r"it from the folder or replace it with a valid PNG/JPG"),
-    (lambda d: (d / "3" / "cut.png").write_bytes((d / "3" / "ok.png").read_bytes()[:150]),
-     r"3/cut.png: cannot be decoded as an image"),
-    (lambda d: save(Image.new("L", (50, 50), WHITE), d / "3" / "blank.png"),
-     r"3/blank.png: blank image: no pixel differs from the background by more than 0 of 255 "
-     r"\(ink needs 32\); remove the file or redraw the digit"),
-    (lambda d: save(draw_digit(1, BLACK, WHITE), d / "ones" / "x.png"),
-     r"ones: subfolder name 'ones' is not a digit 0..9; rename it"),
-    (lambda d: save(draw_digit(1, BLACK, WHITE), d / "loose.png"),
-     r"loose.png: has no label; move it into the subfolder named after its digit"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda d: (d / "3" / "bad.png").write_text("this is text"),
+            r"3/bad.png: cannot be decoded as an image \(Pillow cannot identify its format\); remove "
+            r"it from the folder or replace it with a valid PNG/JPG",
+        ),
+        (
+            lambda d: (d / "3" / "cut.png").write_bytes((d / "3" / "ok.png").read_bytes()[:150]),
+            r"3/cut.png: cannot be decoded as an image",
+        ),
+        (
+            lambda d: save(Image.new("L", (50, 50), WHITE), d / "3" / "blank.png"),
+            r"3/blank.png: blank image: no pixel differs from the background by more than 0 of 255 "
+            r"\(ink needs 32\); remove the file or redraw the digit",
+        ),
+        (
+            lambda d: save(draw_digit(1, BLACK, WHITE), d / "ones" / "x.png"),
+            r"ones: subfolder name 'ones' is not a digit 0..9; rename it",
+        ),
+        (
+            lambda d: save(draw_digit(1, BLACK, WHITE), d / "loose.png"),
+            r"loose.png: has no label; move it into the subfolder named after its digit",
+        ),
+    ],
+)
 def test_bad_files_are_named(tmp_path, make, message):
     save(draw_digit(1, BLACK, WHITE), tmp_path / "3" / "ok.png")
     make(tmp_path)
@@ -216,25 +249,43 @@ def test_files_outside_train_and_test_are_refused(tmp_path):
         load_images(tmp_path, split="test")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("file,label\na.png,1\nnope.png,2\n",
-     r"labels.csv: line 3: file 'nope.png' is not found in .*; fix the name or delete that line"),
-    ("file,label\na.png,1\n", r"b.png: is not listed in .*labels.csv; add a line 'b.png,DIGIT'"),
-    ("file,label\na.png,10\nb.png,2\n",
-     r"labels.csv: line 2: label '10' is not a digit 0..9; fix that label"),
-    ("file,label\na.png,x\nb.png,2\n", r"labels.csv: line 2: label 'x' is not a digit 0..9"),
-    ("file,label\na.png,\nb.png,2\n", r"labels.csv: line 2: label '' is not a digit 0..9"),
-    ("file,digit\na.png,1\nb.png,2\n",
-     r"labels.csv: line 1: header 'file,digit' is not 'file,label'"),
-    ("", r"labels.csv: line 1: header '' is not 'file,label'"),
-    ("file,label\na.png,1\nb.png,2,3\n",
-     r"labels.csv: line 3: expected 2 values \(file,label\), found 3"),
-    ("file,label\na.png,1\nb.png,2\na.png,3\n",
-     r"labels.csv: line 4: file 'a.png' is listed again \(first on line 2\)"),
-    ("file,label\na.png,1\nb.png,2\nnotes.txt,3\n",
-     r"labels.csv: line 4: file 'notes.txt' is not a PNG/JPG file"),
-    ("file,label\na.png,1\n,2\n", r"labels.csv: line 3: missing file name"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "file,label\na.png,1\nnope.png,2\n",
+            r"labels.csv: line 3: file 'nope.png' is not found in .*; fix the name or delete that line",
+        ),
+        (
+            "file,label\na.png,1\n",
+            r"b.png: is not listed in .*labels.csv; add a line 'b.png,DIGIT'",
+        ),
+        (
+            "file,label\na.png,10\nb.png,2\n",
+            r"labels.csv: line 2: label '10' is not a digit 0..9; fix that label",
+        ),
+        ("file,label\na.png,x\nb.png,2\n", r"labels.csv: line 2: label 'x' is not a digit 0..9"),
+        ("file,label\na.png,\nb.png,2\n", r"labels.csv: line 2: label '' is not a digit 0..9"),
+        (
+            "file,digit\na.png,1\nb.png,2\n",
+            r"labels.csv: line 1: header 'file,digit' is not 'file,label'",
+        ),
+        ("", r"labels.csv: line 1: header '' is not 'file,label'"),
+        (
+            "file,label\na.png,1\nb.png,2,3\n",
+            r"labels.csv: line 3: expected 2 values \(file,label\), found 3",
+        ),
+        (
+            "file,label\na.png,1\nb.png,2\na.png,3\n",
+            r"labels.csv: line 4: file 'a.png' is listed again \(first on line 2\)",
+        ),
+        (
+            "file,label\na.png,1\nb.png,2\nnotes.txt,3\n",
+            r"labels.csv: line 4: file 'notes.txt' is not a PNG/JPG file",
+        ),
+        ("file,label\na.png,1\n,2\n", r"labels.csv: line 3: missing file name"),
+    ],
+)
 def test_bad_labels_csv_is_named(tmp_path, text, message):
     save(draw_digit(1, BLACK, WHITE), tmp_path / "a.png")
     save(draw_digit(0, BLACK, WHITE), tmp_path / "b.png")
@@ -249,12 +300,16 @@ def test_labels_csv_option_errors(tmp_path):
     with pytest.raises(DataError, match=r"absent.csv: labels CSV not found"):
         load_images(tmp_path, labels_csv=tmp_path / "absent.csv")
     (tmp_path / "labels.csv").write_text("file,label\na.png,1\n")
-    with pytest.raises(DataError, match=r"split='test' needs train/ and test/ subfolders, but "
-                                        r"labels.csv labels the folder as one set"):
+    with pytest.raises(
+        DataError,
+        match=r"split='test' needs train/ and test/ subfolders, but "
+        r"labels.csv labels the folder as one set",
+    ):
         load_images(tmp_path, split="test")
 
 
 # ----------------------------------------------------------------------------- hostile files
+
 
 @pytest.mark.parametrize("outside_exists", [True, False])
 def test_labels_csv_naming_a_file_outside_the_folder(tmp_path, outside_exists):
@@ -265,9 +320,12 @@ def test_labels_csv_naming_a_file_outside_the_folder(tmp_path, outside_exists):
     messages = []
     for name in ("../x.png", "sub/../../x.png", str(tmp_path / "x.png")):
         (folder / "labels.csv").write_text(f"file,label\na.png,1\n{name},0\n")
-        with pytest.raises(DataError, match=r"labels.csv: line 3: file .* lies outside the images "
-                                            r"folder; labels.csv may name only images inside the "
-                                            r"folder, relative to it") as caught:
+        with pytest.raises(
+            DataError,
+            match=r"labels.csv: line 3: file .* lies outside the images "
+            r"folder; labels.csv may name only images inside the "
+            r"folder, relative to it",
+        ) as caught:
             load_images(folder)
         messages.append(str(caught.value))
     # The same words whether or not the outside file exists: nothing is revealed.
@@ -281,8 +339,11 @@ def test_labels_csv_naming_a_file_through_a_hidden_link(tmp_path):
     (folder / ".link").symlink_to(tmp_path / "outside", target_is_directory=True)
     for name in ("x.png", "missing.png"):  # the same words whether the target exists or not
         (folder / "labels.csv").write_text(f"file,label\na.png,1\n.link/{name},0\n")
-        with pytest.raises(DataError, match=r"line 3: file '.link/.*' lies outside the images "
-                                            r"folder \(through a symbolic link\)"):
+        with pytest.raises(
+            DataError,
+            match=r"line 3: file '.link/.*' lies outside the images "
+            r"folder \(through a symbolic link\)",
+        ):
             load_images(folder)
 
 
@@ -300,13 +361,19 @@ def test_symlinked_images_outside_the_folder_are_refused(tmp_path):
     save(draw_digit(0, BLACK, WHITE), tmp_path / "elsewhere.png")
     (folder / "0").mkdir()
     (folder / "0" / "b.png").symlink_to(tmp_path / "elsewhere.png")
-    with pytest.raises(DataError, match=r"0/b.png: is a symbolic link to a file outside the images "
-                                        r"folder .*; copy the image into the folder instead"):
+    with pytest.raises(
+        DataError,
+        match=r"0/b.png: is a symbolic link to a file outside the images "
+        r"folder .*; copy the image into the folder instead",
+    ):
         load_images(folder)
     (folder / "0" / "b.png").unlink()
     (folder / "0" / "b.png").symlink_to(tmp_path / "does-not-exist.png")
-    with pytest.raises(DataError, match=r"0/b.png: is a symbolic link to a file outside the images "
-                                        r"folder"):
+    with pytest.raises(
+        DataError,
+        match=r"0/b.png: is a symbolic link to a file outside the images "
+        r"folder",
+    ):
         load_images(folder)
     # A link to an image inside the folder reads that image.
     (folder / "0" / "b.png").unlink()
@@ -323,8 +390,11 @@ def test_symlinked_class_folder_is_refused_not_dropped(tmp_path):
         save(draw_digit(digit % 2, BLACK, WHITE), folder / str(digit) / "a.png")
     save(draw_digit(1, BLACK, WHITE), tmp_path / "threes" / "a.png")
     (folder / "3").symlink_to(tmp_path / "threes", target_is_directory=True)
-    with pytest.raises(DataError, match=r"images/3: is a symbolic link to a folder, which digitcnn "
-                                        r"does not follow .*; replace it with a real folder"):
+    with pytest.raises(
+        DataError,
+        match=r"images/3: is a symbolic link to a folder, which digitcnn "
+        r"does not follow .*; replace it with a real folder",
+    ):
         load_images(folder)
 
 
@@ -336,12 +406,25 @@ def test_picture_too_large_is_refused_before_decoding_in_bounded_memory(tmp_path
     (folder / "3").mkdir()
     blank_png(folder / "3" / "huge.png", 13000, 13000)
     assert (folder / "3" / "huge.png").stat().st_size < 300_000
-    with pytest.raises(DataError, match=r"3/huge.png: 13000x13000 pixels \(169 megapixels\), more "
-                                        r"than the 50 megapixels digitcnn decodes; scale the "
-                                        r"picture down"):
+    with pytest.raises(
+        DataError,
+        match=r"3/huge.png: 13000x13000 pixels \(169 megapixels\), more "
+        r"than the 50 megapixels digitcnn decodes; scale the "
+        r"picture down",
+    ):
         load_images(folder)
-    code, err, peak = run_measured(["-m", "digitcnn.kfold", "--dataset", "images", "--data-dir",
-                                    str(folder), "--out", str(tmp_path / "run")])
+    code, err, peak = run_measured(
+        [
+            "-m",
+            "digitcnn.kfold",
+            "--dataset",
+            "images",
+            "--data-dir",
+            str(folder),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 2 and err.count("\n") == 1 and "13000x13000 pixels" in err, err
     assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 1e9:.2f} GB"
 

@@ -1,20 +1,32 @@
 """digitcnn.reporting.evaluation against scikit-learn, number by number, on random and trained predictions."""
+
 import json
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import (average_precision_score, classification_report, confusion_matrix,
-                             precision_recall_curve, precision_recall_fscore_support,
-                             roc_auc_score, roc_curve)
+from sklearn.metrics import (
+    average_precision_score,
+    classification_report,
+    confusion_matrix,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 from sklearn.preprocessing import label_binarize
 
 import digitcnn
+from digitcnn._io import write_json
 from digitcnn.cv.runner import load_for_config, run_kfold
 from digitcnn.errors import DataError, OutputError
-from digitcnn.reporting.evaluation import evaluate_predictions, evaluate_run, probabilities, without_curves
-from digitcnn._io import write_json
+from digitcnn.reporting.evaluation import (
+    evaluate_predictions,
+    evaluate_run,
+    probabilities,
+    without_curves,
+)
 from digitcnn.runstore.files import write_final
 
 C = 10
@@ -29,8 +41,13 @@ def random_oof(n=600, seed=0, signal=1.5, folds=4, decimals=None):
     if decimals is not None:
         logits = np.round(logits, decimals)
     log_probs = torch.log_softmax(torch.tensor(logits, dtype=torch.float32), dim=1).numpy()
-    return {"row": np.arange(n), "fold": rng.integers(0, folds, n), "true": true,
-            "predicted": log_probs.argmax(1), "log_probs": log_probs}
+    return {
+        "row": np.arange(n),
+        "fold": rng.integers(0, folds, n),
+        "true": true,
+        "predicted": log_probs.argmax(1),
+        "log_probs": log_probs,
+    }
 
 
 def assert_matches_sklearn(scores, true, log_probs, curves=False):
@@ -39,7 +56,8 @@ def assert_matches_sklearn(scores, true, log_probs, curves=False):
     predicted = probs.argmax(1)
     binary = label_binarize(true, classes=range(C))
     precision, recall, f1, support = precision_recall_fscore_support(
-        true, predicted, labels=range(C), zero_division=0)
+        true, predicted, labels=range(C), zero_division=0
+    )
     per_class = scores["per_class"]
     assert per_class["precision"] == pytest.approx(precision, abs=1e-6)
     assert per_class["recall"] == pytest.approx(recall, abs=1e-6)
@@ -54,9 +72,11 @@ def assert_matches_sklearn(scores, true, log_probs, curves=False):
     present = [c for c in range(C) if binary[:, c].any()]  # a small fold may lack a class
     if len(present) == C:
         assert scores["macro"]["roc_auc"] == pytest.approx(
-            roc_auc_score(true, probs, multi_class="ovr", average="macro"), abs=1e-6)
+            roc_auc_score(true, probs, multi_class="ovr", average="macro"), abs=1e-6
+        )
         assert scores["macro"]["average_precision"] == pytest.approx(
-            average_precision_score(binary, probs, average="macro"), abs=1e-6)
+            average_precision_score(binary, probs, average="macro"), abs=1e-6
+        )
     else:
         assert np.isnan([per_class["roc_auc"][c] for c in range(C) if c not in present]).all()
     auc = [roc_auc_score(binary[:, c], probs[:, c]) for c in present]
@@ -64,16 +84,22 @@ def assert_matches_sklearn(scores, true, log_probs, curves=False):
     assert [per_class["roc_auc"][c] for c in present] == pytest.approx(auc, abs=1e-6)
     assert scores["macro"]["roc_auc"] == pytest.approx(np.mean(auc), abs=1e-6)
     assert [per_class["average_precision"][c] for c in present] == pytest.approx(
-        average_precision, abs=1e-6)
-    assert scores["macro"]["average_precision"] == pytest.approx(np.mean(average_precision),
-                                                                 abs=1e-6)
+        average_precision, abs=1e-6
+    )
+    assert scores["macro"]["average_precision"] == pytest.approx(
+        np.mean(average_precision), abs=1e-6
+    )
     assert scores["micro"]["roc_auc"] == pytest.approx(
-        roc_auc_score(binary, probs, average="micro"), abs=1e-6)
+        roc_auc_score(binary, probs, average="micro"), abs=1e-6
+    )
     assert scores["micro"]["average_precision"] == pytest.approx(
-        average_precision_score(binary, probs, average="micro"), abs=1e-6)
+        average_precision_score(binary, probs, average="micro"), abs=1e-6
+    )
     assert np.array_equal(scores["confusion"], confusion_matrix(true, predicted, labels=range(C)))
-    assert np.allclose(scores["confusion_normalized"],
-                       confusion_matrix(true, predicted, labels=range(C), normalize="true"))
+    assert np.allclose(
+        scores["confusion_normalized"],
+        confusion_matrix(true, predicted, labels=range(C), normalize="true"),
+    )
     if curves:
         assert_curves_match_sklearn(scores["curves"], binary, probs)
 
@@ -130,8 +156,10 @@ def test_pooled_confusion_is_the_sum_of_fold_counts():
     evaluation = evaluate_run(oof)
     summed = np.sum([f["confusion"] for f in evaluation["folds"]], axis=0)
     assert np.array_equal(evaluation["pooled"]["confusion"], summed)
-    assert np.allclose(evaluation["pooled"]["confusion_normalized"],
-                       confusion_matrix(oof["true"], oof["predicted"], normalize="true"))
+    assert np.allclose(
+        evaluation["pooled"]["confusion_normalized"],
+        confusion_matrix(oof["true"], oof["predicted"], normalize="true"),
+    )
     # normalising the fold rates and averaging them would be a different matrix
     mean_of_rates = np.mean([f["confusion_normalized"] for f in evaluation["folds"]], axis=0)
     assert not np.allclose(mean_of_rates, evaluation["pooled"]["confusion_normalized"])
@@ -161,15 +189,19 @@ def test_a_class_missing_from_the_rows():
     present = [c for c in range(C) if c != 7]
     binary = label_binarize(true, classes=range(C))
     assert scores["macro"]["roc_auc"] == pytest.approx(
-        np.mean([roc_auc_score(binary[:, c], probs[:, c]) for c in present]), abs=1e-6)
+        np.mean([roc_auc_score(binary[:, c], probs[:, c]) for c in present]), abs=1e-6
+    )
     assert scores["macro"]["average_precision"] == pytest.approx(
-        np.mean([average_precision_score(binary[:, c], probs[:, c]) for c in present]), abs=1e-6)
+        np.mean([average_precision_score(binary[:, c], probs[:, c]) for c in present]), abs=1e-6
+    )
     predicted = probs.argmax(1)
     for average in ("macro", "weighted"):
-        expected = precision_recall_fscore_support(true, predicted, average=average,
-                                                   zero_division=0)
+        expected = precision_recall_fscore_support(
+            true, predicted, average=average, zero_division=0
+        )
         assert [scores[average][m] for m in ("precision", "recall", "f1")] == pytest.approx(
-            expected[:3], abs=1e-6)
+            expected[:3], abs=1e-6
+        )
     assert scores["per_class"]["support"][7] == 0
 
 
@@ -196,8 +228,15 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("optdigits")
     write_table(folder / "optdigits.tra", synthetic_optdigits(120, seed=1))
     write_table(folder / "optdigits.tes", synthetic_optdigits(60, seed=2))
-    config = digitcnn.RunConfig(data_dir=str(folder), epochs=2, batch_size=32, quiet=True,
-                                verify=False, threads=1, fold_parallel=False)
+    config = digitcnn.RunConfig(
+        data_dir=str(folder),
+        epochs=2,
+        batch_size=32,
+        quiet=True,
+        verify=False,
+        threads=1,
+        fold_parallel=False,
+    )
     result = run_kfold(load_for_config(config), config)
     out = tmp_path_factory.mktemp("run")
     write_final(result, out, plots=False)
@@ -253,8 +292,10 @@ def assert_roc_points_are_the_bends_of(ours, fpr, tpr, thresholds=None):
     bends, and every point it leaves out lies on the segment between its kept neighbours."""
     fpr, tpr = fpr.double().numpy(), tpr.double().numpy()
     if thresholds is None:  # no thresholds to match on: match the points themselves
-        index = [int(np.flatnonzero((np.abs(fpr - f) < 1e-6) & (np.abs(tpr - t) < 1e-6))[0])
-                 for f, t in zip(ours["fpr"], ours["tpr"])]
+        index = [
+            int(np.flatnonzero((np.abs(fpr - f) < 1e-6) & (np.abs(tpr - t) < 1e-6))[0])
+            for f, t in zip(ours["fpr"], ours["tpr"])
+        ]
     else:
         thresholds = thresholds.double().numpy()
         index = [int(np.flatnonzero(thresholds == h)[0]) for h in ours["thresholds"]]
@@ -282,29 +323,40 @@ def assert_matches_torchmetrics(scores, true, log_probs, curves=False):
     counts = torch.bincount(target, minlength=C)
     defined = ((counts > 0) & (counts < len(target))).numpy()
     options = {"num_classes": C, "validate_args": False}
-    for name, metric in (("precision", F.multiclass_precision), ("recall", F.multiclass_recall),
-                         ("f1", F.multiclass_f1_score)):
+    for name, metric in (
+        ("precision", F.multiclass_precision),
+        ("recall", F.multiclass_recall),
+        ("f1", F.multiclass_f1_score),
+    ):
         assert scores["per_class"][name] == pytest.approx(
-            metric(predicted, target, average="none", **options).double().numpy(), abs=1e-6)
+            metric(predicted, target, average="none", **options).double().numpy(), abs=1e-6
+        )
         for average in ("macro", "weighted"):
             assert scores[average][name] == pytest.approx(
-                float(metric(predicted, target, average=average, **options)), abs=1e-6)
+                float(metric(predicted, target, average=average, **options)), abs=1e-6
+            )
     assert scores["accuracy"] == pytest.approx(
-        float(F.multiclass_accuracy(predicted, target, average="micro", **options)), abs=1e-6)
+        float(F.multiclass_accuracy(predicted, target, average="micro", **options)), abs=1e-6
+    )
     one_hot = torch.nn.functional.one_hot(target, C)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torchmetrics: classes without positives
         auc = F.multiclass_auroc(probs, target, average="none", **options).double().numpy()
-        ap = F.multiclass_average_precision(probs, target, average="none",
-                                            **options).double().numpy()
+        ap = (
+            F.multiclass_average_precision(probs, target, average="none", **options)
+            .double()
+            .numpy()
+        )
         micro_auc = F.multilabel_auroc(probs, one_hot, C, average="micro", validate_args=False)
-        micro_ap = F.multilabel_average_precision(probs, one_hot, C, average="micro",
-                                                  validate_args=False)
+        micro_ap = F.multilabel_average_precision(
+            probs, one_hot, C, average="micro", validate_args=False
+        )
         roc = F.multiclass_roc(probs, target, **options)
         pr = F.multiclass_precision_recall_curve(probs, target, **options)
         micro_roc = F.binary_roc(probs.reshape(-1), one_hot.reshape(-1), validate_args=False)
-        micro_pr = F.binary_precision_recall_curve(probs.reshape(-1), one_hot.reshape(-1),
-                                                   validate_args=False)
+        micro_pr = F.binary_precision_recall_curve(
+            probs.reshape(-1), one_hot.reshape(-1), validate_args=False
+        )
     ours = np.asarray(scores["per_class"]["roc_auc"])
     assert np.isnan(ours[~defined]).all()
     assert ours[defined] == pytest.approx(auc[defined], abs=1e-6)
@@ -326,16 +378,21 @@ def assert_matches_torchmetrics(scores, true, log_probs, curves=False):
         precision, recall = tm_recall_steps(pr[0][c], pr[1][c])
         assert np.allclose(ours["pr"]["per_class"][c]["precision"], precision, atol=1e-6)
         # a class without positives (7) has no recall: NaN, the curve's end point aside
-        assert np.allclose(ours["pr"]["per_class"][c]["recall"], recall, atol=1e-6,
-                           equal_nan=True)
+        assert np.allclose(ours["pr"]["per_class"][c]["recall"], recall, atol=1e-6, equal_nan=True)
     assert_roc_points_are_the_bends_of(ours["roc"]["micro"], *micro_roc[:2])
     precision, recall = tm_recall_steps(*micro_pr[:2])
     assert np.allclose(ours["pr"]["micro"]["precision"], precision, atol=1e-6)
     assert np.allclose(ours["pr"]["micro"]["recall"], recall, atol=1e-6)
     # the macro curve: the mean of the defined classes' TPRs on the union of their FPRs
     grid = torch.unique(torch.cat([roc[0][c] for c in range(C) if defined[c]])).double().numpy()
-    mean_tpr = np.mean([np.interp(grid, roc[0][c].double().numpy(), roc[1][c].double().numpy())
-                        for c in range(C) if defined[c]], axis=0)
+    mean_tpr = np.mean(
+        [
+            np.interp(grid, roc[0][c].double().numpy(), roc[1][c].double().numpy())
+            for c in range(C)
+            if defined[c]
+        ],
+        axis=0,
+    )
     macro = ours["roc"]["macro"]
     assert macro["fpr"][0] == 0.0 and macro["fpr"][-1] == 1.0 and len(macro["fpr"]) <= len(grid)
     assert np.allclose(np.interp(grid, macro["fpr"], macro["tpr"]), mean_tpr, atol=1e-5)

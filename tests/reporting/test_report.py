@@ -1,4 +1,5 @@
 """report.html, evaluation.json and the evaluation figures of a run directory."""
+
 import base64
 import io
 import json
@@ -10,17 +11,16 @@ import time
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 from digitcnn import kfold, train
 from digitcnn.config import RunConfig
 from digitcnn.cv.runner import load_for_config, run_kfold
-from digitcnn.reporting import report
 from digitcnn.errors import ConfigError, DataError
-from digitcnn.reporting.plots import plot_misclassified, plot_training_curves
+from digitcnn.reporting import report
 from digitcnn.reporting.page import FIGURE_CAPTIONS
+from digitcnn.reporting.plots import plot_misclassified, plot_training_curves
 from digitcnn.runstore.files import write_final
-
-from conftest import REPO_ROOT
 
 FAST = ["--epochs", "1", "--batch-size", "32", "--threads", "1", "--no-verify", "--quiet"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -44,12 +44,20 @@ def embedded_images(page):
     return re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
 
 
-def test_kfold_run_writes_evaluation_figures_and_a_self_contained_report(optdigits_dir, tmp_path,
-                                                                         write_order):
+def test_kfold_run_writes_evaluation_figures_and_a_self_contained_report(
+    optdigits_dir, tmp_path, write_order
+):
     out = tmp_path / "run"
     assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(out), *FAST]) == 0
-    figures = ["confusion.png", "loss_curves.png", "training_curves.png", "roc.png",
-               "precision_recall.png", "per_class_f1.png", "misclassified.png"]
+    figures = [
+        "confusion.png",
+        "loss_curves.png",
+        "training_curves.png",
+        "roc.png",
+        "precision_recall.png",
+        "per_class_f1.png",
+        "misclassified.png",
+    ]
     for name in figures + ["evaluation.json", "report.html", "oof.npz"]:
         assert (out / name).is_file(), name
     # metrics.json marks a finished run: written before the report, which cannot lose it;
@@ -94,8 +102,7 @@ def test_full_run_report_has_no_validation_parts(optdigits_dir, tmp_path):
     assert not (out / "evaluation.json").exists()
     for absent in ("roc.png", "confusion.png", "misclassified.png", "per_class_f1.png"):
         assert not (out / absent).exists()
-    assert [name for name, _ in embedded_images(page)] == ["training_curves.png",
-                                                           "loss_curves.png"]
+    assert [name for name, _ in embedded_images(page)] == ["training_curves.png", "loss_curves.png"]
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     assert "<h2>Per class</h2>" not in text and "nan" not in text.lower()
     assert (out / "metrics.json").is_file()
@@ -103,8 +110,9 @@ def test_full_run_report_has_no_validation_parts(optdigits_dir, tmp_path):
 
 def test_no_plots_still_writes_tables(optdigits_dir, tmp_path):
     out = tmp_path / "plain"
-    assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(out), "--no-plots",
-                       *FAST]) == 0
+    assert (
+        kfold.main(["--data-dir", str(optdigits_dir), "--out", str(out), "--no-plots", *FAST]) == 0
+    )
     page = (out / "report.html").read_text()
     assert not list(out.glob("*.png"))
     assert embedded_images(page) == []
@@ -114,9 +122,14 @@ def test_no_plots_still_writes_tables(optdigits_dir, tmp_path):
 
 def test_training_curves_with_folds_of_different_lengths(tmp_path):
     """Early stopping ends folds at different epochs; the mean uses the folds still running."""
-    path = plot_training_curves([[1.0, 0.5, 0.4], [1.2, 0.6]], [[0.9, 0.6, 0.5], [1.0, 0.7]],
-                                [[0.5, 0.8, 0.9], [0.4, 0.7]], [[0.6, 0.8, 0.85], [0.5, 0.75]],
-                                tmp_path / "curves.png", "title")
+    path = plot_training_curves(
+        [[1.0, 0.5, 0.4], [1.2, 0.6]],
+        [[0.9, 0.6, 0.5], [1.0, 0.7]],
+        [[0.5, 0.8, 0.9], [0.4, 0.7]],
+        [[0.6, 0.8, 0.85], [0.5, 0.75]],
+        tmp_path / "curves.png",
+        "title",
+    )
     assert path.read_bytes().startswith(PNG_MAGIC)
     alone = plot_training_curves([[1.0, 0.5]], [[]], [[0.5, 0.8]], [[]], tmp_path / "full.png")
     assert alone.read_bytes().startswith(PNG_MAGIC)
@@ -124,16 +137,18 @@ def test_training_curves_with_folds_of_different_lengths(tmp_path):
 
 def test_misclassified_grid_without_mistakes_and_with_wrong_images(tmp_path, optdigits_dir):
     images = np.zeros((3, 1, 8, 8), dtype=np.uint8)
-    path = plot_misclassified(images, [0, 1, 2], [1, 2, 3], [1, 2, 3], [0.9, 0.8, 0.7],
-                              tmp_path / "none.png")
+    path = plot_misclassified(
+        images, [0, 1, 2], [1, 2, 3], [1, 2, 3], [0.9, 0.8, 0.7], tmp_path / "none.png"
+    )
     assert path.read_bytes().startswith(PNG_MAGIC)
 
-    config = RunConfig(data_dir=str(optdigits_dir), epochs=1, quiet=True, verify=False,
-                             threads=1)
+    config = RunConfig(data_dir=str(optdigits_dir), epochs=1, quiet=True, verify=False, threads=1)
     dataset = load_for_config(config)
     result = run_kfold(dataset, config)
-    with pytest.raises(DataError, match="10 images given for the misclassified grid but the "
-                                        "predictions refer to row 179"):
+    with pytest.raises(
+        DataError,
+        match="10 images given for the misclassified grid but the predictions refer to row 179",
+    ):
         write_final(result, tmp_path / "run", images=dataset.images[:10])
 
 
@@ -154,9 +169,22 @@ def test_background_report_arrives_after_the_metrics(optdigits_dir, tmp_path):
     written and says where the report will appear; a background process draws it."""
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), report.REPORT_ENV: "background"}
-    done = subprocess.run([sys.executable, "-m", "digitcnn.kfold", "--data-dir",
-                           str(optdigits_dir), "--out", str(out), *FAST[:-1]],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "digitcnn.kfold",
+            "--data-dir",
+            str(optdigits_dir),
+            "--out",
+            str(out),
+            *FAST[:-1],
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert (out / "metrics.json").is_file()
     assert f"being drawn in the background into {out} (report.log there until done)" in done.stdout
@@ -172,8 +200,9 @@ def test_background_report_arrives_after_the_metrics(optdigits_dir, tmp_path):
 
 
 def test_background_report_failure_keeps_metrics_and_says_why(optdigits_dir, tmp_path):
-    config = RunConfig(data_dir=str(optdigits_dir), epochs=1, quiet=True, verify=False,
-                             threads=1, folds=2)
+    config = RunConfig(
+        data_dir=str(optdigits_dir), epochs=1, quiet=True, verify=False, threads=1, folds=2
+    )
     dataset = load_for_config(config)
     result = run_kfold(dataset, config)
     out = tmp_path / "run"
@@ -193,8 +222,11 @@ def test_report_mode_from_the_environment(monkeypatch):
     monkeypatch.setenv(report.REPORT_ENV, "background")
     assert report.report_in_background() is True
     monkeypatch.setenv(report.REPORT_ENV, "later")
-    with pytest.raises(ConfigError, match=r"\$DIGITCNN_REPORT='later': use 'background' or "
-                                                r"'wait', or unset it"):
+    with pytest.raises(
+        ConfigError,
+        match=r"\$DIGITCNN_REPORT='later': use 'background' or "
+        r"'wait', or unset it",
+    ):
         report.report_in_background()
     monkeypatch.delenv(report.REPORT_ENV)
     monkeypatch.setattr(sys, "stdout", io.StringIO())  # a pipe or a file: not a terminal

@@ -1,5 +1,6 @@
 """Run folders: finished runs are never overwritten, one run per folder (lock), --overwrite,
 resume only with the run's own settings, and OS errors and damaged files as one line."""
+
 import errno
 import hashlib
 import json
@@ -12,27 +13,48 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
+
+from digitcnn._io import read_json
 from digitcnn.commands import baselines, compare, kfold, sweep, train
-from digitcnn.cv import runner as cv_runner
-from digitcnn.runstore import files as runfolder
+from digitcnn.commands.session import ReceivedSignal, sigterm_as_interrupt
 from digitcnn.config import RunConfig
+from digitcnn.cv import runner as cv_runner
 from digitcnn.cv.runner import load_for_config, run_kfold
 from digitcnn.errors import ConfigError, ModelError, OutputError, Terminated
-from digitcnn.runstore.folder import (LOCK_NAME, RunLock, check_out_dir, claim_out_dir,
-                                      inspect_folder)
-from digitcnn.commands.session import ReceivedSignal, sigterm_as_interrupt
-from digitcnn._io import read_json
+from digitcnn.runstore import files as runfolder
+from digitcnn.runstore.folder import (
+    LOCK_NAME,
+    RunLock,
+    check_out_dir,
+    claim_out_dir,
+    inspect_folder,
+)
 
-FAST = ["--epochs", "1", "--folds", "2", "--batch-size", "32", "--threads", "1", "--workers", "1",
-        "--no-verify", "--quiet", "--no-plots"]
+FAST = [
+    "--epochs",
+    "1",
+    "--folds",
+    "2",
+    "--batch-size",
+    "32",
+    "--threads",
+    "1",
+    "--workers",
+    "1",
+    "--no-verify",
+    "--quiet",
+    "--no-plots",
+]
 
 
 def snapshot(folder: Path) -> dict:
     """Every file under ``folder`` with the sha256 of its bytes."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def one_error_line(capsys) -> str:
@@ -50,9 +72,19 @@ def finished_run(optdigits_dir, tmp_path):
 
 def unfinished_run(optdigits_dir, out, **changes):
     """A kfold run interrupted after its folds were written: no metrics.json."""
-    config = RunConfig(data_dir=str(optdigits_dir), folds=3, epochs=1, batch_size=32,
-                             quiet=True, verify=False, plots=False, workers=1, threads=1,
-                             out=str(out), **changes)
+    config = RunConfig(
+        data_dir=str(optdigits_dir),
+        folds=3,
+        epochs=1,
+        batch_size=32,
+        quiet=True,
+        verify=False,
+        plots=False,
+        workers=1,
+        threads=1,
+        out=str(out),
+        **changes,
+    )
     run_kfold(load_for_config(config), config, out_dir=out)
     return config
 
@@ -64,8 +96,12 @@ def unfinished_run(optdigits_dir, out, **changes):
 def test_a_finished_run_is_never_overwritten(cli, optdigits_dir, tmp_path, capsys):
     module = {"kfold": kfold, "train": train, "baselines": baselines, "sweep": sweep}[cli]
     out = tmp_path / "run"
-    flags = {"kfold": FAST, "train": [*FAST[:2], *FAST[4:]], "baselines": ["--no-verify", "--quiet",
-             "--no-plots"], "sweep": [*FAST, "--grid", "dropout=0.2,0.3"]}[cli]
+    flags = {
+        "kfold": FAST,
+        "train": [*FAST[:2], *FAST[4:]],
+        "baselines": ["--no-verify", "--quiet", "--no-plots"],
+        "sweep": [*FAST, "--grid", "dropout=0.2,0.3"],
+    }[cli]
     argv = ["--data-dir", str(optdigits_dir), "--out", str(out), *flags]
     assert module.main(argv) == 0
     before = snapshot(out)
@@ -78,18 +114,34 @@ def test_a_finished_run_is_never_overwritten(cli, optdigits_dir, tmp_path, capsy
     assert not list(tmp_path.glob("run.old-*"))
 
 
-def test_a_typo_in_the_model_name_leaves_a_finished_run_untouched(finished_run, optdigits_dir,
-                                                                   tmp_path, capsys):
+def test_a_typo_in_the_model_name_leaves_a_finished_run_untouched(
+    finished_run, optdigits_dir, tmp_path, capsys
+):
     before = snapshot(finished_run)
     for more, message in (([], "holds a finished run"), (["--overwrite"], "unknown model 's55'")):
-        assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(finished_run), *FAST,
-                           "--model", "s55", *more]) == 2
+        assert (
+            kfold.main(
+                [
+                    "--data-dir",
+                    str(optdigits_dir),
+                    "--out",
+                    str(finished_run),
+                    *FAST,
+                    "--model",
+                    "s55",
+                    *more,
+                ]
+            )
+            == 2
+        )
         assert message in one_error_line(capsys)
         assert snapshot(finished_run) == before
     # a new folder is not even created when the settings are wrong
     fresh = tmp_path / "fresh"
-    assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(fresh), *FAST,
-                       "--model", "s55"]) == 2
+    assert (
+        kfold.main(["--data-dir", str(optdigits_dir), "--out", str(fresh), *FAST, "--model", "s55"])
+        == 2
+    )
     assert not fresh.exists()
     assert not list(tmp_path.glob("run.old-*"))
 
@@ -106,16 +158,18 @@ def test_an_unfinished_run_is_refused_unless_resume(optdigits_dir, tmp_path, cap
     unfinished_run(optdigits_dir, out)
     before = snapshot(out)
     assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(out), *FAST]) == 2
-    assert (f"--out {out} holds an unfinished run of digitcnn.kfold; continue it with python -m "
-            f"digitcnn.kfold --resume {out}, replace it with --overwrite, or choose a fresh --out"
-            ) == one_error_line(capsys).split("error: ", 1)[1]
+    assert (
+        f"--out {out} holds an unfinished run of digitcnn.kfold; continue it with python -m "
+        f"digitcnn.kfold --resume {out}, replace it with --overwrite, or choose a fresh --out"
+    ) == one_error_line(capsys).split("error: ", 1)[1]
     assert snapshot(out) == before
     assert kfold.main(["--resume", str(out), "--quiet", "--no-plots"]) == 0
     assert (out / "metrics.json").is_file() and not (out / LOCK_NAME).exists()
     # resuming a finished run has nothing to do
     assert kfold.main(["--resume", str(out)]) == 2
     assert "holds a finished run (metrics.json); there is nothing to resume" in one_error_line(
-        capsys)
+        capsys
+    )
 
 
 def test_a_folder_that_is_not_a_run_is_never_written(optdigits_dir, tmp_path, capsys):
@@ -124,17 +178,23 @@ def test_a_folder_that_is_not_a_run_is_never_written(optdigits_dir, tmp_path, ca
     (mine / "notes.txt").write_text("my notes\n")
     (mine / "config.json").write_text('{"theme": "dark"}\n')
     before = snapshot(mine)
-    for cli, extra in ((kfold, FAST), (baselines, ["--no-verify"]),
-                       (sweep, [*FAST, "--grid", "dropout=0.2,0.3"])):
+    for cli, extra in (
+        (kfold, FAST),
+        (baselines, ["--no-verify"]),
+        (sweep, [*FAST, "--grid", "dropout=0.2,0.3"]),
+    ):
         for more in ([], ["--overwrite"]):
-            assert cli.main(["--data-dir", str(optdigits_dir), "--out", str(mine), *extra,
-                             *more]) == 2
-            assert (f"--out {mine} is a folder that holds files but no digitcnn run; digitcnn "
-                    "writes only its own folders: choose a new or empty folder") in \
-                one_error_line(capsys)
+            assert (
+                cli.main(["--data-dir", str(optdigits_dir), "--out", str(mine), *extra, *more]) == 2
+            )
+            assert (
+                f"--out {mine} is a folder that holds files but no digitcnn run; digitcnn "
+                "writes only its own folders: choose a new or empty folder"
+            ) in one_error_line(capsys)
     assert kfold.main(["--resume", str(mine)]) == 2
-    assert "config.json is not a digitcnn run's, so there is no run to resume" in \
-        one_error_line(capsys)
+    assert "config.json is not a digitcnn run's, so there is no run to resume" in one_error_line(
+        capsys
+    )
     assert snapshot(mine) == before and sorted(os.listdir(mine)) == ["config.json", "notes.txt"]
     # an empty folder is fine
     empty = tmp_path / "empty"
@@ -147,8 +207,9 @@ def test_out_naming_a_file_is_one_line(optdigits_dir, tmp_path, capsys):
     existing.write_text("keep me\n")
     assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(existing), *FAST]) == 2
     assert f"--out {existing} is a file, not a folder; pass a new folder" in one_error_line(capsys)
-    assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(existing / "run"),
-                       *FAST]) == 2
+    assert (
+        kfold.main(["--data-dir", str(optdigits_dir), "--out", str(existing / "run"), *FAST]) == 2
+    )
     assert "a part of the path is a file, not a folder" in one_error_line(capsys)
     assert existing.read_text() == "keep me\n"
 
@@ -156,9 +217,9 @@ def test_out_naming_a_file_is_one_line(optdigits_dir, tmp_path, capsys):
 # ----------------------------------------------------------------------------- --overwrite
 
 
-def test_overwrite_moves_the_old_run_aside_until_the_new_one_finishes(finished_run,
-                                                                      optdigits_dir, tmp_path,
-                                                                      monkeypatch):
+def test_overwrite_moves_the_old_run_aside_until_the_new_one_finishes(
+    finished_run, optdigits_dir, tmp_path, monkeypatch
+):
     old_metrics = (finished_run / "metrics.json").read_bytes()
     seen = {}
     real_write_final = runfolder.write_final
@@ -171,16 +232,30 @@ def test_overwrite_moves_the_old_run_aside_until_the_new_one_finishes(finished_r
         return real_write_final(self, directory, *args, **kwargs)
 
     monkeypatch.setattr(runfolder, "write_final", write_final)
-    assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(finished_run), *FAST,
-                       "--seed", "5", "--overwrite"]) == 0
+    assert (
+        kfold.main(
+            [
+                "--data-dir",
+                str(optdigits_dir),
+                "--out",
+                str(finished_run),
+                *FAST,
+                "--seed",
+                "5",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert seen["old"] == old_metrics and "metrics.json" not in seen["new_before"]
     assert json.loads((finished_run / "config.json").read_text())["seed"] == 5
     assert not list(tmp_path.glob("run.old-*"))  # deleted once the new run finished
     assert not (finished_run / LOCK_NAME).exists()
 
 
-def test_overwrite_keeps_the_old_run_when_the_new_one_fails(finished_run, optdigits_dir,
-                                                           tmp_path, monkeypatch, capsys):
+def test_overwrite_keeps_the_old_run_when_the_new_one_fails(
+    finished_run, optdigits_dir, tmp_path, monkeypatch, capsys
+):
     before = snapshot(finished_run)
     real_run_kfold = cv_runner.run_kfold
 
@@ -189,15 +264,23 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_fails(finished_run, optdig
 
     # nothing written yet: the old run goes back to its place
     monkeypatch.setattr(cv_runner, "run_kfold", fail)
-    assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(finished_run), *FAST,
-                       "--overwrite"]) == 130
+    assert (
+        kfold.main(
+            ["--data-dir", str(optdigits_dir), "--out", str(finished_run), *FAST, "--overwrite"]
+        )
+        == 130
+    )
     assert snapshot(finished_run) == before and not list(tmp_path.glob("run.old-*"))
     capsys.readouterr()
     # the new run had begun: the old one stays aside and a line says where
     monkeypatch.setattr(runfolder, "write_final", fail)
     monkeypatch.setattr(cv_runner, "run_kfold", real_run_kfold)
-    assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(finished_run), *FAST,
-                       "--overwrite"]) == 130
+    assert (
+        kfold.main(
+            ["--data-dir", str(optdigits_dir), "--out", str(finished_run), *FAST, "--overwrite"]
+        )
+        == 130
+    )
     (aside,) = tmp_path.glob("run.old-*")
     assert snapshot(aside) == before
     err = capsys.readouterr().err
@@ -225,11 +308,17 @@ def test_lock_refuses_a_second_holder_and_takes_over_a_stale_one(tmp_path, capsy
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (folder / LOCK_NAME).write_text(f"{sleeper.pid} {os.uname().nodename}\n")
-        with pytest.raises(OutputError, match=rf"{folder} is in use by another digitcnn run "
-                                              rf"\(pid {sleeper.pid}\); wait for it to end"):
+        with pytest.raises(
+            OutputError,
+            match=rf"{folder} is in use by another digitcnn run "
+            rf"\(pid {sleeper.pid}\); wait for it to end",
+        ):
             RunLock(folder).acquire()
-        with pytest.raises(OutputError, match=rf"in use by another digitcnn run \(pid "
-                                              rf"{sleeper.pid}\)"):
+        with pytest.raises(
+            OutputError,
+            match=rf"in use by another digitcnn run \(pid "
+            rf"{sleeper.pid}\)",
+        ):
             check_out_dir(folder)
     finally:
         sleeper.kill()
@@ -239,8 +328,10 @@ def test_lock_refuses_a_second_holder_and_takes_over_a_stale_one(tmp_path, capsy
     with RunLock(folder, "digitcnn.kfold") as lock:
         assert (folder / LOCK_NAME).read_text().split()[0] == str(os.getpid())
         assert lock.owned
-    assert (f"digitcnn.kfold: taking over the lock of {folder}: its run (pid {stale}) is no "
-            "longer running") == capsys.readouterr().err.strip()
+    assert (
+        f"digitcnn.kfold: taking over the lock of {folder}: its run (pid {stale}) is no "
+        "longer running"
+    ) == capsys.readouterr().err.strip()
     assert not (folder / LOCK_NAME).exists()
     assert sorted(os.listdir(folder)) == []  # the stale lock is not left aside either
 
@@ -268,23 +359,46 @@ def test_claim_removes_a_folder_it_created_when_nothing_was_written(tmp_path):
 
 def test_two_runs_into_one_folder_the_second_is_refused_at_once(optdigits_dir, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "digitcnn.kfold", "--data-dir", str(optdigits_dir),
-               "--out", str(out), "--epochs", "400", "--batch-size", "4", "--folds", "3",
-               "--workers", "1", "--threads", "1", "--no-verify", "--quiet", "--no-plots"]
-    first = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "digitcnn.kfold",
+        "--data-dir",
+        str(optdigits_dir),
+        "--out",
+        str(out),
+        "--epochs",
+        "400",
+        "--batch-size",
+        "4",
+        "--folds",
+        "3",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--no-verify",
+        "--quiet",
+        "--no-plots",
+    ]
+    first = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "config.json").is_file():
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.02)
-        second = subprocess.run([*command, "--seed", "2"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, timeout=120)
+        second = subprocess.run(
+            [*command, "--seed", "2"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+        )
         assert first.poll() is None, "the first run must still be running"
         assert second.returncode == 2
-        assert second.stderr.strip().endswith(f"{out} is in use by another digitcnn run (pid "
-                                              f"{first.pid}); wait for it to end or choose "
-                                              "another --out")
+        assert second.stderr.strip().endswith(
+            f"{out} is in use by another digitcnn run (pid "
+            f"{first.pid}); wait for it to end or choose "
+            "another --out"
+        )
         assert len(second.stderr.strip().splitlines()) == 1
         assert json.loads((out / "config.json").read_text())["seed"] == 0
         assert (out / LOCK_NAME).read_text().split()[0] == str(first.pid)
@@ -293,9 +407,12 @@ def test_two_runs_into_one_folder_the_second_is_refused_at_once(optdigits_dir, t
     _, err = first.communicate(timeout=120)
     assert first.returncode == 143
     (line,) = err.strip().splitlines()
-    assert re.fullmatch(rf"digitcnn.kfold: interrupted; \d finished fold\(s\) are saved in "
-                        rf"{re.escape(str(out))}; continue with: python -m digitcnn.kfold "
-                        rf"--resume {re.escape(str(out))}", line), line
+    assert re.fullmatch(
+        rf"digitcnn.kfold: interrupted; \d finished fold\(s\) are saved in "
+        rf"{re.escape(str(out))}; continue with: python -m digitcnn.kfold "
+        rf"--resume {re.escape(str(out))}",
+        line,
+    ), line
     assert not (out / LOCK_NAME).exists()
 
 
@@ -306,9 +423,13 @@ def test_resume_refuses_settings_that_change_what_is_computed(optdigits_dir, tmp
     out = tmp_path / "run"
     unfinished_run(optdigits_dir, out)
     before = snapshot(out)
-    for flags, name in ((["--epochs", "2"], "epochs"), (["--model", "s1"], "model"),
-                        (["--epochs", "1", "--model", "s1"], "model"),
-                        (["--seed", "3"], "seed"), (["--out", str(tmp_path / "x")], "out")):
+    for flags, name in (
+        (["--epochs", "2"], "epochs"),
+        (["--model", "s1"], "model"),
+        (["--epochs", "1", "--model", "s1"], "model"),
+        (["--seed", "3"], "seed"),
+        (["--out", str(tmp_path / "x")], "out"),
+    ):
         assert kfold.main(["--resume", str(out), *flags]) == 2
         err = one_error_line(capsys)
         assert f"--{name} " in err and "drop --" in err, err
@@ -320,21 +441,52 @@ def test_resume_refuses_settings_that_change_what_is_computed(optdigits_dir, tmp
     assert "--lr 0.5 differs from the run in" in one_error_line(capsys)
     assert snapshot(out) == before
     # presentation settings may differ; equal settings may be repeated
-    assert kfold.main(["--resume", str(out), "--quiet", "--plots", "--workers", "2",
-                       "--epochs", "1", "--folds", "3", "--data-dir", str(optdigits_dir)]) == 0
+    assert (
+        kfold.main(
+            [
+                "--resume",
+                str(out),
+                "--quiet",
+                "--plots",
+                "--workers",
+                "2",
+                "--epochs",
+                "1",
+                "--folds",
+                "3",
+                "--data-dir",
+                str(optdigits_dir),
+            ]
+        )
+        == 0
+    )
     assert (out / "confusion.png").is_file()
     assert json.loads((out / "config.json").read_text())["plots"] is False  # kept as started
 
 
 def test_resume_refuses_another_commands_run(optdigits_dir, tmp_path, capsys):
     svm = tmp_path / "svm"
-    assert baselines.main(["--data-dir", str(optdigits_dir), "--no-verify", "--quiet",
-                           "--no-plots", "--out", str(svm)]) == 0
+    assert (
+        baselines.main(
+            [
+                "--data-dir",
+                str(optdigits_dir),
+                "--no-verify",
+                "--quiet",
+                "--no-plots",
+                "--out",
+                str(svm),
+            ]
+        )
+        == 0
+    )
     (svm / "metrics.json").unlink()  # as if interrupted
     before = snapshot(svm)
     assert kfold.main(["--resume", str(svm)]) == 2
-    assert (f"{svm} was made by digitcnn.baselines, not digitcnn.kfold; resume it with python -m "
-            f"digitcnn.baselines --resume {svm}") in one_error_line(capsys)
+    assert (
+        f"{svm} was made by digitcnn.baselines, not digitcnn.kfold; resume it with python -m "
+        f"digitcnn.baselines --resume {svm}"
+    ) in one_error_line(capsys)
     assert snapshot(svm) == before
     assert baselines.main(["--resume", str(svm), "--estimator", "knn"]) == 2
     assert "--estimator knn differs from the run in" in one_error_line(capsys)
@@ -352,8 +504,7 @@ def test_resume_refuses_another_commands_run(optdigits_dir, tmp_path, capsys):
 
 def test_sweep_resume_refuses_a_changed_grid_or_setting(optdigits_dir, tmp_path, capsys):
     out = tmp_path / "s"
-    argv = ["--data-dir", str(optdigits_dir), "--out", str(out), *FAST, "--grid",
-            "dropout=0.2,0.3"]
+    argv = ["--data-dir", str(optdigits_dir), "--out", str(out), *FAST, "--grid", "dropout=0.2,0.3"]
     assert sweep.main(argv) == 0
     (out / "sweep.md").unlink()  # as if interrupted before the end
     assert sweep.main(["--resume", str(out), "--grid", "dropout=0.1,0.2"]) == 2
@@ -364,8 +515,10 @@ def test_sweep_resume_refuses_a_changed_grid_or_setting(optdigits_dir, tmp_path,
     assert "--epochs 3 differs" in one_error_line(capsys)
     cell = next((out / "cells").iterdir())
     assert kfold.main(["--resume", str(cell)]) == 2
-    assert (f"was made by digitcnn.sweep, not digitcnn.kfold; continue the whole sweep with "
-            f"python -m digitcnn.sweep --resume {out}") in one_error_line(capsys)
+    assert (
+        f"was made by digitcnn.sweep, not digitcnn.kfold; continue the whole sweep with "
+        f"python -m digitcnn.sweep --resume {out}"
+    ) in one_error_line(capsys)
     assert sweep.main(["--resume", str(out), "--quiet"]) == 0
     assert (out / "sweep.md").is_file() and not (out / LOCK_NAME).exists()
 
@@ -439,12 +592,15 @@ def test_a_read_only_folder_is_one_line(optdigits_dir, tmp_path, monkeypatch, ca
         assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(out), *FAST]) == 2
     finally:
         parent.chmod(0o755)
-    assert (f"cannot create {out} (Permission denied; choose a folder you can write to)"
-            in one_error_line(capsys))
+    assert (
+        f"cannot create {out} (Permission denied; choose a folder you can write to)"
+        in one_error_line(capsys)
+    )
 
 
-def test_a_read_only_file_system_while_writing_is_one_line(optdigits_dir, tmp_path, monkeypatch,
-                                                           capsys):
+def test_a_read_only_file_system_while_writing_is_one_line(
+    optdigits_dir, tmp_path, monkeypatch, capsys
+):
     import tempfile
 
     def mkstemp(*args, **kwargs):
@@ -453,13 +609,14 @@ def test_a_read_only_file_system_while_writing_is_one_line(optdigits_dir, tmp_pa
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     out = tmp_path / "run"
     assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(out), *FAST]) == 2
-    assert (f"cannot write {out / 'config.json'} (Read-only file system; choose a folder you can "
-            "write to)") in one_error_line(capsys)
+    assert (
+        f"cannot write {out / 'config.json'} (Read-only file system; choose a folder you can "
+        "write to)"
+    ) in one_error_line(capsys)
     assert not out.exists()
 
 
-def test_a_full_disk_is_one_line_and_the_run_resumes(optdigits_dir, tmp_path, monkeypatch,
-                                                     capsys):
+def test_a_full_disk_is_one_line_and_the_run_resumes(optdigits_dir, tmp_path, monkeypatch, capsys):
     real_fsync = os.fsync
     writes = []
 
@@ -474,7 +631,8 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(optdigits_dir, tmp_path, mo
     assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(out), *FAST]) == 2
     assert one_error_line(capsys).endswith(
         f"cannot write {out / 'folds' / 'fold0.json'} (No space left on device; free some space); "
-        f"then continue with: python -m digitcnn.kfold --resume {out}")
+        f"then continue with: python -m digitcnn.kfold --resume {out}"
+    )
     assert not list(out.rglob("*.tmp")) and not (out / "folds" / "fold0.json").exists()
     assert not (out / LOCK_NAME).exists()
     monkeypatch.setattr(os, "fsync", real_fsync)

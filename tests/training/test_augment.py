@@ -1,17 +1,17 @@
 """Batched random affine augmentation: per-sample draws, geometry, presets, validation."""
+
 import math
 
 import pytest
 import torch
+from conftest import synthetic_optdigits
 
-from digitcnn.training import loop as engine
-from digitcnn.training.augment import PRESETS, Augmentation, augmentation_from_preset
 from digitcnn.config import RunConfig
 from digitcnn.errors import ConfigError
 from digitcnn.models import create_model
+from digitcnn.training import loop as engine
+from digitcnn.training.augment import PRESETS, Augmentation, augmentation_from_preset
 from digitcnn.training.scaling import fit_scaler
-
-from conftest import synthetic_optdigits
 
 
 def generator(seed: int = 0) -> torch.Generator:
@@ -126,7 +126,7 @@ def test_zoom_scales_the_ink():
     out = Augmentation(zoom=0.3)(images, generator(7))
     mass = out.sum(dim=(1, 2, 3)) / images.sum(dim=(1, 2, 3))
     assert mass.min() < 0.85 and mass.max() > 1.15
-    assert mass.min() > 0.7 ** 2 * 0.9 and mass.max() < 1.3 ** 2 * 1.1
+    assert mass.min() > 0.7**2 * 0.9 and mass.max() < 1.3**2 * 1.1
 
 
 def test_a_seeded_generator_reproduces_the_output():
@@ -139,8 +139,9 @@ def test_a_seeded_generator_reproduces_the_output():
 
 
 def test_presets():
-    assert PRESETS["s1"] == Augmentation(rotation=15, zoom=0.15, shift_x=0.15, shift_y=0.15,
-                                         hflip=True)
+    assert PRESETS["s1"] == Augmentation(
+        rotation=15, zoom=0.15, shift_x=0.15, shift_y=0.15, hflip=True
+    )
     digits = PRESETS["digits"]
     assert (digits.rotation, digits.zoom, digits.shift_x, digits.shift_y) == (15, 0.15, 0.15, 0.15)
     assert not digits.hflip and not digits.vflip
@@ -150,14 +151,17 @@ def test_presets():
     assert RunConfig(augment="s1", hflip=False).augmentation() == PRESETS["digits"]
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"rotation": -1}, r"rotation=-1(\.0)? must be in \[0, 180\] \(degrees\)"),
-    ({"rotation": 181}, r"rotation=181(\.0)? must be in \[0, 180\] \(degrees\)"),
-    ({"zoom": 1.0}, r"zoom=1\.0 must be in \[0, 1\)"),
-    ({"shift_x": 1.5}, r"shift_x=1\.5 must be in \[0, 1\)"),
-    ({"shift_y": -0.1}, r"shift_y=-0\.1 must be in \[0, 1\)"),
-    ({"rotation": math.nan}, r"rotation=nan (must be in|is not a finite number)"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"rotation": -1}, r"rotation=-1(\.0)? must be in \[0, 180\] \(degrees\)"),
+        ({"rotation": 181}, r"rotation=181(\.0)? must be in \[0, 180\] \(degrees\)"),
+        ({"zoom": 1.0}, r"zoom=1\.0 must be in \[0, 1\)"),
+        ({"shift_x": 1.5}, r"shift_x=1\.5 must be in \[0, 1\)"),
+        ({"shift_y": -0.1}, r"shift_y=-0\.1 must be in \[0, 1\)"),
+        ({"rotation": math.nan}, r"rotation=nan (must be in|is not a finite number)"),
+    ],
+)
 def test_invalid_settings_are_refused(changes, message):
     with pytest.raises(ConfigError, match=message):
         Augmentation(**changes)
@@ -166,8 +170,11 @@ def test_invalid_settings_are_refused(changes, message):
 
 
 def test_unknown_preset_is_refused():
-    with pytest.raises(ConfigError, match=r"unknown augmentation 'mirror'; choose one of: none, "
-                                          r"s1, digits, light"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown augmentation 'mirror'; choose one of: none, "
+        r"s1, digits, light",
+    ):
         augmentation_from_preset("mirror")
 
 
@@ -179,9 +186,14 @@ def small_fold(rows: int = 120, val: int = 40) -> engine.FoldTensors:
     images = torch.as_tensor(table[:, :64], dtype=torch.uint8).reshape(-1, 1, 8, 8)
     labels = torch.as_tensor(table[:, 64])
     scaler = fit_scaler("standard", images[:rows], 16)
-    return engine.FoldTensors(images[:rows], labels[:rows], images[rows:], labels[rows:],
-                              torch.as_tensor(scaler.mean, dtype=torch.float32),
-                              torch.as_tensor(scaler.scale, dtype=torch.float32))
+    return engine.FoldTensors(
+        images[:rows],
+        labels[:rows],
+        images[rows:],
+        labels[rows:],
+        torch.as_tensor(scaler.mean, dtype=torch.float32),
+        torch.as_tensor(scaler.scale, dtype=torch.float32),
+    )
 
 
 def test_only_training_batches_are_augmented(monkeypatch):
@@ -194,8 +206,7 @@ def test_only_training_batches_are_augmented(monkeypatch):
 
     monkeypatch.setattr(Augmentation, "__call__", recording)
     data = small_fold()
-    config = RunConfig(epochs=2, batch_size=32, test_batch_size=1000, augment="digits",
-                       quiet=True)
+    config = RunConfig(epochs=2, batch_size=32, test_batch_size=1000, augment="digits", quiet=True)
     torch.manual_seed(0)
     model = create_model("s5", (1, 8, 8), 10)
     outcome = engine.fit(model, data, config, num_classes=10, generator=generator())
@@ -218,6 +229,7 @@ def test_augmentation_changes_training():
         torch.manual_seed(0)
         model = create_model("s5", (1, 8, 8), 10)
         config = RunConfig(epochs=1, batch_size=32, augment=preset, quiet=True)
-        losses[preset] = engine.fit(model, data, config, num_classes=10,
-                                    generator=generator()).history.train_loss
+        losses[preset] = engine.fit(
+            model, data, config, num_classes=10, generator=generator()
+        ).history.train_loss
     assert losses["none"] != losses["digits"]

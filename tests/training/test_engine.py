@@ -1,19 +1,20 @@
 """The training engine: optimizers, schedules, label smoothing, early stopping, fit."""
+
 import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import synthetic_optdigits
 
-from digitcnn.training import loop as engine, steps
 from digitcnn.config import RunConfig
+from digitcnn.models import create_model
+from digitcnn.training import loop as engine
+from digitcnn.training import steps
 from digitcnn.training.callbacks import Callback
 from digitcnn.training.recipe import recipe_optimizer
-from digitcnn.models import create_model
 from digitcnn.training.scaling import fit_scaler
-
-from conftest import synthetic_optdigits
 
 TRAIN_ROWS, VAL_ROWS = 80, 40
 
@@ -24,10 +25,14 @@ def small_fold(train_rows: int = TRAIN_ROWS, val_rows: int = VAL_ROWS) -> engine
     images = torch.as_tensor(table[:, :64], dtype=torch.uint8).reshape(-1, 1, 8, 8)
     labels = torch.as_tensor(table[:, 64])
     scaler = fit_scaler("standard", images[:train_rows], 16)
-    return engine.FoldTensors(images[:train_rows], labels[:train_rows], images[train_rows:],
-                              labels[train_rows:],
-                              torch.as_tensor(scaler.mean, dtype=torch.float32),
-                              torch.as_tensor(scaler.scale, dtype=torch.float32))
+    return engine.FoldTensors(
+        images[:train_rows],
+        labels[:train_rows],
+        images[train_rows:],
+        labels[train_rows:],
+        torch.as_tensor(scaler.mean, dtype=torch.float32),
+        torch.as_tensor(scaler.scale, dtype=torch.float32),
+    )
 
 
 def config(**changes) -> RunConfig:
@@ -51,9 +56,14 @@ class EachEpoch(Callback):
 
 def fit(cfg: RunConfig, data=None, seed: int = 0, on_epoch=None, model=None):
     model = model if model is not None else new_model(seed)
-    outcome = engine.fit(model, data if data is not None else small_fold(), cfg, num_classes=10,
-                         generator=torch.Generator().manual_seed(seed),
-                         callbacks=[] if on_epoch is None else [EachEpoch(on_epoch)])
+    outcome = engine.fit(
+        model,
+        data if data is not None else small_fold(),
+        cfg,
+        num_classes=10,
+        generator=torch.Generator().manual_seed(seed),
+        callbacks=[] if on_epoch is None else [EachEpoch(on_epoch)],
+    )
     return model, outcome
 
 
@@ -64,18 +74,30 @@ def parameters():
 # ----------------------------------------------------------------------------- optimizers
 
 
-@pytest.mark.parametrize("changes, kind, expected", [
-    ({"optimizer": "adam", "lr": 0.002}, torch.optim.Adam,
-     {"lr": 0.002, "weight_decay": 0, "betas": (0.9, 0.999)}),
-    ({"optimizer": "adam", "weight_decay": 1e-4}, torch.optim.Adam, {"weight_decay": 1e-4}),
-    ({"optimizer": "adamw"}, torch.optim.AdamW, {"lr": 1e-3, "weight_decay": 0.01}),
-    ({"optimizer": "adamw", "weight_decay": 0.05}, torch.optim.AdamW, {"weight_decay": 0.05}),
-    ({"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True}, torch.optim.SGD,
-     {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0}),
-    ({"optimizer": "sgd", "lr": 0.05}, torch.optim.SGD, {"momentum": 0.0, "nesterov": False}),
-    ({"optimizer": "rmsprop", "lr": 0.01, "momentum": 0.5, "weight_decay": 1e-3},
-     torch.optim.RMSprop, {"lr": 0.01, "momentum": 0.5, "weight_decay": 1e-3}),
-])
+@pytest.mark.parametrize(
+    "changes, kind, expected",
+    [
+        (
+            {"optimizer": "adam", "lr": 0.002},
+            torch.optim.Adam,
+            {"lr": 0.002, "weight_decay": 0, "betas": (0.9, 0.999)},
+        ),
+        ({"optimizer": "adam", "weight_decay": 1e-4}, torch.optim.Adam, {"weight_decay": 1e-4}),
+        ({"optimizer": "adamw"}, torch.optim.AdamW, {"lr": 1e-3, "weight_decay": 0.01}),
+        ({"optimizer": "adamw", "weight_decay": 0.05}, torch.optim.AdamW, {"weight_decay": 0.05}),
+        (
+            {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True},
+            torch.optim.SGD,
+            {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0},
+        ),
+        ({"optimizer": "sgd", "lr": 0.05}, torch.optim.SGD, {"momentum": 0.0, "nesterov": False}),
+        (
+            {"optimizer": "rmsprop", "lr": 0.01, "momentum": 0.5, "weight_decay": 1e-3},
+            torch.optim.RMSprop,
+            {"lr": 0.01, "momentum": 0.5, "weight_decay": 1e-3},
+        ),
+    ],
+)
 def test_make_optimizer(changes, kind, expected):
     optimizer = recipe_optimizer(parameters(), config(**changes))
     assert type(optimizer) is kind
@@ -86,12 +108,15 @@ def test_make_optimizer(changes, kind, expected):
 # ----------------------------------------------------------------------------- schedules
 
 
-@pytest.mark.parametrize("scheduler, kind, per_batch", [
-    ("step", torch.optim.lr_scheduler.StepLR, False),
-    ("plateau", torch.optim.lr_scheduler.ReduceLROnPlateau, False),
-    ("onecycle", torch.optim.lr_scheduler.OneCycleLR, True),
-    ("cosine", torch.optim.lr_scheduler.CosineAnnealingLR, False),
-])
+@pytest.mark.parametrize(
+    "scheduler, kind, per_batch",
+    [
+        ("step", torch.optim.lr_scheduler.StepLR, False),
+        ("plateau", torch.optim.lr_scheduler.ReduceLROnPlateau, False),
+        ("onecycle", torch.optim.lr_scheduler.OneCycleLR, True),
+        ("cosine", torch.optim.lr_scheduler.CosineAnnealingLR, False),
+    ],
+)
 def test_make_scheduler_kinds(scheduler, kind, per_batch):
     optimizer = torch.optim.Adam(parameters(), lr=1e-3)
     made, batchwise = engine.make_scheduler(optimizer, config(scheduler=scheduler), 7)
@@ -126,8 +151,9 @@ def test_onecycle_steps_every_batch():
     steps_per_epoch = math.ceil(TRAIN_ROWS / 20)
     _, outcome = fit(config(scheduler="onecycle", lr=lr, epochs=epochs))
     reference_optimizer = torch.optim.Adam(parameters(), lr=lr)
-    reference = torch.optim.lr_scheduler.OneCycleLR(reference_optimizer, max_lr=lr,
-                                                    total_steps=epochs * steps_per_epoch)
+    reference = torch.optim.lr_scheduler.OneCycleLR(
+        reference_optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch
+    )
     rates = [reference_optimizer.param_groups[0]["lr"]]
     for _ in range(epochs * steps_per_epoch):
         reference_optimizer.step()
@@ -152,8 +178,15 @@ def constant_evaluation(loss: float = 1.0, correct: int = 20):
 @pytest.mark.parametrize("monitor", ["val_accuracy", "val_loss"])
 def test_plateau_halves_after_patience_and_stops_at_min_lr(monkeypatch, monitor):
     monkeypatch.setattr(steps, "evaluate", lambda *args, **kwargs: constant_evaluation())
-    cfg = config(scheduler="plateau", plateau_monitor=monitor, plateau_patience=1,
-                 plateau_factor=0.5, lr=1e-3, min_lr=3e-4, epochs=8)
+    cfg = config(
+        scheduler="plateau",
+        plateau_monitor=monitor,
+        plateau_patience=1,
+        plateau_factor=0.5,
+        lr=1e-3,
+        min_lr=3e-4,
+        epochs=8,
+    )
     _, outcome = fit(cfg)
     # Epoch 0 sets the best; two epochs without improvement (> patience) cut the rate.
     assert outcome.history.lr == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 3e-4, 3e-4, 3e-4])
@@ -162,8 +195,9 @@ def test_plateau_halves_after_patience_and_stops_at_min_lr(monkeypatch, monitor)
 
 def test_plateau_keeps_the_rate_while_the_metric_improves(monkeypatch):
     accuracies = iter(range(5, 40, 4))
-    monkeypatch.setattr(steps, "evaluate",
-                        lambda *args, **kwargs: constant_evaluation(correct=next(accuracies)))
+    monkeypatch.setattr(
+        steps, "evaluate", lambda *args, **kwargs: constant_evaluation(correct=next(accuracies))
+    )
     _, outcome = fit(config(scheduler="plateau", plateau_patience=0, epochs=5))
     assert outcome.history.lr == [1e-3] * 5
 
@@ -185,10 +219,12 @@ def test_smoothed_nll_per_row_is_cross_entropy_per_row(smoothing):
     # the fold-batched step's loss: (K, B, C) log-probabilities, one loss per row
     logits = torch.randn(3, 5, 10, generator=torch.Generator().manual_seed(3)) * 3
     targets = torch.randint(0, 10, (3, 5), generator=torch.Generator().manual_seed(4))
-    ours = engine.smoothed_nll(torch.log_softmax(logits, dim=-1), targets, smoothing,
-                               reduction="none")
-    theirs = F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), reduction="none",
-                             label_smoothing=smoothing).view(3, 5)
+    ours = engine.smoothed_nll(
+        torch.log_softmax(logits, dim=-1), targets, smoothing, reduction="none"
+    )
+    theirs = F.cross_entropy(
+        logits.flatten(0, 1), targets.reshape(-1), reduction="none", label_smoothing=smoothing
+    ).view(3, 5)
     assert ours.shape == (3, 5)
     assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-6)
 
@@ -204,12 +240,12 @@ def test_smoothed_nll_refuses_an_unknown_reduction():
 def test_early_stopping_needs_more_than_min_delta():
     model = torch.nn.Linear(2, 1)
     stopper = engine.EarlyStopping("val_accuracy", min_delta=0.25, patience=2)
-    assert stopper.update(0, 0.25, model)            # the first epoch is always the best
-    assert not stopper.update(1, 0.5, model)         # +0.25 is not more than min_delta
+    assert stopper.update(0, 0.25, model)  # the first epoch is always the best
+    assert not stopper.update(1, 0.5, model)  # +0.25 is not more than min_delta
     assert stopper.waited == 1 and not stopper.should_stop
-    assert stopper.update(2, 0.625, model)           # +0.375 is
+    assert stopper.update(2, 0.625, model)  # +0.375 is
     assert stopper.waited == 0 and stopper.best_epoch == 2
-    assert not stopper.update(3, 0.8, model)         # +0.175 from the best, not from epoch 1
+    assert not stopper.update(3, 0.8, model)  # +0.175 from the best, not from epoch 1
     assert not stopper.should_stop
     assert not stopper.update(4, 0.75, model)
     assert stopper.should_stop and stopper.best_epoch == 2
@@ -219,8 +255,10 @@ def test_early_stopping_needs_more_than_min_delta():
 def test_early_stopping_on_val_loss_wants_lower_values():
     model = torch.nn.Linear(2, 1)
     stopper = engine.EarlyStopping("val_loss", min_delta=-0.01, patience=1)  # as Keras: |delta|
-    improved = [stopper.update(epoch, loss, model)
-                for epoch, loss in enumerate([1.0, 0.9, 0.95, 0.85, 0.845])]
+    improved = [
+        stopper.update(epoch, loss, model)
+        for epoch, loss in enumerate([1.0, 0.9, 0.95, 0.85, 0.845])
+    ]
     assert improved == [True, True, False, True, False]
     assert stopper.best_epoch == 3 and stopper.should_stop
     assert stopper.best_value == -0.85
@@ -245,17 +283,22 @@ def test_fit_stops_early_and_restores_the_best_weights(monitor, lr):
     states = {}
 
     def on_epoch(epoch, event):
-        assert set(event.metrics) == {"train_loss", "train_accuracy", "val_loss",
-                                      "val_accuracy", "lr"}
+        assert set(event.metrics) == {
+            "train_loss",
+            "train_accuracy",
+            "val_loss",
+            "val_accuracy",
+            "lr",
+        }
         states[epoch] = copy.deepcopy(model.state_dict())
 
-    cfg = config(epochs=10, lr=lr, scheduler="none", early_stopping=True, patience=2,
-                 monitor=monitor)
+    cfg = config(
+        epochs=10, lr=lr, scheduler="none", early_stopping=True, patience=2, monitor=monitor
+    )
     _, outcome = fit(cfg, data, on_epoch=on_epoch, model=model)
     history = outcome.history
     values = getattr(history, monitor)
-    best = (values.index(max(values)) if monitor == "val_accuracy"
-            else values.index(min(values)))
+    best = values.index(max(values)) if monitor == "val_accuracy" else values.index(min(values))
     assert outcome.stopped_early
     assert outcome.best_epoch == best
     assert outcome.epochs_run == best + 2 + 1 == len(states)
@@ -272,8 +315,15 @@ def test_without_restore_best_the_last_weights_stay():
     data = small_fold()
     model = new_model()
     states = {}
-    cfg = config(epochs=10, lr=0.03, scheduler="none", early_stopping=True, patience=2,
-                 monitor="val_loss", restore_best=False)
+    cfg = config(
+        epochs=10,
+        lr=0.03,
+        scheduler="none",
+        early_stopping=True,
+        patience=2,
+        monitor="val_loss",
+        restore_best=False,
+    )
 
     def on_epoch(epoch, _):
         states[epoch] = copy.deepcopy(model.state_dict())
@@ -291,8 +341,13 @@ def test_without_early_stopping_every_epoch_runs():
     assert outcome.epochs_run == 6 and not outcome.stopped_early
     assert outcome.best_epoch < 5  # patience 1 would have stopped it, were it asked to
     history = outcome.history
-    for series in (history.train_loss, history.train_accuracy, history.val_loss,
-                   history.val_accuracy, history.lr):
+    for series in (
+        history.train_loss,
+        history.train_accuracy,
+        history.val_loss,
+        history.val_accuracy,
+        history.lr,
+    ):
         assert len(series) == 6
     assert outcome.evaluation.loss == history.val_loss[-1]
 
@@ -306,9 +361,9 @@ def test_train_epoch_returns_the_mean_loss_and_accuracy(smoothing):
     data = small_fold()
     model = new_model(dropout=0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    loss, accuracy = engine.train_epoch(model, optimizer, data, 32,
-                                        torch.Generator().manual_seed(0),
-                                        label_smoothing=smoothing)
+    loss, accuracy = engine.train_epoch(
+        model, optimizer, data, 32, torch.Generator().manual_seed(0), label_smoothing=smoothing
+    )
     with torch.no_grad():
         log_probs = model(data.inputs(data.train_images))
     expected_loss = F.cross_entropy(log_probs, data.train_labels, label_smoothing=smoothing)
@@ -381,8 +436,14 @@ def test_bf16_training_forward_keeps_the_log_softmax_in_float32():
 def test_fit_under_bf16_learns_and_evaluates_in_float32():
     _, outcome = fit(config(epochs=6), seed=0)
     model = new_model(0)
-    bf16 = engine.fit(model, small_fold(), config(epochs=6), num_classes=10,
-                      generator=torch.Generator().manual_seed(0), autocast_dtype=torch.bfloat16)
+    bf16 = engine.fit(
+        model,
+        small_fold(),
+        config(epochs=6),
+        num_classes=10,
+        generator=torch.Generator().manual_seed(0),
+        autocast_dtype=torch.bfloat16,
+    )
     assert bf16.evaluation.log_probs.dtype == torch.float32
     assert bf16.history.train_loss[-1] < bf16.history.train_loss[0]
     assert abs(bf16.evaluation.accuracy - outcome.evaluation.accuracy) <= 0.1

@@ -9,6 +9,7 @@ would be meaningless), and the child's peak RSS is checked afterwards. An alloca
 metadata asked for would fail under the limit and surface as a MemoryError or RuntimeError,
 which the property reports as a failure.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,18 +17,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEADROOM = 2 * 1024 ** 3       # address space the fuzzing may add to what torch mapped
+HEADROOM = 2 * 1024**3  # address space the fuzzing may add to what torch mapped
 PEAK_RSS_BOUND = 1_500_000_000  # bytes, the issue's bound
-GROWTH_BOUND = 256 * 1024 ** 2  # bytes the fuzzing may add to the peak after the imports
-EXAMPLES = 150                  # per property; fixed seed (derandomize), about 10 s on 2 cores
+GROWTH_BOUND = 256 * 1024**2  # bytes the fuzzing may add to the peak after the imports
+EXAMPLES = 150  # per property; fixed seed (derandomize), about 10 s on 2 cores
 
 
 def test_fuzzed_model_files_load_or_fail_cleanly(tmp_path):
     # Started through a small launcher: a child forked straight from this test process begins
     # its ru_maxrss at the test process's own peak (Linux carries the high-water mark over exec).
     launcher = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
-    done = subprocess.run([sys.executable, "-c", launcher, sys.executable, __file__, str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", launcher, sys.executable, __file__, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["examples"] >= 2 * EXAMPLES * 0.9  # hypothesis really ran the examples
@@ -56,7 +61,8 @@ def _fuzz(folder: Path) -> dict:
     import math
 
     import torch
-    from hypothesis import HealthCheck, example, given, settings, strategies as st
+    from hypothesis import HealthCheck, example, given, settings
+    from hypothesis import strategies as st
 
     from digitcnn.checkpoint import load_model, save_model
     from digitcnn.errors import DigitCNNError
@@ -69,11 +75,19 @@ def _fuzz(folder: Path) -> dict:
     original = create_model("digitnet_small", (1, 8, 8), 10).eval()
     images = torch.randint(0, 17, (20, 1, 8, 8), dtype=torch.uint8)
     scaler = fit_scaler("standard", images, 16)
-    json_path = save_model(original, folder / "model.safetensors",
-                           meta={"model": "digitnet_small", "input_shape": [1, 8, 8],
-                                 "num_classes": 10, "classes": list(range(10)),
-                                 "model_options": {}, "init": "default",
-                                 "scaler": scaler.to_dict()})
+    json_path = save_model(
+        original,
+        folder / "model.safetensors",
+        meta={
+            "model": "digitnet_small",
+            "input_shape": [1, 8, 8],
+            "num_classes": 10,
+            "classes": list(range(10)),
+            "model_options": {},
+            "init": "default",
+            "scaler": scaler.to_dict(),
+        },
+    )
     weights_path = json_path.with_suffix(".safetensors")
     good_meta = json.loads(json_path.read_text())
     good_weights = weights_path.read_bytes()
@@ -101,26 +115,69 @@ def _fuzz(folder: Path) -> dict:
         assert torch.isfinite(log_probs).all()
 
     numbers = st.one_of(
-        st.integers(-3, 40), st.sampled_from([0, 1, 10, 64, 1_000_000_000, 2 ** 31, 2 ** 63,
-                                              -(2 ** 63), 10 ** 30, 10 ** 400]),
-        st.floats(allow_nan=True, allow_infinity=True), st.booleans())
-    texts = st.one_of(st.text(max_size=12),
-                      st.sampled_from(["../../../../etc/hostname", "/etc/hostname", "..", ".",
-                                       "model.safetensors", "model.json", "model.pt", "s5", "s1",
-                                       "digitnet", "digitnet_small", "standard", "none", "NaN",
-                                       "sub/model.safetensors", "model.safetensors\x00"]))
+        st.integers(-3, 40),
+        st.sampled_from([0, 1, 10, 64, 1_000_000_000, 2**31, 2**63, -(2**63), 10**30, 10**400]),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.booleans(),
+    )
+    texts = st.one_of(
+        st.text(max_size=12),
+        st.sampled_from(
+            [
+                "../../../../etc/hostname",
+                "/etc/hostname",
+                "..",
+                ".",
+                "model.safetensors",
+                "model.json",
+                "model.pt",
+                "s5",
+                "s1",
+                "digitnet",
+                "digitnet_small",
+                "standard",
+                "none",
+                "NaN",
+                "sub/model.safetensors",
+                "model.safetensors\x00",
+            ]
+        ),
+    )
     leaves = st.one_of(st.none(), numbers, texts)
     # mostly single numbers and texts, the values a field most plausibly gets wrong
-    values = st.one_of(numbers, texts, st.recursive(leaves, lambda inner: st.one_of(
-        st.lists(inner, max_size=12), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-        max_leaves=20))
-    fields = st.sampled_from(sorted(good_meta) + ["dropout_option", "width_option",
-                                                  "input_shape_item", "classes_item",
-                                                  "scaler_kind", "scaler_mean_item",
-                                                  "scaler_scale_item", "scaler_scale_all"])
+    values = st.one_of(
+        numbers,
+        texts,
+        st.recursive(
+            leaves,
+            lambda inner: st.one_of(
+                st.lists(inner, max_size=12),
+                st.dictionaries(st.text(max_size=8), inner, max_size=4),
+            ),
+            max_leaves=20,
+        ),
+    )
+    fields = st.sampled_from(
+        sorted(good_meta)
+        + [
+            "dropout_option",
+            "width_option",
+            "input_shape_item",
+            "classes_item",
+            "scaler_kind",
+            "scaler_mean_item",
+            "scaler_scale_item",
+            "scaler_scale_all",
+        ]
+    )
 
-    fuzz_settings = settings(max_examples=EXAMPLES, derandomize=True, database=None,
-                             deadline=None, suppress_health_check=list(HealthCheck))
+    fuzz_settings = settings(
+        max_examples=EXAMPLES,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
 
     @fuzz_settings
     @given(field=fields, value=values, index=st.integers(0, 63), delete=st.booleans())
@@ -129,7 +186,7 @@ def _fuzz(folder: Path) -> dict:
     @example(field="scaler_scale_item", value=0, index=5, delete=False)
     @example(field="scaler_scale_all", value=math.nan, index=0, delete=False)
     @example(field="input_shape_item", value=100_000, index=1, delete=False)
-    @example(field="width_option", value=10 ** 6, index=0, delete=False)
+    @example(field="width_option", value=10**6, index=0, delete=False)
     def fuzz_meta(field, value, index, delete):
         meta = json.loads(json.dumps(good_meta))
         if field.endswith("_option"):
@@ -153,24 +210,62 @@ def _fuzz(folder: Path) -> dict:
         check()
 
     length = int.from_bytes(good_weights[:8], "little")
-    good_header = json.loads(good_weights[8:8 + length])
-    data = good_weights[8 + length:]
+    good_header = json.loads(good_weights[8 : 8 + length])
+    data = good_weights[8 + length :]
     names = sorted(name for name in good_header if name != "__metadata__")
     dtypes = st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "I32", "U8", "BOOL", "X", 3])
-    shapes = st.lists(st.one_of(st.integers(0, 300), st.sampled_from([2 ** 31, 2 ** 40, 10 ** 12,
-                                                                      -1])), max_size=5)
-    edits = st.sampled_from(["shape", "dtype", "offsets", "delete", "add", "rename",
-                             "metadata", "length", "truncate", "append", "value"])
+    shapes = st.lists(
+        st.one_of(st.integers(0, 300), st.sampled_from([2**31, 2**40, 10**12, -1])), max_size=5
+    )
+    edits = st.sampled_from(
+        [
+            "shape",
+            "dtype",
+            "offsets",
+            "delete",
+            "add",
+            "rename",
+            "metadata",
+            "length",
+            "truncate",
+            "append",
+            "value",
+        ]
+    )
 
     @fuzz_settings
-    @example(edit="shape", name=names[0], shape=[10 ** 12, 1, 3, 3], dtype="F32", offsets=[],
-             value=None, amount=1, other=names[0])
-    @example(edit="length", name=names[0], shape=[], dtype="F32", offsets=[], value=None,
-             amount=2 ** 20 - 1, other=names[0])
-    @given(edit=edits, name=st.sampled_from(names), shape=shapes, dtype=dtypes,
-           offsets=st.lists(st.integers(-10, len(data) + 10) | st.sampled_from([2 ** 40]),
-                            min_size=0, max_size=3),
-           value=values, amount=st.integers(1, 2 ** 20), other=st.sampled_from(names))
+    @example(
+        edit="shape",
+        name=names[0],
+        shape=[10**12, 1, 3, 3],
+        dtype="F32",
+        offsets=[],
+        value=None,
+        amount=1,
+        other=names[0],
+    )
+    @example(
+        edit="length",
+        name=names[0],
+        shape=[],
+        dtype="F32",
+        offsets=[],
+        value=None,
+        amount=2**20 - 1,
+        other=names[0],
+    )
+    @given(
+        edit=edits,
+        name=st.sampled_from(names),
+        shape=shapes,
+        dtype=dtypes,
+        offsets=st.lists(
+            st.integers(-10, len(data) + 10) | st.sampled_from([2**40]), min_size=0, max_size=3
+        ),
+        value=values,
+        amount=st.integers(1, 2**20),
+        other=st.sampled_from(names),
+    )
     def fuzz_header(edit, name, shape, dtype, offsets, value, amount, other):
         header = json.loads(json.dumps(good_header))
         body, prefix = data, None
@@ -192,9 +287,9 @@ def _fuzz(folder: Path) -> dict:
             header[name] = value
         text = json.dumps(header).encode()
         if edit == "length":
-            prefix = (len(text) + amount % 4097 - 2048) % 2 ** 64
+            prefix = (len(text) + amount % 4097 - 2048) % 2**64
         elif edit == "truncate":
-            body = data[:max(0, len(data) - amount)]
+            body = data[: max(0, len(data) - amount)]
         elif edit == "append":
             body = data + b"\0" * (amount % 4096)
         prefix = len(text) if prefix is None else prefix

@@ -3,8 +3,13 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix
 
-from digitcnn.metrics import (ConfusionAccumulator, accuracy_from_confusion, confusion_counts,
-                              mean_std, normalize_confusion)
+from digitcnn.metrics import (
+    ConfusionAccumulator,
+    accuracy_from_confusion,
+    confusion_counts,
+    mean_std,
+    normalize_confusion,
+)
 
 
 def random_labels(n, seed):

@@ -10,8 +10,11 @@ from digitcnn.models import Dropout, describe_models, model_spec
 
 # The models digitcnn ships: other test files register small models of their own in the same
 # registry (tests/cv/test_estimator.py's strip model), whose rules are theirs to check.
-LIBRARY_MODELS = [name for name in digitcnn.list_models()
-                  if model_spec(name).builder.__module__.startswith("digitcnn.")]
+LIBRARY_MODELS = [
+    name
+    for name in digitcnn.list_models()
+    if model_spec(name).builder.__module__.startswith("digitcnn.")
+]
 
 SIZES = [(1, 8, 8), (1, 28, 28)]
 
@@ -45,17 +48,28 @@ def test_parameter_count_matches_listing(name):
 def reference_s5() -> nn.Sequential:
     # S5 exactly as ../shared/bench/reference_loop.py writes it
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 1, 1), nn.ReLU(),
-        nn.MaxPool2d(2, 2), nn.Dropout(0.5), nn.Flatten(), nn.Linear(1024, 128), nn.ReLU(),
-        nn.Dropout(0.5), nn.Linear(128, 10), nn.LogSoftmax(dim=1))
+        nn.Conv2d(1, 32, 3, 1, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, 1, 1),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(1024, 128),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(128, 10),
+        nn.LogSoftmax(dim=1),
+    )
 
 
 def test_s5_is_the_reference_architecture():
     model = digitcnn.create_model("s5", (1, 8, 8))
     reference = reference_s5()
     assert [type(layer).__name__ for layer in model] == [type(l).__name__ for l in reference]
-    assert {k: v.shape for k, v in model.state_dict().items()} == \
-        {k: v.shape for k, v in reference.state_dict().items()}
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }
     # same weights give the same eval-mode outputs
     model.load_state_dict(reference.state_dict())
     model.eval(), reference.eval()
@@ -150,22 +164,29 @@ def test_min_size_is_the_smallest_size_that_fits(name):
     smallest = model_spec(name).min_size
     assert fits(name, smallest)
     assert not any(fits(name, side) for side in range(1, smallest))
-    assert digitcnn.create_model(name, (1, smallest, smallest))(torch.zeros(2, 1, smallest, smallest)).shape == (2, 10)
+    assert digitcnn.create_model(name, (1, smallest, smallest))(
+        torch.zeros(2, 1, smallest, smallest)
+    ).shape == (2, 10)
     below = smallest - 1
-    with pytest.raises(ModelError, match=rf"'{name}' needs images of at least {smallest}x{smallest}, "
-                                         rf"got {below}x{smallest}"):
+    with pytest.raises(
+        ModelError,
+        match=rf"'{name}' needs images of at least {smallest}x{smallest}, "
+        rf"got {below}x{smallest}",
+    ):
         digitcnn.create_model(name, (1, below, smallest))
 
 
-@pytest.mark.parametrize("name, smallest", [("s1", 24), ("s2", 18), ("s3", 10), ("s4", 6),
-                                            ("s5", 3), ("digitnet", 3)])
+@pytest.mark.parametrize(
+    "name, smallest", [("s1", 24), ("s2", 18), ("s3", 10), ("s4", 6), ("s5", 3), ("digitnet", 3)]
+)
 def test_min_sizes(name, smallest):
     # S1 rejects 8x8: after two pools its 6x6 kernels would slide over a 2x2 map
     assert model_spec(name).min_size == smallest
 
 
-@pytest.mark.parametrize("name, parameters", [("s1", 1_036_106), ("s2", 80_266), ("s3", 34_826),
-                                              ("s4", 870_634)])
+@pytest.mark.parametrize(
+    "name, parameters", [("s1", 1_036_106), ("s2", 80_266), ("s3", 34_826), ("s4", 870_634)]
+)
 def test_parameter_counts_on_28x28(name, parameters):
     assert digitcnn.count_parameters(digitcnn.create_model(name, (1, 28, 28))) == parameters
 
@@ -177,8 +198,20 @@ def layer_names(model: nn.Module) -> list[str]:
 def test_s2_is_64_64_64_with_exactly_80266_parameters():
     model = digitcnn.create_model("s2", (1, 28, 28))
     assert digitcnn.count_parameters(model) == 80_266
-    assert layer_names(model) == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d",
-                                  "Conv2d", "ReLU", "Flatten", "Dropout", "Linear", "LogSoftmax"]
+    assert layer_names(model) == [
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Conv2d",
+        "ReLU",
+        "Flatten",
+        "Dropout",
+        "Linear",
+        "LogSoftmax",
+    ]
     assert [layer.out_channels for layer in model if isinstance(layer, nn.Conv2d)] == [64, 64, 64]
     assert all(layer.padding == (0, 0) for layer in model if isinstance(layer, nn.Conv2d))
     assert model[10].in_features == 576 and model[9].p == 0.3
@@ -187,9 +220,27 @@ def test_s2_is_64_64_64_with_exactly_80266_parameters():
 def test_s1_layers_dropouts_and_keras_same_padding():
     model = digitcnn.create_model("s1", (1, 28, 28))
     assert layer_names(model) == [
-        "Conv2d", "ReLU", "MaxPool2d", "Dropout", "MaxPool2d", "Dropout",
-        "ZeroPad2d", "Conv2d", "ReLU", "ZeroPad2d", "Conv2d", "ReLU", "MaxPool2d", "Dropout",
-        "Flatten", "Linear", "ReLU", "Dropout", "Linear", "LogSoftmax"]
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Dropout",
+        "MaxPool2d",
+        "Dropout",
+        "ZeroPad2d",
+        "Conv2d",
+        "ReLU",
+        "ZeroPad2d",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Dropout",
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Dropout",
+        "Linear",
+        "LogSoftmax",
+    ]
     assert [layer.p for layer in model if isinstance(layer, nn.Dropout)] == [0.15, 0.15, 0.15, 0.5]
     assert model[15].in_features == 128 * 3 * 3 and model[15].out_features == 256
     assert isinstance(model[3], Dropout)  # digitcnn's fast CPU dropout, not nn.Dropout
@@ -212,8 +263,18 @@ def test_s1_even_kernel_padding_matches_pytorch_and_keras_same():
 
 def test_s3_and_s4_layers():
     s3 = digitcnn.create_model("s3", (1, 28, 28))
-    assert layer_names(s3) == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d",
-                               "Flatten", "Dropout", "Linear", "LogSoftmax"]
+    assert layer_names(s3) == [
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Flatten",
+        "Dropout",
+        "Linear",
+        "LogSoftmax",
+    ]
     assert s3[8].in_features == 64 * 5 * 5 and s3[7].p == 0.25
     s4 = digitcnn.create_model("s4", (1, 28, 28))
     assert [layer.out_channels for layer in s4 if isinstance(layer, nn.Conv2d)] == [32, 32, 64, 64]
@@ -240,8 +301,9 @@ def test_digitnet_adapts_its_pooling_to_the_input_size():
     assert [type(l).__name__ for l in large].count("MaxPool2d") == 2
     assert [type(l).__name__ for l in tiny].count("MaxPool2d") == 0
     # global average pooling: the same weights whatever the size
-    assert [v.shape for v in small.state_dict().values()] == \
-        [v.shape for v in large.state_dict().values()]
+    assert [v.shape for v in small.state_dict().values()] == [
+        v.shape for v in large.state_dict().values()
+    ]
     assert digitcnn.count_parameters(small) == 140_458
     assert [l.out_channels for l in large if isinstance(l, nn.Conv2d)] == [32, 32, 64, 64, 128]
     wide = digitcnn.create_model("digitnet", (1, 28, 28), width=16, dropout=0.1)
@@ -268,7 +330,9 @@ def test_digitnet_channels_last_changes_speed_not_results():
     images = torch.randn(6, 1, 28, 28)
     model.train()
     model(images)  # a training-mode pass moves the BatchNorm running statistics off their defaults
-    reference = digitcnn.create_model("digitnet", (1, 28, 28)).to(memory_format=torch.contiguous_format)
+    reference = digitcnn.create_model("digitnet", (1, 28, 28)).to(
+        memory_format=torch.contiguous_format
+    )
     reference.load_state_dict(model.state_dict())
     assert not reference[4].weight.is_contiguous(memory_format=torch.channels_last)
     model.eval(), reference.eval()
@@ -292,8 +356,9 @@ def test_fold_batched_model_is_its_folds_side_by_side(name):
     batched = stack_folds(models, torch.channels_last)
     for fold, model in enumerate(models):  # each fold starts from its own initialisation
         own = model.state_dict()
-        assert {k: torch.equal(v, own[k]) for k, v in fold_state(batched, 3, fold).items()} == \
-            {k: True for k in own}
+        assert {k: torch.equal(v, own[k]) for k, v in fold_state(batched, 3, fold).items()} == {
+            k: True for k in own
+        }
     images, labels = torch.randn(3, 5, 1, side, side), torch.randint(0, 10, (3, 5))
     outputs = batched(images.transpose(0, 1).reshape(5, 3, side, side))
     assert outputs.shape == (3, 5, 10)
@@ -306,21 +371,29 @@ def test_fold_batched_model_is_its_folds_side_by_side(name):
         grads = {name: p.grad for name, p in model.named_parameters()}
         for position, layer in enumerate(batched):
             for param_name, param in layer.named_parameters(recurse=False):
-                part = param.grad[fold] if param.dim() == 3 or isinstance(
-                    layer, digitcnn.models.FoldLinear) else param.grad.unflatten(0, (3, -1))[fold]
+                part = (
+                    param.grad[fold]
+                    if param.dim() == 3 or isinstance(layer, digitcnn.models.FoldLinear)
+                    else param.grad.unflatten(0, (3, -1))[fold]
+                )
                 assert torch.allclose(part, grads[f"{position}.{param_name}"], atol=1e-5)
         after = fold_state(batched, 3, fold)  # training-mode BatchNorm statistics per fold
         for key, value in model.state_dict().items():
             assert torch.allclose(after[key].float(), value.float(), atol=1e-5), key
     load_fold_state(batched, 3, 1, models[0].state_dict())
-    assert all(torch.equal(v, models[0].state_dict()[k]) for k, v in fold_state(batched, 3, 1).items())
+    assert all(
+        torch.equal(v, models[0].state_dict()[k]) for k, v in fold_state(batched, 3, 1).items()
+    )
 
 
 def test_fold_batched_model_names_an_unsupported_layer():
     from digitcnn.models import stack_folds
 
-    models = [torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.GELU(), torch.nn.Flatten())
-              for _ in range(2)]
-    with pytest.raises(digitcnn.errors.ModelError, match="no rule for GELU before Flatten; use "
-                                                         "--no-fold-parallel"):
+    models = [
+        torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.GELU(), torch.nn.Flatten())
+        for _ in range(2)
+    ]
+    with pytest.raises(
+        digitcnn.errors.ModelError, match="no rule for GELU before Flatten; use --no-fold-parallel"
+    ):
         stack_folds(models)

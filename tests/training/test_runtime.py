@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from digitcnn.training import runtime
 from digitcnn.errors import ConfigError
+from digitcnn.training import runtime
 
 CPU = torch.device("cpu")
 
@@ -20,8 +20,10 @@ def test_auto_precision_on_cuda_stays_fp32_until_measured():
 
 
 def test_bf16_on_mps_is_refused():
-    with pytest.raises(ConfigError, match="--precision bf16 is supported on the CPU and CUDA, "
-                                          "not on mps; use --precision fp32"):
+    with pytest.raises(
+        ConfigError,
+        match="--precision bf16 is supported on the CPU and CUDA, not on mps; use --precision fp32",
+    ):
         runtime.resolve_precision("bf16", torch.device("mps"))
 
 
