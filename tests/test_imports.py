@@ -74,7 +74,12 @@ def test_building_a_config_does_not_import_torch():
 # (the board's help needs neither numpy, PIL nor its web stack).
 HELP_EXPECTATIONS = {
     **{cli: ((), ()) for cli in CLIS},
-    "sweep": (("--executor {local,ray}", "--task-gpus"), ()),
+    # the run-writing commands' shared layer (flags, session, the run store's folder and
+    # resume modules) is NumPy-free: the record writers load with the run
+    "kfold": ((), ("numpy",)),
+    "train": ((), ("numpy",)),
+    "predict": ((), ("numpy",)),
+    "sweep": (("--executor {local,ray}", "--task-gpus"), ("numpy",)),
     "board": (("--model", "--save-dir"), ("numpy", "PIL", "starlette", "uvicorn")),
 }
 

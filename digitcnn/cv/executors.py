@@ -115,7 +115,7 @@ class _EpochsToParent(Callback):
 def _run_fold_in_worker(task: tuple[int, np.ndarray, np.ndarray]) -> FoldResult:
     fold, train_rows, val_rows = task
     state = _WORKER_STATE
-    to_parent = _EpochsToParent(state["events"], state["stops"], state["acks"])
+    to_parent = state["to_parent"]
     return run_fold(
         state["dataset"],
         state["config"],
@@ -124,7 +124,7 @@ def _run_fold_in_worker(task: tuple[int, np.ndarray, np.ndarray]) -> FoldResult:
         val_rows,
         state["device"],
         state["global_scaler"],
-        [to_parent],
+        [] if to_parent is None else [to_parent],
         state["extra"],
         state["out_dir"],
     )
@@ -169,7 +169,9 @@ def run_folds_in_processes(
     (the figures: results/README.md).
     """
     context = multiprocessing.get_context("fork")
-    events = context.Queue()
+    # the epochs travel to this process only when a callback here wants them (a progress
+    # bar at a terminal, a pruner): otherwise the folds run without waiting for an answer
+    events = context.Queue() if any(c.wants_epochs for c in callbacks) else None
     slots = max(fold for fold, _, _ in pending) + 1
     stops, acks = context.RawArray("b", slots), context.RawArray("i", slots)
     state = {
@@ -179,28 +181,30 @@ def run_folds_in_processes(
         "global_scaler": global_scaler,
         "extra": extra,
         "out_dir": out_dir,
-        "events": events,
-        "stops": stops,
-        "acks": acks,
+        "to_parent": None if events is None else _EpochsToParent(events, stops, acks),
     }
     pool = context.Pool(workers, _start_fold_worker, (threads, state))
     try:
         results = pool.imap_unordered(_run_fold_in_worker, pending)
         for _ in pending:
+            if events is None:
+                yield results.next()
+                continue
             while True:  # events first: a fold waits for its answer before it goes on
                 _deliver_epochs(events, stops, acks, callbacks, config.epochs, wait=0.02)
                 try:
                     result = results.next(timeout=0.001)
                 except multiprocessing.TimeoutError:
                     continue
+                yield result
                 break
-            yield result
         pool.close()
     finally:
         pool.terminate()
         pool.join()
-        events.close()
-        events.join_thread()
+        if events is not None:
+            events.close()
+            events.join_thread()
 
 
 # ----------------------------------------------------------------------- fold-parallel

@@ -36,8 +36,7 @@ from digitcnn.cv.splits import Splitter, make_splits, splits_sha256
 from digitcnn.datasets.base import DigitDataset, load
 from digitcnn.errors import DataError
 from digitcnn.results import FoldResult, KFoldResult
-from digitcnn.runstore.files import write_fold
-from digitcnn.runstore.resume import finished_folds, start_run_folder
+from digitcnn.runstore.files import finished_folds, start_run_folder, write_fold
 
 # A module, not its function: tests replace scaling.fit_scaler in it.
 from digitcnn.training import scaling

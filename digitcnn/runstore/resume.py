@@ -1,5 +1,6 @@
-"""Resuming a run from its folder: its stored settings, the folds it finished, and the
-check that a resuming command changes nothing that would change the numbers."""
+"""Resuming a run from its folder: its stored settings, and the check that a resuming
+command changes nothing that would change the numbers. (The folds it finished are read by
+:func:`digitcnn.runstore.files.finished_folds`.) Light to import: no NumPy, no torch."""
 
 from __future__ import annotations
 
@@ -7,17 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from digitcnn._io import read_json
 from digitcnn.config import PRESENTATION_KEYS, RunConfig
 from digitcnn.errors import ConfigError
-from digitcnn.results import FoldResult
-from digitcnn.runstore.files import fold_path, read_fold, write_run_start
-from digitcnn.runstore.folder import check_out_dir, inspect_folder
 from digitcnn.settings import flag_name
 
-__all__ = ["resume_config", "refuse_changed_settings", "start_run_folder", "finished_folds"]
+__all__ = ["resume_config", "refuse_changed_settings"]
 
 
 def resume_config(run_dir: str | Path, given: RunConfig | dict | None = None) -> RunConfig:
@@ -84,65 +80,3 @@ def refuse_changed_settings(
                 f"{stored[name]!r}); --resume continues a run with its own settings: "
                 f"drop --{flag}, or start a new run with a fresh --out"
             )
-
-
-def start_run_folder(
-    out_dir: Path,
-    config: RunConfig,
-    fingerprint: str,
-    versions: dict,
-    folds: list[tuple[int, int, np.ndarray]],
-    resume: bool,
-    command: str,
-    splitter: str | None = None,
-) -> None:
-    """Check ``out_dir`` (see :func:`digitcnn.runstore.folder.check_out_dir`) and write
-    config.json and splits.json (``folds``: each fold's number, seed and validation rows;
-    ``splitter``: the repr of a splitter object that made the
-    folds); a resumed run keeps its own, which must describe the same folds."""
-    # a sweep resumed before some of its cells began: those start afresh
-    resume = resume and inspect_folder(out_dir).kind not in ("absent", "empty")
-    check_out_dir(out_dir, command, resume=resume)
-    if resume:
-        path = out_dir / "config.json"
-        stored = read_json(
-            path,
-            "the run's settings are lost, so it cannot be resumed: start it again with --overwrite",
-        )
-        if stored.get("splits_sha256") != fingerprint:
-            raise ConfigError(
-                f"{path}: the run was made on other folds (splits_sha256 "
-                f"{str(stored.get('splits_sha256'))[:12]}, now {fingerprint[:12]});"
-                " resume with the data and settings of the original run, or start "
-                "a new --out folder"
-            )
-        return
-    write_run_start(
-        out_dir,
-        config,
-        fingerprint,
-        versions,
-        folds,
-        command=command,
-        extra=None if splitter is None else {"splitter": splitter},
-    )
-
-
-def finished_folds(out_dir: Path, splits) -> dict[int, FoldResult]:
-    """The folds of ``splits`` already written in ``out_dir``, by fold number."""
-    # A run killed outright (SIGKILL) while writing leaves its temporary file beside the
-    # untouched final name; the atomic rename never happened, so it is only debris.
-    for debris in out_dir.rglob(".*.tmp"):
-        debris.unlink()
-    finished = {}
-    for fold, (_, val_rows) in enumerate(splits):
-        path = fold_path(out_dir, fold)
-        if not path.is_file():
-            continue
-        finished[fold] = read_fold(path)
-        if not np.array_equal(finished[fold].val_indices, val_rows):
-            raise ConfigError(
-                f"{path}: this fold was run on other rows; resume with the data "
-                "and settings of the original run, or start a new --out folder"
-            )
-    return finished

@@ -74,6 +74,12 @@ class EpochEnd:
 class Callback:
     """The hook's protocol, with nothing done by default: subclass and override."""
 
+    @property
+    def wants_epochs(self) -> bool:
+        """Whether :meth:`on_epoch_end` does anything; fold processes send their epochs to
+        this process only when a callback wants them."""
+        return True
+
     def on_epoch_end(self, event: EpochEnd) -> None:
         """After every epoch of every fold; ``event.stop()`` ends that fold."""
 
@@ -146,6 +152,10 @@ class ProgressBar(Callback):
             file=sys.stderr,
             disable=not (sys.stderr.isatty() if show is None else show),
         )
+
+    @property
+    def wants_epochs(self) -> bool:
+        return not self.bar.disable
 
     def on_epoch_end(self, event: EpochEnd) -> None:
         self.bar.update(1)
