@@ -171,9 +171,11 @@ def run_folds_in_processes(
     context = multiprocessing.get_context("fork")
     # the epochs travel to this process only when a callback here wants them (a progress
     # bar at a terminal, a pruner): otherwise the folds run without waiting for an answer
-    events = context.Queue() if any(c.wants_epochs for c in callbacks) else None
-    slots = max(fold for fold, _, _ in pending) + 1
-    stops, acks = context.RawArray("b", slots), context.RawArray("i", slots)
+    events = stops = acks = None
+    if any(callback.wants_epochs for callback in callbacks):
+        slots = max(fold for fold, _, _ in pending) + 1
+        events = context.Queue()
+        stops, acks = context.RawArray("b", slots), context.RawArray("i", slots)
     state = {
         "dataset": dataset,
         "config": config,

@@ -1,1 +1,36 @@
-"""Reporting: the run folder, evaluation scores, plots and report.html."""
+"""Reporting: what a run shows. ``scores`` and ``curves`` (one group's scores and ROC/PR
+curves, with ``sklearn.metrics``), ``evaluation`` (``evaluation.json``: per fold and pooled),
+``plots`` (the figures, matplotlib imported inside each function), ``report`` (drawing them,
+in a background process after ``metrics.json``) and ``page`` (``report.html``). Writing a run
+folder is :mod:`digitcnn.runstore`'s.
+
+The public names below are imported lazily: importing the package imports no NumPy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the lazily imported names, for type checkers and IDEs
+    from digitcnn.reporting.evaluation import evaluate_run as evaluate_run
+    from digitcnn.reporting.page import render_report as render_report
+    from digitcnn.reporting.report import write_run_report as write_run_report
+
+_EXPORTS = {
+    "evaluate_run": "evaluation",
+    "render_report": "page",
+    "write_run_report": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
