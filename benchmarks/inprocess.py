@@ -30,10 +30,10 @@ from digitcnn.datasets.base import load
 from digitcnn.datasets.mnist import load_mnist
 from digitcnn.estimator import DigitClassifier
 from digitcnn.models import create_model
+from digitcnn.training._steps import FoldTensors
 from digitcnn.training.augment import PRESETS
 from digitcnn.training.loop import train_epoch
 from digitcnn.training.recipe import recipe_optimizer
-from digitcnn.training.steps import FoldTensors
 
 __all__ = [
     "plain_loop",

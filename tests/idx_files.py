@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitcnn.datasets.idx import IMAGES_MAGIC, LABELS_MAGIC
+from digitcnn.datasets._idx import IMAGES_MAGIC, LABELS_MAGIC
 
 OFFICIAL_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -217,6 +217,22 @@ def test_each_module_imports_alone_in_a_fresh_interpreter():
     assert done.stdout.strip() == "{}", done.stdout
 
 
+def test_private_modules_are_imported_only_inside_their_package():
+    # ``digitcnn.a._b`` is private to ``digitcnn.a``: the rest of the package reaches its
+    # names through ``digitcnn.a`` (or a public module of it)
+    wrong = []
+    for name, targets in import_graph().items():
+        for target in targets:
+            package, _, last = target.rpartition(".")
+            if (
+                last.startswith("_")
+                and not last.startswith("__")
+                and not (name == package or name.startswith(package + "."))
+            ):
+                wrong.append(f"{name} -> {target}")
+    assert not wrong
+
+
 def test_few_function_level_imports_of_digitcnn_modules_each_explained():
     lazy = [found for name in MODULES for found in internal_imports(name) if found.in_function]
     library = [f"{found.module}:{found.line}" for found in lazy if not is_command(found.module)]

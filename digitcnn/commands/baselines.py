@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from digitcnn._io import read_json
-from digitcnn.commands.flags import RUN_FLAGS, default_out_dir, given_settings, resumed_config
-from digitcnn.commands.session import Session, load_quietly, print_summary, run_session
+from digitcnn.commands._flags import RUN_FLAGS, default_out_dir, given_settings, resumed_config
+from digitcnn.commands._session import Session, load_quietly, print_summary, run_session
 from digitcnn.config import BASELINE_SETTINGS, Argument, RunConfig, config_from_args
 from digitcnn.cv.baselines import ESTIMATORS, check_baseline_settings, make_estimator, run_baseline
 from digitcnn.errors import cli_entry

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from digitcnn.commands.flags import (
+from digitcnn.commands._flags import (
     EXECUTOR_ARGUMENTS,
     RUN_FLAGS,
     default_out_dir,
@@ -19,7 +19,7 @@ from digitcnn.commands.flags import (
     executor_settings,
     resumed_config,
 )
-from digitcnn.commands.session import Session, load_quietly, print_summary, run_session
+from digitcnn.commands._session import Session, load_quietly, print_summary, run_session
 from digitcnn.config import RunConfig, config_from_args
 from digitcnn.errors import cli_entry
 
@@ -35,8 +35,8 @@ def run_command(
     executor: dict | None = None,
 ) -> int:
     """A K-fold (or single) run of ``command``, as its CLI does it (see
-    :func:`digitcnn.commands.session.run_session`); ``executor``: the Ray settings from
-    :func:`~digitcnn.commands.flags.executor_settings`, None on this machine. Returns the exit
+    :func:`digitcnn.commands._session.run_session`); ``executor``: the Ray settings from
+    :func:`~digitcnn.commands._flags.executor_settings`, None on this machine. Returns the exit
     status."""
     out = Path(config.out) if config.out else default_out_dir(config)
     session = Session(command, out, resume, overwrite, executor_flags(executor))

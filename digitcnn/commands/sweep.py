@@ -13,14 +13,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from digitcnn.commands.flags import (
+from digitcnn.commands._flags import (
     EXECUTOR_ARGUMENTS,
     default_out_dir,
     executor_flags,
     executor_from_argv,
     given_settings,
 )
-from digitcnn.commands.session import Session, run_session
+from digitcnn.commands._session import Session, run_session
 from digitcnn.config import PRESENTATION_KEYS, Argument, RunConfig, config_from_args
 from digitcnn.errors import ConfigError, cli_entry, warnings_as_lines
 from digitcnn.runstore.folder import check_out_dir

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from digitcnn.commands.flags import RUN_FLAGS, resumed_config
+from digitcnn.commands._flags import RUN_FLAGS, resumed_config
 from digitcnn.commands.kfold import run_command
 from digitcnn.config import Argument, config_from_args
 from digitcnn.errors import cli_entry

@@ -13,7 +13,7 @@ Python API::
     result = digitcnn.run_kfold(data, config, splitter=StratifiedKFold(4, shuffle=True))
 
 A run is planned (:func:`plan_run`: splits, the run folder, the folds a resumed run finds
-done), its pending folds trained by one executor (:mod:`digitcnn.cv.executors` on this
+done), its pending folds trained by one executor (:mod:`digitcnn.cv._executors` on this
 machine, :class:`digitcnn.cv.distributed.RayExecutor` on a cluster), then collected
 (:func:`collect_run`). CLI: ``python -m digitcnn.kfold`` (:mod:`digitcnn.kfold`).
 """
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from digitcnn.config import RunConfig
-from digitcnn.cv.executors import run_folds_in_processes, run_folds_in_turn, run_folds_parallel
+from digitcnn.cv._executors import run_folds_in_processes, run_folds_in_turn, run_folds_parallel
 from digitcnn.cv.folds import check_model
 from digitcnn.cv.splits import Splitter, make_splits, splits_sha256
 from digitcnn.datasets.base import DigitDataset, load

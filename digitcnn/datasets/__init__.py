@@ -13,6 +13,7 @@ The adapters are imported here so that they are registered whichever part of the
 imported first: ``from digitcnn.datasets.base import load`` runs this file before ``base``.
 """
 
+from digitcnn.datasets._idx import parse_idx_images, parse_idx_labels
 from digitcnn.datasets.base import (
     DigitDataset,
     list_datasets,
@@ -20,7 +21,6 @@ from digitcnn.datasets.base import (
     register_dataset,
     resolve_data_dir,
 )
-from digitcnn.datasets.idx import parse_idx_images, parse_idx_labels
 from digitcnn.datasets.images import load_images
 from digitcnn.datasets.kaggle import load_kaggle
 from digitcnn.datasets.mnist import load_mnist

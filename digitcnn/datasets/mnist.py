@@ -5,7 +5,7 @@ dashes or dots, torchvision's ``MNIST/raw`` layout), else the cache
 ``$XDG_CACHE_HOME/digitcnn/mnist/MNIST/raw``, else downloads the files there from torchvision's
 mirrors. Files with MNIST's names and official sizes are identified by checksum, so that
 MNIST, Fashion-MNIST and Kuzushiji-MNIST (same names, same sizes) are told apart and a
-corrupt download is refused (:mod:`digitcnn.datasets.idx` reads and checks each file).
+corrupt download is refused (:mod:`digitcnn.datasets._idx` reads and checks each file).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from digitcnn._io import cache_dir
-from digitcnn.datasets.base import DigitDataset, check_split, register_dataset
-from digitcnn.datasets.idx import (
+from digitcnn.datasets._idx import (
     IMAGE_SIDE,
     IMAGES_MAGIC,
     LABELS_MAGIC,
@@ -30,6 +29,7 @@ from digitcnn.datasets.idx import (
     announced_count,
     read_idx_file,
 )
+from digitcnn.datasets.base import DigitDataset, check_split, register_dataset
 from digitcnn.datasets.utils import OFFLINE_ENV, call_with_timeout, fetch_timeout, is_offline
 from digitcnn.errors import DataError
 

@@ -1,9 +1,9 @@
 """Predictions from a saved model or a K-fold run's fold ensemble: what ``python -m
 digitcnn.predict`` and ``python -m digitcnn.board`` compute.
 
-* :mod:`digitcnn.inference.inputs`: reading the images to predict (Kaggle CSV, IDX folder,
+* :mod:`digitcnn.inference._inputs`: reading the images to predict (Kaggle CSV, IDX folder,
   image folder or file, ``.npy``) and their labels, and bringing them to the model's input;
-* :mod:`digitcnn.inference.ensemble`: loading the models, averaging their probabilities (with
+* :mod:`digitcnn.inference._ensemble`: loading the models, averaging their probabilities (with
   test-time augmentation), and the predictions' CSV.
 
 Example::
@@ -14,7 +14,7 @@ Example::
     predictions.labels                                 # (N,) int64
 """
 
-from digitcnn.inference.ensemble import (
+from digitcnn.inference._ensemble import (
     MAX_TTA,
     Predictions,
     check_tta,
@@ -23,7 +23,7 @@ from digitcnn.inference.ensemble import (
     output_csv,
     predict,
 )
-from digitcnn.inference.inputs import (
+from digitcnn.inference._inputs import (
     MAX_INPUT_VALUES,
     PredictionInput,
     model_images,

@@ -1,4 +1,4 @@
-"""Digit classifiers by name (:mod:`.registry`), the library's models (:mod:`.zoo`) and
+"""Digit classifiers by name (:mod:`._registry`), the library's models (:mod:`._zoo`) and
 fold-batched models for fold-parallel training (:mod:`.stacked`).
 
     >>> from digitcnn.models import create_model, list_models
@@ -6,7 +6,7 @@ fold-batched models for fold-parallel training (:mod:`.stacked`).
 
 The names are imported lazily (PEP 562): ``python -m digitcnn.models --help`` imports this
 package before its ``__main__``, and must answer without importing torch. Any name taken from
-here first imports :mod:`.zoo`, so the library's models are registered whatever is asked for.
+here first imports :mod:`._zoo`, so the library's models are registered whatever is asked for.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ _EXPORTS = {
             "describe_models",
             "format_models",
         ],
-        "registry",
+        "_registry",
     ),
-    **dict.fromkeys(["Dropout", "s1", "s2", "s3", "s4", "s5", "digitnet", "digitnet_small"], "zoo"),
+    **dict.fromkeys(
+        ["Dropout", "s1", "s2", "s3", "s4", "s5", "digitnet", "digitnet_small"], "_zoo"
+    ),
     **dict.fromkeys(
         ["FoldLinear", "FoldFlatten", "stack_folds", "fold_state", "load_fold_state"], "stacked"
     ),
@@ -42,7 +44,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        importlib.import_module(".zoo", __name__)  # registers the library's models
+        importlib.import_module("._zoo", __name__)  # registers the library's models
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -11,8 +11,8 @@ fold and pooled over all rows:
 * the confusion matrix: counts (the pooled one summed over folds), then normalised per true
   class.
 
-The scores of one group of rows are in :mod:`digitcnn.reporting.scores`, its curves in
-:mod:`digitcnn.reporting.curves`; this module reads the predictions and puts them together
+The scores of one group of rows are in :mod:`digitcnn.reporting._scores`, its curves in
+:mod:`digitcnn.reporting._curves`; this module reads the predictions and puts them together
 per fold and pooled.
 
 The numbers are scikit-learn's (``precision_recall_fscore_support``, ``roc_auc_score``,
@@ -45,8 +45,8 @@ import numpy as np
 
 from digitcnn.errors import DataError
 from digitcnn.metrics import confusion_counts, mean_std
-from digitcnn.reporting.curves import precision_recall_curves, roc_curves
-from digitcnn.reporting.scores import (
+from digitcnn.reporting._curves import precision_recall_curves, roc_curves
+from digitcnn.reporting._scores import (
     classification_scores,
     confusion_scores,
     precision_recall_scores,

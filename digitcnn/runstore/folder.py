@@ -13,7 +13,7 @@ The rules every CLI follows (``digitcnn.kfold``, ``.train``, ``.sweep``, ``.base
   a lock whose process is gone (a run killed with SIGKILL) is taken over, with a line saying
   so. The lock is removed when the run ends, however it ends, short of SIGKILL.
 * SIGTERM stops a run as Ctrl-C does (see
-  :func:`digitcnn.commands.session.sigterm_as_interrupt`).
+  :func:`digitcnn.commands._session.sigterm_as_interrupt`).
 
 Everything here is checked before the first byte is written, and every OS error on the way
 (a file where a folder is wanted, no permission, a read-only file system) is one line.

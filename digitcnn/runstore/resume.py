@@ -20,7 +20,7 @@ def resume_config(run_dir: str | Path, given: RunConfig | dict | None = None) ->
     """The config stored in ``run_dir/config.json``, with ``out`` pointing at ``run_dir``.
 
     ``given``: the settings of the resuming command line (see
-    :func:`digitcnn.commands.flags.given_settings`). Those that change only how the run is shown
+    :func:`digitcnn.commands._flags.given_settings`). Those that change only how the run is shown
     (``PRESENTATION_KEYS``) replace the stored ones; any other that differs is refused. A
     RunConfig passes on only its ``quiet``.
     """

@@ -41,7 +41,7 @@ continues the unfinished folds of an interrupted cell.
 
 The package: :mod:`~digitcnn.sweep.grid` (axes, cells, the stored plan),
 :mod:`~digitcnn.sweep.runner` (:func:`~digitcnn.sweep.runner.run_sweep`: the cells' K-fold
-runs and resume), :mod:`~digitcnn.sweep.outputs` (summaries, the t-test table, the files) and
+runs and resume), :mod:`~digitcnn.sweep._outputs` (summaries, the t-test table, the files) and
 the command line, :mod:`digitcnn.commands.sweep`. Importing the package imports neither torch
 nor NumPy: the runner and the outputs are imported from their modules.
 """

@@ -20,8 +20,8 @@ from digitcnn.cv.runner import load_for_config, run_kfold
 from digitcnn.cv.splits import make_splits, splits_sha256
 from digitcnn.errors import ConfigError
 from digitcnn.runstore.files import write_final
+from digitcnn.sweep._outputs import summarize_cell, write_sweep_outputs
 from digitcnn.sweep.grid import Cell, write_plan
-from digitcnn.sweep.outputs import summarize_cell, write_sweep_outputs
 
 __all__ = ["run_sweep"]
 

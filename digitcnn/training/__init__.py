@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the lazily imported names, for type checkers and IDEs
+    from digitcnn.training._steps import FoldTensors as FoldTensors
     from digitcnn.training.callbacks import Callback as Callback
     from digitcnn.training.callbacks import EpochEnd as EpochEnd
     from digitcnn.training.loop import FitOutcome as FitOutcome
@@ -25,12 +26,11 @@ if TYPE_CHECKING:  # the lazily imported names, for type checkers and IDEs
     from digitcnn.training.recipe import (
         make_optimizer as make_optimizer,
     )
-    from digitcnn.training.steps import FoldTensors as FoldTensors
 
 _EXPORTS = {
     "fit": "loop",
     "FitOutcome": "loop",
-    "FoldTensors": "steps",
+    "FoldTensors": "_steps",
     "Recipe": "recipe",
     "make_optimizer": "recipe",
     "EarlyStopping": "recipe",

@@ -2,9 +2,9 @@
 
 :func:`fit_folds` is the fit loop (skorch's ``fit_loop``): it delegates each epoch to
 :meth:`FitLoop.run_single_epoch`, whose training pass is :func:`run_epoch` over a
-:class:`~digitcnn.training.steps.Trainer`'s ``train_step`` and whose evaluation is the
+:class:`~digitcnn.training._steps.Trainer`'s ``train_step`` and whose evaluation is the
 trainer's ``validation_step``. Sequential and fold-process training run it on a
-:class:`~digitcnn.training.steps.SingleModel` (:func:`fit`), fold-parallel training on a
+:class:`~digitcnn.training._steps.SingleModel` (:func:`fit`), fold-parallel training on a
 :class:`~digitcnn.training.parallel.FoldBatch`. Nothing is read back to the host inside an
 epoch: losses and correct counts are summed on the device and read once per epoch.
 
@@ -24,18 +24,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from digitcnn.training.augment import Augmentation
-from digitcnn.training.callbacks import Callback, EpochEnd, notify_epoch
-from digitcnn.training.recipe import (
-    EarlyStopping,
-    FoldSchedule,
-    Recipe,
-    make_optimizer,
-    make_scheduler,
-    rate_scaled_step,
-    recipe_optimizer,
-)
-from digitcnn.training.steps import (
+from digitcnn.training._steps import (
     Evaluation,
     FoldTensors,
     SingleModel,
@@ -46,6 +35,17 @@ from digitcnn.training.steps import (
     predict_log_probs,
     smoothed_nll,
     training_forward,
+)
+from digitcnn.training.augment import Augmentation
+from digitcnn.training.callbacks import Callback, EpochEnd, notify_epoch
+from digitcnn.training.recipe import (
+    EarlyStopping,
+    FoldSchedule,
+    Recipe,
+    make_optimizer,
+    make_scheduler,
+    rate_scaled_step,
+    recipe_optimizer,
 )
 
 __all__ = [

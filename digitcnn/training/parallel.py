@@ -7,7 +7,7 @@ models, each built from its own seed as in sequential mode, are stacked into one
 over K*C channels, batched matrix products for the linear layers. One step trains all folds
 with the kernels of one model, and :func:`digitcnn.training.loop.fit_folds`, the epoch loop
 sequential mode uses too, drives it: :class:`FoldBatch` is its fold-batched
-:class:`~digitcnn.training.steps.Trainer`.
+:class:`~digitcnn.training._steps.Trainer`.
 
 What stays per fold:
 * rows: fold k's batch is drawn from fold k's training rows only, with its own permutation
@@ -35,17 +35,17 @@ import torch
 from torch import nn
 
 from digitcnn.models.stacked import fold_state, load_fold_state, stack_folds
-from digitcnn.training.augment import Augmentation
-from digitcnn.training.callbacks import Callback
-from digitcnn.training.loop import FitOutcome, fit_folds
-from digitcnn.training.recipe import Recipe
-from digitcnn.training.steps import (
+from digitcnn.training._steps import (
     Evaluation,
     epoch_order,
     evaluation_of,
     smoothed_nll,
     training_forward,
 )
+from digitcnn.training.augment import Augmentation
+from digitcnn.training.callbacks import Callback
+from digitcnn.training.loop import FitOutcome, fit_folds
+from digitcnn.training.recipe import Recipe
 
 __all__ = ["StackedFolds", "FoldBatch", "fit_parallel", "epoch_plan"]
 
@@ -119,7 +119,7 @@ def epoch_plan(
 
 class FoldBatch:
     """K folds as one fold-batched model over :class:`StackedFolds`: the
-    :class:`~digitcnn.training.steps.Trainer` of fold-parallel training."""
+    :class:`~digitcnn.training._steps.Trainer` of fold-parallel training."""
 
     def __init__(
         self,

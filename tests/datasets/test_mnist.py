@@ -23,7 +23,7 @@ from idx_files import (
 
 import digitcnn
 from digitcnn._io import cache_dir
-from digitcnn.datasets.idx import IMAGES_MAGIC, LABELS_MAGIC
+from digitcnn.datasets._idx import IMAGES_MAGIC, LABELS_MAGIC
 from digitcnn.datasets.mnist import load_mnist
 from digitcnn.errors import DataError
 

@@ -17,7 +17,7 @@ from conftest import REPO_ROOT
 
 from digitcnn._io import read_json
 from digitcnn.commands import baselines, compare, kfold, sweep, train
-from digitcnn.commands.session import ReceivedSignal, sigterm_as_interrupt
+from digitcnn.commands._session import ReceivedSignal, sigterm_as_interrupt
 from digitcnn.config import RunConfig
 from digitcnn.cv import runner as cv_runner
 from digitcnn.cv.runner import load_for_config, run_kfold

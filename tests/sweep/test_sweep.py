@@ -11,7 +11,7 @@ from scipy import stats
 
 from digitcnn.commands import sweep as sweep_cli
 from digitcnn.commands.sweep import plan_from_args
-from digitcnn.cv import executors
+from digitcnn.cv import _executors as executors
 from digitcnn.errors import ConfigError
 from digitcnn.metrics import corrected_resampled_ttest
 from digitcnn.models import list_models

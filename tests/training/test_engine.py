@@ -10,8 +10,8 @@ from conftest import synthetic_optdigits
 
 from digitcnn.config import RunConfig
 from digitcnn.models import create_model
+from digitcnn.training import _steps as steps
 from digitcnn.training import loop as engine
-from digitcnn.training import steps
 from digitcnn.training.callbacks import Callback
 from digitcnn.training.recipe import recipe_optimizer
 from digitcnn.training.scaling import fit_scaler

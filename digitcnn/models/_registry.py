@@ -6,7 +6,7 @@
 
 Every model ends in ``LogSoftmax`` and is trained with NLL loss, so that its outputs are
 log-probabilities whatever recipe trains it. The library's own builders
-(:mod:`digitcnn.models.zoo`) register themselves when that module is imported, which
+(:mod:`digitcnn.models._zoo`) register themselves when that module is imported, which
 ``from digitcnn.models import ...`` always does first.
 """
 

@@ -14,7 +14,7 @@ import torch
 
 from digitcnn.checkpoint import SavedModel, find_saved_models, load_model
 from digitcnn.errors import CheckpointError, ConfigError
-from digitcnn.inference.inputs import PredictionInput, model_images
+from digitcnn.inference._inputs import PredictionInput, model_images
 from digitcnn.training.augment import PRESETS
 from digitcnn.training.runtime import select_device
 
@@ -114,7 +114,7 @@ def check_tta(tta: int) -> None:
 
 def predict(models: Sequence[SavedModel], inputs: PredictionInput, tta: int = 0) -> Predictions:
     """The ensemble's predictions of ``inputs``, read as the models read them
-    (:func:`~digitcnn.inference.inputs.model_images`); the models must share one input shape."""
+    (:func:`~digitcnn.inference._inputs.model_images`); the models must share one input shape."""
     shapes = {m.input_shape for m in models}
     if len(shapes) != 1:
         raise CheckpointError(

@@ -3,7 +3,7 @@ per-class precision, recall, F1 and support with their averages, one-vs-rest ROC
 average precision (per class, macro, micro), and the confusion matrix.
 
 Used by :mod:`digitcnn.reporting.evaluation` (which describes the conventions) and by
-:mod:`digitcnn.reporting.curves`. sklearn.metrics and torch are imported inside the
+:mod:`digitcnn.reporting._curves`. sklearn.metrics and torch are imported inside the
 functions that use them: ``import digitcnn.reporting.evaluation`` stays cheap.
 """
 
@@ -123,7 +123,7 @@ def roc_scores(probs, targets) -> dict:
     ``roc_auc_score(multi_class="ovr", average="macro")``. It is *not* the area under the
     "macro-average ROC curve" of sklearn's ROC example (TPRs interpolated onto a common FPR
     grid and averaged), which is a slightly different number;
-    :func:`~digitcnn.reporting.curves.roc_curves` draws that curve but labels it with this mean.
+    :func:`~digitcnn.reporting._curves.roc_curves` draws that curve but labels it with this mean.
     The micro AUC treats every (row, class) pair as one binary decision: sklearn's
     ``roc_auc_score(label_binarize(y), probs, average="micro")``.
     """

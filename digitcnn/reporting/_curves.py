@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from digitcnn.reporting.scores import as_numpy, class_indicator, defined_classes, float_list
+from digitcnn.reporting._scores import as_numpy, class_indicator, defined_classes, float_list
 
 __all__ = ["roc_curves", "precision_recall_curves"]
 

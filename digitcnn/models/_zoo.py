@@ -1,7 +1,7 @@
 """The library's models: S1..S5 as their reference pipelines describe them, and DigitNet.
 
 Each builder maps ``(input_shape, num_classes, **options)`` to an ``nn.Sequential`` ending in
-``LogSoftmax`` and registers itself (:func:`digitcnn.models.registry.register_model`) under
+``LogSoftmax`` and registers itself (:func:`digitcnn.models._registry.register_model`) under
 its name, with the smallest image size it accepts.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from digitcnn.models.registry import flat_features, register_model
+from digitcnn.models._registry import flat_features, register_model
 
 __all__ = ["Dropout", "s1", "s2", "s3", "s4", "s5", "digitnet", "digitnet_small"]
 
