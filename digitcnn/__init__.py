@@ -7,8 +7,9 @@ below show the same names to type checkers and IDEs.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from digitcnn._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the lazily imported names, for type checkers and IDEs
     from digitcnn.config import RunConfig as RunConfig
@@ -103,14 +104,4 @@ _EXPORTS = {
     "save_run": "runstore.files",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'digitcnn' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, extra=["__version__"])

@@ -45,7 +45,6 @@ _D = RunConfig()  # digitcnn's defaults, so that the estimator's cannot drift fr
 _RENAMED = {
     "seed": "random_state",
     "val_fraction": "validation_fraction",
-    "full": "validation_fraction=None",
 }
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 

@@ -11,7 +11,7 @@ here first imports :mod:`._zoo`, so the library's models are registered whatever
 
 from __future__ import annotations
 
-import importlib
+from digitcnn._lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(
@@ -39,15 +39,5 @@ _EXPORTS = {
     "main": "__main__",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        importlib.import_module("._zoo", __name__)  # registers the library's models
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+# any name first imports _zoo, whose import registers the library's models
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, first="_zoo")

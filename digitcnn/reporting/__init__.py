@@ -9,8 +9,9 @@ The public names below are imported lazily: importing the package imports no Num
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from digitcnn._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the lazily imported names, for type checkers and IDEs
     from digitcnn.reporting.evaluation import evaluate_run as evaluate_run
@@ -23,14 +24,4 @@ _EXPORTS = {
     "write_run_report": "report",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -14,8 +14,9 @@ modules at its start, the record writers (NumPy, the report) only when a run wri
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from digitcnn._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the lazily imported names, for type checkers and IDEs
     from digitcnn.runstore.files import finished_folds as finished_folds
@@ -42,14 +43,4 @@ _EXPORTS = {
     "resume_config": "resume",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -44,7 +44,6 @@ from digitcnn.training.recipe import (
     Recipe,
     make_optimizer,
     make_scheduler,
-    rate_scaled_step,
     recipe_optimizer,
 )
 
@@ -57,6 +56,7 @@ __all__ = [
     "fit_folds",
     "fit",
     "train_epoch",
+    "rate_scaled_step",
     "Recipe",
     # made in steps and recipe, the engine's API all the same
     "Evaluation",
@@ -123,6 +123,23 @@ class FoldRun:
     stopped_state: dict[str, torch.Tensor] | None = None
     evaluation: Evaluation | None = None
     epochs_run: int = 0
+
+
+@torch.no_grad()
+def rate_scaled_step(optimizer: torch.optim.Optimizer, rates: torch.Tensor) -> None:
+    """``optimizer.step()`` at rate 1, then each fold's change scaled by its own rate.
+
+    Exact for Adam, AdamW, SGD and RMSprop, whose change is linear in the rate (decoupled
+    weight decay included); parameters are fold-stacked along dimension 0, K blocks. Called
+    for every batch while the folds' rates differ (a plateau one fold hit).
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    before = [p.detach().clone() for p in params]
+    optimizer.step()
+    for param, old in zip(params, before):
+        change = (param - old).unflatten(0, (len(rates), -1))
+        scale = rates.view(-1, *([1] * (change.dim() - 1))).to(change.dtype)
+        param.copy_((old.unflatten(0, change.shape[:2]) + scale * change).reshape(param.shape))
 
 
 def run_epoch(

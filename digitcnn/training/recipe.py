@@ -37,7 +37,6 @@ __all__ = [
     "recipe_optimizer",
     "make_scheduler",
     "FoldSchedule",
-    "rate_scaled_step",
     "EarlyStopping",
 ]
 
@@ -261,28 +260,6 @@ class FoldSchedule:
         else:
             self.optimizer.step()
             self.scheduler.step()
-
-
-def rate_scaled_step(optimizer: torch.optim.Optimizer, rates: torch.Tensor) -> None:
-    """``optimizer.step()`` at rate 1, then each fold's change scaled by its own rate.
-
-    Exact for Adam, AdamW, SGD and RMSprop, whose change is linear in the rate (decoupled
-    weight decay included); parameters are fold-stacked along dimension 0, K blocks.
-    """
-    import torch
-
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    before = [p.detach().clone() for p in params]
-    optimizer.step()
-    with torch.no_grad():
-        _scale_changes(params, before, rates)
-
-
-def _scale_changes(params: list, before: list, rates: torch.Tensor) -> None:
-    for param, old in zip(params, before):
-        change = (param - old).unflatten(0, (len(rates), -1))
-        scale = rates.view(-1, *([1] * (change.dim() - 1))).to(change.dtype)
-        param.copy_((old.unflatten(0, change.shape[:2]) + scale * change).reshape(param.shape))
 
 
 class EarlyStopping(Callback):
