@@ -62,10 +62,28 @@ def _cluster_env() -> dict:
     return {**os.environ, **CLUSTER_ENV}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _free_port(taken: set) -> int:
+    """A port free now, outside the kernel's ephemeral range and Ray's worker ports.
+
+    Ports from ``bind(0)`` come from the ephemeral range, where every other process's
+    outgoing connections and port-0 servers (the local Ray instance's among them) land too,
+    so one can be taken between this probe and the head's bind; that once failed CI.
+    """
+    low, high = (
+        20000,
+        32000,
+    )  # Ray's workers use 10002-19999; Linux's ephemeral range starts at 32768
+    while True:
+        port = secrets.randbelow(high - low) + low
+        if port in taken:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
 
 
 @pytest.fixture(scope="module")
@@ -113,59 +131,69 @@ def local_ray(ray_root):
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def head(ray_root):
-    """``ray start --head`` on 127.0.0.1 with free ports; yields its address."""
-    port = _free_port()
-    ports = {
-        f"--{name}": str(_free_port())
-        for name in (
-            "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port",
-            "runtime-env-agent-port",
-            "metrics-export-port",
-            "node-manager-port",
-            "object-manager-port",
+HEAD_PORT_FLAGS = (
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+    "metrics-export-port",
+    "node-manager-port",
+    "object-manager-port",
+)
+
+
+def _start_head(ray_root: Path, attempt: int) -> tuple[subprocess.Popen, int, str]:
+    """One ``ray start --head --block`` on fresh ports; waits until it is up or has failed.
+
+    Returns the process (still running if the head started), its GCS port, and its log.
+    """
+    taken: set = set()
+    port = _free_port(taken)
+    ports = [item for name in HEAD_PORT_FLAGS for item in (f"--{name}", str(_free_port(taken)))]
+    log_path = ray_root / f"head-{attempt}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            ["ray", "start", "--head", "--block", "--port", str(port)]
+            + ["--node-ip-address", "127.0.0.1", "--num-cpus", "2"]
+            + ["--include-dashboard=false", "--disable-usage-stats"]
+            + ["--temp-dir", str(ray_root / f"head-{attempt}"), *ports],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env=_cluster_env(),
         )
-    }
-    log = (ray_root / "head.log").open("w")
-    process = subprocess.Popen(
-        [
-            "ray",
-            "start",
-            "--head",
-            "--block",
-            "--port",
-            str(port),
-            "--node-ip-address",
-            "127.0.0.1",
-            "--num-cpus",
-            "2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            "--temp-dir",
-            str(ray_root / "head"),
-            *[v for pair in ports.items() for v in pair],
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO_ROOT,
-        env=_cluster_env(),
-    )
     deadline = time.monotonic() + START_TIMEOUT
-    while "Ray runtime started" not in (ray_root / "head.log").read_text():
+    while "Ray runtime started" not in log_path.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"ray start --head failed: {(ray_root / 'head.log').read_text()[-2000:]}")
+            _stop(process)
+            break
         time.sleep(0.5)
-    yield f"127.0.0.1:{port}"
+    return process, port, log_path.read_text()
+
+
+def _stop(process: subprocess.Popen) -> None:
     process.terminate()  # --block: stops the processes this head started, and only those
     try:
         process.wait(timeout=90)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=30)
-    log.close()
+
+
+@pytest.fixture(scope="module")
+def head(ray_root):
+    """``ray start --head`` on 127.0.0.1 with free ports; yields its address.
+
+    A port found free can still be taken before Ray binds it, so a head that fails to
+    start is tried again on other ports (three times in all) before the test fails.
+    """
+    for attempt in range(3):
+        process, port, log = _start_head(ray_root, attempt)
+        if process.poll() is None:
+            break
+    else:
+        pytest.fail(f"ray start --head failed 3 times; the last log ends: {log[-2000:]}")
+    yield f"127.0.0.1:{port}"
+    _stop(process)
 
 
 @pytest.fixture(scope="module")
