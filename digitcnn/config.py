@@ -56,12 +56,15 @@ SCALERS = ("standard", "global", "max", "none")
 CV_SCHEMES = ("kfold", "stratified", "writers", "holdout", "full")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
+TRACKERS = ("tensorboard", "mlflow")
 
 # A command's own flag, as argparse's add_argument takes it: (("--flag",), {"help": ...}).
 Argument = tuple[tuple[str, ...], dict[str, Any]]
 
 # one declaration helper per role: ``_data("uci", "dataset name")``
-_data, _seed, _train, _resources, _files, _output = (partial(setting, role) for role in ROLES)
+_data, _seed, _train, _resources, _files, _output, _tracking = (
+    partial(setting, role) for role in ROLES
+)
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,19 @@ class RunConfig(Recipe):
         "PR, per-class F1, misclassified digits) as PNG files",
     )
     quiet: bool = _output(False, "no progress bars or tables")
+    track: tuple[str, ...] = _tracking(
+        (),
+        "log the run to these trackers too (repeat the flag, or a,b): TensorBoard event "
+        "files under OUT/tensorboard, an MLflow run with a child run per fold; each is an "
+        "extra (pip install 'digitcnn[tensorboard]' or 'digitcnn[mlflow]')",
+        TRACKERS,
+    )
+    mlflow_uri: str | None = _tracking(
+        None,
+        "MLflow tracking URI for --track mlflow (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db in the current folder)",
+    )
+    experiment: str = _tracking("digitcnn", "MLflow experiment of --track mlflow")
 
     def __post_init__(self) -> None:
         super().__post_init__()  # every declared setting's type, choices and limits
@@ -222,8 +238,8 @@ def run_settings_with_role(*roles: str) -> tuple[str, ...]:
 # those a sweep may not vary (the folds, and where and how the sweep is written); and those
 # that mean something to a classical baseline (the data, the folds, the seed, the output).
 SPLIT_KEYS = run_settings_with_role("data")
-PRESENTATION_KEYS = run_settings_with_role("resources", "files", "output")
-NOT_SWEEPABLE = run_settings_with_role("data", "output")
+PRESENTATION_KEYS = run_settings_with_role("resources", "files", "output", "tracking")
+NOT_SWEEPABLE = run_settings_with_role("data", "output", "tracking")
 BASELINE_SETTINGS = run_settings_with_role("data", "seed", "output")
 
 
@@ -283,6 +299,12 @@ def build_parser(
         flag, choices = f"--{flag_name(f.name)}", f.metadata.get("choices")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif kind is tuple:  # a list of names: the flag repeated, or names joined by commas
+            if isinstance(common["default"], tuple):  # argparse extends a list
+                common["default"] = list(common["default"])
+            parser.add_argument(
+                flag, type=_flag_parser(f), action="extend", metavar=f.name.upper(), **common
+            )
         else:
             parser.add_argument(
                 flag,

@@ -44,6 +44,7 @@ ROLES = {
     "resources": "how many threads and processes do the work: the numbers stay the same",
     "files": "which extra files a run keeps",
     "output": "where a run is written and how it is shown",
+    "tracking": "where a run is logged besides its folder (TensorBoard, MLflow)",
 }
 
 
@@ -102,9 +103,12 @@ def flag_name(name: str) -> str:
 
 
 def field_kind(f: dataclasses.Field) -> tuple[type, bool]:
-    """(bool | int | float | str, optional?) of a settings field, from its annotation
-    (``"float | None"`` -> ``(float, True)``)."""
+    """(bool | int | float | str | tuple, optional?) of a settings field, from its annotation
+    (``"float | None"`` -> ``(float, True)``; ``"tuple[str, ...]"``, a list of choices, ->
+    ``(tuple, False)``)."""
     parts = {part.strip() for part in str(f.type).split("|")}
+    if any(part.startswith("tuple[") for part in parts):
+        return tuple, "None" in parts
     kind = next((k for k in (bool, int, float) if k.__name__ in parts), str)
     return kind, "None" in parts
 
@@ -115,6 +119,7 @@ _KIND_TEXT = {
     int: ("a whole number", "give a whole number such as 3"),
     float: ("a number", "give a number such as 0.5"),
     str: ("text", 'give text (in TOML in quotes, such as "adam")'),
+    tuple: ("a list of names", 'give a list (in TOML such as ["a", "b"]; as a flag a,b)'),
 }
 
 
@@ -138,6 +143,8 @@ def _narrowed(f: dataclasses.Field, value: Any) -> Any:
         return None
     if kind is str and isinstance(value, (str, os.PathLike)):
         return os.fspath(value)
+    if kind is tuple:
+        return _names(f, value)
     fits = {
         bool: isinstance(value, bool),
         int: isinstance(value, numbers.Integral) and not isinstance(value, bool),
@@ -162,6 +169,16 @@ def _narrowed(f: dataclasses.Field, value: Any) -> Any:
             )
         return number
     return value
+
+
+def _names(f: dataclasses.Field, value: Any) -> tuple[str, ...]:
+    """A list setting's value as a tuple of names, each once, in the order given; one name
+    alone stands for a list of it."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        text, fix = _KIND_TEXT[tuple]
+        raise SettingError(f.name, value, f"is not {text} but {_describe(value)}; {fix}")
+    return tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
 
 
 def typed_setting(f: dataclasses.Field, value: Any, where: str | None = None) -> Any:
@@ -191,6 +208,8 @@ def parse_text(f: dataclasses.Field, text: str) -> Any:
     kind, optional = field_kind(f)
     if kind is str:
         return text
+    if kind is tuple:  # names separated by commas
+        return tuple(name.strip() for name in text.split(",") if name.strip())
     stripped = text.strip()
     if optional and stripped.lower() == "none":
         return None
@@ -243,7 +262,13 @@ def check_settings(instance: Any) -> None:
         value = _narrowed(f, getattr(instance, f.name))
         object.__setattr__(instance, f.name, value)  # frozen: the checked value is set here
         choices = f.metadata.get("choices")
-        if choices and value not in choices:
+        if choices and isinstance(value, tuple):
+            for item in value:
+                if item not in choices:
+                    raise SettingError(
+                        f.name, item, f"is not valid; choose from: {', '.join(choices)}"
+                    )
+        elif choices and value not in choices:
             raise SettingError(f.name, value, f"is not valid; choose one of: {', '.join(choices)}")
         requirement = _limit_text(f.metadata)
         if (

@@ -288,6 +288,9 @@ def test_every_setting_has_a_role_and_the_lists_follow_from_them():
         "threads",
         "workers",
         "save_models",
+        "track",
+        "mlflow_uri",
+        "experiment",
     }
     assert config.SPLIT_KEYS == (
         "dataset",
@@ -301,7 +304,10 @@ def test_every_setting_has_a_role_and_the_lists_follow_from_them():
         "shuffle",
         "random_state",
     )
-    assert set(config.NOT_SWEEPABLE) == {*config.SPLIT_KEYS, "out", "quiet", "plots"}
+    assert set(config.NOT_SWEEPABLE) == {
+        *config.SPLIT_KEYS,
+        *("out", "quiet", "plots", "track", "mlflow_uri", "experiment"),
+    }
     assert set(config.BASELINE_SETTINGS) == {*config.SPLIT_KEYS, "seed", "out", "plots", "quiet"}
     with pytest.raises(ValueError, match="unknown role"):
         settings.settings_with_role(RunConfig, "presentation")

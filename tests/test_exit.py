@@ -70,6 +70,7 @@ def test_every_cli_ends_through_exit_cli():
         "digitcnn/predict.py",
         "digitcnn/baselines.py",
         "digitcnn/compare.py",
+        "digitcnn/track.py",
         "digitcnn/sweep/__main__.py",
         "digitcnn/models/__main__.py",
         "digitcnn/board/__main__.py",

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # What `import digitcnn.kfold` must not import: the plotting, reporting and statistics stacks.
 HEAVY = ("torchmetrics", "torchvision", "matplotlib", "seaborn", "pandas", "scipy", "ray")
-CLIS = ("kfold", "train", "predict", "sweep", "baselines", "compare", "models")
+CLIS = ("kfold", "train", "predict", "sweep", "baselines", "compare", "models", "track")
 
 
 def printed_and_modules_after(code: str) -> tuple[str, set[str]]:

@@ -152,6 +152,7 @@ COMMAND_MODULES = (
     "digitcnn.predict",
     "digitcnn.baselines",
     "digitcnn.compare",
+    "digitcnn.track",
     "digitcnn.sweep.__main__",
 )
 

@@ -32,6 +32,7 @@ __all__ = [
     "resume_hint",
     "load_quietly",
     "print_summary",
+    "tracked",
 ]
 
 Prepared = TypeVar("Prepared")
@@ -140,6 +141,25 @@ def run_session(
             print(_interrupted_line(session), file=sys.stderr)
             return received.exit_code(interrupt)
     return 0
+
+
+@contextlib.contextmanager
+def tracked(tracker: Any) -> Iterator[None]:
+    """Close ``tracker`` (a :class:`~digitcnn.tracking.Tracker`, or None: anything with
+    ``close(status)``) as the block ends: its runs marked FINISHED, KILLED after Ctrl-C or
+    SIGTERM, FAILED after an error."""
+    if tracker is None:
+        yield
+        return
+    try:
+        yield
+    except KeyboardInterrupt:
+        tracker.close("KILLED")
+        raise
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close("FINISHED")
 
 
 def load_quietly(config: RunConfig, prog: str) -> DigitDataset:

@@ -19,9 +19,15 @@ from digitcnn.commands._flags import (
     executor_settings,
     resumed_config,
 )
-from digitcnn.commands._session import Session, load_quietly, print_summary, run_session
+from digitcnn.commands._session import (
+    Session,
+    load_quietly,
+    print_summary,
+    run_session,
+    tracked,
+)
 from digitcnn.config import RunConfig, config_from_args
-from digitcnn.errors import cli_entry
+from digitcnn.errors import cli_entry, warnings_as_lines
 
 __all__ = ["main", "run_command"]
 
@@ -48,25 +54,44 @@ def run_command(
     def prepare() -> Any:
         # why here: the trainer and the data readers import torch, which --help must not
         from digitcnn.cv.folds import check_model
+        from digitcnn.tracking import make_tracker
 
+        tracker = make_tracker(config)  # a missing extra is refused before any data are read
         dataset = load_quietly(config, command)
         check_model(config, dataset)
-        return dataset
+        return dataset, tracker
 
-    def run(dataset: Any) -> None:
+    def run(prepared: Any) -> None:
+        dataset, tracker = prepared
+        with warnings_as_lines(command), tracked(tracker):
+            result, background = _train_and_write(dataset, tracker)
+        if not config.quiet:
+            print_summary(result, out, what, background, config.plots)
+
+    def _train_and_write(dataset: Any, tracker: Any) -> tuple[Any, bool]:
+        """The run, its files written; whether the report is being drawn in the background."""
         # why here: the runner imports torch, which --help must not
         from digitcnn.cv.runner import run_kfold
         from digitcnn.reporting.report import report_in_background
         from digitcnn.runstore.files import write_final
 
+        callbacks = [] if tracker is None else [tracker]
         with connected(ray):
             result = run_kfold(
-                dataset, config, out_dir=out, resume=resume, command=command, executor=ray
+                dataset,
+                config,
+                out_dir=out,
+                resume=resume,
+                command=command,
+                executor=ray,
+                callbacks=callbacks,
             )
-        background = report_in_background()
+        # a tracker that keeps the run's files needs the report drawn before it logs them
+        background = report_in_background() and not (tracker and tracker.keeps_files)
         write_final(result, out, plots=config.plots, images=dataset.images, background=background)
-        if not config.quiet:
-            print_summary(result, out, what, background, config.plots)
+        if tracker is not None:
+            tracker.log_files(out)
+        return result, background
 
     return run_session(session, prepare, run)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from digitcnn.commands._flags import (
     EXECUTOR_ARGUMENTS,
@@ -20,9 +22,9 @@ from digitcnn.commands._flags import (
     executor_from_argv,
     given_settings,
 )
-from digitcnn.commands._session import Session, run_session
+from digitcnn.commands._session import Session, run_session, tracked
 from digitcnn.config import PRESENTATION_KEYS, Argument, RunConfig, config_from_args
-from digitcnn.errors import ConfigError, cli_entry, warnings_as_lines
+from digitcnn.errors import ConfigError, DigitCNNError, cli_entry, warnings_as_lines
 from digitcnn.runstore.folder import check_out_dir
 from digitcnn.runstore.resume import refuse_changed_settings
 from digitcnn.settings import flag_name
@@ -141,6 +143,35 @@ def _resumed_cells(
     return cells
 
 
+class _SweepTracking:
+    """A tracked sweep: each finished cell logged as a run of its own, from its folder (the
+    same on this machine and on Ray, where the folds of all cells train at once), under the
+    sweep's MLflow parent run, which the first finished cell starts (once the sweep's plan is
+    in its folder)."""
+
+    def __init__(self, config: RunConfig, out: Path) -> None:
+        self.config, self.out = config, out
+        self.tracker: Any = None
+        self.parent_run_id: str | None = None
+
+    def cell_end(self, cell: Cell) -> None:
+        # why here: the trackers import their libraries (extras) and the run store NumPy
+        from digitcnn.tracking import track_folder, track_sweep
+
+        if self.tracker is None:
+            self.tracker, self.parent_run_id = track_sweep(self.out, self.config)
+        try:
+            track_folder(cell.out, self.config.track, parent_run_id=self.parent_run_id)
+        except DigitCNNError as err:  # tracking never fails the sweep: one line
+            warnings.warn(f"tracking cell {cell.name}: {err}", RuntimeWarning, stacklevel=1)
+
+    def close(self, status: str) -> None:
+        if self.tracker is not None:
+            if status == "FINISHED":
+                self.tracker.log_files(self.out)
+            self.tracker.close(status)
+
+
 @cli_entry("digitcnn.sweep")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.sweep``: K-fold runs over a grid of settings, compared."""
@@ -162,11 +193,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run(_: None) -> None:
         if not quiet:
             print(f"digitcnn.sweep: {len(cells)} cells into {out}", file=sys.stderr)
-        with connected(ray), warnings_as_lines("digitcnn.sweep"):
-            run_sweep(cells, out, resume=resume, quiet=quiet, executor=ray)
+        config = cells[0].config
+        tracking = _SweepTracking(config, out) if config.track else None
+        with connected(ray), warnings_as_lines("digitcnn.sweep"), tracked(tracking):
+            cell_end = None if tracking is None else tracking.cell_end
+            run_sweep(cells, out, resume, quiet, ray, on_cell_end=cell_end)
+
+    def prepare() -> None:
+        if cells[0].config.track:
+            # why here: the trackers import their libraries; a missing extra is refused
+            # before the sweep starts
+            from digitcnn.tracking import make_backends
+
+            make_backends(cells[0].config.track)
 
     session = Session("digitcnn.sweep", out, resume, overwrite, executor_flags(executor))
-    status = run_session(session, lambda: None, run)
+    status = run_session(session, prepare, run)
     if status == 0 and not quiet:
         print((out / "sweep.md").read_text())
         print(f"sweep written to {out} in {time.perf_counter() - started:.1f} s")

@@ -46,7 +46,7 @@ from digitcnn._io import atomic_write_bytes
 from digitcnn.cv.folds import run_fold
 from digitcnn.cv.runner import collect_run, fold_ended, plan_run
 from digitcnn.errors import ConfigError, DigitCNNError, one_line
-from digitcnn.training.callbacks import Callback
+from digitcnn.training.callbacks import Callback, RunStart
 from digitcnn.training.runtime import configure_determinism, resolve_precision, select_device
 
 __all__ = ["RayExecutor", "connected", "INSTALL_COMMAND"]
@@ -349,6 +349,9 @@ class RayExecutor:
                     gpus,
                 )
                 states.append(state)
+                start = RunStart(config, state.out_dir, len(plan.splits), dict(plan.finished))
+                for callback in callbacks:
+                    callback.on_run_start(start)
                 task = remote.options(
                     num_cpus=self.task_cpus,
                     num_gpus=gpus,

@@ -40,7 +40,7 @@ from digitcnn.runstore.files import finished_folds, start_run_folder, write_fold
 
 # A module, not its function: tests replace scaling.fit_scaler in it.
 from digitcnn.training import scaling
-from digitcnn.training.callbacks import Callback, ProgressBar, replay_epochs
+from digitcnn.training.callbacks import Callback, ProgressBar, RunStart, replay_epochs
 from digitcnn.training.runtime import (
     configure_determinism,
     cpu_cores,
@@ -345,6 +345,9 @@ def run_kfold(
         show=not config.quiet and sys.stderr.isatty(),
     )
     hooks = [progress, *callbacks]
+    start = RunStart(config, out_dir, len(plan.splits), dict(plan.finished))
+    for callback in callbacks:
+        callback.on_run_start(start)
     trained = []
     try:
         for fold in _train_pending(dataset, config, plan, execution, device, hooks, out_dir):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from digitcnn._io import read_json
@@ -90,10 +90,18 @@ def _finished(cell: Cell) -> dict | None:
 
 
 def run_sweep(
-    cells: Sequence[Cell], out: str | Path, resume: bool = False, quiet: bool = False, executor=None
+    cells: Sequence[Cell],
+    out: str | Path,
+    resume: bool = False,
+    quiet: bool = False,
+    executor=None,
+    on_cell_end: Callable[[Cell], None] | None = None,
 ) -> list[dict]:
     """Run every cell (``resume``: only those without ``metrics.json``, continuing their
     finished folds), then write the sweep's tables and figure. Returns the cell summaries.
+
+    ``on_cell_end(cell)``: called once each cell's folder is complete (for a resumed sweep,
+    also for the cells found finished), e.g. to log it to a tracker.
 
     ``executor``: None runs the cells one after another on this machine; a
     :class:`digitcnn.cv.distributed.RayExecutor` runs the folds of all cells at once as Ray
@@ -114,6 +122,8 @@ def run_sweep(
         if finished is not None:
             metrics[cell.name] = _checked(cell, finished, splits)
             _progress(cell, metrics, len(cells), "already finished", quiet)
+            if on_cell_end is not None:
+                on_cell_end(cell)
     runs = [
         (cell, datasets[_load_key(cell.config)], cell.config, cell.config.out)
         for cell in cells
@@ -140,6 +150,8 @@ def run_sweep(
         )
         metrics[cell.name] = _checked(cell, result.metrics(), splits)
         _progress(cell, metrics, len(cells), "ran", quiet)
+        if on_cell_end is not None:
+            on_cell_end(cell)
     summaries = [summarize_cell(cell, metrics[cell.name]) for cell in cells]
     write_sweep_outputs(out, cells, summaries, plots=cells[0].config.plots)
     return summaries

@@ -1,11 +1,13 @@
 """The per-epoch hook: what a run tells its callbacks, and how a callback stops a fold.
 
-A :class:`Callback` hears three events: :meth:`~Callback.on_epoch_end` after every epoch of
-every fold (an :class:`EpochEnd`: fold, epoch, metrics, and :meth:`EpochEnd.stop` to end that
-fold after this epoch), :meth:`~Callback.on_fold_end` with each finished fold's
+A :class:`Callback` hears four events: :meth:`~Callback.on_run_start` once the run's folder
+is started (a :class:`RunStart`: its settings, folder and the folds a resumed run found
+finished), :meth:`~Callback.on_epoch_end` after every epoch of every fold (an
+:class:`EpochEnd`: fold, epoch, metrics, and :meth:`EpochEnd.stop` to end that fold after
+this epoch), :meth:`~Callback.on_fold_end` with each finished fold's
 :class:`~digitcnn.results.FoldResult`, and :meth:`~Callback.on_run_end` with the run's
 :class:`~digitcnn.results.KFoldResult`. Pass them as ``run_kfold(..., callbacks=[...])`` or
-``fit(..., callbacks=[...])``.
+``fit(..., callbacks=[...])`` (which, training one model, has no run start or end).
 
 Every way of training folds delivers them: folds in turn and fold-batched training call them
 in this process as each epoch ends; fold processes send each epoch's event to the parent,
@@ -28,18 +30,42 @@ from typing import TYPE_CHECKING, Any
 from digitcnn.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from digitcnn.config import RunConfig
     from digitcnn.results import FoldResult, KFoldResult
 
 __all__ = [
+    "RunStart",
     "EpochEnd",
     "Callback",
     "DivergenceCheck",
     "ProgressBar",
     "notify_epoch",
+    "epoch_events",
     "replay_epochs",
 ]
 
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """A K-fold run about to train its folds.
+
+    Attributes:
+        config: the run's settings.
+        folder: the run folder (its ``config.json`` and ``splits.json`` are written), or None
+            when the run writes no files.
+        folds: how many folds the run has.
+        finished: the folds a resumed run found finished in ``folder``, by fold number; they
+            are not trained again, so no epoch or fold event comes for them.
+    """
+
+    config: RunConfig
+    folder: Path | None
+    folds: int
+    finished: dict[int, FoldResult] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +106,9 @@ class Callback:
         this process only when a callback wants them."""
         return True
 
+    def on_run_start(self, event: RunStart) -> None:
+        """Once, before any fold trains (after a resumed run has read its finished folds)."""
+
     def on_epoch_end(self, event: EpochEnd) -> None:
         """After every epoch of every fold; ``event.stop()`` ends that fold."""
 
@@ -97,8 +126,10 @@ def notify_epoch(callbacks: Iterable[Callback], event: EpochEnd) -> bool:
     return event.stop_requested
 
 
-def replay_epochs(callbacks: Sequence[Callback], result: FoldResult, epochs: int) -> None:
-    """The epoch events of a fold that trained out of reach (a Ray task), from its history."""
+def epoch_events(result: FoldResult, epochs: int) -> list[EpochEnd]:
+    """The epoch events of a finished fold, rebuilt from its history (``train_accuracy`` is
+    NaN where a record has none)."""
+    events = []
     for epoch in range(len(result.train_loss)):
         metrics = {
             "train_loss": result.train_loss[epoch],
@@ -109,7 +140,14 @@ def replay_epochs(callbacks: Sequence[Callback], result: FoldResult, epochs: int
             "val_accuracy": result.val_accuracy[epoch],
             "lr": result.lrs[epoch],
         }
-        notify_epoch(callbacks, EpochEnd(result.fold, epoch, epochs, metrics, result.n_val > 0))
+        events.append(EpochEnd(result.fold, epoch, epochs, metrics, result.n_val > 0))
+    return events
+
+
+def replay_epochs(callbacks: Sequence[Callback], result: FoldResult, epochs: int) -> None:
+    """The epoch events of a fold that trained out of reach (a Ray task), from its history."""
+    for event in epoch_events(result, epochs):
+        notify_epoch(callbacks, event)
 
 
 class DivergenceCheck(Callback):
