@@ -30,7 +30,9 @@ and its fold workers. Cases:
 * ``ray``: S2's optimizer sweep (``experiments/s2_optimizers.toml``, 6 cells x 4 folds, with
   ``--epochs 1 --limit 2000``) through ``--executor ray`` on a local Ray instance against the
   local executor: Ray's overhead as a ratio, and whether ``sweep.csv`` (accuracies, t, p) and
-  ``comparisons.csv`` came out equal.
+  ``comparisons.csv`` came out equal;
+* ``track``: what ``--track tensorboard`` and ``--track mlflow`` (a fresh SQLite store) add to
+  S5's default command, at a terminal and in a script, the three variants alternating.
 
 ``uci`` and ``mnist`` also run digitcnn's side twice in one fresh process and report the second
 run, the steady state after the one-time warm-up (set-up, training and evaluation seconds from

@@ -24,7 +24,17 @@ from digitcnn.training.runtime import cpu_description, library_versions
 
 __all__ = ["CASE_NAMES", "build_parser", "main"]
 
-CASE_NAMES = ("uci", "mnist", "scaling", "augment", "choices", "skorch", "startup", "ray")
+CASE_NAMES = (
+    "uci",
+    "mnist",
+    "scaling",
+    "augment",
+    "choices",
+    "skorch",
+    "startup",
+    "ray",
+    "track",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +245,22 @@ def augment_summary(case: str, result: dict, repeats: int) -> list[str]:
     ]
 
 
+def track_summary(case: str, result: dict, repeats: int) -> list[str]:
+    """What --track tensorboard and --track mlflow add to S5's default command."""
+    lines = []
+    for mode in ("at a terminal", "in a script"):
+        row = result[mode]
+        added = ", ".join(
+            f"{name} {row['median_s'][name]:.2f} s ({100 * fraction:+.1f}%)"
+            for name, fraction in row["added_fraction"].items()
+        )
+        lines.append(
+            f"track: S5 {mode}, {repeats} alternating rounds, medians: untracked "
+            f"{row['median_s']['untracked']:.2f} s; {added}"
+        )
+    return lines
+
+
 # The printed summary, in this order: (case, lines of its summary)
 SUMMARIES: tuple[tuple[str, Callable[[str, dict, int], list[str]]], ...] = (
     ("uci", race_summary),
@@ -242,6 +268,7 @@ SUMMARIES: tuple[tuple[str, Callable[[str, dict, int], list[str]]], ...] = (
     ("skorch", race_summary),
     ("uci", uci_default_summary),
     ("startup", startup_summary),
+    ("track", track_summary),
     ("ray", ray_summary),
     ("choices", choices_summary),
     ("augment", augment_summary),

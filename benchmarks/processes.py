@@ -15,6 +15,7 @@ import json
 import shlex
 import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,6 +39,8 @@ __all__ = [
     "bench_skorch",
     "STARTUP_COMMANDS",
     "bench_startup",
+    "TRACK_VARIANTS",
+    "bench_track",
     "CASES",
 ]
 
@@ -395,6 +398,76 @@ def _time_startup_run(
     row["accuracy"].append(measured["accuracy"])
 
 
+# The track case's variants of S5's default command: flags added
+TRACK_VARIANTS = {
+    "untracked": [],
+    "tensorboard": ["--track", "tensorboard"],
+    "mlflow": ["--track", "mlflow"],
+}
+
+
+def bench_track(args, scratch: Path) -> dict:
+    """What ``--track`` adds to S5's default command (plots on), whole process, at a terminal
+    (the report drawn in the background; MLflow's files follow it there) and in a script
+    (the report awaited; MLflow's files logged before the command returns), alternating the
+    variants in each repeat. MLflow writes to one SQLite store, made before the timed runs
+    (a user's first run makes its tables once; each later run finds them)."""
+    flags = ["--dataset", "uci", "--folds", "4", "--scaler", "global"]
+    flags += ["--data-dir", args.uci_dir, "--device", args.device, *args.extra]
+    modes = {"at a terminal": True, "in a script": False}
+    seconds: dict[str, dict[str, list[float]]] = {
+        mode: {name: [] for name in TRACK_VARIANTS} for mode in modes
+    }
+    store = f"sqlite:///{scratch / 'track-mlflow.db'}"
+    # the experiment's artifacts in the scratch folder, not under the current folder
+    artifacts = str(scratch / "mlartifacts")
+    make_store = (
+        "from mlflow.tracking import MlflowClient; "
+        f"MlflowClient({store!r}).create_experiment('digitcnn', artifact_location={artifacts!r})"
+    )
+    run_checked([sys.executable, "-c", make_store], "track: making the MLflow store")
+    for repeat in range(args.repeats):
+        for mode, terminal in modes.items():
+            for name, extra in TRACK_VARIANTS.items():
+                out = scratch / f"track-{repeat}-{terminal}-{name}"
+                more = [*extra, "--mlflow-uri", store] if name == "mlflow" else extra
+                command = digitcnn_command(out, [*flags, *more], plots=True)
+                run = run_checked(command, f"track: {name}, {mode}", terminal=terminal)
+                seconds[mode][name].append(run["wall_s"])
+                wait_for_report(out, run["started"])  # the next run starts on a quiet machine
+                _wait_for_tracking(out)
+        print(
+            f"track {repeat + 1}/{args.repeats}: "
+            + "; ".join(
+                f"{mode}: " + ", ".join(f"{n} {v[-1]:.2f} s" for n, v in row.items())
+                for mode, row in seconds.items()
+            ),
+            flush=True,
+        )
+    result: dict = {"command": " ".join(map(str, digitcnn_command(Path("OUT"), flags, True)))}
+    for mode, row in seconds.items():
+        medians = {name: statistics.median(values) for name, values in row.items()}
+        result[mode] = {
+            "seconds": row,
+            "median_s": medians,
+            "added_fraction": {
+                name: medians[name] / medians["untracked"] - 1
+                for name in TRACK_VARIANTS
+                if name != "untracked"
+            },
+        }
+    return result
+
+
+def _wait_for_tracking(out: Path, timeout: float = 120) -> None:
+    """Until MLflow's background logging of the run's files is done (``tracking.log`` gone)."""
+    deadline = time.monotonic() + timeout
+    while (out / "tracking.log").exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{out}: tracking.log still there after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 # The cases of this module by their --cases name
 CASES = {
     "uci": bench_uci,
@@ -403,4 +476,5 @@ CASES = {
     "skorch": bench_skorch,
     "startup": bench_startup,
     "ray": bench_ray,
+    "track": bench_track,
 }

@@ -285,6 +285,7 @@ def speed_section(results: Path) -> list[str]:
         ]
     lines += ray_lines(results)
     lines += startup_lines(results)
+    lines += track_lines(results)
     scaling = (_read(results / "bench" / "bench.json") or {}).get("cases", {}).get("scaling")
     if scaling:
         modes = list(dict.fromkeys(r["mode"] for r in scaling["folds"]))
@@ -387,6 +388,45 @@ def startup_lines(results: Path) -> list[str]:
         "",
     ]
     return lines
+
+
+def track_lines(results: Path) -> list[str]:
+    """The track case of ``python -m benchmarks``: what --track adds to S5's command."""
+    report = _read(results / "bench_track" / "bench.json")
+    case = (report or {}).get("cases", {}).get("track")
+    if not case:
+        return []
+    lines = [
+        f"**Tracking** (`bench_track/bench.json`, {report['repeats']} alternating rounds, "
+        f"medians{_cpu(report)}, whole processes; `{case['command'].split(' -m ', 1)[-1]}` "
+        "plus `--track tensorboard` or `--track mlflow` on one SQLite store made before the "
+        "timed runs):",
+        "",
+        "| S5 command | untracked s | --track tensorboard s | added | --track mlflow s | added |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode in ("at a terminal", "in a script"):
+        row = case[mode]
+        medians, added = row["median_s"], row["added_fraction"]
+        lines.append(
+            f"| {mode} | {medians['untracked']:.2f} | {medians['tensorboard']:.2f} | "
+            f"{100 * added['tensorboard']:+.1f}% | {medians['mlflow']:.2f} | "
+            f"{100 * added['mlflow']:+.1f}% |"
+        )
+    fresh = _read(results / "bench_track" / "bench_fresh_store.json")
+    first = (fresh or {}).get("cases", {}).get("track")
+    if first:
+        lines += [
+            "",
+            "A run that makes a new SQLite store pays for its tables once more (measured "
+            "with a fresh store per run, `bench_track/bench_fresh_store.json`): MLflow "
+            + ", ".join(
+                f"{100 * first[mode]['added_fraction']['mlflow']:+.1f}% {mode}"
+                for mode in ("at a terminal", "in a script")
+            )
+            + ".",
+        ]
+    return [*lines, ""]
 
 
 NOTES = """\

@@ -7,6 +7,8 @@ runner is imported when a run starts, so ``--help`` and a bad flag answer at onc
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from digitcnn.commands._session import (
 )
 from digitcnn.config import RunConfig, config_from_args
 from digitcnn.errors import cli_entry, warnings_as_lines
+from digitcnn.tracking.runs import TRACKING_LOG
 
 __all__ = ["main", "run_command"]
 
@@ -86,14 +89,33 @@ def run_command(
                 executor=ray,
                 callbacks=callbacks,
             )
-        # a tracker that keeps the run's files needs the report drawn before it logs them
-        background = report_in_background() and not (tracker and tracker.keeps_files)
+        background = report_in_background()
         write_final(result, out, plots=config.plots, images=dataset.images, background=background)
-        if tracker is not None:
+        if tracker is not None and tracker.keeps_files and background:
+            # the files, report included, are logged once the background report is drawn
+            log_files_after_report(config, out)
+        elif tracker is not None:
             tracker.log_files(out)
         return result, background
 
     return run_session(session, prepare, run)
+
+
+def log_files_after_report(config: RunConfig, out: Path) -> None:
+    """Start ``python -m digitcnn.track OUT --to mlflow --after-report`` in the background
+    (its own session, errors in ``OUT/tracking.log``, which it removes when done)."""
+    command = [sys.executable, "-m", "digitcnn.track", str(out), "--to", "mlflow"]
+    command += ["--after-report", "--experiment", config.experiment]
+    if config.mlflow_uri:
+        command += ["--mlflow-uri", config.mlflow_uri]
+    with open(out / TRACKING_LOG, "w", encoding="utf-8") as log:
+        subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
 
 
 @cli_entry("digitcnn.kfold")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 from digitcnn.config import TRACKERS
 from digitcnn.errors import cli_entry
@@ -41,10 +42,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--experiment", default=None, help="MLflow experiment (default: the run's own)"
     )
+    parser.add_argument(
+        "--after-report",
+        action="store_true",
+        help="first wait for the report being drawn in the background (how a run at a "
+        "terminal logs its files to MLflow); then remove DIR/tracking.log",
+    )
     args = parser.parse_args(argv)
     # why here: the tracking backends import their libraries and the run store NumPy
-    from digitcnn.tracking import track_folder
+    from digitcnn.tracking.runs import TRACKING_LOG, track_folder, wait_for_report
 
+    if args.after_report:
+        wait_for_report(args.folder)
     track_folder(args.folder, list(dict.fromkeys(args.to)), args.mlflow_uri, args.experiment)
+    if args.after_report:
+        (Path(args.folder) / TRACKING_LOG).unlink(missing_ok=True)
     print(f"{args.folder}: logged to {', '.join(dict.fromkeys(args.to))}")
     return 0

@@ -21,13 +21,14 @@ KILLED until then.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from digitcnn._io import read_json, write_json
-from digitcnn.errors import ConfigError
+from digitcnn.errors import ConfigError, OutputError
 from digitcnn.tracking.tracker import Backend
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ PARENT_TAG = "mlflow.parentRunId"
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 POOLED_METRICS = ("accuracy", "accuracy_mean", "accuracy_std", "loss", "n", "correct", "wall_s")
 # what of a run folder is not an artifact: the tracker's own state, the lock, the event files
-NOT_ARTIFACTS = (STATE_FILE, ".lock", "tensorboard")
+NOT_ARTIFACTS = (STATE_FILE, "tracking.log", "report.log", "tensorboard")
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
@@ -78,37 +79,53 @@ class MlflowBackend(Backend):
         parent_run_id: str | None = None,
         kind: str = "run",
     ) -> None:
-        # why here: MLflow is an extra, and its import takes a second
-        from mlflow.entities import Metric, Param
-        from mlflow.tracking import MlflowClient
-
-        self._metric, self._param, self._client_type = Metric, Param, MlflowClient
+        if importlib.util.find_spec("mlflow") is None:  # refused now; imported when used
+            raise ModuleNotFoundError("No module named 'mlflow'", name="mlflow")
         self.uri = resolve_uri(uri)
-        self.client: Any = None  # connected at the run's start, where a failure is only a warning
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         self.kind = kind
+        self.client: Any = None
         self.experiment_id = ""
         self.run_id = ""
         self.folder: Path | None = None
         self.was_finished = False
+        self.pending: RunStart | None = None
 
     # ------------------------------------------------------------------ the parent run
 
     def start(self, event: RunStart) -> set[int]:
+        """Remembers the run; MLflow is imported and reached at the first fold's end
+        (:meth:`connect`), while the other folds train, not before the first one starts."""
         if event.folder is None:
             raise ConfigError(
                 "--track mlflow keeps its run id in the run's folder; give the run an out_dir"
             )
-        self.folder = Path(event.folder)
-        self.client = self._client_type(tracking_uri=self.uri)
-        self.run_id = self._stored_run() or self._new_run(event)
+        self.folder, self.pending = Path(event.folder), event
+        return set()
+
+    def connect(self) -> str:
+        """The parent run, made or found again, with the folds it lacks logged; its id."""
+        if self.pending is None:
+            return self.run_id
+        event, self.pending = self.pending, None
+        # why here: MLflow's import takes a second, paid while folds train
+        from mlflow.tracking import MlflowClient
+
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.run_id = self._stored_run() or self._new_run(event)
+        except Exception as err:  # what failed is the store: say which
+            detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise OutputError(f"the MLflow store {self.uri} failed: {detail}") from err
         children = self._children()
         for run in children.values():  # a child cut off while being logged
             if run.info.status != "FINISHED":
                 self.client.delete_run(run.info.run_id)
         logged = {fold for fold, run in children.items() if run.info.status == "FINISHED"}
-        return set(event.finished) - logged
+        for fold in sorted(set(event.finished) - logged):
+            self.fold(event.finished[fold])
+        return self.run_id
 
     def _stored_run(self) -> str | None:
         """The parent of an earlier attempt at this run, in this store, set running again."""
@@ -142,7 +159,9 @@ class MlflowBackend(Backend):
             tags[PARENT_TAG] = self.parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=self._folder().name, tags=tags)
         run_id = str(run.info.run_id)
-        params = [self._param(k, _param_text(v)) for k, v in event.config.to_dict().items()]
+        from mlflow.entities import Param
+
+        params = [Param(k, _param_text(v)) for k, v in event.config.to_dict().items()]
         for first in range(0, len(params), 100):  # MLflow takes 100 params per call
             self.client.log_batch(run_id, params=params[first : first + 100])
         write_json(self._state_path(), {"mlflow": {"uri": self.uri, "run_id": run_id}})
@@ -165,13 +184,13 @@ class MlflowBackend(Backend):
     # ------------------------------------------------------------------ folds and the end
 
     def fold(self, result: FoldResult) -> None:
-        tags = {PARENT_TAG: self.run_id, FOLD_TAG: str(result.fold)}
+        from mlflow.entities import Param
+
+        tags = {PARENT_TAG: self.connect(), FOLD_TAG: str(result.fold)}
         child = self.client.create_run(
             self.experiment_id, run_name=f"fold-{result.fold}", tags=tags
         ).info.run_id
-        params = [
-            self._param(name, str(getattr(result, name))) for name in ("seed", "n_train", "n_val")
-        ]
+        params = [Param(name, str(getattr(result, name))) for name in ("seed", "n_train", "n_val")]
         self.client.log_batch(child, params=params)
         metrics = self._fold_metrics(result)
         for first in range(0, len(metrics), BATCH):
@@ -179,6 +198,8 @@ class MlflowBackend(Backend):
         self.client.set_terminated(child, "FINISHED")
 
     def _fold_metrics(self, result: FoldResult) -> list[Any]:
+        from mlflow.entities import Metric
+
         history = {
             "train_loss": result.train_loss,
             "train_accuracy": result.train_accuracy,
@@ -188,7 +209,7 @@ class MlflowBackend(Backend):
         }
         now = _milliseconds()
         metrics = [
-            self._metric(name, float(value), now, epoch + 1)
+            Metric(name, float(value), now, epoch + 1)
             for name, values in history.items()
             for epoch, value in enumerate(values)
         ]
@@ -196,20 +217,24 @@ class MlflowBackend(Backend):
         finals: dict[str, float] = {"best_epoch": result.best_epoch}
         if result.n_val:
             finals.update(accuracy=result.accuracy, loss=result.loss)
-        metrics += [self._metric(k, float(v), now, last) for k, v in finals.items()]
+        metrics += [Metric(k, float(v), now, last) for k, v in finals.items()]
         return metrics
 
     def run_end(self, metrics: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        self.connect()
         if self.was_finished:  # logged before (a finished run tracked again): no repeats
             return
         pooled = [
-            self._metric(name, float(metrics[name]), _milliseconds(), 0)
+            Metric(name, float(metrics[name]), _milliseconds(), 0)
             for name in POOLED_METRICS
             if isinstance(metrics.get(name), (int, float))
         ]
         self.client.log_batch(self.run_id, metrics=pooled)
 
     def files(self, folder: Path) -> None:
+        self.connect()
         for path in sorted(folder.iterdir()):
             if path.name in NOT_ARTIFACTS or path.name.startswith("."):
                 continue
@@ -219,6 +244,8 @@ class MlflowBackend(Backend):
                 self.client.log_artifact(self.run_id, str(path))
 
     def close(self, status: str) -> None:
+        if status == "FINISHED":
+            self.connect()
         if self.run_id and not self.was_finished:
             self.client.set_terminated(self.run_id, status)
 

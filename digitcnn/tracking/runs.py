@@ -8,6 +8,8 @@ finishes); :func:`track_sweep` gives a sweep its parent run.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,9 +24,19 @@ from digitcnn.training.callbacks import RunStart
 if TYPE_CHECKING:
     from digitcnn.config import RunConfig
 
-__all__ = ["make_backends", "make_tracker", "track_folder", "track_sweep"]
+__all__ = [
+    "TRACKING_LOG",
+    "make_backends",
+    "make_tracker",
+    "track_folder",
+    "track_sweep",
+    "wait_for_report",
+]
 
 EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+# In a run folder while its files are logged in the background (after its report); kept with
+# the error when that failed.
+TRACKING_LOG = "tracking.log"
 
 
 def make_backends(
@@ -116,5 +128,32 @@ def track_sweep(folder: str | Path, config: RunConfig) -> tuple[Tracker, str | N
     names = [name for name in config.track if name == "mlflow"]
     tracker = Tracker(make_backends(names, config.mlflow_uri, config.experiment, kind="sweep"))
     tracker.on_run_start(RunStart(config, Path(folder), 0))
-    run_ids = [getattr(backend, "run_id", None) for backend in tracker.backends]
+    tracker.connect()
+    run_ids = [backend.connect() for backend in tracker.backends]
     return tracker, next((run_id for run_id in run_ids if run_id), None)
+
+
+def wait_for_report(folder: str | Path, timeout: float = 600.0) -> None:
+    """Return once the report being drawn in the background for ``folder`` is done: its
+    ``report.log`` removed (drawn), or its process gone (failed, the log kept)."""
+    # why here: the reporting module imports NumPy, which the commands' --help must not
+    from digitcnn.reporting.report import REPORT_LOG
+
+    log = Path(folder) / REPORT_LOG
+    deadline = time.monotonic() + timeout
+    while log.is_file() and time.monotonic() < deadline:
+        words = log.read_text(encoding="utf-8", errors="replace").split()
+        pid = next((int(w) for w, before in zip(words[1:], words) if before == "process"), None)
+        if pid is not None and not _alive(pid):
+            return
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal sent: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process of that number
+        return True
+    return True

@@ -49,6 +49,10 @@ class Backend:
     def start(self, event: RunStart) -> set[int]:
         return set(event.finished)
 
+    def connect(self) -> str:
+        """Reach the store now rather than when first needed; the run's id there, if any."""
+        return ""
+
     def epoch(self, event: EpochEnd) -> None:
         """One epoch of one fold."""
 
@@ -122,6 +126,10 @@ class Tracker(Callback):
             for epoch in epoch_events(result, self.epochs):
                 backend.epoch(epoch)
             backend.fold(result)
+
+    def connect(self) -> None:
+        """Every backend reaches its store now (see :meth:`Backend.connect`)."""
+        self._each("starting", lambda backend: backend.connect())
 
     def on_epoch_end(self, event: EpochEnd) -> None:
         self._each(

@@ -7,6 +7,7 @@ on a SQLite store in tmp_path. Nothing is mocked.
 import csv
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,6 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
 
 from digitcnn.commands import kfold, sweep, track
 from digitcnn.config import RunConfig, config_from_args
@@ -204,16 +204,21 @@ def test_killed_and_resumed_run_keeps_one_parent_and_k_children(optdigits_dir, t
     command += ["--no-verify", "--quiet", "--no-plots", "--threads", "1", "--workers", "2"]
     command += ["--track", "mlflow", "--track", "tensorboard", "--mlflow-uri", uri]
     process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(uri)
+
+    def logged_folds() -> int:  # the children the run has logged so far
+        if not (out / "tracking.json").is_file():
+            return 0
+        return len(_parent_and_children(client, _run_id(out))[1])
+
     deadline = time.monotonic() + 180
-    while not list((out / "folds").glob("fold*.json")):
+    while logged_folds() == 0:  # a fold finished and its child run is in the store
         if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"no fold finished: {process.communicate()[1]}")
-        time.sleep(0.05)
-    time.sleep(0.5)  # the finished fold's child run is logged just after its record
+            pytest.fail(f"no fold was logged: {process.communicate()[1]}")
+        time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert not (out / "metrics.json").exists()
-    client = MlflowClient(uri)
     before, children = _parent_and_children(client, _run_id(out))
     assert before.info.status == "RUNNING"  # killed outright: nobody marked it
     finished = len(list((out / "folds").glob("fold*.json")))
@@ -256,14 +261,15 @@ def test_a_failing_store_is_one_warning_and_the_run_completes(optdigits_dir, tmp
         ]
         + [*QUICK, "--folds", "2", "--no-plots", "--track", "mlflow"]
         + ["--mlflow-uri", f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"],
-        cwd=REPO_ROOT,
+        cwd=tmp_path,  # MLflow puts its artifacts under the current folder
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert completed.returncode == 0, completed.stderr
     (line,) = completed.stderr.strip().splitlines()
-    assert line.startswith("digitcnn.kfold: warning: --track mlflow: starting failed (")
+    assert line.startswith("digitcnn.kfold: warning: --track mlflow: logging fold ")
+    assert f"(OutputError: the MLflow store sqlite:///{tmp_path / 'a-file'}" in line
     assert line.endswith(f"log it later with python -m digitcnn.track {out} --to mlflow")
     assert json.loads((out / "metrics.json").read_text())["n"] == 180
 
@@ -309,3 +315,55 @@ def test_a_missing_extra_names_it(monkeypatch):
         ConfigError, match=r"--track mlflow needs mlflow.*pip install 'digitcnn\[mlflow\]'"
     ):
         make_backends(["mlflow"])
+
+
+def test_at_a_terminal_the_files_follow_the_background_report(optdigits_dir, tmp_path):
+    out = tmp_path / "run"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "digitcnn.kfold",
+            "--data-dir",
+            str(optdigits_dir),
+            "--out",
+            str(out),
+        ]
+        + [*QUICK, "--folds", "2", "--track", "mlflow", "--mlflow-uri", _uri(tmp_path)],
+        cwd=tmp_path,  # MLflow puts its artifacts under the current folder
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DIGITCNN_REPORT": "background"},  # as at a terminal
+    )
+    assert completed.returncode == 0, completed.stderr
+    deadline = time.monotonic() + 120
+    while (out / "tracking.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not (out / "tracking.log").exists(), (out / "tracking.log").read_text()
+    client = MlflowClient(_uri(tmp_path))
+    parent, children = _parent_and_children(client, _run_id(out))
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.html", "confusion.png", "metrics.json"} <= artifacts
+    assert len(client.get_metric_history(parent.info.run_id, "accuracy")) == 1
+
+
+def test_the_python_api_tracks_as_the_readme_shows(optdigits_dir, tmp_path):
+    import digitcnn
+    from digitcnn.runstore import write_final
+    from digitcnn.tracking import make_tracker
+
+    data = digitcnn.load("uci", data_dir=optdigits_dir, verify=False)
+    config = RunConfig(
+        folds=2, epochs=2, workers=1, threads=1, track=("mlflow",), mlflow_uri=_uri(tmp_path)
+    )
+    out = tmp_path / "api-run"
+    tracker = make_tracker(config)
+    result = digitcnn.run_kfold(data, config, out_dir=out, callbacks=[tracker])
+    write_final(result, out, plots=False)
+    tracker.log_files(out)
+    tracker.close()
+    parent, children = _parent_and_children(MlflowClient(_uri(tmp_path)), _run_id(out))
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert parent.data.metrics["accuracy"] == result.accuracy
