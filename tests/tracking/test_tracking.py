@@ -75,6 +75,28 @@ def _parent_and_children(client, run_id):
     return parent, children
 
 
+def _kfold(data_dir, out, flags, **env):
+    """``python -m digitcnn.kfold`` in a process of its own, in ``out``'s parent folder (MLflow
+    puts its artifacts under the current folder)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "digitcnn.kfold",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            *flags,
+        ],
+        cwd=out.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+
+
 def _run_id(out):
     return json.loads((out / "tracking.json").read_text())["mlflow"]["run_id"]
 
@@ -249,22 +271,11 @@ def test_killed_and_resumed_run_keeps_one_parent_and_k_children(optdigits_dir, t
 def test_a_failing_store_is_one_warning_and_the_run_completes(optdigits_dir, tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
     out = tmp_path / "run"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "digitcnn.kfold",
-            "--data-dir",
-            str(optdigits_dir),
-            "--out",
-            str(out),
-        ]
-        + [*QUICK, "--folds", "2", "--no-plots", "--track", "mlflow"]
-        + ["--mlflow-uri", f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"],
-        cwd=tmp_path,  # MLflow puts its artifacts under the current folder
-        capture_output=True,
-        text=True,
-        timeout=300,
+    store = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"
+    completed = _kfold(
+        optdigits_dir,
+        out,
+        [*QUICK, "--folds", "2", "--no-plots", "--track", "mlflow", "--mlflow-uri", store],
     )
     assert completed.returncode == 0, completed.stderr
     (line,) = completed.stderr.strip().splitlines()
@@ -319,23 +330,8 @@ def test_a_missing_extra_names_it(monkeypatch):
 
 def test_at_a_terminal_the_files_follow_the_background_report(optdigits_dir, tmp_path):
     out = tmp_path / "run"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "digitcnn.kfold",
-            "--data-dir",
-            str(optdigits_dir),
-            "--out",
-            str(out),
-        ]
-        + [*QUICK, "--folds", "2", "--track", "mlflow", "--mlflow-uri", _uri(tmp_path)],
-        cwd=tmp_path,  # MLflow puts its artifacts under the current folder
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "DIGITCNN_REPORT": "background"},  # as at a terminal
-    )
+    flags = [*QUICK, "--folds", "2", "--track", "mlflow", "--mlflow-uri", _uri(tmp_path)]
+    completed = _kfold(optdigits_dir, out, flags, DIGITCNN_REPORT="background")  # as at a terminal
     assert completed.returncode == 0, completed.stderr
     deadline = time.monotonic() + 120
     while (out / "tracking.log").exists() and time.monotonic() < deadline:
