@@ -32,7 +32,9 @@ and its fold workers. Cases:
   local executor: Ray's overhead as a ratio, and whether ``sweep.csv`` (accuracies, t, p) and
   ``comparisons.csv`` came out equal;
 * ``track``: what ``--track tensorboard`` and ``--track mlflow`` (a fresh SQLite store) add to
-  S5's default command, at a terminal and in a script, the three variants alternating.
+  S5's default command, at a terminal and in a script, the three variants alternating;
+* ``checkpoint``: what epoch checkpoints (``--checkpoint-every 1``, the default) add to S5's
+  training time and whole process against ``--checkpoint-every 0``.
 
 ``uci`` and ``mnist`` also run digitcnn's side twice in one fresh process and report the second
 run, the steady state after the one-time warm-up (set-up, training and evaluation seconds from

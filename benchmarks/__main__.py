@@ -34,6 +34,7 @@ CASE_NAMES = (
     "startup",
     "ray",
     "track",
+    "checkpoint",
 )
 
 
@@ -261,6 +262,18 @@ def track_summary(case: str, result: dict, repeats: int) -> list[str]:
     return lines
 
 
+def checkpoint_summary(case: str, result: dict, repeats: int) -> list[str]:
+    """What epoch checkpoints add to S5's training and whole process."""
+    median = result["median"]
+    return [
+        f"checkpoint: S5, {repeats} alternating rounds, medians: training "
+        f"{median['checkpoints']['train_s']:.2f} s against {median['none']['train_s']:.2f} s "
+        f"without checkpoints ({100 * result['added_train_fraction']:+.1f}%), whole process "
+        f"{median['checkpoints']['wall_s']:.2f} s against {median['none']['wall_s']:.2f} s "
+        f"({100 * result['added_wall_fraction']:+.1f}%)"
+    ]
+
+
 # The printed summary, in this order: (case, lines of its summary)
 SUMMARIES: tuple[tuple[str, Callable[[str, dict, int], list[str]]], ...] = (
     ("uci", race_summary),
@@ -269,6 +282,7 @@ SUMMARIES: tuple[tuple[str, Callable[[str, dict, int], list[str]]], ...] = (
     ("uci", uci_default_summary),
     ("startup", startup_summary),
     ("track", track_summary),
+    ("checkpoint", checkpoint_summary),
     ("ray", ray_summary),
     ("choices", choices_summary),
     ("augment", augment_summary),

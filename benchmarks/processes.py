@@ -41,6 +41,7 @@ __all__ = [
     "bench_startup",
     "TRACK_VARIANTS",
     "bench_track",
+    "bench_checkpoint",
     "CASES",
 ]
 
@@ -459,6 +460,43 @@ def bench_track(args, scratch: Path) -> dict:
     return result
 
 
+def bench_checkpoint(args, scratch: Path) -> dict:
+    """What epoch checkpoints cost S5's default command (one per fold per epoch) against
+    ``--checkpoint-every 0``: the run's own training seconds (``train_s`` summed over the
+    folds, from its metrics) and the whole process, the two alternating in each repeat."""
+    flags = ["--dataset", "uci", "--folds", "4", "--scaler", "global"]
+    flags += ["--data-dir", args.uci_dir, "--device", args.device, *args.extra]
+    variants = {"checkpoints": [], "none": ["--checkpoint-every", "0"]}
+    rows: dict[str, dict[str, list[float]]] = {
+        name: {"wall_s": [], "train_s": []} for name in variants
+    }
+    for repeat in range(args.repeats):
+        for name, extra in variants.items():
+            out = scratch / f"checkpoint-{repeat}-{name}"
+            run = run_checked(digitcnn_command(out, [*flags, *extra]), f"checkpoint: {name}")
+            rows[name]["wall_s"].append(run["wall_s"])
+            rows[name]["train_s"].append(read_digitcnn(out)["train_s"])
+        print(
+            f"checkpoint {repeat + 1}/{args.repeats}: "
+            + ", ".join(
+                f"{n} {r['train_s'][-1]:.2f} s training, {r['wall_s'][-1]:.2f} s whole"
+                for n, r in rows.items()
+            ),
+            flush=True,
+        )
+    medians = {
+        name: {key: statistics.median(values) for key, values in row.items()}
+        for name, row in rows.items()
+    }
+    return {
+        "command": " ".join(map(str, digitcnn_command(Path("OUT"), flags))),
+        "runs": rows,
+        "median": medians,
+        "added_train_fraction": medians["checkpoints"]["train_s"] / medians["none"]["train_s"] - 1,
+        "added_wall_fraction": medians["checkpoints"]["wall_s"] / medians["none"]["wall_s"] - 1,
+    }
+
+
 def _wait_for_tracking(out: Path, timeout: float = 120) -> None:
     """Until MLflow's background logging of the run's files is done (``tracking.log`` gone)."""
     deadline = time.monotonic() + timeout
@@ -477,4 +515,5 @@ CASES = {
     "startup": bench_startup,
     "ray": bench_ray,
     "track": bench_track,
+    "checkpoint": bench_checkpoint,
 }

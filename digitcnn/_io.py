@@ -47,8 +47,9 @@ def os_error_text(err: OSError) -> str:
     return reason
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``.
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``; ``durable``: flushed
+    to the disk (fsync) before the rename, so that it survives a crash of the machine too.
 
     An OS error (no space left, no permission, a read-only disk) is raised as
     :class:`~digitcnn.errors.OutputError` naming ``path``; the temporary file is removed.
@@ -69,7 +70,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
-            os.fsync(stream.fileno())
+            if durable:
+                os.fsync(stream.fileno())
         os.replace(temporary, path)
     except OSError as err:
         Path(temporary).unlink(missing_ok=True)

@@ -179,6 +179,15 @@ class RunConfig(Recipe):
         "keep each fold's final (or best) model in the results "
         "folder: a K-fold run is then a K-model ensemble",
     )
+    checkpoint_every: int = _files(
+        1,
+        "write an epoch checkpoint of each fold in flight every N epochs, so that a killed "
+        "run resumed with --resume redoes at most N epochs per fold (0: none)",
+        low=0,
+    )
+    keep_checkpoints: bool = _files(
+        False, "keep the checkpoints of finished folds (by default they are removed)"
+    )
     plots: bool = _output(
         True,
         "write the report's figures (confusion matrix, curves, ROC and "

@@ -288,6 +288,8 @@ def test_every_setting_has_a_role_and_the_lists_follow_from_them():
         "threads",
         "workers",
         "save_models",
+        "checkpoint_every",
+        "keep_checkpoints",
         "track",
         "mlflow_uri",
         "experiment",

@@ -12,6 +12,7 @@ import multiprocessing
 import queue
 import signal
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from digitcnn.config import RunConfig
 from digitcnn.cv.folds import (
     divergence_check,
     fit_fold_scaler,
+    fold_checkpoints,
     fold_result,
     fresh_model,
     run_fold,
@@ -112,22 +114,38 @@ class _EpochsToParent(Callback):
             event.stop()
 
 
-def _run_fold_in_worker(task: tuple[int, np.ndarray, np.ndarray]) -> FoldResult:
+def _run_fold_in_worker(
+    task: tuple[int, np.ndarray, np.ndarray],
+) -> tuple[FoldResult, list[tuple[type[Warning], str]]]:
+    """One fold in a fold process; its result and the warnings it raised, which the parent
+    raises again (a forked process inherits the parent's way of catching them, whose record
+    would stay here)."""
     fold, train_rows, val_rows = task
     state = _WORKER_STATE
     to_parent = state["to_parent"]
-    return run_fold(
-        state["dataset"],
-        state["config"],
-        fold,
-        train_rows,
-        val_rows,
-        state["device"],
-        state["global_scaler"],
-        [] if to_parent is None else [to_parent],
-        state["extra"],
-        state["out_dir"],
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_fold(
+            state["dataset"],
+            state["config"],
+            fold,
+            train_rows,
+            val_rows,
+            state["device"],
+            state["global_scaler"],
+            [] if to_parent is None else [to_parent],
+            state["extra"],
+            state["out_dir"],
+        )
+    return result, [(w.category, str(w.message)) for w in caught]
+
+
+def _raised_again(outcome: tuple[FoldResult, list[tuple[type[Warning], str]]]) -> FoldResult:
+    """A fold process's result, its warnings raised here."""
+    result, raised = outcome
+    for category, message in raised:
+        warnings.warn(message, category, stacklevel=2)
+    return result
 
 
 def _deliver_epochs(
@@ -190,12 +208,12 @@ def run_folds_in_processes(
         results = pool.imap_unordered(_run_fold_in_worker, pending)
         for _ in pending:
             if events is None:
-                yield results.next()
+                yield _raised_again(results.next())
                 continue
             while True:  # events first: a fold waits for its answer before it goes on
                 _deliver_epochs(events, stops, acks, callbacks, config.epochs, wait=0.02)
                 try:
-                    result = results.next(timeout=0.001)
+                    result = _raised_again(results.next(timeout=0.001))
                 except multiprocessing.TimeoutError:
                     continue
                 yield result
@@ -288,6 +306,7 @@ def run_folds_parallel(
         callbacks=[divergence_check(config), *callbacks],
         autocast_dtype=autocast_dtype(resolve_precision(config.precision, device)),
         memory_format=memory_format,
+        checkpoints=fold_checkpoints(config, out_dir, [fold for fold, _, _ in pending]),
     )
     wall = (time.perf_counter() - started) / len(pending)
     for (fold, _, val_rows), model, outcome, scaler, rows in zip(

@@ -74,8 +74,13 @@ def _fold_task(
     global_scaler,
     use_gpu: bool,
     threads: int,
+    run_folder: str | None = None,
 ):
     """One fold on a Ray worker: :func:`digitcnn.cv.folds.run_fold`, as a local run trains it.
+
+    Its epoch checkpoints go straight to ``run_folder`` (the driver's run folder, which a
+    cluster shares: a task retried after its worker died continues from them; on a machine
+    that does not see that folder they serve only retries there).
 
     Returns (FoldResult, precision used, {path relative to the run folder: bytes} of the files
     the fold wrote: its saved model with ``--save-models``), for the driver to write.
@@ -93,6 +98,8 @@ def _fold_task(
     )
     # Ray hands numpy arguments over read-only, straight from the object store.
     train_rows, val_rows = np.array(train_rows), np.array(val_rows)
+    if run_folder is None:  # a run without a folder keeps no checkpoints
+        config = config.replace(checkpoint_every=0)
     with tempfile.TemporaryDirectory(prefix="digitcnn-fold-") as scratch:
         result = run_fold(
             dataset,
@@ -105,6 +112,7 @@ def _fold_task(
             (),
             extra,
             Path(scratch),
+            None if run_folder is None else Path(run_folder),
         )
         files = {
             str(path.relative_to(scratch)): path.read_bytes()
@@ -369,6 +377,7 @@ class RayExecutor:
                         plan.global_scaler,
                         gpus > 0,
                         self._threads(config),
+                        None if out_dir is None else str(out_dir),
                     )
                     jobs[ref] = (state, fold)
             for state in states:

@@ -16,6 +16,11 @@ from digitcnn.config import RunConfig
 from digitcnn.datasets.base import DigitDataset
 from digitcnn.models import create_model
 from digitcnn.results import FoldResult
+from digitcnn.runstore.checkpoints import (
+    CHECKPOINTS,
+    EpochCheckpoints,
+    checkpoint_fingerprint,
+)
 
 # Modules, not their functions: tests replace loop.fit and scaling.fit_scaler in them.
 from digitcnn.training import loop as engine
@@ -30,6 +35,7 @@ from digitcnn.training.runtime import (
 )
 
 __all__ = [
+    "fold_checkpoints",
     "fit_fold_scaler",
     "fold_tensors",
     "device_tensors",
@@ -137,6 +143,22 @@ def divergence_check(config: RunConfig) -> DivergenceCheck:
     )
 
 
+def fold_checkpoints(
+    config: RunConfig, out_dir: Path | None, folds: list[int]
+) -> EpochCheckpoints | None:
+    """The epoch checkpoints of ``folds`` (one fold, or a fold-batched group) in the run
+    folder, or None when the run writes none (no folder, or ``--checkpoint-every 0``)."""
+    if out_dir is None or config.checkpoint_every == 0:
+        return None
+    name = f"fold-{folds[0]}" if len(folds) == 1 else "folds-" + "-".join(map(str, folds))
+    return EpochCheckpoints(
+        Path(out_dir) / CHECKPOINTS,
+        name,
+        checkpoint_fingerprint(config, folds),
+        config.checkpoint_every,
+    )
+
+
 def fold_result(
     fold: int,
     n_train: int,
@@ -185,10 +207,13 @@ def run_fold(
     callbacks: Sequence[Callback] = (),
     extra: DigitDataset | None = None,
     out_dir: Path | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> FoldResult:
     """Train and evaluate one fold from scratch: fresh seed, model, optimizer, schedule and
-    early-stopping state; ``callbacks`` hear its epochs. With ``out_dir`` and
-    ``config.save_models`` the fold's model is saved under ``out_dir/folds/fold<k>/``."""
+    early-stopping state (or from its newest epoch checkpoint); ``callbacks`` hear its epochs.
+    With ``out_dir`` and ``config.save_models`` the fold's model is saved under
+    ``out_dir/folds/fold<k>/``; its epoch checkpoints go to the run folder ``checkpoint_dir``
+    (default ``out_dir``)."""
     started = time.perf_counter()
     seed = fold_seed(config.seed, fold)
     data, scaler = fold_tensors(dataset, config, train_rows, val_rows, device, global_scaler, extra)
@@ -201,6 +226,7 @@ def run_fold(
         device,
         callbacks=[divergence_check(config), *callbacks],
         fold=fold,
+        checkpoints=fold_checkpoints(config, checkpoint_dir or out_dir, [fold]),
     )
     result = fold_result(
         fold, len(data.train_labels), val_rows, outcome, seed, time.perf_counter() - started
@@ -220,6 +246,7 @@ def train_model(
     callbacks: Sequence[Callback] = (),
     model: torch.nn.Module | None = None,
     fold: int = 0,
+    checkpoints: engine.EpochCheckpoints | None = None,
 ) -> tuple[torch.nn.Module, engine.FitOutcome]:
     """One fold's training, as :func:`run_fold` does it: seed ``seed``, build a fresh
     ``config.model`` for ``input_shape`` (C, H, W) (or train ``model`` further), then
@@ -241,6 +268,7 @@ def train_model(
         callbacks=callbacks,
         autocast_dtype=autocast_dtype(precision),
         fold=fold,
+        checkpoints=checkpoints,
     )
     return model, outcome
 

@@ -36,6 +36,7 @@ from digitcnn.cv.splits import Splitter, make_splits, splits_sha256
 from digitcnn.datasets.base import DigitDataset, load
 from digitcnn.errors import DataError
 from digitcnn.results import FoldResult, KFoldResult
+from digitcnn.runstore.checkpoints import CHECKPOINTS, remove_checkpoints
 from digitcnn.runstore.files import finished_folds, start_run_folder, write_fold
 
 # A module, not its function: tests replace scaling.fit_scaler in it.
@@ -286,11 +287,15 @@ def fold_ended(
     out_dir: Path | None,
     epochs: int,
     replay: bool = False,
+    keep_checkpoints: bool = False,
 ) -> None:
-    """A fold trained now: written at once (for --resume), then told to ``callbacks``
-    (after its epochs, when it trained out of their reach: ``replay``)."""
+    """A fold trained now: written at once (for --resume), its epoch checkpoints removed
+    (unless ``keep_checkpoints``), then told to ``callbacks`` (after its epochs, when it
+    trained out of their reach: ``replay``)."""
     if out_dir is not None:
         write_fold(out_dir, result)
+        if not keep_checkpoints:  # its record is written: its checkpoints are no longer needed
+            remove_checkpoints(out_dir / CHECKPOINTS, f"fold-{result.fold}")
     if replay:
         replay_epochs(callbacks, result, epochs)
     for callback in callbacks:
@@ -352,9 +357,13 @@ def run_kfold(
     try:
         for fold in _train_pending(dataset, config, plan, execution, device, hooks, out_dir):
             trained.append(fold)
-            fold_ended(hooks, fold, out_dir, config.epochs)
+            fold_ended(
+                hooks, fold, out_dir, config.epochs, keep_checkpoints=config.keep_checkpoints
+            )
     finally:
         progress.close()
+    if out_dir is not None and not config.keep_checkpoints:
+        remove_checkpoints(out_dir / CHECKPOINTS)  # a fold-batched group's, once all are written
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result = collect_run(

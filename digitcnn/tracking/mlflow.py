@@ -43,7 +43,7 @@ PARENT_TAG = "mlflow.parentRunId"
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 POOLED_METRICS = ("accuracy", "accuracy_mean", "accuracy_std", "loss", "n", "correct", "wall_s")
 # what of a run folder is not an artifact: the tracker's own state, the lock, the event files
-NOT_ARTIFACTS = (STATE_FILE, "tracking.log", "report.log", "tensorboard")
+NOT_ARTIFACTS = (STATE_FILE, "tracking.log", "report.log", "tensorboard", "checkpoints")
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
@@ -91,6 +91,7 @@ class MlflowBackend(Backend):
         self.folder: Path | None = None
         self.was_finished = False
         self.pending: RunStart | None = None
+        self.partial: dict[int, Any] = {}  # fold -> its child run, cut off while being logged
 
     # ------------------------------------------------------------------ the parent run
 
@@ -119,9 +120,8 @@ class MlflowBackend(Backend):
             detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             raise OutputError(f"the MLflow store {self.uri} failed: {detail}") from err
         children = self._children()
-        for run in children.values():  # a child cut off while being logged
-            if run.info.status != "FINISHED":
-                self.client.delete_run(run.info.run_id)
+        # a child cut off while being logged is completed, not doubled
+        self.partial = {f: run for f, run in children.items() if run.info.status != "FINISHED"}
         logged = {fold for fold, run in children.items() if run.info.status == "FINISHED"}
         for fold in sorted(set(event.finished) - logged):
             self.fold(event.finished[fold])
@@ -187,14 +187,24 @@ class MlflowBackend(Backend):
         from mlflow.entities import Param
 
         tags = {PARENT_TAG: self.connect(), FOLD_TAG: str(result.fold)}
-        child = self.client.create_run(
-            self.experiment_id, run_name=f"fold-{result.fold}", tags=tags
-        ).info.run_id
         params = [Param(name, str(getattr(result, name))) for name in ("seed", "n_train", "n_val")]
-        self.client.log_batch(child, params=params)
         metrics = self._fold_metrics(result)
-        for first in range(0, len(metrics), BATCH):
-            self.client.log_batch(child, metrics=metrics[first : first + BATCH])
+        partial = self.partial.pop(result.fold, None)
+        if partial is not None and partial.data.metrics and len(metrics) > BATCH - len(params):
+            self.client.delete_run(partial.info.run_id)  # which of its batches landed is unknown
+            partial = None
+        if partial is None:
+            child = self.client.create_run(
+                self.experiment_id, run_name=f"fold-{result.fold}", tags=tags
+            ).info.run_id
+        else:
+            child = partial.info.run_id
+        if partial is None or not partial.data.metrics:
+            # one batch (one transaction) for a fold of up to ~1000 values: all of it or nothing
+            first = BATCH - len(params)
+            self.client.log_batch(child, metrics=metrics[:first], params=params)
+            for start in range(first, len(metrics), BATCH):
+                self.client.log_batch(child, metrics=metrics[start : start + BATCH])
         self.client.set_terminated(child, "FINISHED")
 
     def _fold_metrics(self, result: FoldResult) -> list[Any]:

@@ -18,7 +18,7 @@ import contextlib
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -254,6 +254,13 @@ class Trainer(Protocol):
     def load_fold_state(self, fold: int, state: dict[str, torch.Tensor]) -> None:
         """Load a state from :meth:`fold_state` into fold ``fold``."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything of the trainer the next epoch depends on (weights, generators), for an
+        epoch checkpoint."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`."""
+
 
 class SingleModel:
     """One model on one fold's :class:`FoldTensors`: the K = 1 :class:`Trainer`."""
@@ -304,6 +311,14 @@ class SingleModel:
 
     def load_fold_state(self, fold: int, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the next epoch depends on: the weights and the batch-order generator."""
+        return {"model": self.model.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.generator.set_state(state["generator"])
 
 
 @torch.no_grad()

@@ -15,11 +15,13 @@ here too, as ``digitcnn.training.loop`` is the training API the rest of digitcnn
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import cast
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -48,6 +50,7 @@ from digitcnn.training.recipe import (
 )
 
 __all__ = [
+    "EpochCheckpoints",
     "EpochRecord",
     "FitOutcome",
     "FoldRun",
@@ -74,6 +77,17 @@ __all__ = [
     "make_optimizer",
     "make_scheduler",
 ]
+
+
+class EpochCheckpoints(Protocol):
+    """Where a fit keeps its epoch checkpoints
+    (:class:`digitcnn.runstore.checkpoints.EpochCheckpoints`)."""
+
+    def save(self, state: Callable[[], dict[str, Any]], epoch: int) -> None:
+        """After epoch ``epoch``: keep ``state()`` when a checkpoint is due."""
+
+    def restore(self, load: Callable[[dict[str, Any]], None]) -> int | None:
+        """Give the newest usable checkpoint to ``load``; its epoch, or None."""
 
 
 @dataclass
@@ -200,9 +214,11 @@ class FitLoop:
         num_classes: int,
         folds: Sequence[int] | None = None,
         callbacks: Sequence[Callback] = (),
+        checkpoints: EpochCheckpoints | None = None,
     ) -> None:
         recipe = Recipe.of(recipe)
         self.trainer, self.config, self.num_classes = trainer, recipe, num_classes
+        self.checkpoints = checkpoints
         self.fold_numbers = list(range(trainer.folds) if folds is None else folds)
         self.callbacks = list(callbacks)
         steps_per_epoch = math.ceil(max(trainer.train_counts) / recipe.batch_size)
@@ -221,16 +237,71 @@ class FitLoop:
         self.timing = {"train_s": 0.0, "eval_s": 0.0}
 
     def run(self) -> list[FitOutcome]:
-        """The fit loop: epochs until ``recipe.epochs`` or every fold has stopped."""
-        for epoch in range(self.config.epochs):
+        """The fit loop: epochs until ``recipe.epochs`` or every fold has stopped, from the
+        newest epoch checkpoint when there is one."""
+        for epoch in range(self.resume(), self.config.epochs):
             trained = self.run_single_epoch(epoch)
             for index in trained:
                 self.end_epoch(epoch, index, trained)
             if not any(fold.active for fold in self.folds):
                 break
+            if self.checkpoints is not None and epoch + 1 < self.config.epochs:
+                self.checkpoints.save(functools.partial(self.state_dict, epoch), epoch)
         if self.folds[0].evaluation is None:
             raise ValueError("fit needs at least one epoch")
         return self.finish()
+
+    def resume(self) -> int:
+        """Load the newest usable checkpoint; the epoch to start from (0 without one). The
+        epochs it holds are told to the callbacks again (not to early stopping, whose state
+        it holds), so that a progress bar or a tracker sees the whole fold."""
+        if self.checkpoints is None:
+            return 0
+        fresh = copy.deepcopy(self.state_dict(-1))  # the state dicts hold live tensors
+
+        def load(state: dict[str, Any]) -> None:
+            try:
+                self.load_state_dict(state)
+            except BaseException:
+                self.load_state_dict(fresh)  # a state that did not fit leaves nothing behind
+                raise
+
+        restored = self.checkpoints.restore(load)
+        if restored is None:
+            return 0
+        for index, fold in enumerate(self.folds):
+            for epoch in range(len(fold.history.train_loss)):
+                notify_epoch(self.callbacks, self.epoch_event(epoch, index, epoch))
+        return restored + 1
+
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        """Everything the epoch after ``epoch`` depends on: the trainer's weights and
+        generators, the optimizer, each fold's schedule, early stopping and history, and
+        the global random-number generators (dropout)."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "epoch": epoch,
+            "trainer": self.trainer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "folds": [_fold_state(fold) for fold in self.folds],
+            "rng": rng,
+            "timing": dict(self.timing),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (raises when it does not fit these folds)."""
+        if len(state["folds"]) != len(self.folds):
+            raise ValueError(f"{len(state['folds'])} folds, not {len(self.folds)}")
+        self.trainer.load_state_dict(state["trainer"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for fold, saved in zip(self.folds, state["folds"]):
+            _load_fold_state(fold, saved)
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.timing = dict(state["timing"])
 
     def run_single_epoch(self, epoch: int) -> list[int]:
         """Train every running fold one epoch, evaluate, and record what each fold did;
@@ -253,21 +324,26 @@ class FitLoop:
             self.record(epoch, index, losses[index], counts[index])
         return trained
 
-    def end_epoch(self, epoch: int, index: int, trained: Sequence[int]) -> None:
-        """Fold ``index``'s epoch event to its early stopping and the callbacks; a fold asked
-        to stop stops here."""
+    def epoch_event(self, epoch: int, index: int, entry: int = -1) -> EpochEnd:
+        """Fold ``index``'s event for ``epoch``, from its history's ``entry``."""
         fold, history = self.folds[index], self.folds[index].history
-        event = EpochEnd(
+        return EpochEnd(
             self.fold_numbers[index],
             epoch,
             self.config.epochs,
             {
-                name: getattr(history, name)[-1]
+                name: getattr(history, name)[entry]
                 for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
             },
             has_validation=fold.evaluation is not None and fold.evaluation.n > 0,
             state=lambda: self.trainer.fold_state(index),
         )
+
+    def end_epoch(self, epoch: int, index: int, trained: Sequence[int]) -> None:
+        """Fold ``index``'s epoch event to its early stopping and the callbacks; a fold asked
+        to stop stops here."""
+        fold = self.folds[index]
+        event = self.epoch_event(epoch, index)
         if notify_epoch([fold.stopper, *self.callbacks], event):
             fold.active = False
             if any(self.folds[other].active for other in trained if other != index):
@@ -353,6 +429,29 @@ class FitLoop:
         self.timing[key] += time.perf_counter() - started
 
 
+def _fold_state(fold: FoldRun) -> dict[str, Any]:
+    evaluation = fold.evaluation
+    return {
+        "schedule": fold.schedule.state_dict(),
+        "stopper": fold.stopper.state_dict(),
+        "history": asdict(fold.history),
+        "active": fold.active,
+        "stopped_state": fold.stopped_state,
+        "evaluation": None if evaluation is None else asdict(evaluation),
+        "epochs_run": fold.epochs_run,
+    }
+
+
+def _load_fold_state(fold: FoldRun, state: dict[str, Any]) -> None:
+    fold.schedule.load_state_dict(state["schedule"])
+    fold.stopper.load_state_dict(state["stopper"])
+    fold.history = EpochRecord(**state["history"])
+    fold.active, fold.stopped_state = state["active"], state["stopped_state"]
+    saved = state["evaluation"]
+    fold.evaluation = None if saved is None else Evaluation(**saved)
+    fold.epochs_run = state["epochs_run"]
+
+
 def fit_folds(
     trainer: Trainer,
     recipe: Recipe,
@@ -360,10 +459,12 @@ def fit_folds(
     num_classes: int,
     folds: Sequence[int] | None = None,
     callbacks: Sequence[Callback] = (),
+    checkpoints: EpochCheckpoints | None = None,
 ) -> list[FitOutcome]:
     """Train the K folds of ``trainer`` with ``recipe`` (:class:`FitLoop`); one
-    :class:`FitOutcome` per fold. ``callbacks`` hear every fold's epochs (numbered ``folds``)."""
-    return FitLoop(trainer, recipe, num_classes, folds, callbacks).run()
+    :class:`FitOutcome` per fold. ``callbacks`` hear every fold's epochs (numbered ``folds``);
+    with ``checkpoints`` the fit continues from the newest one and keeps one per epoch."""
+    return FitLoop(trainer, recipe, num_classes, folds, callbacks, checkpoints).run()
 
 
 def fit(
@@ -376,6 +477,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     autocast_dtype: torch.dtype | None = None,
     fold: int = 0,
+    checkpoints: EpochCheckpoints | None = None,
 ) -> FitOutcome:
     """Train ``model`` on ``data`` with ``recipe`` (default :class:`Recipe`: S5's),
     evaluating on the validation rows each epoch. No run configuration is needed::
@@ -390,6 +492,8 @@ def fit(
     probabilities are not rounded to bf16. ``generator`` draws the batch order and the
     augmentation (default: seeded with 0, on the data's device). ``num_classes``: default one
     more than the largest label. ``callbacks`` hear each epoch as fold ``fold``.
+    ``checkpoints``: continue from the newest epoch checkpoint there and keep one per epoch
+    (see :mod:`digitcnn.runstore.checkpoints`).
     """
     recipe = Recipe() if recipe is None else Recipe.of(recipe)
     if num_classes is None:
@@ -405,7 +509,14 @@ def fit(
         label_smoothing=recipe.label_smoothing,
         autocast_dtype=autocast_dtype,
     )
-    return fit_folds(trainer, recipe, num_classes=num_classes, folds=[fold], callbacks=callbacks)[0]
+    return fit_folds(
+        trainer,
+        recipe,
+        num_classes=num_classes,
+        folds=[fold],
+        callbacks=callbacks,
+        checkpoints=checkpoints,
+    )[0]
 
 
 def train_epoch(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ from digitcnn.training._steps import (
 )
 from digitcnn.training.augment import Augmentation
 from digitcnn.training.callbacks import Callback
-from digitcnn.training.loop import FitOutcome, fit_folds
+from digitcnn.training.loop import EpochCheckpoints, FitOutcome, fit_folds
 from digitcnn.training.recipe import Recipe
 
 __all__ = ["StackedFolds", "FoldBatch", "fit_parallel", "epoch_plan"]
@@ -194,6 +195,20 @@ class FoldBatch:
     def load_fold_state(self, fold: int, state: dict[str, torch.Tensor]) -> None:
         load_fold_state(self.model, self.folds, fold, state)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The stacked weights, each fold's batch-order generator and the augmentation's."""
+        return {
+            "model": self.model.state_dict(),
+            "generators": [generator.get_state() for generator in self.generators],
+            "augment_generator": self.augment_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        for generator, saved in zip(self.generators, state["generators"]):
+            generator.set_state(saved)
+        self.augment_generator.set_state(state["augment_generator"])
+
 
 def fit_parallel(
     models: Sequence[nn.Module],
@@ -207,6 +222,7 @@ def fit_parallel(
     callbacks: Sequence[Callback] = (),
     autocast_dtype: torch.dtype | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
+    checkpoints: EpochCheckpoints | None = None,
 ) -> list[FitOutcome]:
     """Train K freshly built ``models`` together; they end with their trained (or best) weights.
 
@@ -214,7 +230,8 @@ def fit_parallel(
     of the stacked batch; ``autocast_dtype`` (e.g. bf16) is the training steps' autocast, and
     ``callbacks`` hear each fold's epochs (numbered ``folds``), as in
     :func:`digitcnn.training.loop.fit`; ``memory_format`` is the inputs' layout. Returns one
-    :class:`FitOutcome` per fold, like :func:`digitcnn.training.loop.fit`.
+    :class:`FitOutcome` per fold, like :func:`digitcnn.training.loop.fit`; ``checkpoints``
+    keep the group's epoch checkpoints (one for all its folds).
     """
     recipe = Recipe.of(recipe)
     trainer = FoldBatch(
@@ -227,7 +244,14 @@ def fit_parallel(
         autocast_dtype=autocast_dtype,
         memory_format=memory_format,
     )
-    outcomes = fit_folds(trainer, recipe, num_classes=num_classes, folds=folds, callbacks=callbacks)
+    outcomes = fit_folds(
+        trainer,
+        recipe,
+        num_classes=num_classes,
+        folds=folds,
+        callbacks=callbacks,
+        checkpoints=checkpoints,
+    )
     for fold, model in enumerate(models):
         model.load_state_dict(trainer.fold_state(fold))
     return outcomes

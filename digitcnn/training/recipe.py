@@ -250,6 +250,18 @@ class FoldSchedule:
             self.optimizer.step()  # keeps torch's "optimizer.step() before scheduler" order
             self.scheduler.step()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the schedule is (its optimizer's rate and its scheduler's counters)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
     def epoch_step(self, metric: float) -> None:
         if self.scheduler is None or self.per_batch:
             return
@@ -299,6 +311,19 @@ class EarlyStopping(Callback):
             return True
         self.waited += 1
         return False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best value and epoch, the epochs waited and the best weights."""
+        return {
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "waited": self.waited,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
+        self.waited, self.best_state = state["waited"], state["best_state"]
 
     def on_epoch_end(self, event: EpochEnd) -> None:
         state = event.state

@@ -26,7 +26,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from conftest import REPO_ROOT, synthetic_optdigits, without_timings, write_table  # noqa: E402
-from ray_faults import KILL_WORKER_MARKER  # noqa: E402
+from ray_faults import KILL_AFTER_CHECKPOINT, KILL_WORKER_MARKER, RESUMED  # noqa: E402
 
 from digitcnn.commands import kfold, sweep  # noqa: E402
 from digitcnn.config import RunConfig  # noqa: E402
@@ -101,6 +101,8 @@ def ray_root():
             "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0",
             KILL_WORKER_MARKER: str(root / "kill-worker"),
+            KILL_AFTER_CHECKPOINT: str(root / "kill-after-checkpoint"),
+            RESUMED: str(root / "resumed.txt"),
             # the workers import the test's fault hook (tests/ray_faults.py) too
             "PYTHONPATH": os.pathsep.join(
                 p for p in [str(REPO_ROOT), str(REPO_ROOT / "tests"), saved.get("PYTHONPATH")] if p
@@ -272,6 +274,25 @@ def test_a_killed_worker_is_retried_with_identical_results(
     )
     assert not marker.exists()  # a worker did die in the middle of this run
     assert _metrics(out) == local_reference[1]
+
+
+def test_a_task_retried_after_its_worker_died_continues_from_its_checkpoint(
+    local_ray, data_dir, local_reference, tmp_path
+):
+    marker, resumed = Path(os.environ[KILL_AFTER_CHECKPOINT]), Path(os.environ[RESUMED])
+    marker.touch()  # the first fold task to write a checkpoint then kills its worker
+    config = _config(data_dir, save_models=True)
+    out = tmp_path / "ray"
+    write_final(
+        run_kfold(load_for_config(config), config, out_dir=out, executor=local_ray),
+        out,
+        plots=False,
+    )
+    assert not marker.exists()  # a worker died after its fold's first epoch
+    (line,) = resumed.read_text().splitlines()  # and its retry went on from there
+    assert line.startswith("fold-") and line.endswith(" 0")
+    assert _metrics(out) == local_reference[1]
+    assert not (out / "checkpoints").exists()
 
 
 def test_a_digitcnn_error_in_a_task_is_one_line_exit_2(local_ray, data_dir, tmp_path, capsys):

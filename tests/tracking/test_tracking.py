@@ -363,3 +363,24 @@ def test_the_python_api_tracks_as_the_readme_shows(optdigits_dir, tmp_path):
     parent, children = _parent_and_children(MlflowClient(_uri(tmp_path)), _run_id(out))
     assert parent.info.status == "FINISHED" and len(children) == 2
     assert parent.data.metrics["accuracy"] == result.accuracy
+
+
+def test_a_child_cut_off_while_being_logged_is_completed_not_doubled(tracked_run, tmp_path):
+    client = MlflowClient(_uri(tmp_path))
+    parent, children = _parent_and_children(client, _run_id(tracked_run))
+    by_name = {c.info.run_name: c for c in children}
+    # killed after fold-1's batch landed, before its end was marked
+    client.update_run(by_name["fold-1"].info.run_id, status="RUNNING")
+    # killed between making fold-2's run and its batch: an empty run (the full one gone)
+    client.delete_run(by_name["fold-2"].info.run_id)
+    tags = {PARENT: parent.info.run_id, "digitcnn.fold": "2"}
+    empty = client.create_run(parent.info.experiment_id, run_name="fold-2", tags=tags)
+    assert track.main([str(tracked_run), "--to", "mlflow", "--mlflow-uri", _uri(tmp_path)]) == 0
+    _, after = _parent_and_children(client, parent.info.run_id)
+    active = {c.info.run_name: c for c in after if c.info.lifecycle_stage == "active"}
+    assert sorted(active) == ["fold-0", "fold-1", "fold-2"]
+    assert all(c.info.status == "FINISHED" for c in active.values())
+    assert active["fold-2"].info.run_id == empty.info.run_id  # the cut-off run, completed
+    for child in active.values():  # each value once: nothing logged twice
+        history = client.get_metric_history(child.info.run_id, "val_loss")
+        assert [m.step for m in history] == list(range(1, EPOCHS + 1))
