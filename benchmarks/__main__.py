@@ -266,7 +266,7 @@ def checkpoint_summary(case: str, result: dict, repeats: int) -> list[str]:
     """What epoch checkpoints add to S5's training and whole process."""
     median = result["median"]
     return [
-        f"checkpoint: S5, {repeats} alternating rounds, medians: training "
+        f"checkpoint: {repeats} alternating rounds, medians: training "
         f"{median['checkpoints']['train_s']:.2f} s against {median['none']['train_s']:.2f} s "
         f"without checkpoints ({100 * result['added_train_fraction']:+.1f}%), whole process "
         f"{median['checkpoints']['wall_s']:.2f} s against {median['none']['wall_s']:.2f} s "

@@ -185,6 +185,12 @@ class RunConfig(Recipe):
         "run resumed with --resume redoes at most N epochs per fold (0: none)",
         low=0,
     )
+    checkpoint_seconds: float = _files(
+        0.0,
+        "also write a fold's epoch checkpoint at the first epoch end this many seconds "
+        "after its last one (0: only by --checkpoint-every)",
+        low=0,
+    )
     keep_checkpoints: bool = _files(
         False, "keep the checkpoints of finished folds (by default they are removed)"
     )

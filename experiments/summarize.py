@@ -286,6 +286,7 @@ def speed_section(results: Path) -> list[str]:
     lines += ray_lines(results)
     lines += startup_lines(results)
     lines += track_lines(results)
+    lines += checkpoint_lines(results)
     scaling = (_read(results / "bench" / "bench.json") or {}).get("cases", {}).get("scaling")
     if scaling:
         modes = list(dict.fromkeys(r["mode"] for r in scaling["folds"]))
@@ -427,6 +428,36 @@ def track_lines(results: Path) -> list[str]:
             + ".",
         ]
     return [*lines, ""]
+
+
+def checkpoint_lines(results: Path) -> list[str]:
+    """The checkpoint case of ``python -m benchmarks``: what epoch checkpoints cost."""
+    lines = []
+    for folder, what in (
+        ("bench_checkpoint", "UCI, S5's default command"),
+        ("bench_checkpoint_mnist10k", "MNIST-10k, the best recipe (3 epochs)"),
+    ):
+        report = _read(results / folder / "bench.json")
+        case = (report or {}).get("cases", {}).get("checkpoint")
+        if not case:
+            continue
+        median = case["median"]
+        lines.append(
+            f"- {what} (`{folder}/bench.json`, {report['repeats']} alternating pairs, "
+            f"medians{_cpu(report)}): training {median['checkpoints']['train_s']:.2f} s with a "
+            f"checkpoint per fold per epoch against {median['none']['train_s']:.2f} s with "
+            f"`--checkpoint-every 0` (**{100 * case['added_train_fraction']:+.1f}%**); whole "
+            f"process {median['checkpoints']['wall_s']:.2f} s against "
+            f"{median['none']['wall_s']:.2f} s ({100 * case['added_wall_fraction']:+.1f}%)."
+        )
+    if not lines:
+        return []
+    return [
+        "**Epoch checkpoints** (what `--checkpoint-every 1`, the default, costs):",
+        "",
+        *lines,
+        "",
+    ]
 
 
 NOTES = """\

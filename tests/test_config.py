@@ -289,6 +289,7 @@ def test_every_setting_has_a_role_and_the_lists_follow_from_them():
         "workers",
         "save_models",
         "checkpoint_every",
+        "checkpoint_seconds",
         "keep_checkpoints",
         "track",
         "mlflow_uri",

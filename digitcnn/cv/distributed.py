@@ -99,7 +99,7 @@ def _fold_task(
     # Ray hands numpy arguments over read-only, straight from the object store.
     train_rows, val_rows = np.array(train_rows), np.array(val_rows)
     if run_folder is None:  # a run without a folder keeps no checkpoints
-        config = config.replace(checkpoint_every=0)
+        config = config.replace(checkpoint_every=0, checkpoint_seconds=0.0)
     with tempfile.TemporaryDirectory(prefix="digitcnn-fold-") as scratch:
         result = run_fold(
             dataset,
@@ -392,7 +392,14 @@ class RayExecutor:
                     state.precisions.add(precision)
                     state.remaining -= 1
                     _write_files(state.out_dir, files)
-                    fold_ended(callbacks, result, state.out_dir, state.config.epochs, replay=True)
+                    fold_ended(
+                        callbacks,
+                        result,
+                        state.out_dir,
+                        state.config.epochs,
+                        replay=True,
+                        keep_checkpoints=state.config.keep_checkpoints,
+                    )
                     if state.remaining == 0:
                         yield state.key, self._collect(state, callbacks)
         except KeyboardInterrupt:

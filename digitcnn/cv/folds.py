@@ -147,8 +147,8 @@ def fold_checkpoints(
     config: RunConfig, out_dir: Path | None, folds: list[int]
 ) -> EpochCheckpoints | None:
     """The epoch checkpoints of ``folds`` (one fold, or a fold-batched group) in the run
-    folder, or None when the run writes none (no folder, or ``--checkpoint-every 0``)."""
-    if out_dir is None or config.checkpoint_every == 0:
+    folder, or None when the run writes none (no folder, or neither cadence set)."""
+    if out_dir is None or (config.checkpoint_every == 0 and config.checkpoint_seconds == 0):
         return None
     name = f"fold-{folds[0]}" if len(folds) == 1 else "folds-" + "-".join(map(str, folds))
     return EpochCheckpoints(
@@ -156,6 +156,7 @@ def fold_checkpoints(
         name,
         checkpoint_fingerprint(config, folds),
         config.checkpoint_every,
+        config.checkpoint_seconds,
     )
 
 

@@ -1,7 +1,8 @@
 """Epoch checkpoints: everything a fold's next epoch depends on, so that a killed run loses at
 most one epoch per fold.
 
-After every ``--checkpoint-every`` epochs each fold in flight (a fold-batched group once for
+After every ``--checkpoint-every`` epochs (or, with ``--checkpoint-seconds``, at the first
+epoch end that many seconds after the last save) each fold in flight (a fold-batched group once for
 all its folds) writes ``OUT/checkpoints/<name>.e<epoch>.safetensors`` (every tensor: weights,
 optimizer and schedule state, best weights, random-number generator states) and then
 ``<name>.e<epoch>.json`` (the rest: history, counters, early stopping, and the tensors'
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -123,16 +125,23 @@ class EpochCheckpoints:
         folder: ``OUT/checkpoints``.
         name: ``fold-<k>``, or ``folds-<k0>-<k1>...`` for a fold-batched group.
         fingerprint: :func:`checkpoint_fingerprint` of the run's settings and these folds.
-        every: save after every ``every`` epochs (0: never).
+        every: save after every ``every`` epochs (0: not by epochs).
+        seconds: save at the end of an epoch once ``seconds`` have passed since the last
+            save (0: not by time); either cadence that is due saves.
     """
 
-    def __init__(self, folder: Path, name: str, fingerprint: str, every: int = 1) -> None:
-        self.folder, self.name, self.fingerprint, self.every = (
-            Path(folder),
-            name,
-            fingerprint,
-            every,
-        )
+    def __init__(
+        self, folder: Path, name: str, fingerprint: str, every: int = 1, seconds: float = 0.0
+    ) -> None:
+        self.folder, self.name, self.fingerprint = Path(folder), name, fingerprint
+        self.every, self.seconds = every, seconds
+        self.last_save = time.monotonic()
+
+    def due(self, epoch: int) -> bool:
+        """Whether a checkpoint is due after epoch ``epoch`` (from 0)."""
+        by_epochs = self.every > 0 and (epoch + 1) % self.every == 0
+        by_time = self.seconds > 0 and time.monotonic() - self.last_save >= self.seconds
+        return by_epochs or by_time
 
     def _paths(self) -> list[tuple[int, Path]]:
         """(epoch, JSON path) of every complete checkpoint, newest first."""
@@ -149,7 +158,7 @@ class EpochCheckpoints:
         """After epoch ``epoch`` (from 0): write ``state()`` when due, then drop all but the
         previous checkpoint. A write that fails (a full disk) raises OutputError and leaves the
         earlier checkpoints as they were."""
-        if self.every <= 0 or (epoch + 1) % self.every:
+        if not self.due(epoch):
             return
         from safetensors.torch import save
 
@@ -168,6 +177,7 @@ class EpochCheckpoints:
             "state": described,
         }
         atomic_write_bytes(self.folder / f"{stem}.json", json.dumps(record).encode(), durable=False)
+        self.last_save = time.monotonic()
         for _, older in self._paths()[2:]:
             older.with_suffix(".safetensors").unlink(missing_ok=True)
             older.unlink(missing_ok=True)

@@ -272,3 +272,16 @@ def test_a_sweep_killed_three_times_ends_identical(data_dir, tmp_path):
     assert (reference / "sweep.csv").read_text().splitlines()[0] == (
         (out / "sweep.csv").read_text().splitlines()[0]
     )
+
+
+def test_a_checkpoint_is_due_by_epochs_or_by_seconds(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(checkpoints.time, "monotonic", lambda: clock[0])
+    by_time = EpochCheckpoints(tmp_path, "fold-0", "abc", every=0, seconds=30)
+    assert not by_time.due(0)
+    clock[0] += 30
+    assert by_time.due(1)
+    by_time.save(lambda: {"w": torch.zeros(1)}, 1)
+    assert not by_time.due(2)  # the clock starts again at each save
+    both = EpochCheckpoints(tmp_path, "fold-1", "abc", every=3, seconds=30)
+    assert [both.due(epoch) for epoch in range(4)] == [False, False, True, False]
