@@ -34,7 +34,10 @@ and its fold workers. Cases:
 * ``track``: what ``--track tensorboard`` and ``--track mlflow`` (a fresh SQLite store) add to
   S5's default command, at a terminal and in a script, the three variants alternating;
 * ``checkpoint``: what epoch checkpoints (``--checkpoint-every 1``, the default) add to S5's
-  training time and whole process against ``--checkpoint-every 0``.
+  training time and whole process against ``--checkpoint-every 0``;
+* ``report``: what the report (seven SVG figures and ``report.html``) costs a script: the
+  README's command (``--dataset uci --folds 4``) with plots on and with ``--no-plots``, both
+  in a script (each waits for its whole report), against the reference loop.
 
 ``uci`` and ``mnist`` also run digitcnn's side twice in one fresh process and report the second
 run, the steady state after the one-time warm-up (set-up, training and evaluation seconds from

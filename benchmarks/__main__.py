@@ -35,6 +35,7 @@ CASE_NAMES = (
     "ray",
     "track",
     "checkpoint",
+    "report",
 )
 
 
@@ -275,6 +276,18 @@ def checkpoint_summary(case: str, result: dict, repeats: int) -> list[str]:
 
 
 # The printed summary, in this order: (case, lines of its summary)
+def report_summary(case: str, result: dict, repeats: int) -> list[str]:
+    """What the report costs a script, and the default command against the reference."""
+    pairs = ", ".join(f"{cost:+.2f}" for cost in result["plots_cost_pairs_s"])
+    return [
+        f"report: in a script, plots on {result['digitcnn_wall_s_median']:.2f} s, --no-plots "
+        f"{result['no_plots_wall_s_median']:.2f} s: the report costs "
+        f"{result['plots_cost_s']:+.2f} s (per pair {pairs}); plots on / reference "
+        f"{result['ratio_median']:.3f}, --no-plots / reference "
+        f"{result['no_plots_ratio_median']:.3f} (whole processes, medians of {repeats})"
+    ]
+
+
 SUMMARIES: tuple[tuple[str, Callable[[str, dict, int], list[str]]], ...] = (
     ("uci", race_summary),
     ("mnist", race_summary),
@@ -283,6 +296,7 @@ SUMMARIES: tuple[tuple[str, Callable[[str, dict, int], list[str]]], ...] = (
     ("startup", startup_summary),
     ("track", track_summary),
     ("checkpoint", checkpoint_summary),
+    ("report", report_summary),
     ("ray", ray_summary),
     ("choices", choices_summary),
     ("augment", augment_summary),

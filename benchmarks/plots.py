@@ -1,10 +1,9 @@
-"""The benchmark's figures (matplotlib is imported inside each function)."""
+"""The benchmark's figures (matplotlib, from benchmarks/requirements.txt, is imported inside
+each function; digitcnn itself draws its figures as SVG without it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from digitcnn.reporting.plots import save_figure
 
 __all__ = ["plot_scaling"]
 
@@ -32,4 +31,5 @@ def plot_scaling(table: dict, path: Path) -> None:
     for axis in (left, right):
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    save_figure(figure, path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -42,6 +42,7 @@ __all__ = [
     "TRACK_VARIANTS",
     "bench_track",
     "bench_checkpoint",
+    "bench_report",
     "CASES",
 ]
 
@@ -497,6 +498,36 @@ def bench_checkpoint(args, scratch: Path) -> dict:
     }
 
 
+def bench_report(args, scratch: Path) -> dict:
+    """What the report costs a script: the README's command (``--dataset uci --folds 4``,
+    plots on) and the same with ``--no-plots``, both with stdout not a terminal (so each
+    waits for its whole report), and the reference loop, alternating in each repeat.
+
+    ``plots_cost_s`` is the difference of the two commands' median whole-process times,
+    ``plots_cost_pairs_s`` the difference within each repeat."""
+    flags = ["--dataset", "uci", "--folds", "4", "--data-dir", args.uci_dir]
+    flags += ["--device", args.device, *args.extra]
+    ours = {
+        "default": {
+            "command": digitcnn_command(scratch / "report", flags, plots=True),
+            "out": scratch / "report",
+            "terminal": False,
+        },
+        "no_plots": {
+            "command": digitcnn_command(scratch / "report-no-plots", flags),
+            "out": scratch / "report-no-plots",
+            "terminal": False,
+        },
+    }
+    theirs = [sys.executable, args.reference, args.uci_dir, "--device", args.device]
+    result = compare(ours, theirs, args.repeats, "report", read_reference)
+    result["plots_cost_s"] = result["digitcnn_wall_s_median"] - result["no_plots_wall_s_median"]
+    result["plots_cost_pairs_s"] = [
+        run["default"]["wall_s"] - run["no_plots"]["wall_s"] for run in result["runs"]
+    ]
+    return result
+
+
 def _wait_for_tracking(out: Path, timeout: float = 120) -> None:
     """Until MLflow's background logging of the run's files is done (``tracking.log`` gone)."""
     deadline = time.monotonic() + timeout
@@ -516,4 +547,5 @@ CASES = {
     "ray": bench_ray,
     "track": bench_track,
     "checkpoint": bench_checkpoint,
+    "report": bench_report,
 }

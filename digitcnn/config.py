@@ -197,7 +197,7 @@ class RunConfig(Recipe):
     plots: bool = _output(
         True,
         "write the report's figures (confusion matrix, curves, ROC and "
-        "PR, per-class F1, misclassified digits) as PNG files",
+        "PR, per-class F1, misclassified digits) as SVG files, inlined in report.html",
     )
     quiet: bool = _output(False, "no progress bars or tables")
     track: tuple[str, ...] = _tracking(

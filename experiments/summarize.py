@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -285,6 +286,7 @@ def speed_section(results: Path) -> list[str]:
         ]
     lines += ray_lines(results)
     lines += startup_lines(results)
+    lines += report_lines(results)
     lines += track_lines(results)
     lines += checkpoint_lines(results)
     scaling = (_read(results / "bench" / "bench.json") or {}).get("cases", {}).get("scaling")
@@ -428,6 +430,31 @@ def track_lines(results: Path) -> list[str]:
             + ".",
         ]
     return [*lines, ""]
+
+
+def report_lines(results: Path) -> list[str]:
+    """The report case of ``python -m benchmarks``: what the report costs a script."""
+    report = _read(results / "bench_report" / "bench.json")
+    case = (report or {}).get("cases", {}).get("report")
+    if not case:
+        return []
+    pairs = ", ".join(f"{cost:+.2f}" for cost in case["plots_cost_pairs_s"])
+    command = case["commands"]["default"].split(" -m ", 1)[-1]
+    command = re.sub(r"--out \S+", "--out OUT", command)  # the bench's scratch folder
+    return [
+        f"**The report in a script** (`bench_report/bench.json`, {report['repeats']} "
+        f"alternating rounds, medians{_cpu(report)}, whole processes; `{command}`, stdout not a "
+        "terminal, so the command waits for its whole report): plots on "
+        f"{case['digitcnn_wall_s_median']:.2f} s, `--no-plots` "
+        f"{case['no_plots_wall_s_median']:.2f} s: the seven SVG figures and `report.html` cost "
+        f"**{case['plots_cost_s']:+.2f} s** (per round {pairs}; matplotlib's PNGs cost 3 to 5 "
+        "s before). Against the reference loop's whole process "
+        f"({case['reference_wall_s_median']:.2f} s): plots on **{case['ratio_median']:.3f}**, "
+        f"`--no-plots` {case['no_plots_ratio_median']:.3f}; accuracy "
+        f"{_pct(case['digitcnn_accuracy_median'])}% against "
+        f"{_pct(case['reference_accuracy_median'])}%.",
+        "",
+    ]
 
 
 def checkpoint_lines(results: Path) -> list[str]:

@@ -14,6 +14,27 @@ from digitcnn.results import TIMING_KEYS
 # to touch the GPU in the session (digitcnn.training.runtime.configure_determinism sets it for a run).
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
+# The browser tests drive Debian's Chromium through Playwright (.ci/run installs it); Playwright
+# never downloads a browser of its own.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def playwright_or_skip():
+    """Playwright's sync API, or a skip naming what is missing."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium")
+    return pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DIGITCNN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 

@@ -90,9 +90,9 @@ def test_cli_writes_a_run_folder_without_training_curves(optdigits_dir, tmp_path
     }
     assert metrics["n"] == 180 and len(metrics["folds"]) == 4
     assert json.loads((out / "config.json").read_text())["model"] == "svm"
-    for present in ("oof.npz", "evaluation.json", "report.html", "confusion.png", "roc.png"):
+    for present in ("oof.npz", "evaluation.json", "report.html", "confusion.svg", "roc.svg"):
         assert (out / present).is_file()
-    for absent in ("training_curves.png", "loss_curves.png"):
+    for absent in ("training_curves.svg", "loss_curves.svg"):
         assert not (out / absent).exists()
     printed = capsys.readouterr().out
     assert "; loss n/a; " in printed  # an SVM has scores, not calibrated probabilities

@@ -1,7 +1,8 @@
 """Reporting: what a run shows. ``scores`` and ``curves`` (one group's scores and ROC/PR
 curves, with ``sklearn.metrics``), ``evaluation`` (``evaluation.json``: per fold and pooled),
-``plots`` (the figures, matplotlib imported inside each function), ``report`` (drawing them,
-in a background process after ``metrics.json``) and ``page`` (``report.html``). Writing a run
+``svg`` (charts written as SVG text, without a plotting library), ``plots`` (the figures of a
+run and of a sweep), ``report`` (drawing them after ``metrics.json``, at a terminal in a
+background process) and ``page`` (``report.html``, the figures inlined). Writing a run
 folder is :mod:`digitcnn.runstore`'s.
 
 The public names below are imported lazily: importing the package imports no NumPy.

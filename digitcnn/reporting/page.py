@@ -1,14 +1,14 @@
 """``report.html`` of a run directory: one self-contained page.
 
 It shows the settings, the per-fold table, the pooled and per-fold-averaged metrics, the
-per-class table and every figure, embedded as base64 PNG data URIs. It needs no network, no
-JavaScript and no other file, so it can be mailed or opened from an archive.
+per-class table and every figure, its SVG inlined (sharp at any zoom; hovering a cell, curve,
+bar or marker shows its values). It needs no network, no JavaScript and no other file, so it
+can be mailed or opened from an archive.
 :func:`digitcnn.reporting.report.write_run_report` writes it, last, once the figures are drawn.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 from collections.abc import Sequence
@@ -25,16 +25,16 @@ __all__ = ["render_report", "flag_text", "FIGURE_CAPTIONS", "CSS"]
 
 # File name -> caption, in the order the page shows them.
 FIGURE_CAPTIONS = {
-    "training_curves.png": "Loss and accuracy per epoch: each fold thin, the mean over folds "
+    "training_curves.svg": "Loss and accuracy per epoch: each fold thin, the mean over folds "
     "bold with a +-1 std band (train blue, validation orange). Training "
     "accuracy is measured with dropout and augmentation on.",
-    "loss_curves.png": "Train (solid) and validation (dashed) loss of every fold.",
-    "confusion.png": "Confusion matrix of all validation rows (fold counts summed), counts and "
+    "loss_curves.svg": "Train (solid) and validation (dashed) loss of every fold.",
+    "confusion.svg": "Confusion matrix of all validation rows (fold counts summed), counts and "
     "normalised by true class.",
-    "roc.png": "One-vs-rest ROC curves of the pooled out-of-fold predictions.",
-    "precision_recall.png": "Precision-recall curves of the pooled out-of-fold predictions.",
-    "per_class_f1.png": "F1 per class with precision and recall.",
-    "misclassified.png": "Misclassified validation digits, most confident mistakes first: true "
+    "roc.svg": "One-vs-rest ROC curves of the pooled out-of-fold predictions.",
+    "precision_recall.svg": "Precision-recall curves of the pooled out-of-fold predictions.",
+    "per_class_f1.svg": "F1 per class with precision and recall.",
+    "misclassified.svg": "Misclassified validation digits, most confident mistakes first: true "
     "class -> predicted class, the predicted class's probability, the "
     "dataset row.",
 }
@@ -59,7 +59,8 @@ tr.worst td { background-color: #ffe3cc; font-weight: 600; }
 .columns table { flex: 1; }
 .changed { font-weight: 700; color: #0b5394; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 8px 12px; }
-figure { margin: 18px 0; } figure img { max-width: 100%; border: 1px solid #e3e7ee; }
+figure { margin: 18px 0; } figure svg { max-width: 100%; height: auto;
+        border: 1px solid #e3e7ee; }
 figcaption { color: #5b6475; font-size: 0.9em; }
 code { font-size: 0.9em; background: #f1f3f7; padding: 0 3px; }
 """
@@ -265,10 +266,10 @@ def _per_class_section(evaluation: dict) -> str:
 
 
 def _figure(path: Path) -> str:
-    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    """A figure drawn as SVG, inlined as it is (its own title, tooltips and data URIs)."""
     caption = FIGURE_CAPTIONS.get(Path(path).name, "")
     return (
-        f'<figure><img alt="{_e(Path(path).name)}" src="data:image/png;base64,{encoded}">'
+        f'<figure id="{_e(Path(path).stem)}">{Path(path).read_text(encoding="utf-8")}'
         f"<figcaption><code>{_e(Path(path).name)}</code> {_e(caption)}</figcaption></figure>"
     )
 

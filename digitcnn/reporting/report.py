@@ -4,9 +4,9 @@
 run) and then the report, with :func:`write_run_report` in its own process or, for the CLIs
 at a terminal, with :func:`start_report` in a background process (``python -m
 digitcnn.reporting.report``), so that a person gets the run's numbers without waiting for the
-figures (matplotlib's import and the drawing take seconds; see ``python -m benchmarks
---cases startup``). ``evaluation.json`` is computed with ``sklearn.metrics``, which the run has
-already imported; the page itself is :mod:`digitcnn.reporting.page`.
+report. ``evaluation.json`` is computed with ``sklearn.metrics``, which the run has already
+imported; the figures are SVG (:mod:`digitcnn.reporting.plots`), the page
+:mod:`digitcnn.reporting.page`.
 While a background report is being drawn the run folder holds ``report.log``; it is removed
 when ``report.html`` is in place and keeps the error if drawing failed. Every file is written
 atomically and ``report.html`` last, so a folder holding it has its whole report.
@@ -95,20 +95,20 @@ def write_run_report(
 def draw_evaluation_figures(
     result, directory: Path, evaluation: dict | None, oof: dict, images=None
 ) -> list[Path]:
-    """confusion.png for a run with validation rows; loss_curves.png and training_curves.png
+    """confusion.svg for a run with validation rows; loss_curves.svg and training_curves.svg
     for a run with epochs; roc, precision_recall, per_class_f1 with an evaluation;
-    misclassified.png with an evaluation and the images."""
+    misclassified.svg with an evaluation and the images."""
     title = run_title(result)
     folds = result.folds
     drawn = []
     if result.n:  # a --full run has no validation rows to tabulate
-        drawn.append(plot_confusion(result.confusion, directory / "confusion.png", title))
+        drawn.append(plot_confusion(result.confusion, directory / "confusion.svg", title))
     if result.trained_by_epochs:
         drawn.append(
             plot_loss_curves(
                 [f.train_loss for f in folds],
                 [f.val_loss for f in folds],
-                directory / "loss_curves.png",
+                directory / "loss_curves.svg",
                 title,
             )
         )
@@ -120,7 +120,7 @@ def draw_evaluation_figures(
                 [f.val_loss if f.n_val else [] for f in folds],
                 [f.train_accuracy for f in folds],
                 [f.val_accuracy if f.n_val else [] for f in folds],
-                directory / "training_curves.png",
+                directory / "training_curves.svg",
                 title,
             )
         )
@@ -136,7 +136,7 @@ def draw_evaluation_figures(
                 "micro": micro["roc_auc"],
                 "macro": macro["roc_auc"],
             },
-            directory / "roc.png",
+            directory / "roc.svg",
             title,
         )
     )
@@ -148,11 +148,11 @@ def draw_evaluation_figures(
                 "micro": micro["average_precision"],
                 "macro": macro["average_precision"],
             },
-            directory / "precision_recall.png",
+            directory / "precision_recall.svg",
             title,
         )
     )
-    drawn.append(plot_per_class_f1(per_class, macro["f1"], directory / "per_class_f1.png", title))
+    drawn.append(plot_per_class_f1(per_class, macro["f1"], directory / "per_class_f1.svg", title))
     if images is not None:
         drawn.append(
             plot_misclassified(
@@ -161,7 +161,7 @@ def draw_evaluation_figures(
                 oof["true"],
                 oof["predicted"],
                 _predicted_probability(oof),
-                directory / "misclassified.png",
+                directory / "misclassified.svg",
                 title,
             )
         )

@@ -33,7 +33,7 @@ the folds (dataset, rows, cv, folds, random_state) cannot be swept, and every ce
 ``OUT/sweep.md`` and ``OUT/sweep.csv`` hold per cell the mean +- std of the per-fold
 validation accuracy, the pooled accuracy, the training accuracy of the last epoch (mean over
 folds) and the wall time, and the comparison of the best cell (highest mean) with each other
-cell; ``OUT/comparisons.csv`` has the per-fold differences; ``OUT/sweep.png`` draws the
+cell; ``OUT/comparisons.csv`` has the per-fold differences; ``OUT/sweep.svg`` draws the
 accuracies. The comparison is the corrected resampled t-test of Nadeau and Bengio (2003),
 see :func:`digitcnn.metrics.corrected_resampled_ttest`. ``OUT/sweep.json`` holds the plan
 (every cell's settings); ``--resume OUT`` runs the cells without ``metrics.json`` and

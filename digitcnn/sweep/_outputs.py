@@ -1,5 +1,5 @@
 """A sweep's outputs: one summary row per cell, the paired comparison of the best cell with
-each other, and the files ``sweep.csv``, ``comparisons.csv``, ``sweep.md`` and ``sweep.png``.
+each other, and the files ``sweep.csv``, ``comparisons.csv``, ``sweep.md`` and ``sweep.svg``.
 
 The comparison is :func:`digitcnn.metrics.corrected_resampled_ttest` on the per-fold
 accuracies; ``sweep.md`` is written last, so that a folder holding it is a finished sweep.
@@ -164,7 +164,7 @@ def _number(value: float) -> str:
 def write_sweep_outputs(
     out: Path, cells: Sequence[Cell], summaries: Sequence[dict], plots: bool = True
 ) -> None:
-    """``sweep.csv``, ``comparisons.csv``, ``sweep.md`` and (with ``plots``) ``sweep.png``."""
+    """``sweep.csv``, ``comparisons.csv``, ``sweep.md`` and (with ``plots``) ``sweep.svg``."""
     best, comparisons = compare_cells(summaries)
     by_other = {c["other"]: c for c in comparisons}
     axes = _axes_of(cells)
@@ -249,7 +249,7 @@ def write_sweep_outputs(
             [s["fold_accuracy"] for s in summaries],
             [s["accuracy"] for s in summaries],
             best,
-            out / "sweep.png",
+            out / "sweep.svg",
             _title(cells, folds),
         )
     # written last: a sweep folder with sweep.md is a finished sweep (see digitcnn.runstore.folder)

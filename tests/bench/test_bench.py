@@ -238,3 +238,24 @@ def test_ray_case_races_both_executors_and_compares_their_tables(tmp_path, optdi
     assert case["sweep_csv_equal"] and case["comparisons_csv_equal"]
     assert case["ratio_median"] > 0 and case["digitcnn_peak_tree_pss_mib"] > 0
     assert case["digitcnn_accuracy_median"] == case["reference_accuracy_median"]
+
+
+@pytest.mark.slow  # three processes that import torch, and the memory runs
+def test_report_case_times_the_report_in_a_script(optdigits_dir, tmp_path):
+    """Plots on and --no-plots both wait for their report (not a terminal); the cost is the
+    difference of the two, and each folder holds what its flags ask for."""
+    reference = tmp_path / "reference_loop.py"
+    reference.write_text(
+        "import json\nprint(json.dumps({'accuracy': 50.0, 'wall_s': 0.5, 'device': 'cpu'}))\n"
+    )
+    flags = ["--cases", "report", "--repeats", "1", "--uci-dir", str(optdigits_dir)]
+    flags += ["--reference", str(reference), "--out", str(tmp_path / "out"), "--extra"]
+    assert main([*flags, "--epochs", "1", "--no-verify", "--threads", "1"]) == 0
+    case = json.loads((tmp_path / "out" / "bench.json").read_text())["cases"]["report"]
+    (pair,) = case["runs"]
+    assert pair["default"]["report_ready_s"] is None  # drawn before the command returned
+    assert case["plots_cost_pairs_s"] == [pair["default"]["wall_s"] - pair["no_plots"]["wall_s"]]
+    assert case["plots_cost_s"] == pytest.approx(case["plots_cost_pairs_s"][0])
+    assert "--no-plots" in case["commands"]["no_plots"]
+    assert "--no-plots" not in case["commands"]["default"]
+    assert "--folds 4" in case["commands"]["default"]

@@ -19,22 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, real_data
+from conftest import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, playwright_or_skip, real_data
 
 pytest.importorskip(
     "starlette", reason='the board extra is not installed: pip install "digitcnn[board]"'
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PNG = {"content-type": "image/png"}
 LATENCY_LIMIT_MS = 100.0
 
@@ -562,9 +552,7 @@ def first_clear(images, labels, digit: int, model: Path) -> np.ndarray:
 
 @pytest.mark.slow
 def test_drawing_in_chromium(mnist_model, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium")
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    playwright_api = playwright_or_skip()
     from PIL import Image
 
     from digitcnn.datasets.images import load_images

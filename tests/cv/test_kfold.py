@@ -147,15 +147,15 @@ def test_cli_writes_the_run_directory(optdigits_dir, tmp_path, capsys):
         "folds",
         "oof.npz",
         "metrics.json",
-        "confusion.png",
-        "loss_curves.png",
+        "confusion.svg",
+        "loss_curves.svg",
         "evaluation.json",
         "report.html",
-        "training_curves.png",
-        "roc.png",
-        "precision_recall.png",
-        "per_class_f1.png",
-        "misclassified.png",
+        "training_curves.svg",
+        "roc.svg",
+        "precision_recall.svg",
+        "per_class_f1.svg",
+        "misclassified.svg",
     }
     assert oct((out / "metrics.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
     assert sorted(p.name for p in (out / "folds").iterdir()) == sorted(

@@ -1,6 +1,5 @@
 """report.html, evaluation.json and the evaluation figures of a run directory."""
 
-import base64
 import io
 import json
 import os
@@ -8,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ from digitcnn.reporting.plots import plot_misclassified, plot_training_curves
 from digitcnn.runstore.files import write_final
 
 FAST = ["--epochs", "1", "--batch-size", "32", "--threads", "1", "--no-verify", "--quiet"]
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture
@@ -40,8 +40,19 @@ def write_order(monkeypatch):
     return order
 
 
-def embedded_images(page):
-    return re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+def inline_charts(page):
+    """(file name, SVG text) of every figure report.html inlines, in page order."""
+    return [
+        (f"{name}.svg", svg)
+        for name, svg in re.findall(r'<figure id="([^"]+)">(<svg .*?</svg>\n)', page, re.S)
+    ]
+
+
+def parsed(svg_text):
+    """The SVG parsed as XML (a malformed chart fails here), with its drawn marks."""
+    root = ElementTree.fromstring(svg_text)
+    assert root.tag == f"{SVG}svg"
+    return root, [e for e in root.iter() if e.get("class") in ("series", "mark")]
 
 
 def test_kfold_run_writes_evaluation_figures_and_a_self_contained_report(
@@ -50,13 +61,13 @@ def test_kfold_run_writes_evaluation_figures_and_a_self_contained_report(
     out = tmp_path / "run"
     assert kfold.main(["--data-dir", str(optdigits_dir), "--out", str(out), *FAST]) == 0
     figures = [
-        "confusion.png",
-        "loss_curves.png",
-        "training_curves.png",
-        "roc.png",
-        "precision_recall.png",
-        "per_class_f1.png",
-        "misclassified.png",
+        "confusion.svg",
+        "loss_curves.svg",
+        "training_curves.svg",
+        "roc.svg",
+        "precision_recall.svg",
+        "per_class_f1.svg",
+        "misclassified.svg",
     ]
     for name in figures + ["evaluation.json", "report.html", "oof.npz"]:
         assert (out / name).is_file(), name
@@ -74,15 +85,19 @@ def test_kfold_run_writes_evaluation_figures_and_a_self_contained_report(
     assert evaluation["pooled"]["confusion"] == metrics["confusion"]
 
     page = (out / "report.html").read_text()
-    # self-contained: no scripts, no external resource, every image a data URI
+    # self-contained: no scripts, no external resource, every image a data URI (the SVG
+    # namespace is a name, never fetched)
     assert "<script" not in page.lower()
     assert not re.search(r'(src|href)="(?!data:)', page)
-    assert "http://" not in page and "https://" not in page
-    images = embedded_images(page)
-    assert [name for name, _ in images] == [n for n in FIGURE_CAPTIONS if n in figures]
-    for name, data in images:
-        assert base64.b64decode(data) == (out / name).read_bytes()
-    assert base64.b64decode(images[0][1]).startswith(PNG_MAGIC)
+    without_namespace = page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "http://" not in without_namespace and "https://" not in without_namespace
+    charts = inline_charts(page)
+    assert [name for name, _ in charts] == [n for n in FIGURE_CAPTIONS if n in figures]
+    for name, svg in charts:
+        assert svg == (out / name).read_text()
+        _, marks = parsed(svg)
+        assert len(marks) >= 4, name  # curves, cells, bars or digits: never an empty frame
+    assert f"counts (n = {metrics['n']:,})" in page
     # the numbers people look for
     assert f"{100 * metrics['accuracy']:.2f}%" in page
     assert f"{evaluation['pooled']['macro']['f1']:.4f}" in page
@@ -100,11 +115,10 @@ def test_full_run_report_has_no_validation_parts(optdigits_dir, tmp_path):
     assert "no validation rows" in page
     assert "there are no out-of-fold predictions" in page
     assert not (out / "evaluation.json").exists()
-    for absent in ("roc.png", "confusion.png", "misclassified.png", "per_class_f1.png"):
+    for absent in ("roc.svg", "confusion.svg", "misclassified.svg", "per_class_f1.svg"):
         assert not (out / absent).exists()
-    assert [name for name, _ in embedded_images(page)] == ["training_curves.png", "loss_curves.png"]
-    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
-    assert "<h2>Per class</h2>" not in text and "nan" not in text.lower()
+    assert [name for name, _ in inline_charts(page)] == ["training_curves.svg", "loss_curves.svg"]
+    assert "<h2>Per class</h2>" not in page and "nan" not in page.lower()
     assert (out / "metrics.json").is_file()
 
 
@@ -114,8 +128,8 @@ def test_no_plots_still_writes_tables(optdigits_dir, tmp_path):
         kfold.main(["--data-dir", str(optdigits_dir), "--out", str(out), "--no-plots", *FAST]) == 0
     )
     page = (out / "report.html").read_text()
-    assert not list(out.glob("*.png"))
-    assert embedded_images(page) == []
+    assert not list(out.glob("*.svg"))
+    assert inline_charts(page) == [] and "<svg" not in page
     assert "Figures were turned off" in page and "<h2>Per class</h2>" in page
     assert (out / "evaluation.json").is_file()
 
@@ -127,20 +141,28 @@ def test_training_curves_with_folds_of_different_lengths(tmp_path):
         [[0.9, 0.6, 0.5], [1.0, 0.7]],
         [[0.5, 0.8, 0.9], [0.4, 0.7]],
         [[0.6, 0.8, 0.85], [0.5, 0.75]],
-        tmp_path / "curves.png",
+        tmp_path / "curves.svg",
         "title",
     )
-    assert path.read_bytes().startswith(PNG_MAGIC)
-    alone = plot_training_curves([[1.0, 0.5]], [[]], [[0.5, 0.8]], [[]], tmp_path / "full.png")
-    assert alone.read_bytes().startswith(PNG_MAGIC)
+    root, marks = parsed(path.read_text())
+    tips = [e.findtext(f"{SVG}title") for e in marks]
+    # per panel and split: two folds thin, the mean bold, the band
+    assert tips.count("fold 1 validation") == 2 and tips.count("validation (mean of 2)") == 2
+    means = [e.get("d") for e in marks if e.findtext(f"{SVG}title") == "train (mean of 2)"]
+    # epoch 3 is the mean of the one fold that reached it: three points, no gap
+    assert [d.count("L") for d in means] == [2, 2] and all(d.count("M") == 1 for d in means)
+    alone = plot_training_curves([[1.0, 0.5]], [[]], [[0.5, 0.8]], [[]], tmp_path / "full.svg")
+    _, marks = parsed(alone.read_text())
+    assert not [e for e in marks if "validation" in (e.findtext(f"{SVG}title") or "")]
 
 
 def test_misclassified_grid_without_mistakes_and_with_wrong_images(tmp_path, optdigits_dir):
     images = np.zeros((3, 1, 8, 8), dtype=np.uint8)
     path = plot_misclassified(
-        images, [0, 1, 2], [1, 2, 3], [1, 2, 3], [0.9, 0.8, 0.7], tmp_path / "none.png"
+        images, [0, 1, 2], [1, 2, 3], [1, 2, 3], [0.9, 0.8, 0.7], tmp_path / "none.svg"
     )
-    assert path.read_bytes().startswith(PNG_MAGIC)
+    root, marks = parsed(path.read_text())
+    assert marks == [] and "no misclassified rows" in path.read_text()
 
     config = RunConfig(data_dir=str(optdigits_dir), epochs=1, quiet=True, verify=False, threads=1)
     dataset = load_for_config(config)
@@ -191,7 +213,7 @@ def test_background_report_arrives_after_the_metrics(optdigits_dir, tmp_path):
     wait_for_report(out)
     page = (out / "report.html").read_text()
     # the same figures as a report drawn in the foreground, the grid of mistakes included
-    assert [name for name, _ in embedded_images(page)] == list(FIGURE_CAPTIONS)
+    assert [name for name, _ in inline_charts(page)] == list(FIGURE_CAPTIONS)
     metrics = json.loads((out / "metrics.json").read_text())
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert evaluation["pooled"]["confusion"] == metrics["confusion"]
@@ -213,7 +235,7 @@ def test_background_report_failure_keeps_metrics_and_says_why(optdigits_dir, tmp
     log = (out / "report.log").read_text()
     assert f"digitcnn.reporting.report: the report of {out} could not be drawn" in log
     assert "metrics.json and the other results are complete" in log
-    assert (out / "confusion.png").is_file()  # figures drawn before the failure are whole
+    assert (out / "confusion.svg").is_file()  # figures drawn before the failure are whole
 
 
 def test_report_mode_from_the_environment(monkeypatch):
@@ -231,3 +253,20 @@ def test_report_mode_from_the_environment(monkeypatch):
     monkeypatch.delenv(report.REPORT_ENV)
     monkeypatch.setattr(sys, "stdout", io.StringIO())  # a pipe or a file: not a terminal
     assert report.report_in_background() is False
+
+
+def test_a_report_imports_no_plotting_library(optdigits_dir, tmp_path):
+    """The figures are SVG text: a run that draws its whole report (as a sweep's cell does)
+    never imports matplotlib or seaborn."""
+    out = tmp_path / "run"
+    probe = (
+        "import sys\nfrom digitcnn import kfold\n"
+        f"code = kfold.main(['--data-dir', {str(optdigits_dir)!r}, '--out', {str(out)!r}, "
+        f"*{FAST!r}])\n"
+        "print(code, sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'seaborn'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, check=True
+    )
+    assert done.stdout.split("\n")[-2] == "0 []", done.stdout + done.stderr
+    assert len(list(out.glob("*.svg"))) == 7

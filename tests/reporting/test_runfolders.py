@@ -460,7 +460,7 @@ def test_resume_refuses_settings_that_change_what_is_computed(optdigits_dir, tmp
         )
         == 0
     )
-    assert (out / "confusion.png").is_file()
+    assert (out / "confusion.svg").is_file()
     assert json.loads((out / "config.json").read_text())["plots"] is False  # kept as started
 
 

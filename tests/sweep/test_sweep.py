@@ -293,8 +293,11 @@ def test_tiny_sweep_end_to_end(optdigits_dir, tmp_path):
     assert metrics[0]["splits_sha256"] == metrics[1]["splits_sha256"]
     for name in names:
         assert (out / "cells" / name / "report.html").is_file()
-        assert (out / "cells" / name / "misclassified.png").is_file()  # the images reach cells
-    assert (out / "sweep.png").read_bytes().startswith(b"\x89PNG")
+        assert (out / "cells" / name / "misclassified.svg").is_file()  # the images reach cells
+    sweep_chart = (out / "sweep.svg").read_text()
+    assert sweep_chart.startswith("<svg ") and "best (red): " in sweep_chart
+    for name, cell in zip(names, metrics):  # a dot per fold of every cell
+        assert sweep_chart.count(f"<title>{name}, fold ") == len(cell["folds"])
 
     rows = read_csv(out / "sweep.csv")
     assert [r["cell"] for r in rows] == names and [r["dropout"] for r in rows] == ["0.2", "0.6"]

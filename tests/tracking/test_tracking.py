@@ -152,7 +152,7 @@ def test_mlflow_parent_with_a_child_per_fold(tracked_run, tmp_path):
     assert parent.data.metrics["accuracy"] == metrics["accuracy"]
     assert parent.data.metrics["correct"] == metrics["correct"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"metrics.json", "config.json", "folds.csv", "report.html", "confusion.png"} <= artifacts
+    assert {"metrics.json", "config.json", "folds.csv", "report.html", "confusion.svg"} <= artifacts
     assert "tracking.json" not in artifacts and "tensorboard" not in artifacts
 
     assert sorted(c.info.run_name for c in children) == ["fold-0", "fold-1", "fold-2"]
@@ -341,7 +341,7 @@ def test_at_a_terminal_the_files_follow_the_background_report(optdigits_dir, tmp
     parent, children = _parent_and_children(client, _run_id(out))
     assert parent.info.status == "FINISHED" and len(children) == 2
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"report.html", "confusion.png", "metrics.json"} <= artifacts
+    assert {"report.html", "confusion.svg", "metrics.json"} <= artifacts
     assert len(client.get_metric_history(parent.info.run_id, "accuracy")) == 1
 
 
