@@ -30,6 +30,7 @@ from benchmarks.measure import (
 
 __all__ = [
     "digitcnn_command",
+    "plots_and_no_plots",
     "bench_uci",
     "bench_mnist",
     "steady_state_child",
@@ -62,6 +63,24 @@ def digitcnn_command(out: Path, flags: Sequence[str], plots: bool = False) -> li
     ]
 
 
+def plots_and_no_plots(out: Path, flags: Sequence[str], terminal: bool) -> dict[str, dict]:
+    """``compare``'s two commands of a case: ``flags`` with plots on (into ``out``, the
+    headline) and with ``--no-plots`` (into ``out-no-plots``), at a terminal or not."""
+    no_plots = out.with_name(f"{out.name}-no-plots")
+    return {
+        "default": {
+            "command": digitcnn_command(out, flags, plots=True),
+            "out": out,
+            "terminal": terminal,
+        },
+        "no_plots": {
+            "command": digitcnn_command(no_plots, flags),
+            "out": no_plots,
+            "terminal": terminal,
+        },
+    }
+
+
 def bench_command(*flags: str) -> list[str]:
     """``python -m benchmarks`` with ``flags``: a child that prints one JSON line."""
     return [sys.executable, "-m", "benchmarks", *flags]
@@ -77,18 +96,7 @@ def bench_uci(args, scratch: Path) -> dict:
         else ["--dataset", "uci", "--scaler", "global"]
     )
     flags = [*recipe, "--data-dir", args.uci_dir, "--device", args.device, *args.extra]
-    ours = {
-        "default": {
-            "command": digitcnn_command(scratch / "uci", flags, plots=True),
-            "out": scratch / "uci",
-            "terminal": True,
-        },
-        "no_plots": {
-            "command": digitcnn_command(scratch / "uci-no-plots", flags),
-            "out": scratch / "uci-no-plots",
-            "terminal": True,
-        },
-    }
+    ours = plots_and_no_plots(scratch / "uci", flags, terminal=True)
     theirs = [sys.executable, args.reference, args.uci_dir, "--device", args.device]
     result = compare(ours, theirs, args.repeats, "uci", read_reference)
     return {**result, "steady_state": steady_state_child(ours["no_plots"]["command"], "uci")}
@@ -507,18 +515,7 @@ def bench_report(args, scratch: Path) -> dict:
     ``plots_cost_pairs_s`` the difference within each repeat."""
     flags = ["--dataset", "uci", "--folds", "4", "--data-dir", args.uci_dir]
     flags += ["--device", args.device, *args.extra]
-    ours = {
-        "default": {
-            "command": digitcnn_command(scratch / "report", flags, plots=True),
-            "out": scratch / "report",
-            "terminal": False,
-        },
-        "no_plots": {
-            "command": digitcnn_command(scratch / "report-no-plots", flags),
-            "out": scratch / "report-no-plots",
-            "terminal": False,
-        },
-    }
+    ours = plots_and_no_plots(scratch / "report", flags, terminal=False)
     theirs = [sys.executable, args.reference, args.uci_dir, "--device", args.device]
     result = compare(ours, theirs, args.repeats, "report", read_reference)
     result["plots_cost_s"] = result["digitcnn_wall_s_median"] - result["no_plots_wall_s_median"]

@@ -225,6 +225,7 @@ class RunConfig(Recipe):
             )
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting by name, as ``config.json`` stores it."""
         return dataclasses.asdict(self)
 
     def recipe(self) -> Recipe:

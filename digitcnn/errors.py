@@ -111,11 +111,11 @@ def exit_cli(status: int) -> NoReturn:
     """End a CLI process with ``status``: the last line of each ``__main__``, never of ``main``.
 
     Why: at exit the interpreter runs its last garbage collections over every object that
-    torch, torch._dynamo (which each optimizer imports) and sklearn made, 1.3-1.7 s on a
-    2-core CPU after a run, and a finished CLI has closed its files, so they would free nothing
-    that matters. ``gc.freeze()`` moves those objects out of their reach (the exit then takes
-    0.4 s); ``atexit`` handlers and the flushing of stdout and stderr still happen. Not for
-    ``main`` itself: tests call it in their own process, which must go on collecting.
+    torch, torch._dynamo (which each optimizer imports) and sklearn made, which takes seconds
+    on a small CPU after a run, and a finished CLI has closed its files, so they would free
+    nothing that matters. ``gc.freeze()`` moves those objects out of their reach; ``atexit``
+    handlers and the flushing of stdout and stderr still happen. Not for ``main`` itself:
+    tests call it in their own process, which must go on collecting.
     """
     gc.freeze()
     raise SystemExit(status)

@@ -63,11 +63,22 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
 
     Args:
         model: registered model name (``digitcnn.list_models()``); default ``"s5"``.
-        init, dropout: weight initialisation and dropout (None: the model's own).
-        epochs, batch_size, test_batch_size: 10, 64, 1000.
-        optimizer, lr, momentum, nesterov, weight_decay: ``"adam"``, 1e-3, 0, False, None.
-        scheduler, gamma, step_size: ``"step"`` (StepLR), 0.7, 1.
-        label_smoothing, augment: 0.0, ``"none"``.
+        init: weight initialisation; default ``"kaiming-xavier"``.
+        dropout: dropout probability (None: the model's own).
+        epochs: epochs per fit; default 10.
+        batch_size: training batch size; default 64.
+        test_batch_size: evaluation batch size; default 1000.
+        optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"`` or ``"rmsprop"``.
+        lr: learning rate; default 1e-3.
+        momentum: SGD/RMSprop momentum; default 0.
+        nesterov: Nesterov momentum for SGD; default False.
+        weight_decay: None (the optimizer's own) or a value.
+        scheduler: ``"step"`` (StepLR, default), ``"plateau"``, ``"onecycle"``, ``"cosine"``
+            or ``"none"``.
+        gamma: the StepLR factor; default 0.7.
+        step_size: the StepLR period in epochs; default 1.
+        label_smoothing: default 0.0.
+        augment: ``"none"`` (default), ``"s1"``, ``"digits"`` or ``"light"``.
         scaler: ``"standard"`` (per-pixel StandardScaler fitted on the rows given to fit),
             ``"max"`` (divide by ``max_value``), ``"none"``.
         max_value: the largest pixel value for ``scaler="max"``; None: the largest value in
@@ -76,10 +87,16 @@ class DigitClassifier(ClassifierMixin, BaseEstimator):
         validation_fraction: hold out this share of the rows given to fit (stratified when
             possible) to be scored each epoch (``history_``), and for early stopping or the
             plateau schedule; None trains on every row.
-        early_stopping, monitor, min_delta, patience, restore_best: as ``--early-stopping``;
-            need ``validation_fraction``.
+        early_stopping: stop each fit when ``monitor`` stops improving, as
+            ``--early-stopping``; needs ``validation_fraction``.
+        monitor: ``"val_loss"`` or ``"val_accuracy"``, as ``--monitor``.
+        min_delta: the smallest change that counts as improving, as ``--min-delta``.
+        patience: epochs without improvement before stopping, as ``--patience``.
+        restore_best: restore the best epoch's weights at the end, as ``--restore-best``.
         device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``.
-        precision, channels_last, deterministic: as the CLI flags.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``, as ``--precision``.
+        channels_last: the memory format, as ``--channels-last``.
+        deterministic: deterministic kernels, as ``--deterministic``.
         random_state: int seed of initialisation, shuffling and dropout (default 0, digitcnn's);
             None draws a new seed at each fit; a ``numpy.random.RandomState`` draws one from it.
         warm_start: when True, ``fit`` trains the fitted model further (``epochs`` more, with a

@@ -68,24 +68,29 @@ class ConfusionAccumulator:
         self.counts = np.zeros((num_classes, num_classes), dtype=np.int64)
 
     def add(self, confusion) -> ConfusionAccumulator:
+        """Add one (C, C) matrix of counts; returns self."""
         self.counts += np.asarray(confusion, dtype=np.int64)
         return self
 
     def extend(self, confusions: Iterable) -> ConfusionAccumulator:
+        """Add every (C, C) matrix of counts in ``confusions``; returns self."""
         for confusion in confusions:
             self.add(confusion)
         return self
 
     @property
     def total(self) -> int:
+        """Rows counted."""
         return int(self.counts.sum())
 
     @property
     def correct(self) -> int:
+        """Rows on the diagonal: predicted as their true class."""
         return int(np.trace(self.counts))
 
     @property
     def accuracy(self) -> float:
+        """Total correct over total rows (NaN when there are none)."""
         return accuracy_from_confusion(self.counts)
 
 

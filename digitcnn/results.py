@@ -74,6 +74,7 @@ class FoldResult:
         return self.correct / self.n_val if self.n_val else float("nan")
 
     def to_dict(self) -> dict:
+        """The fold as plain JSON-ready values (``metrics.json``'s ``folds`` entries)."""
         return {
             "fold": self.fold,
             "n_train": self.n_train,
@@ -163,26 +164,32 @@ class KFoldResult:
 
     @property
     def confusion(self) -> np.ndarray:
+        """(C, C) counts summed over the folds, rows true, columns predicted."""
         return ConfusionAccumulator(self.num_classes).extend(f.confusion for f in self.folds).counts
 
     @property
     def n(self) -> int:
+        """Validation rows over all folds."""
         return sum(f.n_val for f in self.folds)
 
     @property
     def accuracy(self) -> float:
+        """Pooled accuracy: total correct over total validation rows (NaN without any)."""
         return sum(f.correct for f in self.folds) / self.n if self.n else float("nan")
 
     @property
     def accuracy_mean(self) -> float:
+        """Mean of the per-fold accuracies."""
         return mean_std([f.accuracy for f in self.folds])[0]
 
     @property
     def accuracy_std(self) -> float:
+        """Standard deviation (ddof=1) of the per-fold accuracies."""
         return mean_std([f.accuracy for f in self.folds])[1]
 
     @property
     def loss(self) -> float:
+        """Validation NLL summed over all folds' rows, over the total rows."""
         return sum(f.loss * f.n_val for f in self.folds) / self.n if self.n else float("nan")
 
     def metrics(self) -> dict:
@@ -205,6 +212,7 @@ class KFoldResult:
         }
 
     def folds_csv(self) -> str:
+        """``folds.csv``: one row per fold (sizes, accuracy, loss, epochs, timing)."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(

@@ -2,7 +2,7 @@
 """The README's TensorBoard picture: a 4-fold S5 run tracked with ``--track tensorboard``,
 shown by a real ``tensorboard`` server on 127.0.0.1 and photographed by headless Chromium.
 
-    python experiments/tensorboard_screenshot.py [--out results/tracking/tensorboard.png]
+    python experiments/tensorboard_screenshot.py [--out docs/images/tensorboard.png]
 
 Run from the repository root with ``../shared/data`` beside it, the ``tensorboard`` extra and
 Playwright installed (``pip install -e '.[dev]'``) and Chromium at /usr/bin/chromium. The run
@@ -80,7 +80,7 @@ def photograph(url: str, picture: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "results/tracking/tensorboard.png")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/images/tensorboard.png")
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared/data/optdigits")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tb-shot-") as scratch:

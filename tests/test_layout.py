@@ -302,13 +302,11 @@ def test_the_checks_see_what_they_check():
     assert function_lengths("digitcnn.probe", wrapped) == {"digitcnn.probe.g:1": 1}
 
 
-def readme_tree() -> set[str]:
-    """The files named in the README's "How the code is laid out" tree, as paths relative to
-    the repository: a code block whose lines are ``name/`` (a folder) or ``name.py`` (a
-    module), indented two spaces per level, each followed by what it holds."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
-    block = section.split("```", 2)[1]
+def layout_tree() -> set[str]:
+    """The files named in the tree of docs/layout.md ("How the code is laid out"), as paths
+    relative to the repository: a code block whose lines are ``name/`` (a folder) or
+    ``name.py`` (a module), indented two spaces per level, each followed by what it holds."""
+    block = (ROOT / "docs" / "layout.md").read_text().split("```", 2)[1]
     paths, folders = set(), []
     for line in block.splitlines()[1:]:
         if not line.strip():
@@ -323,8 +321,8 @@ def readme_tree() -> set[str]:
     return paths
 
 
-def test_the_readme_tree_names_every_module_and_no_other():
+def test_the_layout_tree_names_every_module_and_no_other():
     on_disk = {path.relative_to(ROOT).as_posix() for path in MODULES.values()}
-    in_readme = readme_tree()
-    assert sorted(in_readme - on_disk) == [], "in the README, not in digitcnn/"
-    assert sorted(on_disk - in_readme) == [], "in digitcnn/, not in the README"
+    in_docs = layout_tree()
+    assert sorted(in_docs - on_disk) == [], "in docs/layout.md, not in digitcnn/"
+    assert sorted(on_disk - in_docs) == [], "in digitcnn/, not in docs/layout.md"

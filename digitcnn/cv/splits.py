@@ -23,7 +23,8 @@ class Splitter(Protocol):
     """What :func:`make_splits` takes besides a scheme's name: any scikit-learn splitter
     (``KFold``, ``StratifiedKFold``, ``GroupKFold``, any ``BaseCrossValidator``)."""
 
-    def split(self, X: Any, y: Any = None, groups: Any = None) -> Iterator[tuple[Any, Any]]: ...
+    def split(self, X: Any, y: Any = None, groups: Any = None) -> Iterator[tuple[Any, Any]]:
+        """(train rows, validation rows) of each fold, as scikit-learn's splitters."""
 
 
 def make_splits(

@@ -119,6 +119,7 @@ class DigitDataset:
 
     @property
     def has_labels(self) -> bool:
+        """Whether every row has a label (a Kaggle ``test.csv`` has none)."""
         return self.labels is not None
 
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> DigitDataset:

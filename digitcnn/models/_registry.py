@@ -77,6 +77,7 @@ def list_models() -> list[str]:
 
 
 def model_spec(name: str) -> ModelSpec:
+    """The registered :class:`ModelSpec` of ``name``; an unknown name lists the valid ones."""
     if name not in _REGISTRY:
         raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
     return _REGISTRY[name]
@@ -133,6 +134,7 @@ def initialize(model: nn.Module, init: str = "kaiming-xavier") -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Number of parameters of ``model`` (trainable or not)."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -252,7 +252,7 @@ def digitnet(
 
     The weights are created in ``channels_last`` memory format, which PyTorch keeps through
     the network: on the CPU, NCHW max pooling took longer than the convolutions here, and a
-    28x28 training step ran 1.2-1.5x faster channels-last. Results are the same either way.
+    28x28 training step was measured faster channels-last. Results are the same either way.
 
     Meant for AdamW, OneCycle with a peak rate of 1e-2 (3e-3 and 1e-3 gave 0.1-0.4 points
     less in our checks), label smoothing 0.1, 15 epochs, batch 64. On 28x28 digits scale

@@ -219,13 +219,16 @@ class EpochCheckpoints:
 
 
 def remove_checkpoints(folder: Path, name: str | None = None) -> None:
-    """Delete the checkpoints named ``name`` in ``folder`` (all of them when None, and the
-    folder once empty)."""
+    """Delete the checkpoints named ``name`` in ``folder``; with None, all of them and then
+    the folder, once empty (the run has ended).
+
+    Why not the folder after one fold's: the other folds, in other processes, may be about to
+    write into it, and a folder removed under them fails their write."""
     folder = Path(folder)
     if not folder.is_dir():
         return
     for path in folder.iterdir():
         if name is None or path.name.startswith(f"{name}.e"):
             path.unlink(missing_ok=True)
-    if not any(folder.iterdir()):
+    if name is None and not any(folder.iterdir()):
         folder.rmdir()

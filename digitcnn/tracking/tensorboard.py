@@ -61,6 +61,7 @@ class TensorBoardBackend(Backend):
         self.writers: dict[int, Any] = {}
 
     def start(self, event: RunStart) -> set[int]:
+        """Rewrite ``OUT/tensorboard`` from the finished folds' records; returns their numbers."""
         if event.folder is None:
             raise ConfigError(
                 "--track tensorboard writes into the run's folder; give the run an out_dir"

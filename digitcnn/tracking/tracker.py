@@ -47,6 +47,7 @@ class Backend:
     keeps_files = False
 
     def start(self, event: RunStart) -> set[int]:
+        """The run begins; returns the folds this backend already holds (not logged again)."""
         return set(event.finished)
 
     def connect(self) -> str:
@@ -87,6 +88,7 @@ class Tracker(Callback):
 
     @property
     def wants_epochs(self) -> bool:
+        """Whether any backend logs per-epoch values."""
         return any(backend.wants_epochs for backend in self.backends)
 
     @property

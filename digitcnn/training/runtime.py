@@ -83,8 +83,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
     """``"fp32"`` or ``"bf16"`` for the ``--precision`` setting on ``device``.
 
     ``auto`` picks bf16 only where it was measured to pay: on CPUs with AMX tiles, where oneDNN
-    runs bf16 convolutions on them (``python -m benchmarks --cases choices``: one UCI S5
-    fold of 10 epochs, channels_last, 2 threads, 2.57 s against 2.89 s in fp32). On CUDA, auto
+    runs bf16 convolutions on them (``python -m benchmarks --cases choices``; the figures are
+    in results/README.md). On CUDA, auto
     stays fp32 until bf16 is measured there; ``--precision bf16`` asks for it.
     """
     import torch
