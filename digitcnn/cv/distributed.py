@@ -44,7 +44,7 @@ import torch
 
 from digitcnn._io import atomic_write_bytes
 from digitcnn.cv.folds import run_fold
-from digitcnn.cv.runner import collect_run, fold_ended, plan_run
+from digitcnn.cv.runner import collect_run, fold_ended, folds_ended, plan_run
 from digitcnn.errors import ConfigError, DigitCNNError, one_line
 from digitcnn.training.callbacks import Callback, RunStart
 from digitcnn.training.runtime import configure_determinism, resolve_precision, select_device
@@ -426,6 +426,7 @@ class RayExecutor:
             raise
 
     def _collect(self, state: _Run, callbacks: Sequence[Callback]):
+        folds_ended(state.out_dir, state.config.keep_checkpoints)
         execution = self._execution(state.config, state.gpus, state.precisions)
         result = collect_run(
             state.dataset,

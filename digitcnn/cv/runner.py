@@ -62,6 +62,7 @@ __all__ = [
     "load_for_config",
     "load_extra_training",
     "fold_ended",
+    "folds_ended",
     "choose_execution",
 ]
 
@@ -302,6 +303,14 @@ def fold_ended(
         callback.on_fold_end(result)
 
 
+def folds_ended(out_dir: Path | None, keep_checkpoints: bool) -> None:
+    """Every fold of a run is written: its checkpoints folder goes (unless
+    ``keep_checkpoints``), a fold-batched group's checkpoints with it. The same step ends a
+    local run and a Ray run."""
+    if out_dir is not None and not keep_checkpoints:
+        remove_checkpoints(out_dir / CHECKPOINTS)
+
+
 def run_kfold(
     dataset: DigitDataset,
     config: RunConfig | None = None,
@@ -362,8 +371,7 @@ def run_kfold(
             )
     finally:
         progress.close()
-    if out_dir is not None and not config.keep_checkpoints:
-        remove_checkpoints(out_dir / CHECKPOINTS)  # a fold-batched group's, once all are written
+    folds_ended(out_dir, config.keep_checkpoints)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result = collect_run(
