@@ -70,6 +70,7 @@ if TYPE_CHECKING:  # the lazily imported names, for type checkers and IDEs
     from digitcnn.training.callbacks import EpochEnd as EpochEnd
     from digitcnn.training.loop import fit as fit
     from digitcnn.training.recipe import Recipe as Recipe
+    from digitcnn.tuning.runner import tune_kfold as tune_kfold
 
 __version__ = "0.1.0"
 
@@ -102,6 +103,7 @@ _EXPORTS = {
     "FoldResult": "results",
     "KFoldResult": "results",
     "save_run": "runstore.files",
+    "tune_kfold": "tuning.runner",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, extra=["__version__"])

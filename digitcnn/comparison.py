@@ -22,7 +22,7 @@ from digitcnn._io import read_json
 from digitcnn.errors import ConfigError
 from digitcnn.metrics import corrected_resampled_ttest
 
-__all__ = ["read_run", "compare_runs", "format_comparison"]
+__all__ = ["read_run", "compare_runs", "compare_repeated", "format_comparison"]
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -105,6 +105,39 @@ def compare_runs(first: Sequence[str | Path], second: Sequence[str | Path]) -> d
         "p": test.p,
         "splits_sha256": fingerprints.pop(),
         "test": "corrected resampled t-test, Nadeau and Bengio (2003)",
+    }
+
+
+def compare_repeated(pairs: Sequence[tuple[str | Path, str | Path]]) -> dict:
+    """Corrected t-test over repetitions: each pair is a run of each side on the same folds
+    (one repetition, e.g. one seed's folds); the per-fold differences of every pair are
+    pooled, J = repetitions x folds, into the corrected resampled t-test (the corrected
+    repeated k-fold test of Bouckaert and Frank, 2004).
+
+    Returns each pair's comparison (as :func:`compare_runs`), both sides' mean accuracy over
+    the repetitions, the pooled differences, ``t``, ``df`` and the two-sided ``p``.
+    """
+    if not pairs:
+        raise ConfigError("compare needs at least one pair of runs")
+    per_pair = [compare_runs([first], [second]) for first, second in pairs]
+    differences = np.concatenate([comparison["differences"] for comparison in per_pair])
+    folds = [fold for first, _ in pairs for fold in read_run(first)["folds"]]
+    test = corrected_resampled_ttest(
+        differences.tolist(),
+        float(np.mean([f["n_train"] for f in folds])),
+        float(np.mean([f["n_val"] for f in folds])),
+    )
+    return {
+        "pairs": per_pair,
+        "first_accuracy_mean": float(np.mean([c["first"]["accuracy_mean"] for c in per_pair])),
+        "second_accuracy_mean": float(np.mean([c["second"]["accuracy_mean"] for c in per_pair])),
+        "differences": differences.tolist(),
+        "mean_difference": test.mean,
+        "t": test.t,
+        "df": test.df,
+        "p": test.p,
+        "test": "corrected repeated k-fold t-test (Nadeau and Bengio 2003; Bouckaert and "
+        "Frank 2004)",
     }
 
 

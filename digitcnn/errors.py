@@ -19,6 +19,7 @@ __all__ = [
     "DigitCNNError",
     "DataError",
     "ConfigError",
+    "TrainingDiverged",
     "ModelError",
     "CheckpointError",
     "OutputError",
@@ -47,6 +48,11 @@ class DataError(DigitCNNError, ValueError):
 
 class ConfigError(DigitCNNError, ValueError):
     """A run setting is invalid or inconsistent (folds < 2, unknown scaler, ...)."""
+
+
+class TrainingDiverged(ConfigError):
+    """A fold's loss turned NaN or infinite: the run is stopped (a tuner counts the trial as
+    a bad recipe, not as a failure of the study)."""
 
 
 class ModelError(DigitCNNError, ValueError):

@@ -48,7 +48,7 @@ def project() -> dict:
 def test_digitcnn_imports_exactly_its_declared_dependencies():
     declared = {import_name(r) for r in project()["dependencies"]}
     extras = project()["optional-dependencies"]
-    features = ("ray", "board", "tensorboard", "mlflow")
+    features = ("ray", "board", "tensorboard", "mlflow", "tune")
     optional = {import_name(r) for name in features for r in extras[name]}
     imported = third_party_imports(ROOT / "digitcnn", "digitcnn")
     assert imported - declared - optional == set(), "imported, not declared"

@@ -80,6 +80,8 @@ HELP_EXPECTATIONS = {
     "train": ((), ("numpy",)),
     "predict": ((), ("numpy",)),
     "sweep": (("--executor {local,ray}", "--task-gpus"), ("numpy",)),
+    # --help and a wrong [space] answer before Optuna is imported
+    "tune": (("--space", "--pruner {median,hyperband,none}"), ("numpy", "optuna")),
     "board": (("--model", "--save-dir"), ("numpy", "PIL", "starlette", "uvicorn")),
 }
 

@@ -154,6 +154,7 @@ COMMAND_MODULES = (
     "digitcnn.compare",
     "digitcnn.track",
     "digitcnn.sweep.__main__",
+    "digitcnn.tune",
 )
 
 

@@ -98,6 +98,8 @@ class Session:
 
 def resume_hint(session: Session) -> str:
     """How to continue the run of ``session``: the one resume line of every command."""
+    if session.command == "digitcnn.tune":
+        return "continue with: the same python -m digitcnn.tune command"
     return (
         f"continue with: python -m {session.command} --resume {session.out}{session.resume_flags}"
     )
@@ -105,10 +107,12 @@ def resume_hint(session: Session) -> str:
 
 def _interrupted_line(session: Session) -> str:
     state = inspect_folder(session.out)
-    if state.kind not in ("run", "sweep") or state.finished:
+    if state.kind not in ("run", "sweep", "study") or (state.finished and state.kind != "study"):
         return f"{session.command}: interrupted before the run started; nothing was written"
     saved = (
-        "finished cells and folds are"
+        "finished trials are"
+        if state.kind == "study"
+        else "finished cells and folds are"
         if state.kind == "sweep"
         else f"{len(list((session.out / 'folds').glob('fold*.json')))} finished fold(s) are"
     )
@@ -134,7 +138,7 @@ def run_session(
                     run(prepared)
                 except OutputError as err:  # e.g. the disk filled up in the middle of the run
                     state = inspect_folder(out)
-                    if state.kind not in ("run", "sweep") or state.finished:
+                    if state.kind not in ("run", "sweep", "study") or state.finished:
                         raise
                     raise OutputError(f"{err}; then {resume_hint(session)}") from None
         except KeyboardInterrupt as interrupt:

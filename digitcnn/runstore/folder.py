@@ -44,6 +44,7 @@ __all__ = [
     "RunLock",
     "claim_out_dir",
     "check_resumable",
+    "process_alive",
 ]
 
 LOCK_NAME = ".digitcnn.lock"
@@ -57,7 +58,8 @@ class FolderState:
     """What a would-be results folder holds.
 
     ``kind``: ``absent``, ``file`` (not a folder), ``empty``, ``run`` (a K-fold, train or
-    baselines run: ``config.json``), ``sweep`` (``sweep.json``) or ``foreign`` (anything else).
+    baselines run: ``config.json``), ``sweep`` (``sweep.json``), ``study`` (a tuner's study:
+    ``tune.json``) or ``foreign`` (anything else).
     ``finished``: the run's final file is there. ``command``: the CLI that made it (None when
     not recorded: runs written before the command was saved, or the Python API).
     """
@@ -69,7 +71,7 @@ class FolderState:
 
     @property
     def marker(self) -> str:
-        return "sweep.md" if self.kind == "sweep" else "metrics.json"
+        return {"sweep": "sweep.md", "study": "report.html"}.get(self.kind, "metrics.json")
 
 
 def _ours(name: str) -> bool:
@@ -106,6 +108,8 @@ def inspect_folder(path: str | os.PathLike) -> FolderState:
         return FolderState(path, "empty")
     if "sweep.json" in names:
         return FolderState(path, "sweep", "sweep.md" in names, "digitcnn.sweep")
+    if "tune.json" in names:
+        return FolderState(path, "study", "report.html" in names, "digitcnn.tune")
     if "config.json" in names:
         stored = _json_object(path / "config.json")
         if stored is not None and "splits_sha256" in stored:
@@ -126,6 +130,9 @@ def check_resumable(state: FolderState, command: str | None) -> None:
     """Refuse to resume ``state`` with ``command`` unless it is an unfinished run ``command``
     made (a baselines run is not continued by kfold, a sweep's cell only by its sweep)."""
     where = state.path
+    if command == "digitcnn.tune" or state.kind == "study":
+        _check_study_resumable(state, command)
+        return
     cell = state.kind == "run" and state.command == "digitcnn.sweep"  # a sweep's cell
     if command == "digitcnn.sweep" and state.kind != "sweep" and not cell:
         held = (
@@ -166,6 +173,21 @@ def check_resumable(state: FolderState, command: str | None) -> None:
         )
 
 
+def _check_study_resumable(state: FolderState, command: str | None) -> None:
+    """A study is continued by its tune command run again, finished or not; nothing else."""
+    if state.kind == "study" and command == "digitcnn.tune":
+        return
+    if state.kind == "study":
+        raise ConfigError(
+            f"{state.path} holds a study of digitcnn.tune; continue it by running its "
+            "python -m digitcnn.tune command again, or choose another folder"
+        )
+    raise ConfigError(
+        f"{state.path}: no tune.json, so there is no study to continue there; pass the "
+        "folder a study wrote (its --out)"
+    )
+
+
 def check_out_dir(
     path: str | os.PathLike,
     command: str | None = None,
@@ -196,9 +218,15 @@ def check_out_dir(
             f"--out {where} is a folder that holds files but no digitcnn run; "
             "digitcnn writes only its own folders: choose a new or empty folder"
         )
-    if state.kind in ("run", "sweep") and not overwrite:
-        what = "sweep" if state.kind == "sweep" else "run"
+    if state.kind in ("run", "sweep", "study") and not overwrite:
+        what = state.kind
         made_by = f" of {state.command}" if state.command else ""
+        if state.kind == "study":
+            raise OutputError(
+                f"--out {where} holds a study of digitcnn.tune; continue it by running its "
+                "python -m digitcnn.tune command again, replace it with --overwrite, or "
+                "choose a fresh --out"
+            )
         if state.finished:
             raise OutputError(
                 f"--out {where} holds a finished {what}{made_by} ({state.marker}); choose a fresh "
@@ -214,7 +242,8 @@ def check_out_dir(
     return state
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a zombie, ended but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -260,7 +289,7 @@ class RunLock:
         pid, host, age = found
         if pid is None:
             return -1 if age < _EMPTY_LOCK_GRACE_S else None
-        if pid == os.getpid() or (host == socket.gethostname() and not _alive(pid)):
+        if pid == os.getpid() or (host == socket.gethostname() and not process_alive(pid)):
             return None
         return pid
 
@@ -296,7 +325,7 @@ class RunLock:
                 f"{self.directory} is in use by another digitcnn run that is just "
                 "starting; wait for it to end or choose another --out"
             )
-        if pid is not None and (host != socket.gethostname() or _alive(pid)):
+        if pid is not None and (host != socket.gethostname() or process_alive(pid)):
             where = "" if host == socket.gethostname() else f" on {host}"
             raise OutputError(
                 f"{self.directory} is in use by another digitcnn run (pid {pid}"
@@ -389,7 +418,7 @@ def claim_out_dir(
     try:
         lock.acquire()
         state = check_out_dir(path, command, resume, overwrite)  # again, now that we hold it
-        if overwrite and state.kind in ("run", "sweep"):
+        if overwrite and state.kind in ("run", "sweep", "study"):
             moved = path.with_name(f"{path.name}.old-{_stamp()}")
             try:
                 os.rename(path, moved)

@@ -20,6 +20,7 @@ from digitcnn.sweep.grid import (
     stored_cells,
     toml_value,
     value_label,
+    varied_setting,
     write_plan,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "parse_value",
     "toml_value",
     "value_label",
+    "varied_setting",
     "load_grid_file",
     "grid_from_table",
     "expand_grid",

@@ -29,9 +29,11 @@ __all__ = [
     "NOT_SWEEPABLE",
     "parse_grid",
     "parse_value",
+    "varied_setting",
     "toml_value",
     "value_label",
     "load_grid_file",
+    "base_settings",
     "grid_from_table",
     "expand_grid",
     "write_plan",
@@ -67,22 +69,29 @@ class Cell:
         return Path(self.config.out)
 
 
-def _setting(name: str, origin: str) -> str:
-    """The config field a grid key names (dashes or underscores), or a ConfigError."""
+def varied_setting(name: str, origin: str, what: str = "sweep") -> str:
+    """The config field that a key varied by a sweep's grid (``what="sweep"``) or a study's
+    ``[space]`` (``what="study"``) names, dashes or underscores; a ConfigError for an unknown
+    setting or one that must stay fixed (the data and folds, the output)."""
     field_name = name.strip().replace("-", "_")
+    keys, members, verb = (
+        ("grid", "cells of a sweep", "swept")
+        if what == "sweep"
+        else ("[space]", "trials of a study", "tuned")
+    )
     if field_name not in FIELDS:
         raise ConfigError(
-            f"{origin}: unknown setting {name!r}; grid keys are the flags of "
+            f"{origin}: unknown setting {name!r}; {keys} keys are the flags of "
             "python -m digitcnn.kfold --help (e.g. optimizer, dropout, lr)"
         )
     if field_name in NOT_SWEEPABLE:
         reason = (
-            "the cells of a sweep must share one split of the data to be compared fold "
-            "by fold; run one sweep per value"
+            f"the {members} must share one split of the data to be compared fold "
+            f"by fold; run one {what} per value"
             if field_name in SPLIT_KEYS
-            else "it says where and how the sweep is written; set it once for the sweep"
+            else f"it says where and how the {what} is written; set it once for the {what}"
         )
-        raise ConfigError(f"{origin}: {flag_name(field_name)} cannot be swept: {reason}")
+        raise ConfigError(f"{origin}: {flag_name(field_name)} cannot be {verb}: {reason}")
     return field_name
 
 
@@ -123,7 +132,7 @@ def parse_grid(entries: Sequence[str]) -> list[GridAxis]:
         key, equals, text = entry.partition("=")
         if not equals or not key.strip() or not text.strip():
             raise ConfigError(f"{origin}: expected NAME=VALUE1,VALUE2 (e.g. dropout=0.2,0.3)")
-        names = [_setting(part, origin) for part in key.split(":")]
+        names = [varied_setting(part, origin) for part in key.split(":")]
         values = []
         for item in text.split(","):
             parts = item.split(":")
@@ -168,13 +177,13 @@ def grid_from_table(table: dict, origin: str) -> list[GridAxis]:
                         f"{where}: table {position + 1} sets nothing; give settings "
                         'such as optimizer = "sgd", lr = 0.01'
                     )
-                names = {_setting(k, where): v for k, v in settings.items()}
+                names = {varied_setting(k, where): v for k, v in settings.items()}
                 parsed.append((label, {k: toml_value(k, v, where) for k, v in names.items()}))
             axes.append(_checked_axis(key, parsed, where))
         elif any(isinstance(v, dict) for v in values):
             raise ConfigError(f"{where} mixes tables and plain values; use one kind per axis")
         else:
-            name = _setting(key, where)
+            name = varied_setting(key, where)
             axes.append(
                 _checked_axis(
                     name,
@@ -193,13 +202,19 @@ def load_grid_file(path: str | Path) -> tuple[dict, list[GridAxis]]:
     grid = values.pop("grid", None)
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{path}: no [grid] table; add one, e.g. [grid] dropout = [0.2, 0.3]")
+    return base_settings(values, path, "grid"), grid_from_table(grid, str(path))
+
+
+def base_settings(values: dict, path: str | Path, table: str) -> dict:
+    """The base settings of a grid or space file (``values`` without its ``[table]``): keys
+    as in ``--config``, at the top level or under ``[run]``, type-checked."""
     base = {**values.pop("run", {}), **values}
     settings = {}
     for key, value in base.items():
         if isinstance(value, dict):
             raise ConfigError(
                 f"{path}: unexpected table [{key}]; put base settings at the top "
-                "level or under [run], and the grid under [grid]"
+                f"level or under [run], and the {table} under [{table}]"
             )
         name = key.replace("-", "_")
         if name not in FIELDS:
@@ -208,7 +223,7 @@ def load_grid_file(path: str | Path) -> tuple[dict, list[GridAxis]]:
                 "of python -m digitcnn.kfold --help with dashes as underscores"
             )
         settings[name] = value
-    return typed_settings(settings, str(path)), grid_from_table(grid, str(path))
+    return typed_settings(settings, str(path))
 
 
 def _cell_name(labels: Sequence[tuple[str, str]]) -> str:

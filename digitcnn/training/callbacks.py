@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from digitcnn.errors import ConfigError
+from digitcnn.errors import TrainingDiverged
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -153,7 +153,8 @@ def replay_epochs(callbacks: Sequence[Callback], result: FoldResult, epochs: int
 class DivergenceCheck(Callback):
     """Stop the run when a fold's loss turns NaN or infinite: its numbers would mean nothing.
 
-    Raises ConfigError naming the fold, the epoch and ``hint`` (the settings to look at).
+    Raises :class:`~digitcnn.errors.TrainingDiverged` (a ConfigError) naming the fold, the
+    epoch and ``hint`` (the settings to look at).
     The losses are the epoch's, already read to the host: no extra device sync.
     """
 
@@ -164,7 +165,7 @@ class DivergenceCheck(Callback):
         val_loss = event.metrics["val_loss"] if event.has_validation else 0.0
         for name, value in (("training", event.metrics["train_loss"]), ("validation", val_loss)):
             if not math.isfinite(value):
-                raise ConfigError(
+                raise TrainingDiverged(
                     f"fold {event.fold}, epoch {event.epoch + 1}: the {name} loss is {value}: "
                     f"training diverged, so the run is stopped and no results are written; "
                     f"{self.hint}"

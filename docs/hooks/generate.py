@@ -31,6 +31,7 @@ CLIS = {
     "python -m digitcnn.train": "digitcnn.train",
     "python -m digitcnn.baselines": "digitcnn.baselines",
     "python -m digitcnn.sweep": "digitcnn.commands.sweep",
+    "python -m digitcnn.tune": "digitcnn.tune",
     "python -m digitcnn.compare": "digitcnn.compare",
     "python -m digitcnn.predict": "digitcnn.predict",
     "python -m digitcnn.track": "digitcnn.track",
@@ -48,6 +49,7 @@ PACKAGES = (
     "digitcnn.runstore",
     "digitcnn.sweep",
     "digitcnn.tracking",
+    "digitcnn.tuning",
 )
 
 

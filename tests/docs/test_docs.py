@@ -157,6 +157,7 @@ SMALL = {
     "digitcnn.train": ["--epochs", "1", "--limit", "600"],
     "digitcnn.sweep": ["--epochs", "1", "--limit", "600"],
     "digitcnn.baselines": ["--limit", "600"],
+    "digitcnn.tune": ["--epochs", "1", "--limit", "600", "--trials", "2", "--confirm-seeds", "1"],
 }
 
 
