@@ -397,3 +397,16 @@ def test_the_tuner_without_optuna_names_its_extra(monkeypatch, tmp_path, capsys)
     status = tune_cli.main(["--space", str(space_file(tmp_path)), "--out", str(tmp_path / "s")])
     assert status == 2
     assert "pip install 'digitcnn[tune]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO_ROOT / "experiments" / "spaces").glob("*.toml")), ids=lambda p: p.name
+)
+def test_the_shipped_spaces_are_valid(path):
+    settings, table = load_tune_file(path)
+    space = SearchSpace.from_table(table, RunConfig.from_dict(settings), origin=str(path))
+    assert len(space.dimensions) >= 3
+
+
+def test_the_spaces_folder_is_not_empty():
+    assert list((REPO_ROOT / "experiments" / "spaces").glob("*.toml"))
