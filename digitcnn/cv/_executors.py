@@ -7,7 +7,6 @@ A pending fold is ``(fold, train_rows, val_rows)``.
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import queue
 import signal
@@ -36,6 +35,7 @@ from digitcnn.training.callbacks import Callback, EpochEnd, notify_epoch
 from digitcnn.training.parallel import StackedFolds, fit_parallel
 from digitcnn.training.runtime import (
     autocast_dtype,
+    die_with_parent,
     fold_generator,
     fold_seed,
     resolve_precision,
@@ -90,10 +90,7 @@ def _start_fold_worker(threads: int, state: dict) -> None:
     # it): it is what the pool's terminate() sends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
+    die_with_parent()
     torch.set_num_threads(threads)
     _WORKER_STATE.update(state)
 
