@@ -36,6 +36,7 @@ CASE_NAMES = (
     "track",
     "checkpoint",
     "report",
+    "tune",
 )
 
 
@@ -82,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="experiments/s2_optimizers.toml",
         help="the sweep of the ray case (run with --epochs 1 --limit 2000)",
     )
+    parser.add_argument(
+        "--tune-space",
+        default="experiments/spaces/uci.toml",
+        help="the study of the tune case (run with --pruner median and none)",
+    )
+    parser.add_argument("--tune-trials", type=int, default=40, help="trials per study")
     parser.add_argument("--reference", default="../shared/bench/reference_loop.py")
     parser.add_argument("--out", default="results/bench")
     parser.add_argument(
@@ -288,6 +295,26 @@ def report_summary(case: str, result: dict, repeats: int) -> list[str]:
     ]
 
 
+def tune_summary(case: str, result: dict, repeats: int) -> list[str]:
+    """The median pruner against none: epochs, best values, Optuna's share of the time."""
+
+    def side(name: str) -> str:
+        study = result[name]
+        return (
+            f"--pruner {name}: {study['trials']} trials ({study['pruned']} pruned), "
+            f"{study['epochs_trained']} epochs, best {100 * study['best_value']:.2f}%, "
+            f"{study['wall_s']:.1f} s, Optuna {100 * study['optuna_fraction']:.2f}% of "
+            f"the study's {study['span_s']:.1f} s, peak {_mib(study['peak_tree_pss_mib'])}"
+        )
+
+    return [
+        f"tune: median pruner / none epochs trained {result['epochs_ratio']:.3f}, best "
+        f"value difference {result['best_difference_points']:+.2f} points",
+        f"tune: {side('median')}",
+        f"tune: {side('none')}",
+    ]
+
+
 SUMMARIES: tuple[tuple[str, Callable[[str, dict, int], list[str]]], ...] = (
     ("uci", race_summary),
     ("mnist", race_summary),
@@ -300,6 +327,7 @@ SUMMARIES: tuple[tuple[str, Callable[[str, dict, int], list[str]]], ...] = (
     ("ray", ray_summary),
     ("choices", choices_summary),
     ("augment", augment_summary),
+    ("tune", tune_summary),
 )
 
 

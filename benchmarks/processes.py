@@ -44,6 +44,8 @@ __all__ = [
     "bench_track",
     "bench_checkpoint",
     "bench_report",
+    "read_study",
+    "bench_tune",
     "CASES",
 ]
 
@@ -525,6 +527,69 @@ def bench_report(args, scratch: Path) -> dict:
     return result
 
 
+def read_study(out: Path) -> dict:
+    """The figures of the study in ``out`` from its ``trials.csv``: finished trials, epochs
+    trained, the best value, and where the study's time went.
+
+    The study's time is Optuna's span, from the first trial's creation (``ask``) to the last
+    one's ``tell``. Training is each trial's seconds less its own Optuna calls (drawing its
+    settings, reporting, pruning decisions); everything else in the span is counted as
+    Optuna's overhead (sampling, storage writes and reads, the ask lock), so the figure is an
+    upper bound."""
+    from datetime import datetime
+
+    with open(out / "trials.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    finished = [row for row in rows if row["state"] in ("complete", "pruned")]
+    values = [float(row["value"]) for row in rows if row["state"] == "complete"]
+    started = min(datetime.fromisoformat(row["started"]) for row in rows)
+    ended = max(datetime.fromisoformat(row["finished"]) for row in rows)
+    span = (ended - started).total_seconds()
+    training = sum(float(row["seconds"]) - float(row["optuna_s"]) for row in rows)
+    return {
+        "trials": len(finished),
+        "pruned": sum(row["state"] == "pruned" for row in rows),
+        "epochs_trained": sum(int(row["epochs_trained"]) for row in rows),
+        "best_value": max(values),
+        "span_s": span,
+        "training_s": training,
+        "optuna_s": span - training,
+        "optuna_fraction": (span - training) / span,
+    }
+
+
+def bench_tune(args, scratch: Path) -> dict:
+    """The same UCI study (``--tune-space``, ``--tune-trials`` trials, seed 0, no
+    confirmation) with the median pruner and with ``--pruner none``: epochs trained, best
+    fold-mean accuracy, and Optuna's share of each study's time (:func:`read_study`), with
+    each whole process's wall time and peak memory. One study per pruner: the figures
+    compared are counts and values, which do not vary with the machine's speed."""
+    flags = ["--space", args.tune_space, "--trials", str(args.tune_trials)]
+    flags += ["--confirm-seeds", "0", "--seed", "0", "--data-dir", args.uci_dir]
+    flags += ["--device", args.device, "--quiet", *args.extra]
+    result: dict = {"command": "python -m digitcnn.tune " + shlex.join(flags)}
+    for pruner in ("median", "none"):
+        out = scratch / f"tune-{pruner}"
+        clear_out(out)
+        command = [sys.executable, "-m", "digitcnn.tune", *flags, "--pruner", pruner]
+        run = run_checked(
+            [*command, "--out", str(out)], f"tune: --pruner {pruner}", sample_memory=True
+        )
+        study = read_study(out)
+        study.update(wall_s=run["wall_s"], peak_tree_pss_mib=run["peak_tree_pss_mib"])
+        result[pruner] = study
+        print(
+            f"tune --pruner {pruner}: {study['trials']} trials, {study['epochs_trained']} "
+            f"epochs, best {100 * study['best_value']:.2f}%, {run['wall_s']:.1f} s",
+            flush=True,
+        )
+    result["epochs_ratio"] = result["median"]["epochs_trained"] / result["none"]["epochs_trained"]
+    result["best_difference_points"] = 100 * (
+        result["median"]["best_value"] - result["none"]["best_value"]
+    )
+    return result
+
+
 def _wait_for_tracking(out: Path, timeout: float = 120) -> None:
     """Until MLflow's background logging of the run's files is done (``tracking.log`` gone)."""
     deadline = time.monotonic() + timeout
@@ -545,4 +610,5 @@ CASES = {
     "track": bench_track,
     "checkpoint": bench_checkpoint,
     "report": bench_report,
+    "tune": bench_tune,
 }

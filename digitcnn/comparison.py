@@ -22,7 +22,13 @@ from digitcnn._io import read_json
 from digitcnn.errors import ConfigError
 from digitcnn.metrics import corrected_resampled_ttest
 
-__all__ = ["read_run", "compare_runs", "compare_repeated", "format_comparison"]
+__all__ = [
+    "read_run",
+    "compare_runs",
+    "compare_repeated",
+    "format_comparison",
+    "format_repeated",
+]
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -172,6 +178,29 @@ def format_comparison(comparison: dict) -> str:
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines.append(
+        f"\n{comparison['test']}: t = {comparison['t']:.3f}, df = {comparison['df']}, "
+        f"p = {comparison['p']:.4f}"
+    )
+    return "\n".join(lines)
+
+
+def format_repeated(comparison: dict) -> str:
+    """A Markdown table of a :func:`compare_repeated` result: each repetition's two runs and
+    their mean fold difference, then the pooled test."""
+    header = ["repetition", "first", "second", "first %", "second %", "difference"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for k, pair in enumerate(comparison["pairs"]):
+        a, b = pair["first"], pair["second"]
+        lines.append(
+            f"| {k} | {a['runs'][0]} | {b['runs'][0]} | {100 * a['accuracy_mean']:.2f} | "
+            f"{100 * b['accuracy_mean']:.2f} | {100 * pair['mean_difference']:+.2f} points |"
+        )
+    lines.append(
+        f"| mean |  |  | {100 * comparison['first_accuracy_mean']:.2f} | "
+        f"{100 * comparison['second_accuracy_mean']:.2f} | "
+        f"{100 * comparison['mean_difference']:+.2f} points |"
+    )
     lines.append(
         f"\n{comparison['test']}: t = {comparison['t']:.3f}, df = {comparison['df']}, "
         f"p = {comparison['p']:.4f}"

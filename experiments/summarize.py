@@ -227,6 +227,77 @@ def best_against_svm(experiments: dict, results: Path) -> list[str]:
     return lines
 
 
+TUNED = "tune_uci_best"  # the UCI study of experiments/spaces/uci_best.toml
+SVM_FRESH = "svm-rs{}"  # SVC(C=10) on the fresh folds of a confirmation seed, in confirm/
+
+
+def tuning_section(results: Path) -> list[str]:
+    """The UCI study: its budget, its winner, the winner and the base recipe on fresh seeds
+    (new folds), the winner against SVC(C=10) on those same folds (corrected repeated
+    k-fold t-test), and the winner on the writer-disjoint split (chosen without it)."""
+    from digitcnn.comparison import compare_repeated, format_repeated
+
+    study = results / TUNED
+    confirm = _read(study / "confirm.json")
+    if confirm is None or not (study / "trials.csv").is_file():
+        return [f"(the study {TUNED} has not been run.)"]
+    with open(study / "trials.csv", newline="") as handle:
+        trials = list(csv.DictReader(handle))
+    pruned = sum(row["state"] == "pruned" for row in trials)
+    minutes = sum(float(row["seconds"]) for row in trials) / 60
+    root = results.parent
+    lines = [
+        f"`python -m digitcnn.tune --space experiments/spaces/uci_best.toml --trials "
+        f"{len(trials)} --out results/{TUNED}` ({len(trials)} trials, {pruned} pruned by the "
+        f"median pruner; {minutes:.1f} minutes of trials on a 2-core CPU, all cores busy). "
+        f"Best trial {confirm['best_trial']}: fold mean {_pct(confirm['best_tuning_value'])}% "
+        f"on S5's folds (`{TUNED}/best.toml`). On {len(confirm['seeds'])} fresh seeds with new "
+        f"folds (random states {', '.join(map(str, confirm['random_states']))}): best "
+        f"**{_pct(confirm['best_fresh_mean'])}%** against the base recipe "
+        f"{_pct(confirm['base_fresh_mean'])}% (p = {confirm['comparison']['p']:.3f}); "
+        f"selection bias {100 * confirm['selection_bias']:+.2f} points.",
+        "",
+    ]
+    best_runs = [study / run for run in confirm["runs"]["best"]]
+    svm_runs = [study / "confirm" / SVM_FRESH.format(rs) for rs in confirm["random_states"]]
+    if all((run / "metrics.json").is_file() for run in [*best_runs, *svm_runs]):
+        comparison = compare_repeated(list(zip(best_runs, svm_runs)))
+        for pair in comparison["pairs"]:  # named from the repository root
+            for side in ("first", "second"):
+                pair[side]["runs"] = [str(Path(r).relative_to(root)) for r in pair[side]["runs"]]
+        (study / "against_svm.json").write_text(json.dumps(comparison, indent=2) + "\n")
+        lines += [
+            "The best trial's recipe against SVC(C=10) on the same fresh folds (first: "
+            "the recipe; second: the SVM):",
+            "",
+            format_repeated(comparison),
+            "",
+            "Commands: `python -m digitcnn.baselines --config experiments/uci_folds.toml "
+            "--estimator svm --random-state R --out "
+            f"results/{TUNED}/confirm/{SVM_FRESH.format('R')}` for R in "
+            f"{', '.join(map(str, confirm['random_states']))}, then `python -m digitcnn.compare "
+            + " ".join(str(r.relative_to(root)) for r in best_runs)
+            + " --against "
+            + " ".join(str(r.relative_to(root)) for r in svm_runs)
+            + " --repeated`.",
+            "",
+        ]
+    writers = sorted((results / f"{TUNED}_writers").glob("seed*/metrics.json"))
+    if writers:
+        values = [json.loads(path.read_text())["accuracy"] for path in writers]
+        lines += [
+            "The best trial's recipe on the writer-disjoint split (chosen on S5's folds, "
+            "without `optdigits.tes`): "
+            + " / ".join(f"{_pct(v)}%" for v in values)
+            + f" over seeds {', '.join(p.parent.name[4:] for p in writers)}, mean "
+            f"**{_pct(float(np.mean(values)))}%** (`python -m digitcnn.kfold --config "
+            f"results/{TUNED}/best.toml --cv writers --seed S --out "
+            f"results/{TUNED}_writers/seedS`).",
+            "",
+        ]
+    return lines
+
+
 def speed_section(results: Path) -> list[str]:
     lines = []
     # `--cases uci --out results/bench_uci` refreshes the UCI race alone; it then stands for
@@ -289,6 +360,7 @@ def speed_section(results: Path) -> list[str]:
     lines += report_lines(results)
     lines += track_lines(results)
     lines += checkpoint_lines(results)
+    lines += tune_lines(results)
     scaling = (_read(results / "bench" / "bench.json") or {}).get("cases", {}).get("scaling")
     if scaling:
         modes = list(dict.fromkeys(r["mode"] for r in scaling["folds"]))
@@ -487,6 +559,39 @@ def checkpoint_lines(results: Path) -> list[str]:
     ]
 
 
+def tune_lines(results: Path) -> list[str]:
+    """The tune case of ``python -m benchmarks``: the median pruner against none."""
+    report = _read(results / "bench_tune" / "bench.json")
+    case = (report or {}).get("cases", {}).get("tune")
+    if not case:
+        return []
+
+    def side(name: str) -> str:
+        study = case[name]
+        return (
+            f"| `--pruner {name}` | {study['trials']} ({study['pruned']} pruned) | "
+            f"{study['epochs_trained']} | {_pct(study['best_value'])} | {study['wall_s']:.1f} | "
+            f"{study['span_s']:.1f} | {study['optuna_s']:.2f} "
+            f"({100 * study['optuna_fraction']:.2f}%) | {study['peak_tree_pss_mib']:.0f} |"
+        )
+
+    return [
+        f"**Tuning: the median pruner against none** (`bench_tune/bench.json`, one study "
+        f"each{_cpu(report)}; `{case['command']}`): the median pruner trained "
+        f"**{case['epochs_ratio']:.3f}** of the epochs, and its best fold-mean accuracy "
+        f"differs by **{case['best_difference_points']:+.2f}** points. Optuna's share is "
+        "the study's span (first trial created to last trial told) less the trials' "
+        "training: sampling, storage, reporting and pruning decisions.",
+        "",
+        "| study | trials | epochs trained (fold epochs) | best fold mean % | whole process s "
+        "| study span s | Optuna s (share) | peak PSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+        side("median"),
+        side("none"),
+        "",
+    ]
+
+
 NOTES = """\
 - **MNIST:** the shared data holds only MNIST's 10,000 test images, not the 60,000 training
   images. Every MNIST row is therefore 4-fold cross-validation (7,500 training rows per fold)
@@ -537,6 +642,9 @@ def write_readme(experiments: dict, results: Path) -> Path:
             "",
             *best_against_svm(experiments, results),
             "",
+            "## Tuning",
+            "",
+            *tuning_section(results),
             "## Speed",
             "",
             *speed_section(results),

@@ -134,6 +134,32 @@ def test_compare_refuses_runs_on_other_folds(optdigits_dir, tmp_path):
         compare.compare_runs([tmp_path / "a"], [tmp_path / "b"])
 
 
+def test_compare_repeated_pools_each_repetitions_folds(tmp_path, capsys):
+    """--repeated: the k-th runs of the two sides share the k-th folds; their differences
+    are pooled into the corrected repeated k-fold t-test (J = repetitions x folds,
+    variance factor 1/J + n_val/n_train), and a pair on other folds is refused."""
+    data_dir = real_data("optdigits")
+    pairs = []
+    for k in (1, 2):
+        svm = finished_run(tmp_path / f"svm{k}", data_dir, random_state=k)
+        knn = finished_run(tmp_path / f"knn{k}", data_dir, "knn", random_state=k)
+        pairs += [s.accuracy - n.accuracy for s, n in zip(svm.folds, knn.folds)]
+    argv = [str(tmp_path / "svm1"), str(tmp_path / "svm2"), "--against"]
+    argv += [str(tmp_path / "knn1"), str(tmp_path / "knn2"), "--repeated"]
+    assert compare_cli.main([*argv, "--out", str(tmp_path / "c.json")]) == 0
+    comparison = json.loads((tmp_path / "c.json").read_text())
+    assert comparison["differences"] == pytest.approx(pairs)
+    factor = 1 / 8 + svm.folds[0].n_val / svm.folds[0].n_train  # 1/J + n_val/n_train
+    t = np.mean(pairs) / np.sqrt(factor * np.var(pairs, ddof=1))
+    assert comparison["df"] == 7 and comparison["t"] == pytest.approx(t, rel=1e-3)
+    assert "corrected repeated k-fold t-test" in capsys.readouterr().out
+    crossed = [str(tmp_path / "svm1"), "--against", str(tmp_path / "knn2"), "--repeated"]
+    assert compare_cli.main(crossed) == 2
+    assert "the runs were not evaluated on the same folds" in capsys.readouterr().err
+    assert compare_cli.main([str(tmp_path / "svm1"), *argv[2:]]) == 2
+    assert "--repeated pairs the runs in order: 1 run(s) against 2" in capsys.readouterr().err
+
+
 def test_compare_cli_needs_finished_runs(tmp_path, capsys):
     assert compare_cli.main([str(tmp_path), "--against", str(tmp_path)]) == 2
     assert "no metrics.json; pass the folder of a finished run" in capsys.readouterr().err

@@ -119,8 +119,8 @@ EXECUTOR_ARGUMENTS: list[Argument] = [
         {
             "choices": ("local", "ray"),
             "default": "local",
-            "help": "where the folds train: on this machine, or one Ray task per "
-            "fold (see --address)",
+            "help": "where the work runs: on this machine, or as Ray tasks (one per "
+            "fold; one per trial in digitcnn.tune; see --address)",
         },
     ),
     (
@@ -140,7 +140,7 @@ EXECUTOR_ARGUMENTS: list[Argument] = [
             "type": float,
             "default": 1.0,
             "metavar": "N",
-            "help": "with --executor ray: CPUs each fold task reserves (its torch "
+            "help": "with --executor ray: CPUs each task reserves (its torch "
             "threads: the whole number, at least 1)",
         },
     ),
@@ -150,8 +150,8 @@ EXECUTOR_ARGUMENTS: list[Argument] = [
             "type": float,
             "default": None,
             "metavar": "N",
-            "help": "with --executor ray: GPUs each fold task reserves; fractions "
-            "let folds share a GPU (0.25: four per GPU); default: 1 on a "
+            "help": "with --executor ray: GPUs each task reserves; fractions "
+            "let tasks share a GPU (0.25: four per GPU); default: 1 on a "
             "cluster with GPUs unless --device cpu, else 0",
         },
     ),
@@ -161,7 +161,7 @@ EXECUTOR_ARGUMENTS: list[Argument] = [
             "type": int,
             "default": 3,
             "metavar": "N",
-            "help": "with --executor ray: times a fold task is rerun after its "
+            "help": "with --executor ray: times a task is rerun after its "
             "worker process dies (never after a digitcnn error)",
         },
     ),

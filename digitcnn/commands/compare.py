@@ -2,7 +2,10 @@
 
 Pairs two sides' per-fold accuracies (several seeds of one recipe are averaged fold by fold;
 runs made on different folds are refused) and gives the corrected resampled t-test
-(:func:`digitcnn.comparison.compare_runs`).
+(:func:`digitcnn.comparison.compare_runs`). With ``--repeated`` the k-th run of each side is
+one repetition on its own folds (e.g. a fresh ``--random-state`` each): every repetition's
+fold differences are pooled into the corrected repeated k-fold t-test
+(:func:`digitcnn.comparison.compare_repeated`).
 """
 
 from __future__ import annotations
@@ -11,8 +14,13 @@ import argparse
 from collections.abc import Sequence
 
 from digitcnn._io import write_json
-from digitcnn.comparison import compare_runs, format_comparison
-from digitcnn.errors import cli_entry
+from digitcnn.comparison import (
+    compare_repeated,
+    compare_runs,
+    format_comparison,
+    format_repeated,
+)
+from digitcnn.errors import ConfigError, cli_entry
 
 __all__ = ["main"]
 
@@ -32,10 +40,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--against", nargs="+", required=True, help="run folders of the second side"
     )
+    parser.add_argument(
+        "--repeated",
+        action="store_true",
+        help="pair the k-th run of each side as one repetition on its own folds (each "
+        "pair on the same folds) and pool the repetitions into the corrected repeated "
+        "k-fold t-test",
+    )
     parser.add_argument("--out", default=None, help="also write the comparison to this JSON")
     args = parser.parse_args(argv)
-    comparison = compare_runs(args.runs, args.against)
+    if args.repeated:
+        if len(args.runs) != len(args.against):
+            raise ConfigError(
+                f"--repeated pairs the runs in order: {len(args.runs)} run(s) against "
+                f"{len(args.against)}; give each side one run per repetition"
+            )
+        comparison = compare_repeated(list(zip(args.runs, args.against)))
+        text = format_repeated(comparison)
+    else:
+        comparison = compare_runs(args.runs, args.against)
+        text = format_comparison(comparison)
     if args.out:
         write_json(args.out, comparison)
-    print(format_comparison(comparison))
+    print(text)
     return 0

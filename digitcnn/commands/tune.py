@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from digitcnn.commands._flags import EXECUTOR_ARGUMENTS, executor_settings
 from digitcnn.commands._session import Session, load_quietly, run_session
 from digitcnn.config import Argument, RunConfig, config_from_args
 from digitcnn.errors import ConfigError, cli_entry, warnings_as_lines
@@ -103,7 +104,8 @@ TUNE_ARGUMENTS: list[Argument] = [
             "type": _count("process", 1),
             "default": 1,
             "metavar": "N",
-            "help": "trial processes on this machine, sharing the study",
+            "help": "trial processes on this machine, sharing the study; with --executor "
+            "ray, trials out at once as Ray tasks",
         },
     ),
     (
@@ -159,7 +161,7 @@ def settings_from_args(
         PROG,
         "A hyperparameter study of K-fold trials on Optuna: pruned on the fold mean after "
         "every epoch, resumable, with the winner confirmed on fresh seeds.",
-        extra_arguments=TUNE_ARGUMENTS,
+        extra_arguments=[*TUNE_ARGUMENTS, *EXECUTOR_ARGUMENTS],
         defaults=base_values,
     )
     space = SearchSpace.from_table(table, config, origin=str(extras.space))
@@ -180,8 +182,10 @@ def _require_optuna() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m digitcnn.tune``: a K-fold hyperparameter study (see the module)."""
     config, space, extras, out, overwrite = settings_from_args(argv)
+    executor = executor_settings(extras)
     _require_optuna()
     # why here: the study imports Optuna and torch, which --help and bad input must not
+    from digitcnn.cv.distributed import RayExecutor, connected
     from digitcnn.cv.folds import check_model
     from digitcnn.tuning.runner import prepare_study, tune_kfold
     from digitcnn.tuning.study import TuneConfig, single_threaded_before_fork
@@ -196,11 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         study_name=extras.study_name,
         confirm_seeds=extras.confirm_seeds,
     )
+    ray = None if executor is None else RayExecutor(**executor)  # Ray's absence said now
     resume = inspect_folder(out).kind == "study" and not overwrite
     session = Session("digitcnn.tune", out, resume, overwrite)
 
     def prepare() -> Any:
-        if settings.jobs > 1:
+        if settings.jobs > 1 and ray is None:
             single_threaded_before_fork()  # before the model's check runs a forward pass
         if not overwrite:
             prepare_study(config, space, settings, out)  # the study there is this one
@@ -209,9 +214,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dataset
 
     def run(dataset: Any) -> None:
-        with warnings_as_lines("digitcnn.tune"):
+        with warnings_as_lines("digitcnn.tune"), connected(ray):
             result = tune_kfold(
-                dataset, config, space, settings, out, quiet=config.quiet, replace=overwrite
+                dataset,
+                config,
+                space,
+                settings,
+                out,
+                quiet=config.quiet,
+                replace=overwrite,
+                executor=ray,
             )
         if config.quiet:
             return

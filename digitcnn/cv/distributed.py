@@ -189,9 +189,25 @@ class RayExecutor:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def ray(self) -> Any:
+        """The ``ray`` module, connected (joins the cluster or starts the local instance)."""
+        self.connect()
+        return self._ray
+
+    def task_options(self, config) -> dict:
+        """Ray's options for a task running (part of) a run of ``config``: its CPUs, GPUs
+        and retries after its worker died (a digitcnn error raised in it is not retried)."""
+        return {
+            "num_cpus": self.task_cpus,
+            "num_gpus": self.gpus_for(config),
+            "max_retries": self.max_retries,
+            "retry_exceptions": False,
+        }
+
     def connect(self) -> None:
         """Join the cluster (or start the local instance); a no-op when already connected."""
-        ray = self._ray = _import_ray()
+        ray = self._ray = self._ray or _import_ray()
         if ray.is_initialized():
             return
         options = {"logging_level": logging.WARNING, "configure_logging": True}
@@ -235,7 +251,9 @@ class RayExecutor:
 
     # ------------------------------------------------------------------ resources
 
-    def _gpus(self, config) -> float:
+    def gpus_for(self, config) -> float:
+        """GPUs each task of a run of ``config`` reserves (``task_gpus``, or its default); a
+        reservation no node of the cluster can hold is a ConfigError."""
         cluster = self._ray.cluster_resources()
         gpus = self.task_gpus
         if gpus is None:
@@ -267,7 +285,8 @@ class RayExecutor:
                 )
         return gpus
 
-    def _threads(self, config) -> int:
+    def threads_for(self, config) -> int:
+        """torch threads of a task of ``config``: its ``threads``, else the task's whole CPUs."""
         return config.threads or max(1, int(self.task_cpus))
 
     def _execution(self, config, gpus: float, precisions: set) -> dict:
@@ -282,7 +301,7 @@ class RayExecutor:
             "precision": "+".join(sorted(precisions)),
             "fold_parallel": False,
             "workers": max(1, int(cpus // self.task_cpus)),
-            "threads_per_worker": self._threads(config),
+            "threads_per_worker": self.threads_for(config),
             "task_cpus": self.task_cpus,
             "task_gpus": gpus,
             "max_retries": self.max_retries,
@@ -343,7 +362,8 @@ class RayExecutor:
         jobs: dict[Any, tuple[_Run, int]] = {}
         try:
             for key, dataset, config, out_dir in runs:
-                gpus = self._gpus(config)
+                options = self.task_options(config)
+                gpus = options["num_gpus"]
                 plan = plan_run(dataset, config, out_dir, resume, command, splitter)
                 state = _Run(
                     key,
@@ -360,12 +380,7 @@ class RayExecutor:
                 start = RunStart(config, state.out_dir, len(plan.splits), dict(plan.finished))
                 for callback in callbacks:
                     callback.on_run_start(start)
-                task = remote.options(
-                    num_cpus=self.task_cpus,
-                    num_gpus=gpus,
-                    max_retries=self.max_retries,
-                    retry_exceptions=False,
-                )
+                task = remote.options(**options)
                 for fold, train_rows, val_rows in plan.pending:
                     ref = task.remote(
                         put(dataset),
@@ -376,7 +391,7 @@ class RayExecutor:
                         val_rows,
                         plan.global_scaler,
                         gpus > 0,
-                        self._threads(config),
+                        self.threads_for(config),
                         None if out_dir is None else str(out_dir),
                     )
                     jobs[ref] = (state, fold)
@@ -387,7 +402,7 @@ class RayExecutor:
                 done, _ = ray.wait(list(jobs), num_returns=1, timeout=1.0)
                 for ref in done:
                     state, fold = jobs.pop(ref)
-                    result, precision, files = self._get(ref)
+                    result, precision, files = self.result(ref)
                     state.trained.append(result)
                     state.precisions.add(precision)
                     state.remaining -= 1
@@ -416,7 +431,8 @@ class RayExecutor:
             for ref in jobs:  # an error, or the caller stopped early (or joined its own Ray)
                 ray.cancel(ref, force=True)
 
-    def _get(self, ref):
+    def result(self, ref):
+        """A task's return value; a digitcnn error raised in the task is raised as itself."""
         try:
             return self._ray.get(ref)
         except self._ray.exceptions.RayTaskError as err:

@@ -2,7 +2,8 @@
 runs, pruned by their fold mean after every epoch, resumable, and confirmed on fresh seeds.
 
 :mod:`~digitcnn.tuning.space` reads the ``[space]`` of a tune file, :mod:`~digitcnn.tuning.study`
-runs the trials (Optuna, the ``digitcnn[tune]`` extra), :mod:`~digitcnn.tuning.confirm` reruns
+runs the trials (Optuna, the ``digitcnn[tune]`` extra) on this machine and
+:mod:`~digitcnn.tuning.distributed` as Ray tasks, :mod:`~digitcnn.tuning.confirm` reruns
 the winner on fresh seeds, :mod:`~digitcnn.tuning.outputs` and :mod:`~digitcnn.tuning.report`
 write the study folder, and :mod:`~digitcnn.tuning.runner` ties them together
 (:func:`tune_kfold`); the command line is ``python -m digitcnn.tune``. The public names are

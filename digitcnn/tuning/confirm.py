@@ -45,12 +45,14 @@ def confirm_best(
     out: Path,
     tuning_value: float,
     metric: str = "accuracy",
+    executor=None,
 ) -> dict:
     """Run ``best`` and ``base`` on ``seeds`` fresh seeds and compare them (see the module).
 
     Returns the seeds, each side's run folders and fold-mean scores, the t-test, and
     ``selection_bias``: the best trial's ``tuning_value`` minus its mean fresh-seed score
     (for a loss, the fresh score minus the tuning one), positive when tuning flattered it.
+    ``executor`` (a Ray executor) trains the runs' folds as Ray tasks.
     """
     folder = out / CONFIRM_DIR
     offsets = range(1, seeds + 1)
@@ -62,7 +64,9 @@ def confirm_best(
             if not (run_dir / "metrics.json").is_file():
                 shutil.rmtree(run_dir, ignore_errors=True)
                 config_k = config.replace(seed=seed, random_state=random_state, quiet=True)
-                result = run_kfold(dataset, config_k, out_dir=run_dir, command="digitcnn.tune")
+                result = run_kfold(
+                    dataset, config_k, out_dir=run_dir, command="digitcnn.tune", executor=executor
+                )
                 write_final(result, run_dir, plots=False)
             runs[side].append(run_dir)
     comparison = compare_repeated(list(zip(runs["best"], runs["base"])))

@@ -85,10 +85,13 @@ def write_study_record(out: Path, record: dict) -> None:
 
 def write_trials_csv(path: Path, rows: Sequence[dict], params: Sequence[str], folds: int) -> None:
     """One row per trial: number, state, value, pooled accuracy, each fold's value, epochs
-    trained, seconds, why it was pruned, the trial it retries, then its settings."""
+    trained, seconds (``optuna_s`` of them in Optuna's sampling, reporting and pruning), when
+    it started and finished (ISO times), why it was pruned, the trial it retries, then its
+    settings."""
     header = ["trial", "state", "value", "accuracy"]
     header += [f"fold_{k}" for k in range(folds)]
-    header += ["epochs_trained", "seconds", "pruned", "retry_of", *params]
+    header += ["epochs_trained", "seconds", "optuna_s", "started", "finished"]
+    header += ["pruned", "retry_of", *params]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -103,6 +106,9 @@ def write_trials_csv(path: Path, rows: Sequence[dict], params: Sequence[str], fo
                 *fold_values[:folds],
                 row["epochs_trained"],
                 f"{row['seconds']:.3f}",
+                f"{row['optuna_s']:.4f}",
+                row["started"],
+                row["finished"],
                 row["pruned"],
                 "" if row["retry_of"] is None else row["retry_of"],
                 *(_cell(row["settings"].get(name)) for name in params),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,11 @@ from optuna.trial import TrialState
 
 from digitcnn._io import write_json
 from digitcnn.config import RunConfig
+from digitcnn.cv.distributed import RayExecutor
 from digitcnn.datasets.base import DigitDataset
 from digitcnn.errors import ConfigError
 from digitcnn.tuning.confirm import confirm_best
+from digitcnn.tuning.distributed import ray_trial_base, run_trials_on_ray
 from digitcnn.tuning.outputs import (
     check_study_record,
     study_record,
@@ -43,6 +46,7 @@ from digitcnn.tuning.space import SearchSpace
 from digitcnn.tuning.study import (
     TuneConfig,
     fail_stale_trials,
+    make_search,
     open_storage,
     run_trials,
     single_threaded_before_fork,
@@ -99,7 +103,9 @@ def prepare_study(
 
 def trial_rows(study: Any, space: SearchSpace) -> list[dict]:
     """Every trial (failed ones included) as a plain row: number, state, value, pooled
-    accuracy, fold values, epochs trained, seconds, why pruned, retry_of, settings."""
+    accuracy, fold values, epochs trained, seconds (of which in Optuna), when it started and
+    finished (Optuna's times: from its creation by ``ask`` to its ``tell``), why pruned,
+    retry_of, settings."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         if trial.state in (TrialState.RUNNING, TrialState.WAITING):
@@ -118,6 +124,9 @@ def trial_rows(study: Any, space: SearchSpace) -> list[dict]:
                 "fold_values": list(attrs.get("fold_values", [])),
                 "epochs_trained": attrs.get("epochs_trained", 0),
                 "seconds": attrs.get("seconds", 0.0),
+                "optuna_s": attrs.get("optuna_s", 0.0),
+                "started": _iso(trial.datetime_start),
+                "finished": _iso(trial.datetime_complete),
                 "pruned": attrs.get("pruned", ""),
                 "retry_of": attrs.get("retry_of"),
                 "settings": settings,
@@ -125,6 +134,10 @@ def trial_rows(study: Any, space: SearchSpace) -> list[dict]:
             }
         )
     return rows
+
+
+def _iso(moment: datetime | None) -> str:
+    return "" if moment is None else moment.isoformat()
 
 
 def tune_kfold(
@@ -135,6 +148,7 @@ def tune_kfold(
     out: str | Path = "results/tune",
     quiet: bool = True,
     replace: bool = False,
+    executor: RayExecutor | None = None,
 ) -> TuneResult:
     """Search ``space`` around ``base`` with K-fold trials on ``dataset``; see the module.
 
@@ -145,13 +159,19 @@ def tune_kfold(
         quiet: no line per trial on stderr.
         replace: delete a study of the same name in ``settings.storage`` first (a new
             study folder whose study lives in a database).
+        executor: a :class:`~digitcnn.cv.distributed.RayExecutor`: each trial a Ray task,
+            ``settings.jobs`` of them at once (:mod:`digitcnn.tuning.distributed`), and the
+            confirmation's folds Ray tasks too; None: trials on this machine.
     """
     settings = settings or TuneConfig()
     out = Path(out)
-    if settings.jobs > 1:
+    if settings.jobs > 1 and executor is None:
         single_threaded_before_fork()
     study_name, record, existing = prepare_study(base, space, settings, out)
-    trials_base = trial_base(base, dataset, settings.jobs)
+    if executor is None:
+        trials_base = trial_base(base, dataset, settings.jobs)
+    else:
+        trials_base = ray_trial_base(base, executor)
     out.mkdir(parents=True, exist_ok=True)
     if not existing:
         write_study_record(out, record)
@@ -172,8 +192,16 @@ def tune_kfold(
         )
         stale = fail_stale_trials(study)
     del study, storage  # each trial process opens its own (a database connection is not forked)
-    run_trials(dataset, trials_base, space, settings, study_name, out, quiet=quiet)
-    return finish_study(dataset, trials_base, base, space, settings, study_name, out, stale)
+    search = make_search(dataset, trials_base, space, settings, study_name, out, quiet)
+    if executor is None:
+        run_trials(search)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            run_trials_on_ray(search, executor)
+    return finish_study(
+        dataset, trials_base, base, space, settings, study_name, out, stale, executor
+    )
 
 
 def finish_study(
@@ -185,6 +213,7 @@ def finish_study(
     study_name: str,
     out: Path,
     stale: list[int],
+    executor: RayExecutor | None = None,
 ) -> TuneResult:
     """Write ``trials.csv`` and ``best.toml``, confirm the winner, draw ``report.html``."""
     study = optuna.load_study(study_name=study_name, storage=open_storage(settings.storage, out))
@@ -218,6 +247,7 @@ def finish_study(
             out,
             best_value,
             settings.metric,
+            executor,
         )
         confirmation["best_trial"] = best.number
         write_json(out / "confirm.json", confirmation)

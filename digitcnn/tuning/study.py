@@ -25,12 +25,10 @@ keeps ``jobs`` processes from running more than that.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import math
 import multiprocessing
 import os
-import signal
 import socket
 import sys
 import time
@@ -52,7 +50,7 @@ from digitcnn.datasets.base import DigitDataset
 from digitcnn.errors import ConfigError, DigitCNNError, TrainingDiverged, one_line
 from digitcnn.runstore.folder import process_alive
 from digitcnn.training.callbacks import Callback, EpochEnd, RunStart
-from digitcnn.training.runtime import cpu_cores, select_device
+from digitcnn.training.runtime import cpu_cores, die_with_parent, select_device
 from digitcnn.tuning.space import SearchSpace
 
 __all__ = [
@@ -67,6 +65,16 @@ __all__ = [
     "run_trials",
     "single_threaded_before_fork",
     "finished_count",
+    "StudySearch",
+    "make_search",
+    "load_study",
+    "ask_trial",
+    "fail_and_requeue",
+    "train_trial",
+    "draw_config",
+    "record_trial",
+    "refused",
+    "show_progress",
 ]
 
 METRICS = {"accuracy": "maximize", "loss": "minimize"}
@@ -88,7 +96,8 @@ class TuneConfig:
         pruner: ``median`` (Optuna's MedianPruner: stop a trial whose fold mean after an
             epoch is below the median of earlier trials' at that epoch), ``hyperband``, or
             ``none``.
-        jobs: trial processes on this machine, sharing the study's storage.
+        jobs: trial processes on this machine, sharing the study's storage (with a Ray
+            executor: trials out at once as Ray tasks).
         storage: a database URL for Optuna's RDB storage (several machines); None: the
             journal file ``OUT/study.journal``.
         study_name: the study's name in its storage; None: the study folder's name.
@@ -165,6 +174,7 @@ class FoldMeanReport(Callback):
         self.ended: set[int] = set()
         self.reported = -1
         self.epochs = 0
+        self.optuna_s = 0.0  # seconds spent in Optuna's report and pruning decision
 
     def on_run_start(self, event: RunStart) -> None:
         self.folds = [fold for fold in range(event.folds) if fold not in event.finished]
@@ -187,9 +197,12 @@ class FoldMeanReport(Callback):
             if not reached or any(f not in reached and f not in self.ended for f in self.folds):
                 return
             mean = sum(reached.get(f, self.fold_values[f]) for f in self.folds) / len(self.folds)
+            started = time.perf_counter()
             self.trial.report(mean, step)
             self.reported = step
-            if self.trial.should_prune():
+            prune = self.trial.should_prune()
+            self.optuna_s += time.perf_counter() - started
+            if prune:
                 raise optuna.TrialPruned(f"pruned after epoch {step + 1}")
 
 
@@ -211,10 +224,11 @@ def open_storage(url: str | None, out: Path) -> Any:
 
 
 def make_pruner(name: str, epochs: int) -> Any:
-    """Optuna's pruner for ``--pruner``: ``median`` (after 5 finished trials, from the second
-    epoch on), ``hyperband`` (1 to ``epochs`` epochs), ``none``."""
+    """Optuna's pruner for ``--pruner``: ``median`` (Optuna's MedianPruner as it ships: after
+    5 finished trials, from the first epoch on), ``hyperband`` (1 to ``epochs`` epochs),
+    ``none``."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
     return optuna.pruners.NopPruner()
@@ -275,8 +289,10 @@ def _ask_lock(out: Path) -> Iterator[None]:
 
 
 @dataclass
-class _Search:
-    """What every trial process needs (shared with forked processes, never pickled)."""
+class StudySearch:
+    """A study's search as its trial processes run it: the data, the trials' base settings,
+    the space, how to search, the study's name and folder, the deadline (``time.time()``)
+    and whether to print a line per trial. Shared with forked processes, never pickled."""
 
     dataset: DigitDataset
     base: RunConfig
@@ -288,7 +304,9 @@ class _Search:
     quiet: bool
 
 
-def _load_study(search: _Search, job: int) -> Any:
+def load_study(search: StudySearch, job: int) -> Any:
+    """The study from its storage, with a TPE sampler seeded by the base seed + ``job`` (each
+    trial process its own stream) and the study's pruner."""
     storage = open_storage(search.settings.storage, search.out)
     sampler = optuna.samplers.TPESampler(seed=search.base.seed + job)
     return optuna.load_study(
@@ -299,64 +317,127 @@ def _load_study(search: _Search, job: int) -> Any:
     )
 
 
-def _run_trial(search: _Search, trial: Any) -> tuple[TrialState, float | None]:
-    """Train one trial; its state and value (None unless complete). Its records go into the
-    trial's user attributes."""
-    started = time.perf_counter()
-    report = FoldMeanReport(trial, search.settings.epoch_metric)
+def train_trial(
+    dataset: DigitDataset, config: RunConfig, trial: Any, metric: str
+) -> tuple[TrialState, float | None, dict]:
+    """Train the folds of one trial's ``config``, reporting the fold mean after every epoch
+    to ``trial`` (an Optuna trial, or anything with its ``report`` and ``should_prune``).
+
+    Returns its state (complete, or pruned: stopped by the pruner, diverged or refused), its
+    value (the fold mean of ``metric``; None unless complete) and the records that become
+    the trial's user attributes: ``fold_values``, ``epochs_trained``, ``optuna_s`` (seconds
+    in ``report`` and ``should_prune``), and ``accuracy`` or why it was pruned.
+    """
+    report = FoldMeanReport(trial, f"val_{metric}")
+    attrs: dict[str, Any] = {}
     state, value = TrialState.PRUNED, None
     try:
-        settings = search.space.suggest(trial)
-        config = search.base.replace(**settings)
-        check_model(config, search.dataset)
-        result = run_kfold(search.dataset, config, callbacks=[report])
+        check_model(config, dataset)
+        result = run_kfold(dataset, config, callbacks=[report])
     except optuna.TrialPruned as pruned:
-        trial.set_user_attr("pruned", str(pruned))
+        attrs["pruned"] = str(pruned)
     except TrainingDiverged as err:
-        trial.set_user_attr("pruned", f"diverged: {err}")
+        attrs["pruned"] = f"diverged: {err}"
     except DigitCNNError as err:  # settings the run refuses: a recipe that cannot be tried
-        trial.set_user_attr("pruned", f"refused: {one_line(err.cli_message())}")
+        attrs["pruned"] = refused(err)
     else:
-        accuracy = search.settings.metric == "accuracy"
+        accuracy = metric == "accuracy"
         folds = [fold.accuracy if accuracy else fold.loss for fold in result.folds]
         report.fold_values = dict(enumerate(folds))
         value = sum(folds) / len(folds)
-        trial.set_user_attr("accuracy", result.accuracy)
+        attrs["accuracy"] = result.accuracy
         state = TrialState.COMPLETE
-    trial.set_user_attr("fold_values", [report.fold_values[k] for k in sorted(report.fold_values)])
-    trial.set_user_attr("epochs_trained", report.epochs)
-    trial.set_user_attr("seconds", time.perf_counter() - started)
+    attrs["fold_values"] = [report.fold_values[k] for k in sorted(report.fold_values)]
+    attrs["epochs_trained"] = report.epochs
+    attrs["optuna_s"] = report.optuna_s
+    return state, value, attrs
+
+
+def refused(err: DigitCNNError) -> str:
+    """Why a trial's drawn settings could not be tried, as ``trials.csv`` says it."""
+    return f"refused: {one_line(err.cli_message())}"
+
+
+def draw_config(search: StudySearch, trial: Any) -> tuple[RunConfig | None, dict, float]:
+    """The trial's settings drawn from the space on top of the trials' base: (its config, or
+    None when the run refuses them; the user attributes so far; seconds spent drawing)."""
+    started = time.perf_counter()
+    try:
+        settings = search.space.suggest(trial)
+        drawn = time.perf_counter() - started
+        return search.base.replace(**settings), {}, drawn
+    except DigitCNNError as err:
+        return None, {"pruned": refused(err)}, time.perf_counter() - started
+
+
+def record_trial(trial: Any, attrs: dict, drawn_s: float, seconds: float) -> None:
+    """Store a trial's records as its user attributes; ``optuna_s`` gains the drawing."""
+    attrs = {**attrs, "seconds": seconds}
+    # Optuna's own share of those seconds (drawing the settings, reporting, pruning), so
+    # that its overhead can be told apart from training
+    attrs["optuna_s"] = attrs.get("optuna_s", 0.0) + drawn_s
+    attrs.setdefault("fold_values", [])
+    attrs.setdefault("epochs_trained", 0)
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def _run_trial(search: StudySearch, trial: Any) -> tuple[TrialState, float | None]:
+    """Train one trial in this process; its state and value (None unless complete). Its
+    records go into the trial's user attributes."""
+    started = time.perf_counter()
+    config, attrs, drawn_s = draw_config(search, trial)
+    state, value = TrialState.PRUNED, None
+    if config is not None:
+        state, value, attrs = train_trial(search.dataset, config, trial, search.settings.metric)
+    record_trial(trial, attrs, drawn_s, time.perf_counter() - started)
     return state, value
 
 
-def _work(search: _Search, job: int) -> None:
+def ask_trial(study: Any, search: StudySearch) -> Any | None:
+    """A new trial of ``study``, owned by this process (its host and pid recorded, so that a
+    restarted study can tell it was left running by a dead process); None once
+    ``search.settings.trials`` trials have finished or are running."""
+    with _ask_lock(search.out):
+        counted = len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
+        if counted >= search.settings.trials:
+            return None
+        trial = study.ask()
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+    return trial
+
+
+def fail_and_requeue(study: Any, trial: Any) -> None:
+    """An interrupted trial (or one a fault of the program ended): failed, and queued again
+    with the same settings."""
+    study.tell(trial, state=TrialState.FAIL)
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+
+
+def _work(search: StudySearch, job: int) -> None:
     """One trial process: ask for trials and run them until ``trials`` have finished (or
     are running elsewhere), or the deadline has passed."""
-    study = _load_study(search, job)
-    total = search.settings.trials
+    study = load_study(search, job)
     while time.time() < search.deadline:
-        with _ask_lock(search.out):
-            counted = len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
-            if counted >= total:
-                return
-            trial = study.ask()
-            trial.set_user_attr("host", socket.gethostname())
-            trial.set_user_attr("pid", os.getpid())
+        trial = ask_trial(study, search)
+        if trial is None:
+            return
         try:
             state, value = _run_trial(search, trial)
         except BaseException:
-            # interrupted, or a fault of the program: the trial is failed and queued again
-            study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            fail_and_requeue(study, trial)
             raise
         study.tell(trial, value, state=state)
         if not search.quiet:
-            _progress(study, trial.number, state, value, total, search.settings)
+            show_progress(study, trial.number, state, value, search.settings)
 
 
-def _progress(
-    study: Any, number: int, state: TrialState, value: float | None, total: int, s: TuneConfig
+def show_progress(
+    study: Any, number: int, state: TrialState, value: float | None, s: TuneConfig
 ) -> None:
+    """The line on stderr for a trial that has just finished, with the best so far."""
+    total = s.trials
     trial = study.get_trials(deepcopy=False)[number]
     shown = "" if value is None else f" {_show(value, s.metric)}"
     why = trial.user_attrs.get("pruned", "")
@@ -376,15 +457,10 @@ def _show(value: float, metric: str) -> str:
     return f"{100 * value:.2f}%" if metric == "accuracy" else f"loss {value:.4f}"
 
 
-def _die_with_parent() -> None:
-    """A trial process ends when the tune process is killed (Linux), instead of running on
-    and asking for trials while a restarted tune process does too."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _job_main(search: _Search, job: int) -> None:
-    _die_with_parent()
+def _job_main(search: StudySearch, job: int) -> None:
+    # a trial process ends when the tune process is killed, instead of running on and
+    # asking for trials while a restarted tune process does too
+    die_with_parent()
     # this process only checks each trial's model and waits for its fold processes, which
     # set their own threads: one thread keeps torch out of OpenMP, whose thread pool does not
     # survive a fork
@@ -406,7 +482,7 @@ def single_threaded_before_fork() -> None:
     torch.set_num_threads(1)
 
 
-def run_trials(
+def make_search(
     dataset: DigitDataset,
     base: RunConfig,
     space: SearchSpace,
@@ -414,11 +490,17 @@ def run_trials(
     study_name: str,
     out: Path,
     quiet: bool = False,
-) -> None:
-    """Run the study's trials until ``settings.trials`` have finished: in this process
-    (``jobs`` 1) or in ``jobs`` forked processes. The study must exist in its storage."""
+) -> StudySearch:
+    """The search of the study ``study_name`` (which must exist in its storage), its
+    deadline ``settings.timeout`` seconds from now; ``base`` are the trials' base settings."""
     deadline = time.time() + (settings.timeout if settings.timeout is not None else math.inf)
-    search = _Search(dataset, base, space, settings, study_name, out, deadline, quiet)
+    return StudySearch(dataset, base, space, settings, study_name, out, deadline, quiet)
+
+
+def run_trials(search: StudySearch) -> None:
+    """Run the study's trials until ``settings.trials`` have finished: in this process
+    (``jobs`` 1) or in ``jobs`` forked processes."""
+    settings = search.settings
     with warnings.catch_warnings():
         # Optuna warns that ask-and-tell with the journal storage is experimental in places
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
