@@ -227,39 +227,60 @@ def best_against_svm(experiments: dict, results: Path) -> list[str]:
     return lines
 
 
-TUNED = "tune_uci_best"  # the UCI study of experiments/spaces/uci_best.toml
-SVM_FRESH = "svm-rs{}"  # SVC(C=10) on the fresh folds of a confirmation seed, in confirm/
+# The UCI studies, each with its command (their folders hold tune.json, trials.csv,
+# best.toml, confirm.json and the confirmation's runs)
+STUDIES = (
+    (
+        "tune_uci_best",
+        "python -m digitcnn.tune --space experiments/spaces/uci_best.toml --trials 40 "
+        "--out results/tune_uci_best",
+    ),
+    (
+        "tune_uci_long",
+        "python -m digitcnn.tune --space experiments/spaces/uci_long.toml --trials 16 "
+        "--pruner none --out results/tune_uci_long",
+    ),
+)
+SVM_FRESH = "uci_svm_fresh/rs{}"  # SVC(C=10) on the fresh folds of a confirmation seed
 
 
 def tuning_section(results: Path) -> list[str]:
-    """The UCI study: its budget, its winner, the winner and the base recipe on fresh seeds
-    (new folds), the winner against SVC(C=10) on those same folds (corrected repeated
-    k-fold t-test), and the winner on the writer-disjoint split (chosen without it)."""
+    """Each UCI study of :data:`STUDIES` that has been run (:func:`study_lines`)."""
+    lines = []
+    for name, command in STUDIES:
+        lines += study_lines(results, name, command)
+    return lines or ["(no tuning study has been run.)", ""]
+
+
+def study_lines(results: Path, name: str, command: str) -> list[str]:
+    """A study: its budget, its winner, the winner and the base recipe on fresh seeds (new
+    folds), the winner against SVC(C=10) on those same folds (corrected repeated k-fold
+    t-test), and the winner on the writer-disjoint split (chosen without it)."""
     from digitcnn.comparison import compare_repeated, format_repeated
 
-    study = results / TUNED
+    study = results / name
     confirm = _read(study / "confirm.json")
     if confirm is None or not (study / "trials.csv").is_file():
-        return [f"(the study {TUNED} has not been run.)"]
+        return []
     with open(study / "trials.csv", newline="") as handle:
         trials = list(csv.DictReader(handle))
     pruned = sum(row["state"] == "pruned" for row in trials)
     minutes = sum(float(row["seconds"]) for row in trials) / 60
     root = results.parent
     lines = [
-        f"`python -m digitcnn.tune --space experiments/spaces/uci_best.toml --trials "
-        f"{len(trials)} --out results/{TUNED}` ({len(trials)} trials, {pruned} pruned by the "
-        f"median pruner; {minutes:.1f} minutes of trials on a 2-core CPU, all cores busy). "
-        f"Best trial {confirm['best_trial']}: fold mean {_pct(confirm['best_tuning_value'])}% "
-        f"on S5's folds (`{TUNED}/best.toml`). On {len(confirm['seeds'])} fresh seeds with new "
-        f"folds (random states {', '.join(map(str, confirm['random_states']))}): best "
+        f"**{name}** (`{command}`): {len(trials)} trials, {pruned} pruned; {minutes:.1f} "
+        f"minutes of trials on a 2-core CPU, both cores busy (the confirmation's "
+        f"{2 * len(confirm['seeds'])} runs come on top). Best trial {confirm['best_trial']}: "
+        f"fold mean {_pct(confirm['best_tuning_value'])}% on S5's folds "
+        f"(`{name}/best.toml`). On {len(confirm['seeds'])} fresh seeds with new folds "
+        f"(random states {', '.join(map(str, confirm['random_states']))}): best "
         f"**{_pct(confirm['best_fresh_mean'])}%** against the base recipe "
         f"{_pct(confirm['base_fresh_mean'])}% (p = {confirm['comparison']['p']:.3f}); "
         f"selection bias {100 * confirm['selection_bias']:+.2f} points.",
         "",
     ]
     best_runs = [study / run for run in confirm["runs"]["best"]]
-    svm_runs = [study / "confirm" / SVM_FRESH.format(rs) for rs in confirm["random_states"]]
+    svm_runs = [results / SVM_FRESH.format(rs) for rs in confirm["random_states"]]
     if all((run / "metrics.json").is_file() for run in [*best_runs, *svm_runs]):
         comparison = compare_repeated(list(zip(best_runs, svm_runs)))
         for pair in comparison["pairs"]:  # named from the repository root
@@ -273,8 +294,7 @@ def tuning_section(results: Path) -> list[str]:
             format_repeated(comparison),
             "",
             "Commands: `python -m digitcnn.baselines --config experiments/uci_folds.toml "
-            "--estimator svm --random-state R --out "
-            f"results/{TUNED}/confirm/{SVM_FRESH.format('R')}` for R in "
+            f"--estimator svm --random-state R --out results/{SVM_FRESH.format('R')}` for R in "
             f"{', '.join(map(str, confirm['random_states']))}, then `python -m digitcnn.compare "
             + " ".join(str(r.relative_to(root)) for r in best_runs)
             + " --against "
@@ -282,7 +302,7 @@ def tuning_section(results: Path) -> list[str]:
             + " --repeated`.",
             "",
         ]
-    writers = sorted((results / f"{TUNED}_writers").glob("seed*/metrics.json"))
+    writers = sorted((results / f"{name}_writers").glob("seed*/metrics.json"))
     if writers:
         values = [json.loads(path.read_text())["accuracy"] for path in writers]
         lines += [
@@ -291,8 +311,8 @@ def tuning_section(results: Path) -> list[str]:
             + " / ".join(f"{_pct(v)}%" for v in values)
             + f" over seeds {', '.join(p.parent.name[4:] for p in writers)}, mean "
             f"**{_pct(float(np.mean(values)))}%** (`python -m digitcnn.kfold --config "
-            f"results/{TUNED}/best.toml --cv writers --seed S --out "
-            f"results/{TUNED}_writers/seedS`).",
+            f"results/{name}/best.toml --cv writers --seed S --out "
+            f"results/{name}_writers/seedS`).",
             "",
         ]
     return lines
