@@ -115,7 +115,7 @@ def _trial_task(
 def run_trials_on_ray(search: StudySearch, executor: RayExecutor) -> None:
     """Run the study's trials as Ray tasks, ``search.settings.jobs`` at once, until
     ``trials`` have finished or the deadline has passed (see the module). Ctrl-C or an
-    error fails and requeues the trials still out, and cancels their tasks."""
+    error fails and requeues the trials still out and ends their tasks."""
     ray = executor.ray
     study = load_study(search, 0)
     reports = ray.remote(_Reports).options(num_cpus=0).remote()
@@ -155,11 +155,20 @@ def run_trials_on_ray(search: StudySearch, executor: RayExecutor) -> None:
                     raise
                 record_trial(trial, attrs, drawn_s, time.perf_counter() - started)
                 _tell(study, trial, state, value, search)
-    finally:
-        for ref, (trial, _, _) in out.items():
-            ray.cancel(ref, force=True)
+    except BaseException as err:
+        for trial, _, _ in out.values():
             fail_and_requeue(study, trial)
-        ray.kill(reports)
+        if isinstance(err, KeyboardInterrupt):
+            # Ctrl-C or SIGTERM: leave a Ray instance this executor started, which ends its
+            # tasks, rather than cancel them one by one (see RayExecutor.run_many)
+            executor.close()
+        if ray.is_initialized():
+            for ref in out:
+                ray.cancel(ref, force=True)
+        raise
+    finally:
+        if ray.is_initialized():
+            ray.kill(reports)
 
 
 def _answer(study: Any, out: dict, collected: list, reports: Any) -> None:
