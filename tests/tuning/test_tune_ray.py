@@ -72,7 +72,7 @@ def test_trials_as_ray_tasks_report_every_epoch_and_best_toml_reproduces(tmp_pat
         assert trial.user_attrs["epochs_trained"] == 4 * len(trial.intermediate_values)
     # the tasks trained their folds fold-batched, and best.toml says so
     best_toml = (out / "best.toml").read_text()
-    assert "fold_parallel = true" in best_toml and "device = \"cpu\"" in best_toml
+    assert "fold_parallel = true" in best_toml and 'device = "cpu"' in best_toml
     again = run(
         "digitcnn.kfold",
         ["--config", str(out / "best.toml"), "--out", str(tmp_path / "again"), "--no-plots"]
