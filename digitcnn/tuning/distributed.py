@@ -144,7 +144,7 @@ def run_trials_on_ray(search: StudySearch, executor: RayExecutor) -> None:
             done, _ = ray.wait([*out, collecting], num_returns=1)
             for ref in done:
                 if ref == collecting:
-                    _answer(study, out, ray.get(ref), reports)
+                    _answer(out, ray.get(ref), reports)
                     collecting = reports.collect.remote()
                     continue
                 trial, started, drawn_s = out.pop(ref)
@@ -171,7 +171,7 @@ def run_trials_on_ray(search: StudySearch, executor: RayExecutor) -> None:
             ray.kill(reports)
 
 
-def _answer(study: Any, out: dict, collected: list, reports: Any) -> None:
+def _answer(out: dict, collected: list, reports: Any) -> None:
     """Report each collected fold mean to its trial and send back the pruner's answer."""
     trials = {trial.number: trial for trial, _, _ in out.values()}
     for number, step, value in collected:
