@@ -20,7 +20,7 @@ from benchmarks import processes
 from benchmarks.plots import plot_scaling
 from digitcnn._io import write_json
 from digitcnn.errors import exit_cli
-from digitcnn.training.runtime import cpu_description, library_versions
+from digitcnn.training.runtime import cpu_description, gpu_description, library_versions
 
 __all__ = ["CASE_NAMES", "build_parser", "main"]
 
@@ -159,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for case in args.cases:
             report["cases"][case] = case_runner(case)(args, Path(scratch))
     report["cpu"] = cpu_description()
+    if args.device == "cuda":
+        report["gpu"] = gpu_description(args.device)  # the card every CUDA figure depends on
     report["versions"] = library_versions()
     write_json(out / "bench.json", report)
     if "scaling" in report["cases"]:

@@ -167,6 +167,12 @@ class RunConfig(Recipe):
         "keep activations in channels_last memory format "
         "(faster pooling on CPU and tensor cores on GPU)",
     )
+    cuda_graph: bool = _train(
+        False,
+        "on CUDA, record the fold-batched training step once as a CUDA graph and replay it "
+        "for every full batch (Adam or AdamW, any schedule but onecycle, fp32); off by "
+        "default until measured on a GPU",
+    )
     add_train_images: str | None = _train(
         None,
         "folder of your own digit images (see --dataset "

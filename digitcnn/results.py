@@ -126,7 +126,9 @@ def describe_execution(device: str, execution: dict | None) -> str:
             + (f" and {execution['task_gpus']:g} GPU" if execution.get("task_gpus") else "")
         )
     elif execution.get("fold_parallel"):
-        parts.append("fold-parallel")
+        parts.append(
+            "fold-parallel, CUDA graph" if execution.get("cuda_graph") else "fold-parallel"
+        )
     elif execution.get("workers", 1) > 1:
         parts.append(f"{execution['workers']} fold processes")
     return ", ".join(parts)

@@ -5,6 +5,7 @@
     python experiments/run_all.py uci_best uci_svm   # some of them
     python experiments/run_all.py --list             # names, commands and whether they ran
     python experiments/run_all.py --readme           # only rewrite results/README.md
+    python experiments/run_all.py --epochs 1 --results /tmp/check --no-readme   # a smoke run
 
 Run from the repository root, with ``../shared/data`` beside it (the configs' data folders are
 relative to the root). Each experiment is one digitcnn command line (printed before it runs);
@@ -91,13 +92,27 @@ def load_index(path: Path = INDEX) -> dict[str, Experiment]:
     return experiments
 
 
-def run_experiment(experiment: Experiment, results: Path) -> None:
+class ExperimentFailed(RuntimeError):
+    """A run of an experiment exited with an error (its output says why)."""
+
+
+# the commands that train networks, which take --epochs (baselines fit sklearn estimators)
+TRAINS = {"kfold", "train", "sweep", "tune"}
+
+
+def run_experiment(experiment: Experiment, results: Path, epochs: int | None = None) -> None:
+    """Each run of ``experiment`` into ``results``; ``epochs`` overrides the config's (a
+    smoke run, e.g. on a new machine)."""
     for out, command in experiment.runs(results):
+        if epochs is not None and experiment.command in TRAINS:
+            command = [*command, "--epochs", str(epochs)]
         print(f"\n$ {shlex.join(command)}", flush=True)
         started = time.perf_counter()
         # a rerun replaces the previous results (kept aside until the new run has finished)
         replace = ["--overwrite"] if out.exists() else []
-        subprocess.run([sys.executable, *command[1:], *replace], cwd=ROOT, check=True)
+        done = subprocess.run([sys.executable, *command[1:], *replace], cwd=ROOT)
+        if done.returncode != 0:
+            raise ExperimentFailed(f"{experiment.name}: exit code {done.returncode}")
         wall = time.perf_counter() - started
         record = {
             "command": shlex.join(command),
@@ -116,6 +131,20 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default=str(ROOT / "results"), help="results folder")
     parser.add_argument("--list", action="store_true", help="list the experiments and stop")
     parser.add_argument("--readme", action="store_true", help="only rewrite the README")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="train every network this many epochs instead of its config's (a smoke run)",
+    )
+    parser.add_argument(
+        "--no-readme", action="store_true", help="run without rewriting results/README.md"
+    )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run the other experiments when one fails; exit 1 naming the failed ones",
+    )
     args = parser.parse_args(argv)
     experiments = load_index()
     results = Path(args.results)
@@ -130,9 +159,23 @@ def main(argv=None) -> int:
                 done = "done" if (out / "command.json").exists() else "not run"
                 print(f"{experiment.name:22} {done:8} {shlex.join(command)}")
         return 0
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs {args.epochs}: give a whole number of at least 1")
+    failed = []
     if not args.readme:
         for name in args.names or list(experiments):
-            run_experiment(experiments[name], results)
+            try:
+                run_experiment(experiments[name], results, args.epochs)
+            except ExperimentFailed as error:
+                if not args.keep_going:
+                    print(f"run_all.py: {error}", file=sys.stderr)
+                    return 1
+                failed.append(name)
+    if failed:
+        print(f"run_all.py: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    if args.no_readme:
+        return 0
     sys.path.insert(0, str(ROOT / "experiments"))
     from summarize import write_readme
 

@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, real_data
 from idx_files import write_mnist
 
 sys.path.insert(0, str(REPO_ROOT / "experiments"))
@@ -78,3 +78,43 @@ def test_experiment_runs_one_epoch_on_a_small_subset(
         folds = len(metrics["folds"])
         if fold_parallel and experiment.command == "kfold":
             assert metrics["execution"]["fold_parallel"] == (folds > 1)
+
+
+def test_epochs_below_one_is_refused(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        run_all.main(["--epochs", "0", "s5_uci_pytorch"])
+    assert stopped.value.code == 2
+    assert "--epochs 0: give a whole number of at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_smoke_run_trains_one_epoch_and_leaves_the_readme(tmp_path):
+    """``--epochs 1 --no-readme``, as scripts/gpu_check.sh runs every experiment on a new
+    machine: the override reaches the command, and results/README.md is not rewritten."""
+    real_data("optdigits")  # the configs read ../shared/data beside the repository
+    readme = (REPO_ROOT / "results" / "README.md").read_bytes()
+    args = ["s5_uci_pytorch", "uci_svm", "--epochs", "1", "--results", str(tmp_path)]
+    assert run_all.main([*args, "--no-readme"]) == 0
+    recorded = json.loads((tmp_path / "s5_uci_pytorch" / "command.json").read_text())
+    assert recorded["command"].endswith("--epochs 1")
+    history = json.loads((tmp_path / "s5_uci_pytorch" / "metrics.json").read_text())
+    assert [fold["epochs_run"] for fold in history["folds"]] == [1, 1, 1, 1]
+    svm = json.loads((tmp_path / "uci_svm" / "command.json").read_text())
+    assert "--epochs" not in svm["command"]  # baselines train no network
+    assert not (tmp_path / "README.md").exists()
+    assert (REPO_ROOT / "results" / "README.md").read_bytes() == readme
+
+
+@pytest.mark.slow
+def test_keep_going_runs_the_others_and_names_the_failed(monkeypatch, tmp_path, capsys):
+    real_data("optdigits")
+    broken = run_all.Experiment("broken", "kfold", "no_such.toml", "-", "-", "-")
+    index = {"broken": broken, "uci_svm": EXPERIMENTS["uci_svm"]}
+    monkeypatch.setattr(run_all, "load_index", lambda: index)
+    args = ["--results", str(tmp_path), "--no-readme"]
+    assert run_all.main(args) == 1  # stops at the first failure
+    assert "run_all.py: broken: exit code 2" in capsys.readouterr().err
+    assert not (tmp_path / "uci_svm").exists()
+    assert run_all.main([*args, "--keep-going"]) == 1
+    assert "run_all.py: failed: broken" in capsys.readouterr().err
+    assert (tmp_path / "uci_svm" / "command.json").is_file()

@@ -304,6 +304,7 @@ def run_folds_parallel(
         autocast_dtype=autocast_dtype(resolve_precision(config.precision, device)),
         memory_format=memory_format,
         checkpoints=fold_checkpoints(config, out_dir, [fold for fold, _, _ in pending]),
+        cuda_graph=config.cuda_graph,
     )
     wall = (time.perf_counter() - started) / len(pending)
     for (fold, _, val_rows), model, outcome, scaler, rows in zip(

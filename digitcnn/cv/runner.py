@@ -34,7 +34,7 @@ from digitcnn.cv._executors import run_folds_in_processes, run_folds_in_turn, ru
 from digitcnn.cv.folds import check_model
 from digitcnn.cv.splits import Splitter, make_splits, splits_sha256
 from digitcnn.datasets.base import DigitDataset, load
-from digitcnn.errors import DataError
+from digitcnn.errors import ConfigError, DataError
 from digitcnn.results import FoldResult, KFoldResult
 from digitcnn.runstore.checkpoints import CHECKPOINTS, remove_checkpoints
 from digitcnn.runstore.files import finished_folds, start_run_folder, write_fold
@@ -42,7 +42,9 @@ from digitcnn.runstore.files import finished_folds, start_run_folder, write_fold
 # A module, not its function: tests replace scaling.fit_scaler in it.
 from digitcnn.training import scaling
 from digitcnn.training.callbacks import Callback, ProgressBar, RunStart, replay_epochs
+from digitcnn.training.graphs import capture_refusal
 from digitcnn.training.runtime import (
+    autocast_dtype,
     configure_determinism,
     cpu_cores,
     fold_seed,
@@ -58,6 +60,7 @@ __all__ = [
     "RunPlan",
     "plan_run",
     "collect_run",
+    "check_cuda_graph",
     "run_timing",
     "load_for_config",
     "load_extra_training",
@@ -234,6 +237,22 @@ def collect_run(
 # ----------------------------------------------------------------------- running
 
 
+def check_cuda_graph(config: RunConfig, device: torch.device) -> None:
+    """Refuse ``--cuda-graph`` where the fold-batched step cannot be captured, before
+    anything is written."""
+    if not config.cuda_graph:
+        return
+    if config.fold_parallel is False or config.cv not in ("kfold", "stratified"):
+        raise ConfigError(
+            "--cuda-graph captures the fold-batched step: it needs --cv kfold or stratified "
+            "without --no-fold-parallel"
+        )
+    precision = autocast_dtype(resolve_precision(config.precision, device))
+    refusal = capture_refusal(config.recipe(), device, precision)
+    if refusal:
+        raise ConfigError(f"--cuda-graph: {refusal}, or leave --cuda-graph out")
+
+
 def choose_execution(config: RunConfig, device: torch.device, pending: int) -> dict:
     """How this machine trains ``pending`` folds: ``fold_parallel`` (one fold-batched model),
     ``workers`` (fold processes; 1: in turn), ``threads_per_worker`` and ``precision``, as
@@ -252,6 +271,7 @@ def choose_execution(config: RunConfig, device: torch.device, pending: int) -> d
     return {
         "precision": resolve_precision(config.precision, device),
         "fold_parallel": parallel,
+        "cuda_graph": config.cuda_graph and parallel,
         "workers": workers,
         "threads_per_worker": threads or torch.get_num_threads(),
     }
@@ -346,6 +366,7 @@ def run_kfold(
         )
     configure_determinism(config.deterministic)
     device = select_device(config.device)
+    check_cuda_graph(config, device)
     plan = plan_run(dataset, config, out_dir, resume, command, splitter)
     out_dir = None if out_dir is None else Path(out_dir)
     started = time.perf_counter()

@@ -40,6 +40,7 @@ from digitcnn.training._steps import (
 )
 from digitcnn.training.augment import Augmentation
 from digitcnn.training.callbacks import Callback, EpochEnd, notify_epoch
+from digitcnn.training.graphs import BatchedTrainer, CapturedStep, set_learning_rate
 from digitcnn.training.recipe import (
     EarlyStopping,
     FoldSchedule,
@@ -56,6 +57,8 @@ __all__ = [
     "FoldRun",
     "FitLoop",
     "run_epoch",
+    "eager_step",
+    "backward_and_step",
     "fit_folds",
     "fit",
     "train_epoch",
@@ -156,6 +159,32 @@ def rate_scaled_step(optimizer: torch.optim.Optimizer, rates: torch.Tensor) -> N
         param.copy_((old.unflatten(0, change.shape[:2]) + scale * change).reshape(param.shape))
 
 
+def backward_and_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, rates: torch.Tensor | None
+) -> None:
+    """Backward from ``loss`` and the optimizer's step: at its rate, or with (K,) ``rates``
+    each fold's change scaled by its own (:func:`rate_scaled_step`)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if rates is None:
+        optimizer.step()
+    else:
+        rate_scaled_step(optimizer, rates)
+
+
+def eager_step(
+    trainer: Trainer, optimizer: torch.optim.Optimizer, index: int, rates: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch ``index`` of ``trainer``, trained: (K,) loss sums and (K,) correct counts."""
+    loss, loss_sum, correct = trainer.train_step(index)
+    backward_and_step(optimizer, loss, rates)
+    return loss_sum, correct
+
+
+# a batch's training: step(index, rates) -> (K,) loss sums, (K,) correct counts
+Step = Callable[[int, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
+
+
 def run_epoch(
     trainer: Trainer,
     optimizer: torch.optim.Optimizer,
@@ -163,6 +192,7 @@ def run_epoch(
     *,
     before_step: Callable[[], torch.Tensor | None] | None = None,
     after_step: Callable[[], None] | None = None,
+    step: Step | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass of ``trainer`` (K folds) over its training rows: THE training pass.
 
@@ -170,21 +200,19 @@ def run_epoch(
     to the host inside the epoch. ``before_step`` may set the optimizer's rates and return a
     (K,) tensor of per-fold rates to apply by scaling each fold's update (None: the
     optimizer's own rate serves every fold); ``after_step`` steps per-batch schedules.
+    ``step(index, rates)`` trains one batch (default :func:`eager_step`; a
+    :class:`~digitcnn.training.graphs.CapturedStep` replays a CUDA graph).
     """
     steps = trainer.start_epoch(batch_size)
     if steps == 0:
         raise ValueError("an epoch needs at least one training row")
+    if step is None:
+        step = functools.partial(eager_step, trainer, optimizer)
     loss_sums: torch.Tensor | None = None
     corrects: torch.Tensor | None = None
     for index in range(steps):
         rates = before_step() if before_step is not None else None
-        loss, loss_sum, correct = trainer.train_step(index)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if rates is None:
-            optimizer.step()
-        else:
-            rate_scaled_step(optimizer, rates)
+        loss_sum, correct = step(index, rates)
         loss_sums = loss_sum if loss_sums is None else loss_sums + loss_sum
         corrects = correct if corrects is None else corrects + correct
         if after_step is not None:
@@ -215,6 +243,7 @@ class FitLoop:
         folds: Sequence[int] | None = None,
         callbacks: Sequence[Callback] = (),
         checkpoints: EpochCheckpoints | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         recipe = Recipe.of(recipe)
         self.trainer, self.config, self.num_classes = trainer, recipe, num_classes
@@ -233,6 +262,18 @@ class FitLoop:
             for _ in range(trainer.folds)
         ]
         self.device = next(iter(trainer.parameters())).device
+        # the fold-batched step replayed as a CUDA graph (a FoldBatch on CUDA; the caller
+        # checked capture_refusal)
+        self.step: Step | None = (
+            CapturedStep(
+                cast(BatchedTrainer, trainer),
+                self.optimizer,
+                recipe.batch_size,
+                functools.partial(backward_and_step, self.optimizer),
+            )
+            if cuda_graph
+            else None
+        )
         self.rate_cache: dict[tuple[float, ...], torch.Tensor] = {}
         self.timing = {"train_s": 0.0, "eval_s": 0.0}
 
@@ -316,6 +357,7 @@ class FitLoop:
                 self.config.batch_size,
                 before_step=self.set_rates,
                 after_step=self.step_schedules,
+                step=self.step,
             )
             losses, counts = loss_sums.tolist(), corrects.tolist()  # the epoch's one read
         evaluations = self.validate()
@@ -356,7 +398,7 @@ class FitLoop:
         common = rates.pop() if len(rates) == 1 else None
         for group in self.optimizer.param_groups:
             group.update(running[0].momentum_settings())  # OneCycle's: the same for all folds
-            group["lr"] = 1.0 if common is None else common
+        set_learning_rate(self.optimizer, 1.0 if common is None else common)
         if common is not None:
             return None  # one rate: stopped folds may drift, their stopping state is kept
         key = tuple(fold.schedule.lr if fold.active else 0.0 for fold in self.folds)
@@ -460,11 +502,15 @@ def fit_folds(
     folds: Sequence[int] | None = None,
     callbacks: Sequence[Callback] = (),
     checkpoints: EpochCheckpoints | None = None,
+    cuda_graph: bool = False,
 ) -> list[FitOutcome]:
     """Train the K folds of ``trainer`` with ``recipe`` (:class:`FitLoop`); one
     :class:`FitOutcome` per fold. ``callbacks`` hear every fold's epochs (numbered ``folds``);
-    with ``checkpoints`` the fit continues from the newest one and keeps one per epoch."""
-    return FitLoop(trainer, recipe, num_classes, folds, callbacks, checkpoints).run()
+    with ``checkpoints`` the fit continues from the newest one and keeps one per epoch;
+    ``cuda_graph`` replays a fold-batched trainer's step as a CUDA graph
+    (:mod:`digitcnn.training.graphs`)."""
+    loop = FitLoop(trainer, recipe, num_classes, folds, callbacks, checkpoints, cuda_graph)
+    return loop.run()
 
 
 def fit(

@@ -45,6 +45,7 @@ from digitcnn.training._steps import (
 )
 from digitcnn.training.augment import Augmentation
 from digitcnn.training.callbacks import Callback
+from digitcnn.training.graphs import capture_refusal
 from digitcnn.training.loop import EpochCheckpoints, FitOutcome, fit_folds
 from digitcnn.training.recipe import Recipe
 
@@ -157,12 +158,23 @@ class FoldBatch:
         return len(self.bounds)
 
     def train_step(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.loss_of(*self.batch(index))
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batch ``index`` of this epoch: (B, K*C, H, W) inputs (augmented, each fold
+        scaled with its own statistics), (K, B) labels and (K, B) row weights."""
         start, end = self.bounds[index]
         rows, weights = self.plan[:, start:end], self.weights[:, start:end]
-        labels = self.data.labels[rows]  # (K, B)
         inputs = self.data.inputs(
             rows, self.augmentation, self.augment_generator, self.memory_format
         )
+        return inputs, self.data.labels[rows], weights
+
+    def loss_of(
+        self, inputs: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A :meth:`batch`'s (loss to minimise, (K,) loss sums, (K,) correct counts): each
+        fold's loss is the mean over its real rows, and the loss minimised their sum."""
         log_probs = self.forward(inputs)  # (K, B, classes), float32
         nll = smoothed_nll(log_probs, labels, self.label_smoothing, reduction="none")  # (K, B)
         counts = weights.sum(dim=1)
@@ -223,6 +235,7 @@ def fit_parallel(
     autocast_dtype: torch.dtype | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
     checkpoints: EpochCheckpoints | None = None,
+    cuda_graph: bool = False,
 ) -> list[FitOutcome]:
     """Train K freshly built ``models`` together; they end with their trained (or best) weights.
 
@@ -231,9 +244,15 @@ def fit_parallel(
     ``callbacks`` hear each fold's epochs (numbered ``folds``), as in
     :func:`digitcnn.training.loop.fit`; ``memory_format`` is the inputs' layout. Returns one
     :class:`FitOutcome` per fold, like :func:`digitcnn.training.loop.fit`; ``checkpoints``
-    keep the group's epoch checkpoints (one for all its folds).
+    keep the group's epoch checkpoints (one for all its folds). ``cuda_graph`` replays the
+    step as a CUDA graph (:mod:`digitcnn.training.graphs`); raises ValueError where it
+    cannot (:func:`~digitcnn.training.graphs.capture_refusal` says why).
     """
     recipe = Recipe.of(recipe)
+    if cuda_graph:
+        refusal = capture_refusal(recipe, stacked.images.device, autocast_dtype)
+        if refusal:
+            raise ValueError(refusal)
     trainer = FoldBatch(
         models,
         stacked,
@@ -251,6 +270,7 @@ def fit_parallel(
         folds=folds,
         callbacks=callbacks,
         checkpoints=checkpoints,
+        cuda_graph=cuda_graph,
     )
     for fold, model in enumerate(models):
         model.load_state_dict(trainer.fold_state(fold))

@@ -30,6 +30,7 @@ __all__ = [
     "cpu_cores",
     "fold_workers",
     "cpu_description",
+    "gpu_description",
     "die_with_parent",
 ]
 
@@ -78,6 +79,24 @@ def cpu_description() -> dict:
     except OSError:  # not Linux
         pass
     return {"model": model, "amx": _cpu_has_amx()}
+
+
+def gpu_description(device: str | torch.device = "cuda") -> dict | None:
+    """``{"name", "capability", "memory_gib", "cuda"}`` of the CUDA device that GPU timings
+    depend on (e.g. ``"NVIDIA H200"``, ``"9.0"``); None when ``device`` is not CUDA or torch
+    sees no GPU."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    properties = torch.cuda.get_device_properties(device)
+    return {
+        "name": properties.name,
+        "capability": f"{properties.major}.{properties.minor}",
+        "memory_gib": round(properties.total_memory / 2**30, 1),
+        "cuda": torch.version.cuda,
+    }
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

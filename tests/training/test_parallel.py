@@ -140,6 +140,7 @@ def test_parallel_under_bf16_learns_like_sequential(optdigits_dir):
     assert parallel.extra["execution"] == {
         "precision": "bf16",
         "fold_parallel": True,
+        "cuda_graph": False,
         "workers": 1,
         "threads_per_worker": 1,
     }

@@ -54,3 +54,14 @@ def test_cpu_description_names_the_cpu_and_its_amx():
     assert isinstance(described["model"], str) and described["model"].strip()
     assert isinstance(described["amx"], bool)
     assert described["amx"] == (runtime.resolve_precision("auto", torch.device("cpu")) == "bf16")
+
+
+def test_gpu_description_names_the_card_only_on_cuda():
+    assert runtime.gpu_description(CPU) is None
+    if not torch.cuda.is_available():
+        assert runtime.gpu_description("cuda") is None
+        return
+    card = runtime.gpu_description("cuda")
+    assert card["name"] == torch.cuda.get_device_name(0)
+    assert card["capability"] == "{}.{}".format(*torch.cuda.get_device_capability(0))
+    assert card["memory_gib"] > 1
