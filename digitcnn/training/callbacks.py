@@ -25,17 +25,17 @@ import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from digitcnn.errors import TrainingDiverged
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from digitcnn.config import RunConfig
     from digitcnn.results import FoldResult, KFoldResult
 
 __all__ = [
+    "RunSettings",
     "RunStart",
     "EpochEnd",
     "Callback",
@@ -47,6 +47,19 @@ __all__ = [
 ]
 
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+
+
+class RunSettings(Protocol):
+    """What a callback reads of a run's settings: a :class:`digitcnn.config.RunConfig`,
+    named here by what it offers (the config module imports the recipe, which imports these
+    callbacks: an import of the config from here would close a circle)."""
+
+    @property
+    def epochs(self) -> int:
+        """Epochs per fold."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting by name, as ``config.json`` stores it."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class RunStart:
             are not trained again, so no epoch or fold event comes for them.
     """
 
-    config: RunConfig
+    config: RunSettings
     folder: Path | None
     folds: int
     finished: dict[int, FoldResult] = field(default_factory=dict)
