@@ -30,10 +30,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import shutil
 import signal
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +77,7 @@ def _fold_task(
     use_gpu: bool,
     threads: int,
     run_folder: str | None = None,
+    scratch_name: str | None = None,
 ):
     """One fold on a Ray worker: :func:`digitcnn.cv.folds.run_fold`, as a local run trains it.
 
@@ -100,7 +103,12 @@ def _fold_task(
     train_rows, val_rows = np.array(train_rows), np.array(val_rows)
     if run_folder is None:  # a run without a folder keeps no checkpoints
         config = config.replace(checkpoint_every=0, checkpoint_seconds=0.0)
-    with tempfile.TemporaryDirectory(prefix="digitcnn-fold-") as scratch:
+    # The fold's own files go to a scratch folder named by the driver, the same for every
+    # attempt of this task: a retry after a killed worker removes what that attempt left.
+    scratch = Path(tempfile.gettempdir()) / (scratch_name or f"digitcnn-fold-{uuid.uuid4().hex}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
         result = run_fold(
             dataset,
             config,
@@ -111,14 +119,16 @@ def _fold_task(
             global_scaler,
             (),
             extra,
-            Path(scratch),
+            scratch,
             None if run_folder is None else Path(run_folder),
         )
         files = {
             str(path.relative_to(scratch)): path.read_bytes()
-            for path in sorted(Path(scratch).rglob("*"))
+            for path in sorted(scratch.rglob("*"))
             if path.is_file()
         }
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return result, resolve_precision(config.precision, device), files
 
 
@@ -393,6 +403,7 @@ class RayExecutor:
                         gpus > 0,
                         self.threads_for(config),
                         None if out_dir is None else str(out_dir),
+                        f"digitcnn-fold-{uuid.uuid4().hex}",
                     )
                     jobs[ref] = (state, fold)
             for state in states:

@@ -281,6 +281,8 @@ def test_a_task_retried_after_its_worker_died_continues_from_its_checkpoint(
 ):
     marker, resumed = Path(os.environ[KILL_AFTER_CHECKPOINT]), Path(os.environ[RESUMED])
     marker.touch()  # the first fold task to write a checkpoint then kills its worker
+    scratch = Path(tempfile.gettempdir())  # the workers' too: they inherit this environment
+    before = set(scratch.glob("digitcnn-fold-*"))
     config = _config(data_dir, save_models=True)
     out = tmp_path / "ray"
     write_final(
@@ -293,6 +295,8 @@ def test_a_task_retried_after_its_worker_died_continues_from_its_checkpoint(
     assert line.startswith("fold-") and line.endswith(" 0")
     assert _metrics(out) == local_reference[1]
     assert not (out / "checkpoints").exists()
+    # the killed attempt's scratch folder went with its retry
+    assert set(scratch.glob("digitcnn-fold-*")) <= before
 
 
 def test_a_digitcnn_error_in_a_task_is_one_line_exit_2(local_ray, data_dir, tmp_path, capsys):
