@@ -90,6 +90,11 @@ parallel=()
 if python3 -c "import xdist" 2>/dev/null; then  # pytest-xdist: in the CUDA image
     parallel=(-n "$(( $(nproc) > 12 ? 10 : $(nproc) / 2 + 1 ))")
 fi
+if python3 -c "import pytest_timeout" 2>/dev/null; then
+    # a test that hangs fails alone, and the suite still ends inside the step's limit with
+    # its junit.xml written (a suite stopped by the step's timeout writes none)
+    parallel+=(--timeout=150)
+fi
 # shellcheck disable=SC2086  # a selection of several words
 step tests 330 python3 -m pytest -q -p no:cacheprovider "${parallel[@]}" \
     --junitxml="$OUT/junit.xml" ${GPU_CHECK_TESTS:-} &

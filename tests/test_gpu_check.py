@@ -51,7 +51,7 @@ def test_the_flags_the_check_passes_exist():
     known += " ".join(f for action in build_parser()._actions for f in action.option_strings)
     flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", text))
     flags -= {"--kill-after", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir"}
-    flags -= {"--upgrade", "--target", "--junitxml"}  # pip's, timeout's and pytest's
+    flags -= {"--upgrade", "--target", "--junitxml", "--timeout"}  # pip's and pytest's
     assert {"--mnist-dir", "--keep-going", "--deterministic", "--cuda-graph"} <= flags
     assert sorted(flag for flag in flags if flag not in known) == []
 
