@@ -118,7 +118,6 @@ class CapturedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: dict[str, torch.Tensor] = {}
         self.eager_full_batches = 0
-        self.replays = 0
 
     def __call__(self, index: int, rates: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.trainer.batch(index)  # drawn once: the eager path trains on it too
@@ -131,7 +130,6 @@ class CapturedStep:
         for name, value in zip(("inputs", "labels", "weights"), batch):
             self.static[name].copy_(value)
         graph.replay()
-        self.replays += 1
         # the next replay overwrites the graph's outputs; the epoch's sums keep copies
         return self.static["loss_sum"].clone(), self.static["correct"].clone()
 

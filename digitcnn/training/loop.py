@@ -275,6 +275,7 @@ class FitLoop:
             else None
         )
         self.rate_cache: dict[tuple[float, ...], torch.Tensor] = {}
+        self.lr_set: float | None = None  # the optimizer's rate as set_rates last set it
         self.timing = {"train_s": 0.0, "eval_s": 0.0}
 
     def run(self) -> list[FitOutcome]:
@@ -337,6 +338,7 @@ class FitLoop:
             raise ValueError(f"{len(state['folds'])} folds, not {len(self.folds)}")
         self.trainer.load_state_dict(state["trainer"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_set = None  # the loaded param groups hold the saved rate
         for fold, saved in zip(self.folds, state["folds"]):
             _load_fold_state(fold, saved)
         torch.set_rng_state(state["rng"]["torch"])
@@ -398,7 +400,10 @@ class FitLoop:
         common = rates.pop() if len(rates) == 1 else None
         for group in self.optimizer.param_groups:
             group.update(running[0].momentum_settings())  # OneCycle's: the same for all folds
-        set_learning_rate(self.optimizer, 1.0 if common is None else common)
+        lr = 1.0 if common is None else common
+        if lr != self.lr_set:  # rates change per epoch (or OneCycle's per batch), not per step
+            set_learning_rate(self.optimizer, lr)
+            self.lr_set = lr
         if common is not None:
             return None  # one rate: stopped folds may drift, their stopping state is kept
         key = tuple(fold.schedule.lr if fold.active else 0.0 for fold in self.folds)
